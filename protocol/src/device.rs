@@ -215,6 +215,17 @@ impl Device {
         self.stats
     }
 
+    /// Direct access to a peer's tunnel, for white-box tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn tunnel_mut(&mut self, key: &StaticPublic) -> Option<&mut Tunnel> {
+        self.peers.get_mut(key).map(|p| &mut p.tunnel)
+    }
+
+    /// Source addresses the rate limiter currently tracks (DP-12: floods leave no state).
+    pub fn rate_limiter_sources(&self) -> usize {
+        self.limiter.tracked_sources()
+    }
+
     /// Routes an IP packet from the local stack to its peer and encrypts it into `out`.
     /// `Ok(None)`: queued behind a handshake (see `poll_transmit`).
     pub fn encapsulate(&mut self, packet: &[u8], out: &mut [u8], now: Instant) -> Result<Option<Transmit>, Error> {

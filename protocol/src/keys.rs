@@ -264,12 +264,10 @@ mod tests {
             crate::handshake::NOISE_PARAMS.parse().expect("valid params");
         // snow derives the public key itself when building an initiator; both must agree or
         // the responder's identity check would reject every honest peer.
-        let mut dh = snow::resolvers::DefaultResolver;
         use snow::resolvers::CryptoResolver;
-        let mut dh = dh.resolve_dh(&params.dh).expect("x25519 available");
+        let mut dh = snow::resolvers::DefaultResolver.resolve_dh(&params.dh).expect("x25519 available");
         dh.set(secret.expose_secret());
         assert_eq!(dh.pubkey(), secret.public_key().as_bytes());
-        let _ = &mut dh;
     }
 
     #[test]

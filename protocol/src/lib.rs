@@ -16,10 +16,15 @@ pub mod keys;
 pub mod ratelimit;
 pub mod replay;
 pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 pub mod timers;
 pub mod tunnel;
 pub mod wire;
+
+#[cfg(test)]
+mod tunnel_tests;
 
 pub use device::{Device, DeviceConfig, DeviceStats, PeerConfig, Received, Transmit};
 pub use keys::{DeviceId, DevicePublicKey, DeviceSigningKey, PresharedKey, Signature, StaticPublic, StaticSecret};

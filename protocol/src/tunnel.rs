@@ -419,8 +419,11 @@ impl Tunnel {
         self.padding[..packet.len()].copy_from_slice(packet);
         self.padding[packet.len()..padded].fill(0);
         let len = session.seal(&self.padding[..padded], out)?;
-        let wants_rekey = session.sending_counter() >= REKEY_AFTER_MESSAGES
-            || (session.initiator && session.age(now) >= REKEY_AFTER_TIME);
+        // Only data refreshes keys on the send side (wireguard-go's keepKeyFreshSending):
+        // a receive-only initiator's keepalives leave the rekey to the 165 s receive rule.
+        let wants_rekey = !packet.is_empty()
+            && (session.sending_counter() >= REKEY_AFTER_MESSAGES
+                || (session.initiator && session.age(now) >= REKEY_AFTER_TIME));
         self.stats.tx_bytes += len as u64;
         if !packet.is_empty() {
             self.stats.tx_packets += 1;
@@ -719,11 +722,6 @@ impl Tunnel {
     #[cfg(test)]
     pub(crate) fn has_next_session(&self) -> bool {
         self.next.is_some()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn handshake_attempts(&self) -> Option<u32> {
-        self.handshake.as_ref().map(|h| h.attempts)
     }
 }
 
