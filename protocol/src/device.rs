@@ -32,6 +32,8 @@ pub struct DeviceConfig {
     pub static_secret: StaticSecret,
     pub psk: PresharedKey,
     pub under_load_threshold: u32,
+    /// The overlay MTU (see [`crate::wire::DEFAULT_MTU`]).
+    pub mtu: usize,
     pub clock: WallClock,
 }
 
@@ -82,6 +84,7 @@ pub struct Device {
     static_public: StaticPublic,
     psk: PresharedKey,
     clock: WallClock,
+    mtu: usize,
     macs: MacChecker,
     limiter: RateLimiter,
     load: LoadMeter,
@@ -118,6 +121,7 @@ impl Device {
             static_secret: config.static_secret,
             psk: config.psk,
             clock: config.clock,
+            mtu: config.mtu,
             limiter: RateLimiter::default(),
             load: LoadMeter::default(),
             under_load_threshold: config.under_load_threshold,
@@ -158,6 +162,7 @@ impl Device {
                 peer_static: key,
                 psk: self.psk.clone(),
                 persistent_keepalive: config.persistent_keepalive,
+                mtu: self.mtu,
                 clock: self.clock,
             },
             seed,

@@ -11,6 +11,8 @@
 
 pub mod cookie;
 pub mod device;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzzing;
 pub mod handshake;
 pub mod keys;
 pub mod ratelimit;

@@ -2,7 +2,7 @@
 
 use crate::handshake::EstablishedKeys;
 use crate::replay::ReplayWindow;
-use crate::timers::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
+use crate::timers::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_AFTER_TIME_RECEIVING};
 use crate::wire::{self, DATA_HEADER_LEN};
 use crate::{Error, ReceiverIndex};
 use snow::StatelessTransportState;
@@ -16,6 +16,10 @@ pub struct Session {
     sending_counter: u64,
     replay: ReplayWindow,
     pub established: Instant,
+    /// Deadlines precomputed once, so the per-packet checks are comparisons, not subtractions.
+    pub reject_at: Instant,
+    rekey_at: Instant,
+    rekey_on_receive_at: Instant,
     /// Whether we initiated the handshake that made this session (initiators rekey on time).
     pub initiator: bool,
 }
@@ -29,22 +33,36 @@ impl Session {
             sending_counter: 0,
             replay: ReplayWindow::default(),
             established: now,
+            reject_at: now + REJECT_AFTER_TIME,
+            rekey_at: now + REKEY_AFTER_TIME,
+            rekey_on_receive_at: now + REKEY_AFTER_TIME_RECEIVING,
             initiator: keys.initiator,
         }
     }
 
     /// Whether this session may still send or receive at `now`.
     pub fn is_alive(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.established) < REJECT_AFTER_TIME
-            && self.sending_counter < REJECT_AFTER_MESSAGES
+        now < self.reject_at && self.sending_counter < REJECT_AFTER_MESSAGES
+    }
+
+    /// Whether this session is too old to accept packets.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        now >= self.reject_at
+    }
+
+    /// Whether sending on this session should start a new handshake (initiator after
+    /// REKEY_AFTER_TIME; anyone after REKEY_AFTER_MESSAGES).
+    pub fn wants_rekey_on_send(&self, now: Instant) -> bool {
+        self.sending_counter >= crate::timers::REKEY_AFTER_MESSAGES || (self.initiator && now >= self.rekey_at)
+    }
+
+    /// Whether receiving on this session should start a new handshake (initiator after 165 s).
+    pub fn wants_rekey_on_receive(&self, now: Instant) -> bool {
+        self.initiator && now >= self.rekey_on_receive_at
     }
 
     pub fn sending_counter(&self) -> u64 {
         self.sending_counter
-    }
-
-    pub fn age(&self, now: Instant) -> std::time::Duration {
-        now.saturating_duration_since(self.established)
     }
 
     /// Encrypts an already padded plaintext into a complete data message in `out`; returns its

@@ -100,6 +100,7 @@ impl Pair {
                 static_secret: secret,
                 psk: psk.clone(),
                 under_load_threshold: crate::device::DEFAULT_UNDER_LOAD_THRESHOLD,
+                mtu: crate::wire::DEFAULT_MTU,
                 clock,
             };
             adjust(&mut config);

@@ -47,6 +47,8 @@ pub struct TunnelConfig {
     pub psk: PresharedKey,
     /// Send a keepalive after this much silence, to hold NAT mappings open.
     pub persistent_keepalive: Option<Duration>,
+    /// The overlay MTU: plaintext is padded to a multiple of 16 up to this size.
+    pub mtu: usize,
     pub clock: WallClock,
 }
 
@@ -270,7 +272,7 @@ impl Tunnel {
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         for slot in [Slot::Previous, Slot::Next, Slot::Current] {
-            if self.slot(slot).is_some_and(|s| s.age(now) >= REJECT_AFTER_TIME) {
+            if self.slot(slot).is_some_and(|s| s.is_expired(now)) {
                 let expired = self.slot_mut(slot).take();
                 self.retire_sessions([expired]);
             }
@@ -310,7 +312,7 @@ impl Tunnel {
         let expiries = [&self.current, &self.previous, &self.next]
             .into_iter()
             .flatten()
-            .map(|s| s.established + REJECT_AFTER_TIME);
+            .map(|s| s.reject_at);
         [
             self.zero_keys_due,
             self.handshake.as_ref().map(|h| h.next_send),
@@ -409,21 +411,25 @@ impl Tunnel {
         let Some(session) = self.current.as_mut().filter(|s| s.is_alive(now)) else {
             return Ok(None);
         };
-        let padded = wire::padded_len(packet.len());
+        let padded = wire::padded_len(packet.len(), self.config.mtu);
         if out.len() < DATA_OVERHEAD + padded {
             return Err(Error::BufferTooSmall);
         }
-        if self.padding.len() < padded {
-            self.padding.resize(padded, 0);
-        }
-        self.padding[..packet.len()].copy_from_slice(packet);
-        self.padding[packet.len()..padded].fill(0);
-        let len = session.seal(&self.padding[..padded], out)?;
+        let plaintext = if padded == packet.len() {
+            // Full-size packets need no padding, so no copy before snow's.
+            packet
+        } else {
+            if self.padding.len() < padded {
+                self.padding.resize(padded, 0);
+            }
+            self.padding[..packet.len()].copy_from_slice(packet);
+            self.padding[packet.len()..padded].fill(0);
+            &self.padding[..padded]
+        };
+        let len = session.seal(plaintext, out)?;
         // Only data refreshes keys on the send side (wireguard-go's keepKeyFreshSending):
         // a receive-only initiator's keepalives leave the rekey to the 165 s receive rule.
-        let wants_rekey = !packet.is_empty()
-            && (session.sending_counter() >= REKEY_AFTER_MESSAGES
-                || (session.initiator && session.age(now) >= REKEY_AFTER_TIME));
+        let wants_rekey = !packet.is_empty() && session.wants_rekey_on_send(now);
         self.stats.tx_bytes += len as u64;
         if !packet.is_empty() {
             self.stats.tx_packets += 1;
@@ -448,7 +454,7 @@ impl Tunnel {
         let Some(session) = self.slot_mut(slot).as_mut() else {
             return Err(Error::UnknownReceiverIndex);
         };
-        if session.age(now) >= REJECT_AFTER_TIME {
+        if session.is_expired(now) {
             return Err(Error::SessionExpired);
         }
         let len = match session.open(counter, ciphertext, out) {
@@ -468,10 +474,7 @@ impl Tunnel {
         }
         self.packet_received(now);
         self.stats.rx_bytes += (wire::DATA_HEADER_LEN + ciphertext.len()) as u64;
-        if let Some(current) = &self.current
-            && current.initiator
-            && current.age(now) >= REKEY_AFTER_TIME_RECEIVING
-        {
+        if self.current.as_ref().is_some_and(|s| s.wants_rekey_on_receive(now)) {
             self.begin_handshake(now);
         }
         if len == 0 {

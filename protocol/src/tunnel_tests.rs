@@ -535,13 +535,16 @@ fn dp16_spoofed_inner_source_is_dropped() {
 }
 
 #[test]
-fn data_packets_are_padded_to_sixteen() {
+fn data_packets_are_padded_to_sixteen_up_to_the_mtu() {
     let mut pair = connected(21);
-    for len in [0usize, 1, 15, 16, 17, 100, 1392] {
+    // UDP payloads; the packet adds 28 bytes of headers.
+    for len in [0usize, 1, 15, 16, 17, 100, 1364] {
         let datagram = capture_a_to_b(&mut pair, &vec![7; len]);
         let ciphertext = datagram.len() - wire::DATA_HEADER_LEN - wire::TAG_LEN;
         assert_eq!(ciphertext % 16, 0, "payload {len}");
     }
+    let full = capture_a_to_b(&mut pair, &vec![7; wire::DEFAULT_MTU - 28]);
+    assert_eq!(full.len(), wire::DEFAULT_MTU + wire::DATA_OVERHEAD, "an MTU-sized packet is not padded");
 }
 
 // ---- DP-15: timers on the virtual clock -----------------------------------------------------

@@ -218,10 +218,23 @@ pub fn emit_data_header(
     Ok(&mut out[DATA_HEADER_LEN..])
 }
 
-/// Plaintext length after padding `len` to [`PADDING_MULTIPLE`].
-pub const fn padded_len(len: usize) -> usize {
-    len.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE
+/// Plaintext length after padding `len` to [`PADDING_MULTIPLE`], never beyond `mtu` (as
+/// WireGuard's `calculatePaddingSize`): a packet of the MTU is as large as any, so padding it
+/// would hide nothing.
+pub const fn padded_len(len: usize, mtu: usize) -> usize {
+    let padded = len.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
+    if len >= mtu {
+        len
+    } else if padded > mtu {
+        mtu
+    } else {
+        padded
+    }
 }
+
+/// The overlay MTU WireGuard uses: fits 1500-byte underlay links over IPv6 with the 32-byte
+/// data overhead and 8 bytes of UDP.
+pub const DEFAULT_MTU: usize = 1420;
 
 /// The length of the IP packet at the start of a decrypted, padded plaintext, read from its
 /// header; `None` if the plaintext does not start with a complete IPv4 or IPv6 packet.
@@ -324,9 +337,12 @@ mod tests {
     }
 
     #[test]
-    fn padding_rounds_up_to_sixteen() {
-        assert_eq!(padded_len(0), 0);
-        assert_eq!(padded_len(1), 16);
-        assert_eq!(padded_len(1420), 1424);
+    fn padding_rounds_up_to_sixteen_but_not_past_the_mtu() {
+        assert_eq!(padded_len(0, 1420), 0);
+        assert_eq!(padded_len(1, 1420), 16);
+        assert_eq!(padded_len(1400, 1420), 1408);
+        assert_eq!(padded_len(1410, 1420), 1420);
+        assert_eq!(padded_len(1420, 1420), 1420);
+        assert_eq!(padded_len(9000, 1420), 9000);
     }
 }
