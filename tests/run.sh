@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command (README): on a fresh Debian machine, as root, installs what the suite needs,
+# builds once in the `ci` profile and runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source tests/scripts/packages.sh
+
+# gcc and make build ring's assembly; pkg-config for -sys crates.
+ensure_packages build-essential pkg-config ca-certificates
+ensure_rust
+
+# The sans-IO contract: protocol and membership never depend on a runtime, sockets or TUN.
+for crate in protocol membership; do
+    if cargo tree --locked -p "$crate" -e normal --prefix none | grep -E '^(tokio|libp2p|tun-rs|tun|mio|socket2|async-std) '; then
+        echo "error: $crate must stay sans-IO, but depends on the crates above" >&2
+        exit 1
+    fi
+done
+
+# --all-targets also runs each benchmark once in test mode, so benches cannot rot; the fuzz
+# corpora are replayed by ordinary tests in protocol::fuzzing.
+cargo test --locked --workspace --profile ci --all-targets

@@ -1,0 +1,24 @@
+# Installs Debian packages that are missing; sourced by the README's two commands.
+# Usage: ensure_packages NAME...
+ensure_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: missing packages ${missing[*]}; run as root or install them first" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The Rust toolchain cannot come from apt (Debian's is too old for edition 2024).
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found; install Rust 1.90 or newer with rustup, then rerun" >&2
+        return 1
+    fi
+}
