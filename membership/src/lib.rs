@@ -1,4 +1,33 @@
 //! The signed, hash-linked device-membership log (DESIGN.md "Membership log").
 //!
-//! Contract: sans-IO — no tokio, no libp2p, no clock reads. This crate is being built under
-//! issue #3; until then it holds nothing but this contract.
+//! Contract: sans-IO — no tokio, no libp2p, no clock reads (time arrives as `now: u64` unix
+//! seconds). Who belongs to the network is whatever [`Log::state`] says, and every node
+//! computes it the same way from the same entries.
+//!
+//! - [`entry`]: the signed, canonical-CBOR entry and its operations;
+//! - [`state`]: the membership state and the rules of each operation;
+//! - [`log`]: the DAG, atomic batch ingestion, the deterministic fold;
+//! - [`sync`]: the sans-IO sync exchange;
+//! - [`store`]: crash-safe persistence on redb.
+
+mod cbor;
+pub mod entry;
+pub mod log;
+pub mod overlay;
+pub mod policy;
+pub mod state;
+pub mod store;
+pub mod sync;
+#[cfg(any(test, feature = "testing"))]
+pub mod testkit;
+
+#[cfg(test)]
+mod rows;
+
+pub use cbor::CborError;
+pub use entry::{DeviceRecord, Entry, EntryContents, EntryError, EntryHash, NetworkId, Operation, Role};
+pub use log::{Log, LogError};
+pub use policy::Policy;
+pub use state::{DeviceState, DeviceStatus, InviteState, RuleError, State};
+pub use store::{Store, StoreError};
+pub use sync::{Summary, SyncMessage, missing_for};

@@ -1,0 +1,325 @@
+//! The membership state a log folds to, and the rules each operation must satisfy.
+//!
+//! Every collection is a `BTreeMap`/`BTreeSet` and [`State::encode`] is canonical CBOR, so two
+//! nodes that folded the same entries hold byte-identical state (ML-06).
+
+use crate::cbor::Writer;
+use crate::entry::{DeviceRecord, Entry, EntryHash, NetworkId, Operation, Role, validate_name};
+use crate::policy::Policy;
+use protocol::{DeviceId, DevicePublicKey};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// At most this many devices, active or revoked, in one network (ML-13: 512 keys).
+pub const MAX_DEVICES: usize = 512;
+/// Unconsumed, unexpired invites at once; an admin flooding invites is refused past this.
+pub const MAX_OPEN_INVITES: usize = 512;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub network: Option<NetworkId>,
+    pub network_name: String,
+    pub devices: BTreeMap<DeviceId, DeviceState>,
+    pub invites: BTreeMap<EntryHash, InviteState>,
+    /// Signing and static keys of revoked devices: never admitted again.
+    pub revoked_keys: BTreeSet<[u8; 32]>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    pub record: DeviceRecord,
+    pub status: DeviceStatus,
+    /// The entry that admitted the device.
+    pub admitted_by: EntryHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeviceStatus {
+    Active,
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteState {
+    pub key: DevicePublicKey,
+    pub role: Role,
+    pub expires: u64,
+    pub name_hint: String,
+    pub created_by: DeviceId,
+    /// Set once, forever: a consumed invite stays consumed even if its device is revoked.
+    pub consumed_by: Option<DeviceId>,
+}
+
+/// Why an operation is not allowed in a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("the first entry must be a genesis")]
+    NotGenesis,
+    #[error("a network has exactly one genesis")]
+    SecondGenesis,
+    #[error("the founder must be an admin")]
+    FounderNotAdmin,
+    #[error("author is not a device of this network")]
+    UnknownAuthor,
+    #[error("author is revoked")]
+    AuthorRevoked,
+    #[error("only admins may do this")]
+    NotAdmin,
+    #[error("device already added")]
+    DuplicateDevice,
+    #[error("key belongs to a revoked device")]
+    KeyRevoked,
+    #[error("name already used by an active device")]
+    NameTaken,
+    #[error("overlay address already used by an active device")]
+    AddressTaken,
+    #[error("static key already used by an active device")]
+    StaticKeyTaken,
+    #[error("invalid device name")]
+    BadName,
+    #[error("too many devices")]
+    TooManyDevices,
+    #[error("too many open invites")]
+    TooManyInvites,
+    #[error("invite key already used")]
+    DuplicateInviteKey,
+    #[error("invite expires before it is made")]
+    InviteAlreadyExpired,
+    #[error("no such invite")]
+    UnknownInvite,
+    #[error("invite already used")]
+    InviteConsumed,
+    #[error("invite expired")]
+    InviteExpired,
+    #[error("invite key does not match the invite")]
+    InviteKeyMismatch,
+    #[error("joining device claims a role its invite does not grant")]
+    RoleMismatch,
+    #[error("no such device")]
+    UnknownDevice,
+    #[error("device already revoked")]
+    AlreadyRevoked,
+    #[error("the last admin cannot be revoked")]
+    LastAdmin,
+    #[error("policy exceeds its limits")]
+    PolicyTooLarge,
+    #[error("overlay address outside the overlay prefixes")]
+    AddressOutOfRange,
+}
+
+impl State {
+    /// Checks whether `entry` may be applied; changes nothing.
+    pub fn check(&self, entry: &Entry) -> Result<(), RuleError> {
+        let time = entry.contents().time;
+        if let Operation::Genesis { founder, .. } = entry.operation() {
+            if self.network.is_some() {
+                return Err(RuleError::SecondGenesis);
+            }
+            if founder.role != Role::Admin {
+                return Err(RuleError::FounderNotAdmin);
+            }
+            return self.check_new_device(founder);
+        }
+        if self.network.is_none() {
+            return Err(RuleError::NotGenesis);
+        }
+        if let Operation::Join { invite, invite_key, device } = entry.operation() {
+            // The author is the joining device itself, admitted by this very entry.
+            let invite = self.invites.get(invite).ok_or(RuleError::UnknownInvite)?;
+            if invite.key != *invite_key {
+                return Err(RuleError::InviteKeyMismatch);
+            }
+            if invite.consumed_by.is_some() {
+                return Err(RuleError::InviteConsumed);
+            }
+            if time > invite.expires {
+                return Err(RuleError::InviteExpired);
+            }
+            if device.role != invite.role {
+                return Err(RuleError::RoleMismatch);
+            }
+            return self.check_new_device(device);
+        }
+        let author = self.devices.get(&entry.author()).ok_or(RuleError::UnknownAuthor)?;
+        if author.status == DeviceStatus::Revoked {
+            return Err(RuleError::AuthorRevoked);
+        }
+        if author.record.role != Role::Admin {
+            return Err(RuleError::NotAdmin);
+        }
+        match entry.operation() {
+            Operation::AddDevice { device } => self.check_new_device(device),
+            Operation::Invite { invite_key, expires, .. } => {
+                if *expires <= time {
+                    return Err(RuleError::InviteAlreadyExpired);
+                }
+                if self.invites.values().any(|i| i.key == *invite_key) {
+                    return Err(RuleError::DuplicateInviteKey);
+                }
+                let open = self.invites.values().filter(|i| i.consumed_by.is_none() && i.expires > time).count();
+                if open >= MAX_OPEN_INVITES {
+                    return Err(RuleError::TooManyInvites);
+                }
+                Ok(())
+            }
+            Operation::RevokeDevice { device } => {
+                let target = self.devices.get(device).ok_or(RuleError::UnknownDevice)?;
+                if target.status == DeviceStatus::Revoked {
+                    return Err(RuleError::AlreadyRevoked);
+                }
+                if target.record.role == Role::Admin && self.active_admins().count() <= 1 {
+                    return Err(RuleError::LastAdmin);
+                }
+                Ok(())
+            }
+            Operation::SetPolicy { policy } => {
+                if policy.is_within_limits() { Ok(()) } else { Err(RuleError::PolicyTooLarge) }
+            }
+            Operation::Genesis { .. } | Operation::Join { .. } => Ok(()),
+        }
+    }
+
+    /// Applies `entry` if [`Self::check`] allows it; otherwise changes nothing.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), RuleError> {
+        self.check(entry)?;
+        let hash = entry.hash();
+        match entry.operation() {
+            Operation::Genesis { network_name, founder } => {
+                self.network = Some(NetworkId::from(hash));
+                self.network_name = network_name.clone();
+                self.admit(founder, hash);
+            }
+            Operation::AddDevice { device } => self.admit(device, hash),
+            Operation::Invite { invite_key, role, expires, name_hint } => {
+                self.invites.insert(
+                    hash,
+                    InviteState {
+                        key: *invite_key,
+                        role: *role,
+                        expires: *expires,
+                        name_hint: name_hint.clone(),
+                        created_by: entry.author(),
+                        consumed_by: None,
+                    },
+                );
+            }
+            Operation::Join { invite, device, .. } => {
+                if let Some(invite) = self.invites.get_mut(invite) {
+                    invite.consumed_by = Some(device.signing_key.device_id());
+                }
+                self.admit(device, hash);
+            }
+            Operation::RevokeDevice { device } => {
+                if let Some(target) = self.devices.get_mut(device) {
+                    target.status = DeviceStatus::Revoked;
+                    self.revoked_keys.insert(*target.record.signing_key.as_bytes());
+                    self.revoked_keys.insert(*target.record.static_key.as_bytes());
+                }
+            }
+            Operation::SetPolicy { policy } => self.policy = policy.clone(),
+        }
+        Ok(())
+    }
+
+    pub fn active_devices(&self) -> impl Iterator<Item = (&DeviceId, &DeviceState)> {
+        self.devices.iter().filter(|(_, d)| d.status == DeviceStatus::Active)
+    }
+
+    pub fn active_admins(&self) -> impl Iterator<Item = (&DeviceId, &DeviceState)> {
+        self.active_devices().filter(|(_, d)| d.record.role == Role::Admin)
+    }
+
+    pub fn device_by_name(&self, name: &str) -> Option<(&DeviceId, &DeviceState)> {
+        // An active device first: a revoked device's name may be reused.
+        self.active_devices()
+            .find(|(_, d)| d.record.name == name)
+            .or_else(|| self.devices.iter().find(|(_, d)| d.record.name == name))
+    }
+
+    /// Whether the device holding this Noise static key may handshake now.
+    pub fn is_active_static_key(&self, key: &protocol::StaticPublic) -> bool {
+        self.active_devices().any(|(_, d)| d.record.static_key == *key)
+    }
+
+    /// Canonical bytes of the whole state: equal bytes ⇔ equal state.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.array(6);
+        match &self.network {
+            Some(network) => w.bytes(&network.0),
+            None => w.null(),
+        }
+        w.str(&self.network_name);
+        w.array(self.devices.len());
+        for (id, device) in &self.devices {
+            w.array(4);
+            w.bytes(id.as_bytes());
+            w.bytes(&crate::entry::encode_device_bytes(&device.record));
+            w.u64(match device.status {
+                DeviceStatus::Active => 0,
+                DeviceStatus::Revoked => 1,
+            });
+            w.bytes(&device.admitted_by.0);
+        }
+        w.array(self.invites.len());
+        for (hash, invite) in &self.invites {
+            w.array(6);
+            w.bytes(&hash.0);
+            w.bytes(invite.key.as_bytes());
+            w.u64(invite.role.code());
+            w.u64(invite.expires);
+            w.bytes(invite.created_by.as_bytes());
+            match &invite.consumed_by {
+                Some(device) => w.bytes(device.as_bytes()),
+                None => w.null(),
+            }
+        }
+        w.array(self.revoked_keys.len());
+        for key in &self.revoked_keys {
+            w.bytes(key);
+        }
+        self.policy.encode(&mut w);
+        w.finish()
+    }
+
+    fn check_new_device(&self, device: &DeviceRecord) -> Result<(), RuleError> {
+        if !validate_name(&device.name) {
+            return Err(RuleError::BadName);
+        }
+        if !crate::overlay::in_overlay_ranges(device.overlay_ipv4, device.overlay_ipv6) {
+            return Err(RuleError::AddressOutOfRange);
+        }
+        let id = device.signing_key.device_id();
+        if self.devices.contains_key(&id) {
+            return Err(RuleError::DuplicateDevice);
+        }
+        if self.revoked_keys.contains(device.signing_key.as_bytes())
+            || self.revoked_keys.contains(device.static_key.as_bytes())
+        {
+            return Err(RuleError::KeyRevoked);
+        }
+        if self.devices.len() >= MAX_DEVICES {
+            return Err(RuleError::TooManyDevices);
+        }
+        for (_, other) in self.active_devices() {
+            let other = &other.record;
+            if other.name == device.name {
+                return Err(RuleError::NameTaken);
+            }
+            if other.overlay_ipv4 == device.overlay_ipv4 || other.overlay_ipv6 == device.overlay_ipv6 {
+                return Err(RuleError::AddressTaken);
+            }
+            if other.static_key == device.static_key {
+                return Err(RuleError::StaticKeyTaken);
+            }
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, device: &DeviceRecord, by: EntryHash) {
+        self.devices.insert(
+            device.signing_key.device_id(),
+            DeviceState { record: device.clone(), status: DeviceStatus::Active, admitted_by: by },
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Log sync, sans-IO: each side sends a [`Summary`] (its heads and a sample of what it holds);
+//! the other answers with [`missing_for`]: every entry the summary shows the peer lacks, in
+//! fold order, in bounded batches that the receiver ingests atomically.
+//!
+//! The sample (the newest entries, then exponentially older ones, then genesis) lets two logs
+//! that diverged find a recent common point in one round trip, as git's negotiation does,
+//! instead of resending everything from genesis.
+
+use crate::cbor::{CborError, Reader, Writer};
+use crate::entry::{EntryHash, MAX_ENTRY_LEN, NetworkId};
+use crate::log::{Log, MAX_BATCH_ENTRIES};
+use std::collections::BTreeSet;
+
+/// Hashes in a summary's sample.
+pub const MAX_SAMPLE: usize = 64;
+/// Heads a summary may list: honest logs have a handful.
+pub const MAX_HEADS: usize = 64;
+/// Bytes in one batch message, well under the request-response cap.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub network: NetworkId,
+    pub heads: Vec<EntryHash>,
+    pub sample: Vec<EntryHash>,
+}
+
+/// One sync message on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncMessage {
+    Summary(Summary),
+    Entries(Vec<Vec<u8>>),
+}
+
+impl Log {
+    /// What this log holds, for a peer to compute what we lack.
+    pub fn summary(&self) -> Summary {
+        let order: Vec<EntryHash> = self.entries().map(|e| e.hash()).collect();
+        let mut sample = Vec::new();
+        let mut back = 1usize;
+        let mut step = 1usize;
+        while back <= order.len() && sample.len() < MAX_SAMPLE - 1 {
+            sample.push(order[order.len() - back]);
+            if back > 16 {
+                step *= 2;
+            }
+            back += step;
+        }
+        if let Some(genesis) = order.first()
+            && !sample.contains(genesis)
+        {
+            sample.push(*genesis);
+        }
+        Summary { network: self.network(), heads: self.heads().iter().copied().collect(), sample }
+    }
+}
+
+/// The entries `peer` lacks, in fold order, as bounded batches of wire bytes.
+pub fn missing_for(log: &Log, peer: &Summary) -> Vec<Vec<Vec<u8>>> {
+    if peer.network != log.network() {
+        return Vec::new();
+    }
+    let known = log.ancestors_of(peer.heads.iter().chain(&peer.sample).copied().filter(|h| log.contains(h)));
+    let mut batches = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut bytes = 0;
+    for entry in log.entries().filter(|e| !known.contains(&e.hash())) {
+        if batch.len() == MAX_BATCH_ENTRIES || bytes + entry.encoded().len() > MAX_BATCH_BYTES {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += entry.encoded().len();
+        batch.push(entry.encoded().to_vec());
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Whether every head of `peer` is already in `log` (nothing to fetch).
+pub fn has_everything_of(log: &Log, peer: &Summary) -> bool {
+    peer.heads.iter().all(|h| log.contains(h))
+}
+
+impl SyncMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            SyncMessage::Summary(summary) => {
+                w.array(4);
+                w.u64(0);
+                w.bytes(&summary.network.0);
+                hashes(&mut w, &summary.heads);
+                hashes(&mut w, &summary.sample);
+            }
+            SyncMessage::Entries(entries) => {
+                w.array(2);
+                w.u64(1);
+                w.array(entries.len());
+                for entry in entries {
+                    w.bytes(entry);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes with every bound checked before allocation (ROB-01).
+    pub fn decode(bytes: &[u8]) -> Result<Self, CborError> {
+        if bytes.len() > MAX_BATCH_BYTES + 64 * 1024 {
+            return Err(CborError::TooLong);
+        }
+        let mut r = Reader::new(bytes);
+        let len = r.array_up_to(4)?;
+        let message = match (r.u64()?, len) {
+            (0, 4) => SyncMessage::Summary(Summary {
+                network: NetworkId(r.fixed_bytes::<32>()?),
+                heads: read_hashes(&mut r, MAX_HEADS)?,
+                sample: read_hashes(&mut r, MAX_SAMPLE)?,
+            }),
+            (1, 2) => {
+                let count = r.array_up_to(MAX_BATCH_ENTRIES)?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let entry = r.bytes()?;
+                    if entry.len() > MAX_ENTRY_LEN {
+                        return Err(CborError::TooLong);
+                    }
+                    entries.push(entry.to_vec());
+                }
+                SyncMessage::Entries(entries)
+            }
+            _ => return Err(CborError::UnexpectedLength),
+        };
+        r.finish()?;
+        if message.encode() != bytes {
+            return Err(CborError::NonCanonical);
+        }
+        Ok(message)
+    }
+}
+
+fn hashes(w: &mut Writer, hashes: &[EntryHash]) {
+    w.array(hashes.len());
+    for hash in hashes {
+        w.bytes(&hash.0);
+    }
+}
+
+fn read_hashes(r: &mut Reader<'_>, max: usize) -> Result<Vec<EntryHash>, CborError> {
+    let count = r.array_up_to(max)?;
+    let hashes: Vec<EntryHash> = (0..count).map(|_| r.fixed_bytes::<32>().map(EntryHash)).collect::<Result<_, _>>()?;
+    let unique: BTreeSet<_> = hashes.iter().collect();
+    if unique.len() != hashes.len() {
+        return Err(CborError::NonCanonical);
+    }
+    Ok(hashes)
+}
