@@ -12,6 +12,8 @@
 
 mod cbor;
 pub mod entry;
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzzing;
 pub mod log;
 pub mod overlay;
 pub mod policy;
