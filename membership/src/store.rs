@@ -129,11 +129,10 @@ impl Store {
         {
             let mut table = write.open_table(ENTRIES).map_err(database_error)?;
             let mut arrival = write.open_table(ARRIVAL).map_err(database_error)?;
-            let mut next = arrival.last().map_err(database_error)?.map_or(0, |(k, _)| k.value() + 1);
-            for entry in entries {
+            let first = arrival.last().map_err(database_error)?.map_or(0, |(k, _)| k.value() + 1);
+            for (position, entry) in (first..).zip(entries) {
                 table.insert(&entry.hash().0, entry.encoded()).map_err(database_error)?;
-                arrival.insert(next, &entry.hash().0).map_err(database_error)?;
-                next += 1;
+                arrival.insert(position, &entry.hash().0).map_err(database_error)?;
             }
             let mut meta = write.open_table(META).map_err(database_error)?;
             meta.insert(META_STATE, self.log.state().encode().as_slice()).map_err(database_error)?;
