@@ -57,16 +57,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     fn replay(target: &str, body: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-        let mut count = 0;
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            body(&std::fs::read(entry.expect("entry").path()).expect("read corpus file"));
-            count += 1;
-        }
-        assert!(count > 0, "empty corpus {}", dir.display());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        protocol::testing::replay_corpus(&dir, body);
     }
 
     #[test]

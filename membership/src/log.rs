@@ -163,17 +163,7 @@ impl Log {
 
     /// Decodes and ingests wire bytes (a sync batch): one bad entry rejects them all.
     pub fn ingest_encoded(&mut self, batch: &[Vec<u8>]) -> Result<usize, LogError> {
-        if batch.len() > MAX_BATCH_ENTRIES {
-            return Err(LogError::BatchTooLarge);
-        }
-        let entries = batch
-            .iter()
-            .enumerate()
-            .map(|(index, bytes)| {
-                Entry::decode(bytes).map_err(|e| LogError::InBatch { index, error: Box::new(e.into()) })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.ingest(entries)
+        self.ingest(decode_batch(batch)?)
     }
 
     /// Whether `ancestor` is `descendant` or one of its ancestors.
@@ -230,6 +220,18 @@ impl Log {
         let all: BTreeSet<EntryHash> = self.entries.keys().copied().collect();
         (self.order, self.state) = fold(&self.entries, &all);
     }
+}
+
+/// Decodes a batch of wire entries; the first bad one fails the batch, with its index.
+pub fn decode_batch(batch: &[Vec<u8>]) -> Result<Vec<Entry>, LogError> {
+    if batch.len() > MAX_BATCH_ENTRIES {
+        return Err(LogError::BatchTooLarge);
+    }
+    batch
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| Entry::decode(bytes).map_err(|e| LogError::InBatch { index, error: Box::new(e.into()) }))
+        .collect()
 }
 
 /// Topological order of `subset` (ancestor-closed), ties broken by hash, and its folded state.

@@ -106,14 +106,7 @@ impl Store {
 
     /// Decodes and ingests a sync batch.
     pub fn ingest_encoded(&mut self, batch: &[Vec<u8>]) -> Result<usize, StoreError> {
-        let entries = batch
-            .iter()
-            .enumerate()
-            .map(|(index, bytes)| {
-                Entry::decode(bytes).map_err(|e| LogError::InBatch { index, error: Box::new(e.into()) })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.ingest(entries)
+        self.ingest(crate::log::decode_batch(batch)?)
     }
 
     fn init(db: Database, genesis: Entry) -> Result<Self, StoreError> {

@@ -86,18 +86,10 @@ pub fn decapsulate(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     /// Replays each target's committed corpus, so a target cannot rot unnoticed.
     fn replay(target: &str, body: fn(&[u8])) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-        let mut count = 0;
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.expect("entry").path();
-            body(&std::fs::read(&path).expect("read corpus file"));
-            count += 1;
-        }
-        assert!(count > 0, "empty corpus {}", dir.display());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+        crate::testing::replay_corpus(&dir, body);
     }
 
     #[test]

@@ -316,3 +316,15 @@ pub fn ipv6_udp_packet(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
     packet[48..].copy_from_slice(payload);
     packet
 }
+
+/// Runs `body` over every file in a fuzz target's committed corpus directory, so the target's
+/// code path cannot rot while CI never runs a fuzzer. Panics if the corpus is empty.
+pub fn replay_corpus(dir: &std::path::Path, body: fn(&[u8])) {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("directory entry").path();
+        body(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+        count += 1;
+    }
+    assert!(count > 0, "empty corpus {}", dir.display());
+}
