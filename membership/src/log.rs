@@ -28,6 +28,10 @@ pub const MAX_BATCH_ENTRIES: usize = 256;
 /// when a revocation accepted early is voided by a later one; chains of that longer than this
 /// need more mutually revoking admins than any personal network has.
 const MAX_FOLD_PASSES: usize = 16;
+/// How far a joining device's clock may differ from the member admitting it. The join's time
+/// is signed by the joiner, so without this bound it could backdate a join past its expiry.
+pub const MAX_JOIN_CLOCK_SKEW: u64 = 300;
+
 /// Largest log a node holds (ML-13: iteration limits): beyond this, ingestion refuses.
 pub const MAX_LOG_ENTRIES: usize = 1 << 20;
 
@@ -60,6 +64,8 @@ pub enum LogError {
     BatchTooLarge,
     #[error("log is full")]
     LogFull,
+    #[error("the joining device's clock is too far from ours")]
+    ClockSkew,
 }
 
 impl Log {
@@ -159,6 +165,23 @@ impl Log {
             self.refold();
         }
         Ok(added.len())
+    }
+
+    /// Admits a `Join` that a new device presents directly (not through sync): besides every
+    /// ingestion rule, its invite must be unexpired by *this* node's clock and the time the
+    /// joiner signed must be within [`MAX_JOIN_CLOCK_SKEW`] of it (INV-02).
+    pub fn admit_join(&mut self, entry: Entry, now: u64) -> Result<(), LogError> {
+        let Operation::Join { invite, .. } = entry.operation() else {
+            return Err(RuleError::UnknownInvite.into());
+        };
+        let invite = self.state.invites.get(invite).ok_or(RuleError::UnknownInvite)?;
+        if now > invite.expires {
+            return Err(RuleError::InviteExpired.into());
+        }
+        if entry.contents().time.abs_diff(now) > MAX_JOIN_CLOCK_SKEW {
+            return Err(LogError::ClockSkew);
+        }
+        self.ingest(vec![entry]).map(|_| ())
     }
 
     /// Decodes and ingests wire bytes (a sync batch): one bad entry rejects them all.

@@ -376,6 +376,24 @@ fn inv02_an_expired_invite_is_refused() {
 }
 
 #[test]
+fn inv02_a_backdated_join_presented_after_expiry_is_refused_by_the_admitting_clock() {
+    let mut net = Network::new(25);
+    let founder = net.founder.key.clone();
+    let (invite, secret) = net.invite(&founder, Role::Member, 60);
+    let phone = net.member("phone", Role::Member);
+    // Signed with a time inside the invite's validity...
+    let backdated = Network::join_entry(&net.log, (invite, &secret), &phone, net.now);
+    // ...but presented an hour later: the admitting member's clock refuses it.
+    let an_hour_later = net.now + 3600;
+    assert_eq!(net.log.clone().admit_join(backdated.clone(), an_hour_later).map_err(unwrap_batch), Err(LogError::Rule(RuleError::InviteExpired)));
+    // A join claiming a time far from ours is refused too, even before expiry.
+    let skewed = Network::join_entry(&net.log, (invite, &secret), &phone, net.now + 50);
+    assert_eq!(net.log.clone().admit_join(skewed, net.now - 1000), Err(LogError::ClockSkew));
+    // On time, it is admitted.
+    assert_eq!(net.log.admit_join(backdated, net.now + 10), Ok(()));
+}
+
+#[test]
 fn inv03_garbled_or_unknown_invites_are_refused() {
     let mut net = Network::new(23);
     let founder = net.founder.key.clone();
