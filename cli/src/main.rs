@@ -1,7 +1,9 @@
 //! `pal`: the one CloudPal binary. The command surface is DESIGN.md's CLI contract; each
-//! subcommand lives in its own file under `commands/`.
+//! subcommand lives in its own file under `commands/`. Errors are one line on stderr and a
+//! non-zero exit.
 
 use clap::{Parser, Subcommand};
+use node::statedir::{DEFAULT_STATE_DIR, StateDir};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,8 +13,8 @@ mod commands;
 #[command(name = "pal", version = node::VERSION, about = "CloudPal: your devices, one private network")]
 struct Cli {
     /// State directory (keys, membership log, control socket).
-    #[arg(long, global = true, value_name = "DIR")]
-    state: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +31,7 @@ enum Command {
         /// Switch on CloudPal duties: relay, DHT anchor, VPN exit, DNS.
         #[arg(long)]
         cloudpal: bool,
+        /// Data-plane UDP address; the control plane uses TCP on the same port, QUIC on the next.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<String>,
         #[arg(long, value_name = "MULTIADDR")]
@@ -56,7 +59,11 @@ enum Command {
         json: bool,
     },
     /// Ping a device over the overlay and report the path used.
-    Ping { name: String },
+    Ping {
+        name: String,
+        #[arg(short = 'c', long, default_value_t = 3)]
+        count: u32,
+    },
     /// Show the verified membership log.
     Log {
         #[arg(long)]
@@ -91,26 +98,26 @@ enum DeviceCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let name = match &cli.command {
-        Command::Init { .. } => "init",
-        Command::Up { .. } => "up",
+    let state = StateDir::new(&cli.state);
+    let result = match cli.command {
+        Command::Init { name } => commands::init::run(&state, &name),
+        Command::Up { cloudpal, listen, bootstrap } => commands::up::run(state, cloudpal, listen, bootstrap),
         Command::Device { command } => match command {
-            DeviceCommand::Invite { .. } => "device invite",
-            DeviceCommand::Add { .. } => "device add",
-            DeviceCommand::List { .. } => "device list",
-            DeviceCommand::Revoke { .. } => "device revoke",
+            DeviceCommand::Invite { name, role, ttl } => commands::device::invite(&state, name, role, &ttl),
+            DeviceCommand::Add { .. } => commands::device::add(),
+            DeviceCommand::List { json } => commands::device::list(&state, json),
+            DeviceCommand::Revoke { name } => commands::device::revoke(&state, name),
         },
-        Command::Join { .. } => "join",
-        Command::Request { .. } => "request",
-        Command::Status { .. } => "status",
-        Command::Ping { .. } => "ping",
-        Command::Log { .. } => "log",
+        Command::Join { code, name } => commands::join::run(&state, &code, &name),
+        Command::Request { .. } => commands::request::run(),
+        Command::Status { json } => commands::status::run(&state, json),
+        Command::Ping { name, count } => commands::ping::run(&state, name, count),
+        Command::Log { json } => commands::log::run(&state, json),
     };
-    let _ = &cli.state;
-    match commands::run(name) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("pal: {message}");
+        Err(error) => {
+            eprintln!("pal: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -29,13 +29,41 @@ fn help_lists_every_subcommand_of_the_contract() {
     }
 }
 
-#[test]
-fn unbuilt_commands_fail_with_one_clear_line() {
-    let output = pal(&["status", "--json"]);
-    assert!(!output.status.success());
+/// Errors a user sees are one line on stderr and a non-zero exit.
+fn assert_one_line_error(args: &[&str], expected: &str) {
+    let output = pal(args);
+    assert!(!output.status.success(), "{args:?} succeeded");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("pal: "), "{stderr}");
+    assert!(stderr.starts_with("pal: ") && stderr.contains(expected), "{stderr}");
+}
+
+#[test]
+fn commands_without_a_running_node_fail_with_one_clear_line() {
+    let state = std::env::temp_dir().join(format!("pal-contract-{}", std::process::id()));
+    let state = state.to_str().expect("utf-8 path");
+    assert_one_line_error(&["--state", state, "status", "--json"], "not running");
+    assert_one_line_error(&["--state", state, "device", "list"], "not running");
+}
+
+#[test]
+fn garbled_invite_codes_fail_with_one_clear_line() {
+    let state = std::env::temp_dir().join(format!("pal-contract-join-{}", std::process::id()));
+    let state = state.to_str().expect("utf-8 path");
+    assert_one_line_error(&["--state", state, "join", "pal1notacode", "--name", "phone"], "invite code");
+    assert!(!std::path::Path::new(state).join("device.key").exists(), "nothing kept after a failed join");
+}
+
+#[test]
+fn init_refuses_to_overwrite_a_network() {
+    let state = std::env::temp_dir().join(format!("pal-contract-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let path = state.to_str().expect("utf-8 path");
+    assert!(pal(&["--state", path, "init", "--name", "laptop"]).status.success());
+    assert_one_line_error(&["--state", path, "init", "--name", "laptop"], "already holds");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state.join("device.key")).expect("key").permissions());
+    assert_eq!(mode & 0o777, 0o600, "secrets are owner-only");
+    std::fs::remove_dir_all(&state).ok();
 }
 
 #[test]

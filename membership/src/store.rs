@@ -104,6 +104,12 @@ impl Store {
         Ok(added)
     }
 
+    /// Admits a join presented directly by a new device (see [`Log::admit_join`]) and commits it.
+    pub fn admit_join(&mut self, entry: Entry, now: u64) -> Result<(), StoreError> {
+        self.log.admit_join(entry.clone(), now)?;
+        self.commit(&[entry])
+    }
+
     /// Decodes and ingests a sync batch.
     pub fn ingest_encoded(&mut self, batch: &[Vec<u8>]) -> Result<usize, StoreError> {
         self.ingest(crate::log::decode_batch(batch)?)

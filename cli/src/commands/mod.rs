@@ -1,7 +1,19 @@
-//! One file per subcommand arrives with the runtime (issue #4). Until then every subcommand
-//! says plainly that it is not available, with a non-zero exit, rather than pretending.
+//! One file per subcommand.
 
-/// Runs the named subcommand.
-pub fn run(name: &str) -> Result<(), String> {
-    Err(format!("`pal {name}` is not available in this build yet: the node runtime is still being built"))
+pub mod device;
+pub mod init;
+pub mod join;
+pub mod log;
+pub mod ping;
+pub mod request;
+pub mod status;
+pub mod up;
+
+use node::control::{ControlRequest, call};
+use node::statedir::StateDir;
+
+/// Sends one request to the running node of `state`.
+pub fn ask(state: &StateDir, request: ControlRequest) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(call(&state.socket_path(), &request))
 }

@@ -1,0 +1,921 @@
+//! `pal up`: one tokio event loop that owns the libp2p swarm, the UDP data-plane socket, the
+//! TUN device, the sans-IO [`protocol::Device`] and the membership [`Store`].
+//!
+//! Control plane (libp2p, TCP + QUIC, Noise, Yamux): members greet each other with a `Hello`
+//! that binds their libp2p identity to their device key and tells their data-plane port; they
+//! exchange log summaries, pull what they lack and push on every append. Data plane: UDP with
+//! the Noise tunnels of `protocol`; peers, keys and allowed addresses come from the membership
+//! state, and a revoked device is removed from the data plane the moment the revocation is
+//! applied.
+
+use crate::control::{ControlRequest, ControlResponse, MAX_REQUEST_LEN};
+use crate::icmp;
+use crate::invite::InviteCode;
+use crate::messages::{self, Binding, InviteProof, PeerAddresses, Request, Response};
+use crate::statedir::{StateDir, os_rng};
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, noise, ping, tcp, yamux};
+use membership::sync::missing_for;
+use membership::{DeviceStatus, Entry, NetworkId, Operation, Role, Store, SyncMessage};
+use protocol::{Device, DeviceConfig, DeviceId, DevicePublicKey, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, WallClock};
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UdpSocket, UnixListener};
+use tokio::sync::{mpsc, oneshot};
+
+/// The default data-plane port (UDP); libp2p listens on TCP of the same number and QUIC on
+/// the next one.
+pub const DEFAULT_PORT: u16 = 41641;
+/// Control requests waiting for the event loop; the CLI sends one at a time.
+const CONTROL_QUEUE: usize = 16;
+/// How often the loop runs maintenance: dialling members we are not connected to, ping jobs.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+/// Redial a member at most this often.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
+/// Interval between the echo requests of one `pal ping`, and how long to wait for the last.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Buffers: one datagram or packet each.
+const BUFFER_LEN: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The data-plane UDP address; libp2p uses TCP on the same port and QUIC on port + 1.
+    pub listen: SocketAddr,
+    pub bootstrap: Vec<Multiaddr>,
+    pub cloudpal: bool,
+    pub tun_name: String,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    control: request_response::Behaviour<messages::Codec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// What the node knows of one member's reachability.
+#[derive(Debug, Default, Clone)]
+struct Reach {
+    peer_id: Option<PeerId>,
+    multiaddrs: BTreeSet<Multiaddr>,
+    data_endpoint: Option<SocketAddr>,
+    connected: bool,
+    rtt: Option<Duration>,
+    last_dial: Option<Instant>,
+}
+
+struct PingJob {
+    target: Ipv4Addr,
+    name: String,
+    count: u16,
+    sent: BTreeMap<u16, Instant>,
+    replies: Vec<serde_json::Value>,
+    last_sent: Instant,
+    reply: oneshot::Sender<ControlResponse>,
+}
+
+struct Node {
+    state: StateDir,
+    identity: crate::statedir::Identity,
+    me: DeviceId,
+    network: NetworkId,
+    store: Store,
+    device: Device,
+    data_port: u16,
+    active_keys: Arc<RwLock<BTreeSet<StaticPublic>>>,
+    reach: BTreeMap<DeviceId, Reach>,
+    by_peer: HashMap<PeerId, DeviceId>,
+    connection_ips: HashMap<PeerId, IpAddr>,
+    listen_addrs: BTreeSet<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    ping: Option<PingJob>,
+    ping_sequence: u16,
+    rng: ChaCha20Rng,
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
+    let _lock = state.lock()?;
+    let identity = state.load_identity()?;
+    let store = state.open_store()?;
+    let me = identity.device.public_key().device_id();
+    let my_record = match store.log().state().devices.get(&me) {
+        Some(device) if device.status == DeviceStatus::Revoked => bail!("this device has been revoked from its network"),
+        Some(device) => device.record.clone(),
+        None => bail!("this device is not a member of the network in {}", state.root().display()),
+    };
+    let network = store.log().network();
+
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(&options.tun_name)
+        .ipv4(my_record.overlay_ipv4, 10, None)
+        .ipv6(my_record.overlay_ipv6, 48)
+        .mtu(protocol::wire::DEFAULT_MTU as u16)
+        .build_async()
+        .context("cannot create the TUN device: run pal up as root (CAP_NET_ADMIN)")?;
+    let udp = UdpSocket::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another node using it?", options.listen))?;
+    let data_port = udp.local_addr()?.port();
+
+    let mut rng = os_rng()?;
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let device = Device::new(
+        DeviceConfig {
+            static_secret: identity.static_secret.clone(),
+            psk: network_psk(&network),
+            under_load_threshold: protocol::device::DEFAULT_UNDER_LOAD_THRESHOLD,
+            mtu: protocol::wire::DEFAULT_MTU,
+            clock: WallClock { anchor: Instant::now(), unix_time_at_anchor: unix_now },
+        },
+        seed,
+    );
+    let mut swarm = build_swarm(&identity.libp2p)?;
+    let tcp_address = socket_multiaddr(options.listen, false);
+    let quic_address = socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
+    swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
+    swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
+
+    let socket_path = state.socket_path();
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = UnixListener::bind(&socket_path).context("cannot open the control socket")?;
+    std::fs::set_permissions(&socket_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
+    tokio::spawn(serve_control(listener, control_tx));
+
+    let mut bootstrap = options.bootstrap.clone();
+    bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
+    let mut node = Node {
+        state,
+        identity,
+        me,
+        network,
+        store,
+        device,
+        data_port,
+        active_keys: Arc::new(RwLock::new(BTreeSet::new())),
+        reach: BTreeMap::new(),
+        by_peer: HashMap::new(),
+        connection_ips: HashMap::new(),
+        listen_addrs: BTreeSet::new(),
+        bootstrap,
+        ping: None,
+        ping_sequence: 0,
+        rng,
+    };
+    let keys = node.active_keys.clone();
+    node.device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
+    node.apply_membership();
+    for address in node.bootstrap.clone() {
+        let _ = swarm.dial(address);
+    }
+    tracing::info!(cloudpal = options.cloudpal, "node up");
+
+    let (mut udp_buffer, mut tun_buffer, mut out) = (vec![0u8; BUFFER_LEN], vec![0u8; BUFFER_LEN], vec![0u8; BUFFER_LEN]);
+    let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let timer = node.device.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            received = udp.recv_from(&mut udp_buffer) => {
+                if let Ok((len, source)) = received {
+                    node.on_datagram(source, &udp_buffer[..len], &mut out, &tun).await;
+                }
+            }
+            read = tun.recv(&mut tun_buffer) => {
+                if let Ok(len) = read {
+                    node.on_tun_packet(&tun_buffer[..len], &mut out, &udp).await;
+                }
+            }
+            event = swarm.select_next_some() => node.on_swarm_event(&mut swarm, event),
+            Some((request, reply)) = control_rx.recv() => node.on_control(&mut swarm, request, reply, &mut out, &udp).await,
+            _ = sleep_until(timer) => node.device.handle_timeout(Instant::now()),
+            _ = maintenance.tick() => node.maintain(&mut swarm, &mut out, &udp).await,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        node.flush(&mut out, &udp).await;
+    }
+    let _ = std::fs::remove_file(node.state.socket_path());
+    tracing::info!("node down");
+    Ok(())
+}
+
+impl Node {
+    // ---- data plane ----------------------------------------------------------------------
+
+    async fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8], tun: &tun_rs::AsyncDevice) {
+        match self.device.decapsulate(source, datagram, out, Instant::now()) {
+            Ok(Received::Packet { len, .. }) => {
+                if let Some(sequence) = icmp::echo_reply_sequence(&out[..len])
+                    && self.ping_reply(sequence)
+                {
+                    return;
+                }
+                let _ = tun.send(&out[..len]).await;
+            }
+            Ok(Received::Nothing) => {}
+            Err(error) => tracing::trace!(%error, "datagram dropped"),
+        }
+    }
+
+    async fn on_tun_packet(&mut self, packet: &[u8], out: &mut [u8], udp: &UdpSocket) {
+        match self.device.encapsulate(packet, out, Instant::now()) {
+            Ok(Some(transmit)) => {
+                let _ = udp.send_to(&out[..transmit.len], transmit.destination).await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::trace!(%error, "packet dropped"),
+        }
+    }
+
+    async fn flush(&mut self, out: &mut [u8], udp: &UdpSocket) {
+        while let Some(transmit) = self.device.poll_transmit(out, Instant::now()) {
+            let _ = udp.send_to(&out[..transmit.len], transmit.destination).await;
+        }
+    }
+
+    /// Makes the data plane match the membership state: every active member a peer (with its
+    /// overlay addresses as allowed IPs), every revoked one gone at once.
+    fn apply_membership(&mut self) {
+        let state = self.store.log().state().clone();
+        let mut active = BTreeSet::new();
+        for (id, device) in &state.devices {
+            let key = device.record.static_key;
+            if device.status == DeviceStatus::Revoked {
+                self.device.remove_peer(&key);
+                self.reach.remove(id);
+                continue;
+            }
+            active.insert(key);
+            if *id == self.me {
+                continue;
+            }
+            self.device.upsert_peer(PeerConfig {
+                static_public: key,
+                allowed_ips: vec![
+                    IpPrefix::host(IpAddr::V4(device.record.overlay_ipv4)),
+                    IpPrefix::host(IpAddr::V6(device.record.overlay_ipv6)),
+                ],
+                endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
+                persistent_keepalive: None,
+            });
+            self.reach.entry(*id).or_default();
+        }
+        if let Ok(mut keys) = self.active_keys.write() {
+            *keys = active;
+        }
+    }
+
+    // ---- control plane -------------------------------------------------------------------
+
+    fn on_swarm_event(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.listen_addrs.insert(address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if let Some(ip) = multiaddr_ip(endpoint.get_remote_address()) {
+                    self.connection_ips.insert(peer_id, ip);
+                }
+                if endpoint.is_dialer() {
+                    let request = Request::Hello {
+                        binding: self.binding(&peer_id),
+                        data_port: self.data_port,
+                        summary: self.summary().into(),
+                    };
+                    swarm.behaviour_mut().control.send_request(&peer_id, request);
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                if let Some(reach) = self.by_peer.get(&peer_id).and_then(|id| self.reach.get_mut(id)) {
+                    reach.connected = false;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if let Some(reach) = self.by_peer.get(&peer_id).and_then(|id| self.reach.get_mut(id)) {
+                    reach.multiaddrs.extend(info.listen_addrs.into_iter().filter(is_dialable));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
+                    reach.rtt = Some(rtt);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Control(request_response::Event::Message { peer, message, .. })) => {
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        let response = self.on_request(swarm, peer, request);
+                        let _ = swarm.behaviour_mut().control.send_response(channel, response);
+                    }
+                    request_response::Message::Response { response, .. } => self.on_response(swarm, peer, response),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, request: Request) -> Response {
+        match request {
+            Request::Hello { binding, data_port, summary } => {
+                let Some(device) = self.verify_binding(&peer, &binding) else {
+                    return refused("not a member of this network");
+                };
+                self.learn_peer(peer, device, data_port);
+                self.pull_if_behind(swarm, peer, &summary);
+                Response::Hello {
+                    binding: self.binding(&peer),
+                    data_port: self.data_port,
+                    summary: self.summary().into(),
+                    peers: self.known_peers(),
+                }
+            }
+            Request::Sync { binding, invite, summary } => {
+                let member = binding.is_some_and(|b| self.verify_binding(&peer, &b).is_some());
+                let invited = invite.is_some_and(|proof| self.verify_invite_proof(&peer, &proof));
+                if !member && !invited {
+                    return refused("not a member of this network");
+                }
+                match decode_summary(&summary) {
+                    Some(summary) => {
+                        let mut batches = missing_for(self.store.log(), &summary).into_iter();
+                        let batch = batches.next().unwrap_or_default();
+                        Response::Entries { batch: batch.into_iter().map(Into::into).collect(), more: batches.next().is_some() }
+                    }
+                    None => refused("malformed summary"),
+                }
+            }
+            Request::Join { entry } => {
+                let now = unix_now();
+                let result = Entry::decode(&entry)
+                    .map_err(|e| e.to_string())
+                    .and_then(|entry| self.store.admit_join(entry, now).map_err(|e| e.to_string()));
+                match result {
+                    Ok(()) => {
+                        self.membership_changed(swarm);
+                        Response::Accepted
+                    }
+                    Err(reason) => refused(&format!("join refused: {reason}")),
+                }
+            }
+            Request::Announce { summary } => {
+                if self.by_peer.contains_key(&peer) {
+                    self.pull_if_behind(swarm, peer, &summary);
+                }
+                Response::Accepted
+            }
+        }
+    }
+
+    fn on_response(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, response: Response) {
+        match response {
+            Response::Hello { binding, data_port, summary, peers } => {
+                let Some(device) = self.verify_binding(&peer, &binding) else { return };
+                self.learn_peer(peer, device, data_port);
+                for entry in peers {
+                    self.learn_addresses(entry);
+                }
+                self.pull_if_behind(swarm, peer, &summary);
+            }
+            Response::Entries { batch, more } => {
+                let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
+                match self.store.ingest_encoded(&batch) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        self.membership_changed(swarm);
+                        if more {
+                            self.request_sync(swarm, peer);
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "sync batch refused"),
+                }
+            }
+            Response::Accepted | Response::Refused { .. } => {}
+        }
+    }
+
+    /// After the log changed: refresh the data plane and tell every connected member.
+    fn membership_changed(&mut self, swarm: &mut Swarm<Behaviour>) {
+        self.apply_membership();
+        if self.store.log().state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked) {
+            tracing::warn!("this device has been revoked; leaving the network");
+            self.device.peers().copied().collect::<Vec<_>>().iter().for_each(|k| {
+                self.device.remove_peer(k);
+            });
+        }
+        let summary = self.summary();
+        for peer in self.by_peer.keys().copied().collect::<Vec<_>>() {
+            swarm.behaviour_mut().control.send_request(&peer, Request::Announce { summary: summary.clone().into() });
+        }
+    }
+
+    fn pull_if_behind(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, summary: &[u8]) {
+        if let Some(summary) = decode_summary(summary)
+            && !membership::sync::has_everything_of(self.store.log(), &summary)
+        {
+            self.request_sync(swarm, peer);
+        }
+    }
+
+    fn request_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let request = Request::Sync { binding: Some(self.binding(&peer)), invite: None, summary: self.summary().into() };
+        swarm.behaviour_mut().control.send_request(&peer, request);
+    }
+
+    fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
+        self.by_peer.insert(peer, device);
+        let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
+        let reach = self.reach.entry(device).or_default();
+        reach.peer_id = Some(peer);
+        reach.connected = true;
+        if let Some(endpoint) = endpoint {
+            reach.data_endpoint = Some(endpoint);
+            if let Some(record) = self.store.log().state().devices.get(&device) {
+                self.device.set_peer_endpoint(&record.record.static_key, endpoint);
+            }
+        }
+    }
+
+    fn learn_addresses(&mut self, entry: PeerAddresses) {
+        let Ok(peer_id) = PeerId::from_bytes(&entry.peer_id) else { return };
+        if peer_id == *self.local_peer_id() {
+            return;
+        }
+        let addresses: Vec<Multiaddr> = entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
+        // Only addresses of known members are kept; the device id comes from the Hello later.
+        if let Some(device) = self.by_peer.get(&peer_id).copied() {
+            self.reach.entry(device).or_default().multiaddrs.extend(addresses);
+        } else {
+            for address in addresses {
+                self.bootstrap.push(address.with_p2p(peer_id).unwrap_or_else(|a| a));
+            }
+        }
+    }
+
+    fn known_peers(&self) -> Vec<PeerAddresses> {
+        self.reach
+            .values()
+            .filter_map(|reach| {
+                Some(PeerAddresses {
+                    peer_id: reach.peer_id?.to_bytes().into(),
+                    multiaddrs: reach.multiaddrs.iter().map(ToString::to_string).collect(),
+                    data_endpoint: reach.data_endpoint.map(|e| e.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    fn binding(&self, peer: &PeerId) -> Binding {
+        let _ = peer;
+        let message = binding_message(&self.network, self.local_peer_id());
+        Binding {
+            device_key: (*self.identity.device.public_key().as_bytes()).into(),
+            signature: (*self.identity.device.sign(&message).as_bytes()).into(),
+        }
+    }
+
+    /// The device behind `peer`, if its binding is valid and it is an active member.
+    fn verify_binding(&self, peer: &PeerId, binding: &Binding) -> Option<DeviceId> {
+        let key = DevicePublicKey::from_bytes(*binding.device_key);
+        let signature = protocol::Signature::from_bytes(*binding.signature);
+        key.verify(&binding_message(&self.network, peer), &signature).ok()?;
+        let id = key.device_id();
+        let device = self.store.log().state().devices.get(&id)?;
+        (device.status == DeviceStatus::Active && device.record.signing_key == key).then_some(id)
+    }
+
+    fn verify_invite_proof(&self, peer: &PeerId, proof: &InviteProof) -> bool {
+        let Some(invite) = self.store.log().state().invites.get(&membership::EntryHash(*proof.invite)) else {
+            return false;
+        };
+        let mut message = messages::INVITE_PROOF_DOMAIN.to_vec();
+        message.extend_from_slice(&self.network.0);
+        message.extend_from_slice(&peer.to_bytes());
+        invite.consumed_by.is_none()
+            && invite.expires >= unix_now()
+            && invite.key.verify(&message, &protocol::Signature::from_bytes(*proof.signature)).is_ok()
+    }
+
+    fn local_peer_id(&self) -> &PeerId {
+        // Derived once from the libp2p key; stable for the run.
+        static PEER: std::sync::OnceLock<PeerId> = std::sync::OnceLock::new();
+        PEER.get_or_init(|| libp2p_keypair(&self.identity.libp2p).public().to_peer_id())
+    }
+
+    fn summary(&self) -> Vec<u8> {
+        SyncMessage::Summary(self.store.log().summary()).encode()
+    }
+
+    // ---- maintenance and local commands ---------------------------------------------------
+
+    async fn maintain(&mut self, swarm: &mut Swarm<Behaviour>, out: &mut [u8], udp: &UdpSocket) {
+        let now = Instant::now();
+        for (id, reach) in self.reach.iter_mut() {
+            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < REDIAL_INTERVAL) {
+                continue;
+            }
+            reach.last_dial = Some(now);
+            if let Some(peer) = reach.peer_id {
+                let addresses: Vec<Multiaddr> = reach.multiaddrs.iter().cloned().collect();
+                let _ = swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addresses).build());
+            }
+        }
+        if self.by_peer.is_empty() {
+            for address in self.bootstrap.clone() {
+                let _ = swarm.dial(address);
+            }
+        }
+        self.advance_ping(out, udp).await;
+        let addresses: Vec<String> = self
+            .reach
+            .values()
+            .filter_map(|r| Some((r.peer_id?, r.multiaddrs.iter().next()?.clone())))
+            .filter_map(|(peer, address)| address.with_p2p(peer).ok())
+            .map(|a| a.to_string())
+            .collect();
+        if !addresses.is_empty() {
+            let _ = self.state.cache_peers(&addresses);
+        }
+    }
+
+    async fn on_control(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        request: ControlRequest,
+        reply: oneshot::Sender<ControlResponse>,
+        out: &mut [u8],
+        udp: &UdpSocket,
+    ) {
+        let response = match request {
+            ControlRequest::Status => Ok(self.status()),
+            ControlRequest::DeviceList => Ok(self.device_list()),
+            ControlRequest::Log => Ok(self.log_json()),
+            ControlRequest::Invite { name, role, ttl_seconds } => self.invite(swarm, &name, &role, ttl_seconds),
+            ControlRequest::Revoke { name } => self.revoke(swarm, &name),
+            ControlRequest::Ping { name, count } => {
+                match self.start_ping(&name, count, reply) {
+                    Ok(()) => self.advance_ping(out, udp).await,
+                    Err((reply, error)) => {
+                        let _ = reply.send(ControlResponse::Error(error));
+                    }
+                }
+                return;
+            }
+        };
+        let _ = reply.send(match response {
+            Ok(value) => ControlResponse::Ok(value),
+            Err(error) => ControlResponse::Error(error),
+        });
+    }
+
+    fn require_admin(&self) -> Result<(), String> {
+        match self.store.log().state().devices.get(&self.me) {
+            Some(device) if device.record.role == Role::Admin && device.status == DeviceStatus::Active => Ok(()),
+            _ => Err("only an admin device can do this".into()),
+        }
+    }
+
+    fn invite(&mut self, swarm: &mut Swarm<Behaviour>, name: &str, role: &str, ttl: u64) -> Result<serde_json::Value, String> {
+        self.require_admin()?;
+        let role: Role = role.parse()?;
+        if !membership::entry::validate_name(name) {
+            return Err(format!("{name:?} is not a valid device name: use letters, digits, '-', '_' or '.'"));
+        }
+        let secret = protocol::DeviceSigningKey::generate(&mut self.rng);
+        let now = unix_now();
+        let entry = self
+            .store
+            .append(
+                Operation::Invite { invite_key: secret.public_key(), role, expires: now + ttl, name_hint: name.to_owned() },
+                &self.identity.device,
+                None,
+                now,
+            )
+            .map_err(|e| format!("cannot invite: {e}"))?;
+        self.membership_changed(swarm);
+        let peer = *self.local_peer_id();
+        let bootstrap: Vec<String> = self
+            .listen_addrs
+            .iter()
+            .filter(|a| is_dialable(a))
+            .filter_map(|a| a.clone().with_p2p(peer).ok())
+            .map(|a| a.to_string())
+            .collect();
+        let code = InviteCode { network: self.network, invite: entry.hash(), secret, bootstrap };
+        Ok(json!({ "code": code.encode(), "expires": now + ttl, "role": role.as_str() }))
+    }
+
+    fn revoke(&mut self, swarm: &mut Swarm<Behaviour>, name: &str) -> Result<serde_json::Value, String> {
+        self.require_admin()?;
+        let state = self.store.log().state();
+        let Some((id, _)) = state.active_devices().find(|(_, d)| d.record.name == name) else {
+            return Err(format!("no active device named {name:?}; see `pal device list`"));
+        };
+        let id = *id;
+        self.store
+            .append(Operation::RevokeDevice { device: id }, &self.identity.device, None, unix_now())
+            .map_err(|e| format!("cannot revoke {name}: {e}"))?;
+        self.membership_changed(swarm);
+        Ok(json!({ "revoked": name }))
+    }
+
+    fn start_ping(
+        &mut self,
+        name: &str,
+        count: u32,
+        reply: oneshot::Sender<ControlResponse>,
+    ) -> Result<(), (oneshot::Sender<ControlResponse>, String)> {
+        let state = self.store.log().state();
+        let Some((_, target)) = state.active_devices().find(|(id, d)| d.record.name == name && **id != self.me) else {
+            return Err((reply, format!("no other active device named {name:?}; see `pal device list`")));
+        };
+        if let Some(job) = self.ping.take() {
+            let _ = job.reply.send(ControlResponse::Error("ping superseded".into()));
+        }
+        self.ping = Some(PingJob {
+            target: target.record.overlay_ipv4,
+            name: name.to_owned(),
+            count: count.clamp(1, 100) as u16,
+            sent: BTreeMap::new(),
+            replies: Vec::new(),
+            last_sent: Instant::now() - PING_INTERVAL,
+            reply,
+        });
+        Ok(())
+    }
+
+    /// Sends the next echo request if due; finishes the job when all are answered or late.
+    async fn advance_ping(&mut self, out: &mut [u8], udp: &UdpSocket) {
+        let Some(job) = self.ping.as_mut() else { return };
+        let now = Instant::now();
+        let finished = job.replies.len() == usize::from(job.count)
+            || (job.sent.len() == usize::from(job.count) && now - job.last_sent > PING_TIMEOUT);
+        if finished {
+            if let Some(job) = self.ping.take() {
+                let result = json!({ "name": job.name, "sent": job.sent.len(), "received": job.replies.len(), "replies": job.replies });
+                let _ = job.reply.send(ControlResponse::Ok(result));
+            }
+            return;
+        }
+        if job.sent.len() < usize::from(job.count) && now - job.last_sent >= PING_INTERVAL {
+            self.ping_sequence = self.ping_sequence.wrapping_add(1);
+            let sequence = self.ping_sequence;
+            job.sent.insert(sequence, now);
+            job.last_sent = now;
+            let me = self.store.log().state().devices.get(&self.me).map(|d| d.record.overlay_ipv4);
+            let packet = icmp::echo_request(me.unwrap_or(Ipv4Addr::UNSPECIFIED), job.target, sequence);
+            self.on_tun_packet(&packet, out, udp).await;
+        }
+    }
+
+    /// Records a reply to the running ping; false if it is not ours.
+    fn ping_reply(&mut self, sequence: u16) -> bool {
+        let Some(job) = self.ping.as_mut() else { return false };
+        let Some(sent) = job.sent.get(&sequence) else { return false };
+        let rtt = sent.elapsed();
+        job.replies.push(json!({ "seq": sequence, "rtt_ms": rtt.as_secs_f64() * 1000.0, "path": "direct" }));
+        true
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let state = self.store.log().state();
+        let now = Instant::now();
+        let mine = state.devices.get(&self.me);
+        let peers: Vec<serde_json::Value> = state
+            .active_devices()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, device)| {
+                let key = device.record.static_key;
+                let stats = self.device.peer_stats(&key).unwrap_or_default();
+                let reach = self.reach.get(id);
+                let path = if self.device.peer_has_session(&key, now) { "direct" } else { "none" };
+                json!({
+                    "name": device.record.name,
+                    "id": id.to_hex(),
+                    "overlay_ipv4": device.record.overlay_ipv4.to_string(),
+                    "overlay_ipv6": device.record.overlay_ipv6.to_string(),
+                    "path": path,
+                    "endpoint": self.device.peer_endpoint(&key).map(|e| e.to_string()),
+                    "rtt_ms": reach.and_then(|r| r.rtt).map(|r| r.as_secs_f64() * 1000.0),
+                    "rx_bytes": stats.rx_bytes,
+                    "tx_bytes": stats.tx_bytes,
+                })
+            })
+            .collect();
+        json!({
+            "device": {
+                "name": mine.map(|d| d.record.name.clone()),
+                "id": self.me.to_hex(),
+                "overlay_ipv4": mine.map(|d| d.record.overlay_ipv4.to_string()),
+                "overlay_ipv6": mine.map(|d| d.record.overlay_ipv6.to_string()),
+            },
+            "peers": peers,
+        })
+    }
+
+    fn device_list(&self) -> serde_json::Value {
+        device_list_json(self.store.log().state())
+    }
+
+    fn log_json(&self) -> serde_json::Value {
+        log_json(self.store.log())
+    }
+}
+
+/// `pal device list --json`.
+pub fn device_list_json(state: &membership::State) -> serde_json::Value {
+    serde_json::Value::Array(
+        state
+            .devices
+            .iter()
+            .map(|(id, device)| {
+                json!({
+                    "name": device.record.name,
+                    "id": id.to_hex(),
+                    "role": device.record.role.as_str(),
+                    "status": match device.status { DeviceStatus::Active => "active", DeviceStatus::Revoked => "revoked" },
+                    "overlay_ipv4": device.record.overlay_ipv4.to_string(),
+                    "overlay_ipv6": device.record.overlay_ipv6.to_string(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `pal log --json`: the verified entries in fold order.
+pub fn log_json(log: &membership::Log) -> serde_json::Value {
+    let state = log.state();
+    let name_of = |id: &DeviceId| state.devices.get(id).map(|d| d.record.name.clone()).unwrap_or_else(|| id.to_hex());
+    serde_json::Value::Array(
+        log.entries()
+            .map(|entry| {
+                let operation = match entry.operation() {
+                    Operation::Genesis { network_name, founder } => json!({"genesis": {"network": network_name, "founder": founder.name}}),
+                    Operation::AddDevice { device } => json!({"add_device": {"name": device.name, "role": device.role.as_str()}}),
+                    Operation::Invite { role, expires, name_hint, .. } => json!({"invite": {"role": role.as_str(), "expires": expires, "name_hint": name_hint}}),
+                    Operation::Join { device, .. } => json!({"join": {"name": device.name, "role": device.role.as_str()}}),
+                    Operation::RevokeDevice { device } => json!({"revoke_device": {"name": name_of(device)}}),
+                    Operation::SetPolicy { .. } => json!({"set_policy": {}}),
+                };
+                json!({ "hash": entry.hash().to_hex(), "author": name_of(&entry.author()), "time": entry.contents().time, "operation": operation })
+            })
+            .collect(),
+    )
+}
+
+/// Accepts control connections and forwards each request to the event loop.
+async fn serve_control(listener: UnixListener, requests: mpsc::Sender<(ControlRequest, oneshot::Sender<ControlResponse>)>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read).take(MAX_REQUEST_LEN as u64);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if requests.send((request, reply)).await.is_err() {
+                        return;
+                    }
+                    answer.await.unwrap_or_else(|_| ControlResponse::Error("the node is shutting down".into()))
+                }
+                Err(_) => ControlResponse::Error("unreadable control request".into()),
+            };
+            if let Ok(mut text) = serde_json::to_string(&response) {
+                text.push('\n');
+                let _ = write.write_all(text.as_bytes()).await;
+            }
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
+    let keypair = libp2p_keypair(seed);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            control: request_response::Behaviour::new(
+                [(messages::PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public())),
+            ping: ping::Behaviour::new(ping::Config::new()),
+        })?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+/// The behaviour `pal join` runs while it is not yet a member: the control protocol only.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Join {
+    pub(crate) control: request_response::Behaviour<messages::Codec>,
+}
+
+pub(crate) fn build_swarm_for_join(seed: &[u8; 32]) -> Result<Swarm<Join>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(libp2p_keypair(seed))
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_behaviour(|_| Join {
+            control: request_response::Behaviour::new(
+                [(messages::PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            ),
+        })?
+        .build();
+    Ok(swarm)
+}
+
+pub(crate) fn libp2p_keypair(seed: &[u8; 32]) -> identity::Keypair {
+    let mut bytes = *seed;
+    identity::Keypair::ed25519_from_bytes(&mut bytes).unwrap_or_else(|_| identity::Keypair::generate_ed25519())
+}
+
+/// The network's handshake PSK: only members (and invitees) know the network id.
+pub fn network_psk(network: &NetworkId) -> PresharedKey {
+    use blake2::{Blake2s256, Digest};
+    let mut hasher = Blake2s256::new();
+    hasher.update(b"cloudpal/data-plane-psk/v1");
+    hasher.update(network.0);
+    PresharedKey::from_bytes(hasher.finalize().into())
+}
+
+pub(crate) fn binding_message(network: &NetworkId, peer: &PeerId) -> Vec<u8> {
+    let mut message = messages::BINDING_DOMAIN.to_vec();
+    message.extend_from_slice(&network.0);
+    message.extend_from_slice(&peer.to_bytes());
+    message
+}
+
+fn decode_summary(bytes: &[u8]) -> Option<membership::Summary> {
+    match SyncMessage::decode(bytes) {
+        Ok(SyncMessage::Summary(summary)) => Some(summary),
+        _ => None,
+    }
+}
+
+fn refused(reason: &str) -> Response {
+    Response::Refused { reason: reason.to_owned() }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) fn socket_multiaddr(address: SocketAddr, quic: bool) -> Multiaddr {
+    let mut multiaddr = Multiaddr::empty();
+    multiaddr.push(match address.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    if quic {
+        multiaddr.push(Protocol::Udp(address.port()));
+        multiaddr.push(Protocol::QuicV1);
+    } else {
+        multiaddr.push(Protocol::Tcp(address.port()));
+    }
+    multiaddr
+}
+
+fn multiaddr_ip(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Addresses worth giving to others: not loopback, not unspecified, not our overlay.
+fn is_dialable(address: &Multiaddr) -> bool {
+    multiaddr_ip(address).is_some_and(|ip| {
+        !ip.is_loopback() && !ip.is_unspecified() && !matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+    })
+}

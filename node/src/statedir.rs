@@ -1,0 +1,166 @@
+//! The state directory: keys (0600), the membership store, the control socket, the lock that
+//! keeps a second `pal up` away, and the cache of peer addresses.
+
+use anyhow::{Context, Result, bail};
+use membership::Store;
+use protocol::{DeviceSigningKey, StaticSecret};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where state lives when `--state` is not given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cloudpal";
+
+/// A device's three independent keys (DESIGN.md "Keys and identity").
+pub struct Identity {
+    pub device: DeviceSigningKey,
+    pub static_secret: StaticSecret,
+    /// The libp2p identity's ed25519 seed.
+    pub libp2p: [u8; 32],
+}
+
+impl core::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Identity(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Holds the lock on a state directory while a node runs.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("membership.redb")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join("pal.sock")
+    }
+
+    pub fn peers_path(&self) -> PathBuf {
+        self.root.join("peers.txt")
+    }
+
+    pub fn is_initialised(&self) -> bool {
+        self.store_path().exists()
+    }
+
+    /// Creates the directory (0700) and fresh keys; refuses to overwrite existing ones.
+    pub fn create_identity(&self) -> Result<Identity> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .with_context(|| format!("cannot create state directory {}", self.root.display()))?;
+        if self.root.join("device.key").exists() {
+            bail!("{} already holds a device; use another --state directory", self.root.display());
+        }
+        let mut rng = os_rng()?;
+        let identity = Identity {
+            device: DeviceSigningKey::generate(&mut rng),
+            static_secret: StaticSecret::generate(&mut rng),
+            libp2p: {
+                let mut seed = [0u8; 32];
+                rng.fill_bytes(&mut seed);
+                seed
+            },
+        };
+        write_secret(&self.root.join("device.key"), identity.device.expose_secret())?;
+        write_secret(&self.root.join("static.key"), identity.static_secret.expose_secret())?;
+        write_secret(&self.root.join("libp2p.key"), &identity.libp2p)?;
+        Ok(identity)
+    }
+
+    pub fn load_identity(&self) -> Result<Identity> {
+        if !self.root.join("device.key").exists() {
+            bail!("no device in {}; run `pal init` or `pal join` first", self.root.display());
+        }
+        Ok(Identity {
+            device: DeviceSigningKey::from_bytes(&read_secret(&self.root.join("device.key"))?),
+            static_secret: StaticSecret::from_bytes(read_secret(&self.root.join("static.key"))?),
+            libp2p: read_secret(&self.root.join("libp2p.key"))?,
+        })
+    }
+
+    pub fn open_store(&self) -> Result<Store> {
+        Store::open(&self.store_path())
+            .map_err(|e| anyhow::anyhow!("cannot open the membership log in {}: {e}", self.root.display()))
+    }
+
+    /// Takes the run lock; fails if another `pal up` holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.root.join("pal.lock"))
+            .with_context(|| format!("cannot open the lock in {}", self.root.display()))?;
+        if file.try_lock().is_err() {
+            bail!("a node is already running on {}", self.root.display());
+        }
+        Ok(RunLock { _file: file })
+    }
+
+    /// Peer addresses remembered from earlier runs (one multiaddr a line).
+    pub fn cached_peers(&self) -> Vec<String> {
+        std::fs::read_to_string(self.peers_path())
+            .map(|text| text.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn cache_peers(&self, addresses: &[String]) -> Result<()> {
+        let mut text = addresses.join("\n");
+        text.push('\n');
+        write_private(&self.peers_path(), text.as_bytes())
+    }
+}
+
+/// A ChaCha20 RNG seeded once from the operating system.
+pub fn os_rng() -> Result<ChaCha20Rng> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(ChaCha20Rng::from_seed(seed))
+}
+
+fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<()> {
+    write_private(path, bytes)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<[u8; 32]> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))
+}
