@@ -42,6 +42,8 @@ const CONTROL_QUEUE: usize = 16;
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Redial a member at most this often.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
+/// Addresses remembered per candidate peer: bounds what a member can make us dial.
+const MAX_CANDIDATE_ADDRESSES: usize = 16;
 /// Interval between the echo requests of one `pal ping`, and how long to wait for the last.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -89,6 +91,7 @@ struct Node {
     state: StateDir,
     identity: crate::statedir::Identity,
     me: DeviceId,
+    peer_id: PeerId,
     network: NetworkId,
     store: Store,
     device: Device,
@@ -99,6 +102,9 @@ struct Node {
     connection_ips: HashMap<PeerId, IpAddr>,
     listen_addrs: BTreeSet<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
+    /// Peers other members told us about, not yet proven or connected: redialled.
+    candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
+    last_candidate_dial: Option<Instant>,
     ping: Option<PingJob>,
     ping_sequence: u16,
     rng: ChaCha20Rng,
@@ -160,6 +166,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
     let mut node = Node {
         state,
+        peer_id: *swarm.local_peer_id(),
         identity,
         me,
         network,
@@ -172,6 +179,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         connection_ips: HashMap::new(),
         listen_addrs: BTreeSet::new(),
         bootstrap,
+        candidates: BTreeMap::new(),
+        last_candidate_dial: None,
         ping: None,
         ping_sequence: 0,
         rng,
@@ -386,7 +395,7 @@ impl Node {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
                 self.learn_peer(peer, device, data_port);
                 for entry in peers {
-                    self.learn_addresses(entry);
+                    self.learn_addresses(swarm, entry);
                 }
                 self.pull_if_behind(swarm, peer, &summary);
             }
@@ -449,19 +458,27 @@ impl Node {
         }
     }
 
-    fn learn_addresses(&mut self, entry: PeerAddresses) {
+    /// Addresses of a member another member told us about: dial it now if we are not
+    /// connected, and keep them as candidates for the maintenance redials. Who it is gets
+    /// proven by its own Hello binding, never by what we were told.
+    fn learn_addresses(&mut self, swarm: &mut Swarm<Behaviour>, entry: PeerAddresses) {
         let Ok(peer_id) = PeerId::from_bytes(&entry.peer_id) else { return };
         if peer_id == *self.local_peer_id() {
             return;
         }
         let addresses: Vec<Multiaddr> = entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
-        // Only addresses of known members are kept; the device id comes from the Hello later.
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
-            self.reach.entry(device).or_default().multiaddrs.extend(addresses);
-        } else {
-            for address in addresses {
-                self.bootstrap.push(address.with_p2p(peer_id).unwrap_or_else(|a| a));
+            self.reach.entry(device).or_default().multiaddrs.extend(addresses.iter().cloned());
+        }
+        let candidates = self.candidates.entry(peer_id).or_default();
+        for address in &addresses {
+            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
+                candidates.insert(address.clone());
             }
+        }
+        if !swarm.is_connected(&peer_id) {
+            let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id).addresses(addresses).build();
+            let _ = swarm.dial(options);
         }
     }
 
@@ -510,9 +527,7 @@ impl Node {
     }
 
     fn local_peer_id(&self) -> &PeerId {
-        // Derived once from the libp2p key; stable for the run.
-        static PEER: std::sync::OnceLock<PeerId> = std::sync::OnceLock::new();
-        PEER.get_or_init(|| libp2p_keypair(&self.identity.libp2p).public().to_peer_id())
+        &self.peer_id
     }
 
     fn summary(&self) -> Vec<u8> {
@@ -533,9 +548,18 @@ impl Node {
                 let _ = swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addresses).build());
             }
         }
-        if self.by_peer.is_empty() {
-            for address in self.bootstrap.clone() {
-                let _ = swarm.dial(address);
+        if self.last_candidate_dial.is_none_or(|at| now - at >= REDIAL_INTERVAL) {
+            self.last_candidate_dial = Some(now);
+            for (peer, addresses) in &self.candidates {
+                if !swarm.is_connected(peer) {
+                    let addresses: Vec<Multiaddr> = addresses.iter().cloned().collect();
+                    let _ = swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(*peer).addresses(addresses).build());
+                }
+            }
+            if self.by_peer.is_empty() {
+                for address in self.bootstrap.clone() {
+                    let _ = swarm.dial(address);
+                }
             }
         }
         self.advance_ping(out, udp).await;

@@ -1,18 +1,293 @@
-//! End-to-end tests of the real `pal` binary.
+//! End-to-end fixtures: Linux network namespaces, veth links, a bridge "switch", and `pal`
+//! nodes running the real binary. Every fixture is RAII — dropping it (also while a test
+//! panics) kills its processes and deletes what it created — and every command's exit status
+//! is checked. Names are unique per process and fixture, so tests run in parallel.
 //!
-//! [`pal_binary`] finds the binary the workspace built. The network-namespace fixtures (hosts,
-//! links, NAT routers) arrive with the runtime, issue #4.
+//! Addresses: LAN hosts get 198.51.100.0/24 (a documentation range); nothing leaves the
+//! namespaces a test creates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
-/// The `pal` binary of this build: `$PAL_BIN` if set, else next to the test executable
-/// (`target/<profile>/pal`).
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: interface names have 15 bytes at most.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (the tests need root and iproute2)"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    output
+}
+
+/// The `pal` binary of this build: `$PAL_BIN` if set, else next to the test executable.
 pub fn pal_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PAL_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/pal
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    profile_dir.join("pal")
+    let pal = profile_dir.join("pal");
+    assert!(pal.exists(), "{} not built: run cargo build -p cli first, or set PAL_BIN", pal.display());
+    pal
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        run("ip", &["netns", "add", &name]);
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// `ip -n NAME ARGS…`, checked.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a program inside the namespace, returning its output unchecked.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name))
+    }
+
+    /// Starts a program inside the namespace.
+    pub fn spawn(&self, program: &str, args: &[&str], log: &Path) -> Child {
+        let file = std::fs::File::create(log).expect("log file");
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} in {}: {e}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A LAN: a switch namespace holding a bridge, and hosts attached to it by veth pairs.
+#[derive(Debug)]
+pub struct Lan {
+    switch: Netns,
+    prefix: &'static str,
+    hosts: u8,
+}
+
+impl Lan {
+    /// A bridge for the /24 `prefix` (like "198.51.100").
+    pub fn new(prefix: &'static str) -> Self {
+        let switch = Netns::new("sw");
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        Self { switch, prefix, hosts: 0 }
+    }
+
+    /// A new host namespace on this LAN with the next address; returns it and the address.
+    pub fn host(&mut self, tag: &str) -> (Netns, String) {
+        self.hosts += 1;
+        let host = Netns::new(tag);
+        let (outside, inside) = (unique("vs"), unique("vh"));
+        run("ip", &["link", "add", &outside, "type", "veth", "peer", "name", &inside]);
+        run("ip", &["link", "set", &outside, "netns", &self.switch.name]);
+        run("ip", &["link", "set", &inside, "netns", &host.name]);
+        self.switch.ip(&["link", "set", &outside, "master", "br0"]);
+        self.switch.ip(&["link", "set", &outside, "up"]);
+        host.ip(&["link", "set", &inside, "name", "eth0"]);
+        let address = format!("{}.{}", self.prefix, self.hosts);
+        host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+        (host, address)
+    }
+}
+
+/// A device: a state directory and, while up, a running `pal up` inside its namespace.
+#[derive(Debug)]
+pub struct PalNode {
+    pub name: String,
+    pub netns: Netns,
+    pub address: String,
+    pub state: PathBuf,
+    process: Option<Child>,
+}
+
+impl PalNode {
+    pub fn new(name: &str, netns: Netns, address: String) -> Self {
+        let state = std::env::temp_dir().join(unique(&format!("pal-{name}-")));
+        Self { name: name.into(), netns, address, state, process: None }
+    }
+
+    /// Runs `pal --state DIR ARGS…` inside the namespace; returns the output unchecked.
+    pub fn pal(&self, args: &[&str]) -> Output {
+        let pal = pal_binary();
+        let mut full = vec!["--state", self.state.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        self.netns.exec(pal.to_str().expect("utf-8 path"), &full)
+    }
+
+    /// As [`Self::pal`], panicking with stderr on failure; returns stdout.
+    pub fn pal_ok(&self, args: &[&str]) -> String {
+        let output = self.pal(args);
+        assert!(
+            output.status.success(),
+            "{}: pal {} failed: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.state.with_extension("log")
+    }
+
+    /// Starts `pal up` and waits until its control socket answers.
+    pub fn up(&mut self) {
+        assert!(self.process.is_none(), "{} is already up", self.name);
+        let pal = pal_binary();
+        let state = self.state.to_str().expect("utf-8 path").to_owned();
+        let child = self.netns.spawn(pal.to_str().expect("utf-8 path"), &["--state", &state, "up"], &self.log_path());
+        self.process = Some(child);
+        let ready = wait_until(Duration::from_secs(15), || self.pal(&["status", "--json"]).status.success());
+        assert!(ready, "{} did not come up: {}", self.name, self.log());
+    }
+
+    /// Stops the node (SIGTERM, then SIGKILL after 5 s).
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            // ip netns exec execs pal, so the child *is* the node.
+            unsafe_free_terminate(child.id());
+            let exited = wait_until(Duration::from_secs(5), || matches!(child.try_wait(), Ok(Some(_))));
+            if !exited {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.pal_ok(&["status", "--json"])).expect("status is JSON")
+    }
+
+    pub fn device_list(&self) -> serde_json::Value {
+        serde_json::from_str(&self.pal_ok(&["device", "list", "--json"])).expect("device list is JSON")
+    }
+
+    /// This device's overlay addresses, from its own status.
+    pub fn overlay(&self) -> (String, String) {
+        let status = self.status();
+        let device = &status["device"];
+        (device["overlay_ipv4"].as_str().expect("v4").into(), device["overlay_ipv6"].as_str().expect("v6").into())
+    }
+}
+
+impl Drop for PalNode {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_file(self.log_path());
+    }
+}
+
+/// Sends SIGTERM through the `kill` command (no unsafe, no libc dependency).
+fn unsafe_free_terminate(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
+}
+
+/// A network of devices on one LAN: the first is the founder, the others joined by invite.
+#[derive(Debug)]
+pub struct LanNetwork {
+    // Field order is drop order: nodes stop before their namespaces and the switch go.
+    pub nodes: Vec<PalNode>,
+    pub lan: Lan,
+}
+
+impl LanNetwork {
+    /// `names[0]` runs `pal init` and `pal up`; each other name is invited, joins and comes up.
+    pub fn form(names: &[&str]) -> Self {
+        let mut lan = Lan::new("198.51.100");
+        let mut nodes: Vec<PalNode> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let (netns, address) = lan.host(&name[..name.len().min(4)]);
+            let mut node = PalNode::new(name, netns, address);
+            if i == 0 {
+                node.pal_ok(&["init", "--name", name]);
+            } else {
+                let invite = nodes[0].pal_ok(&["device", "invite", "--name", name]);
+                let code = invite.lines().last().expect("code on the last line").trim().to_owned();
+                node.pal_ok(&["join", &code, "--name", name]);
+            }
+            node.up();
+            nodes.push(node);
+        }
+        Self { nodes, lan }
+    }
+
+    pub fn node(&self, name: &str) -> &PalNode {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut PalNode {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Waits until every node knows every other as an active member.
+    pub fn wait_for_membership(&self, timeout: Duration) -> bool {
+        let count = self.nodes.len();
+        wait_until(timeout, || {
+            self.nodes.iter().all(|n| {
+                n.device_list().as_array().is_some_and(|d| d.iter().filter(|x| x["status"] == "active").count() == count)
+            })
+        })
+    }
 }

@@ -1,0 +1,67 @@
+//! Three devices on one LAN form a network through invites, reach each other over IPv4 and
+//! IPv6 overlay addresses, carry an iperf3 TCP stream, agree on the device list, and keep
+//! working after one of them restarts. Needs root (namespaces, TUN), iproute2, ping, iperf3.
+
+use std::time::Duration;
+use tests::{LanNetwork, wait_until};
+
+#[test]
+fn three_devices_on_a_lan_form_a_network_and_carry_traffic() {
+    let mut net = LanNetwork::form(&["laptop", "phone", "desktop"]);
+    assert!(net.wait_for_membership(Duration::from_secs(20)), "membership did not converge");
+
+    // Every device lists the same devices, all active, with the right roles.
+    let lists: Vec<_> = net.nodes.iter().map(|n| n.device_list()).collect();
+    assert!(lists.windows(2).all(|pair| pair[0] == pair[1]), "device lists differ: {lists:#?}");
+    let roles: Vec<(&str, &str)> = lists[0]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| (d["name"].as_str().expect("name"), d["role"].as_str().expect("role")))
+        .collect();
+    assert!(roles.contains(&("laptop", "admin")) && roles.contains(&("phone", "member")), "{roles:?}");
+
+    // `pal ping` between every pair, reporting the direct path.
+    for from in ["laptop", "phone", "desktop"] {
+        for to in ["laptop", "phone", "desktop"].iter().filter(|to| **to != from) {
+            let ok = wait_until(Duration::from_secs(15), || net.node(from).pal(&["ping", to, "-c", "1"]).status.success());
+            assert!(ok, "{from} cannot pal-ping {to}: {}", net.node(from).log());
+            let output = net.node(from).pal_ok(&["ping", to, "-c", "2"]);
+            assert!(output.contains("path=direct"), "{output}");
+        }
+    }
+
+    // Kernel traffic through the TUN, IPv4 and IPv6.
+    let (phone_v4, phone_v6) = net.node("phone").overlay();
+    let (desktop_v4, _) = net.node("desktop").overlay();
+    let ping4 = net.node("laptop").netns.exec("ping", &["-c", "3", "-W", "2", &phone_v4]);
+    assert!(ping4.status.success(), "{}", String::from_utf8_lossy(&ping4.stdout));
+    let ping6 = net.node("laptop").netns.exec("ping", &["-6", "-c", "3", "-W", "2", &phone_v6]);
+    assert!(ping6.status.success(), "{}", String::from_utf8_lossy(&ping6.stdout));
+
+    // An iperf3 TCP stream phone → desktop.
+    let server_log = std::env::temp_dir().join(tests::unique("iperf-"));
+    let mut server = net.node("desktop").netns.spawn("iperf3", &["-s", "-1", "-B", &desktop_v4], &server_log);
+    std::thread::sleep(Duration::from_millis(500));
+    let client = net.node("phone").netns.exec("iperf3", &["-c", &desktop_v4, "-t", "3", "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&server_log);
+    assert!(client.status.success(), "iperf3 failed: {}", String::from_utf8_lossy(&client.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&client.stdout).expect("iperf3 JSON");
+    let bits_per_second = report["end"]["sum_received"]["bits_per_second"].as_f64().expect("throughput");
+    assert!(bits_per_second > 10e6, "only {bits_per_second} bit/s through the overlay");
+
+    // Status reports the peers with direct paths and traffic counters.
+    let status = net.node("phone").status();
+    let desktop = status["peers"].as_array().expect("peers").iter().find(|p| p["name"] == "desktop").expect("desktop peer");
+    assert_eq!(desktop["path"], "direct");
+    assert!(desktop["tx_bytes"].as_u64().expect("tx") > 1_000_000, "{desktop}");
+
+    // Restart one node: state survives and traffic resumes.
+    net.node_mut("desktop").down();
+    net.node_mut("desktop").up();
+    let back = wait_until(Duration::from_secs(20), || net.node("laptop").pal(&["ping", "desktop", "-c", "1"]).status.success());
+    assert!(back, "desktop unreachable after restart: {}", net.node("desktop").log());
+    assert_eq!(net.node("desktop").device_list(), lists[0], "state survived the restart");
+}
