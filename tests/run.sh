@@ -5,8 +5,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tests/scripts/packages.sh
 
-# gcc and make build ring's assembly; pkg-config for -sys crates.
-ensure_packages build-essential pkg-config ca-certificates
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: the end-to-end tests create network namespaces and TUN devices; run as root" >&2
+    exit 1
+fi
+# gcc and make build ring's assembly; iproute2, ping and iperf3 drive the namespace tests.
+ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3
 ensure_rust
 
 # The sans-IO contract: protocol and membership never depend on a runtime, sockets or TUN.

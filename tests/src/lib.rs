@@ -255,18 +255,28 @@ pub struct LanNetwork {
 impl LanNetwork {
     /// `names[0]` runs `pal init` and `pal up`; each other name is invited, joins and comes up.
     pub fn form(names: &[&str]) -> Self {
+        Self::form_narrated(names, |_| {})
+    }
+
+    /// As [`Self::form`], telling `narrate` each step as it happens (the demo prints them).
+    pub fn form_narrated(names: &[&str], narrate: impl Fn(&str)) -> Self {
         let mut lan = Lan::new("198.51.100");
         let mut nodes: Vec<PalNode> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let (netns, address) = lan.host(&name[..name.len().min(4)]);
             let mut node = PalNode::new(name, netns, address);
+            narrate(&format!("{name}: a host on the LAN at {}", node.address));
             if i == 0 {
+                narrate(&format!("{name}$ pal init --name {name}"));
                 node.pal_ok(&["init", "--name", name]);
             } else {
+                narrate(&format!("{}$ pal device invite --name {name}", names[0]));
                 let invite = nodes[0].pal_ok(&["device", "invite", "--name", name]);
                 let code = invite.lines().last().expect("code on the last line").trim().to_owned();
+                narrate(&format!("{name}$ pal join pal1…{} --name {name}", &code[code.len().saturating_sub(6)..]));
                 node.pal_ok(&["join", &code, "--name", name]);
             }
+            narrate(&format!("{name}$ pal up"));
             node.up();
             nodes.push(node);
         }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The demo command (README): on a fresh Debian machine, as root, installs what it needs, builds
+# pal, and runs a whole CloudPal network on this machine in network namespaces.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source tests/scripts/packages.sh
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: the demo creates network namespaces and TUN devices; run it as root" >&2
+    exit 1
+fi
+ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping
+ensure_rust
+cargo build --locked --release -p cli -p tests --bins
+PAL_BIN="$PWD/target/release/pal" exec "$PWD/target/release/demo"
