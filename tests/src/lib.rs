@@ -211,6 +211,11 @@ impl PalNode {
         }
     }
 
+    /// The running node's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }

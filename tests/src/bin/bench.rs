@@ -1,0 +1,178 @@
+//! The namespace benchmark: the same two-host LAN for every contestant — the raw link, `pal`,
+//! boringtun (`boringtun-cli`) and wireguard-go — measured in one run: iperf3 TCP with 1 and 4
+//! streams, ping RTT, daemon CPU seconds per GiB moved, and peak RSS. Prints a table with
+//! ratios to boringtun. Not part of the test suite; run `bash tests/bench.sh` as root.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+use tests::{Lan, LanNetwork, Netns, run, unique, wait_until};
+
+/// Seconds each iperf3 run lasts.
+const SECONDS: &str = "10";
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    name: &'static str,
+    gbps_1: f64,
+    gbps_4: f64,
+    rtt_ms: f64,
+    cpu_s_per_gib: f64,
+    peak_rss_mib: f64,
+}
+
+fn main() {
+    let mut rows = vec![raw_link(), pal()];
+    for (name, program) in [("boringtun", "boringtun-cli"), ("wireguard-go", "wireguard-go")] {
+        match which(program) {
+            Some(path) => rows.push(wireguard(name, &path)),
+            None => eprintln!("{program} not installed: skipped (tests/bench.sh installs it)"),
+        }
+    }
+    let boringtun = rows.iter().find(|r| r.name == "boringtun").cloned();
+    println!("\n| implementation | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms | daemon CPU s/GiB | peak RSS MiB | 1-stream vs boringtun |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let ratio = boringtun.as_ref().filter(|b| b.gbps_1 > 0.0).map(|b| format!("{:.2}x", row.gbps_1 / b.gbps_1)).unwrap_or("-".into());
+        println!(
+            "| {} | {:.2} | {:.2} | {:.3} | {:.2} | {:.1} | {} |",
+            row.name, row.gbps_1, row.gbps_4, row.rtt_ms, row.cpu_s_per_gib, row.peak_rss_mib, ratio
+        );
+    }
+}
+
+/// Traffic straight over the LAN, no tunnel: the ceiling.
+fn raw_link() -> Row {
+    let mut lan = Lan::new("192.0.2");
+    let (a, _) = lan.host("ra");
+    let (b, b_address) = lan.host("rb");
+    let mut row = measure("raw link", &a, &b, &b_address, &[]);
+    row.cpu_s_per_gib = 0.0;
+    row
+}
+
+fn pal() -> Row {
+    let net = LanNetwork::form(&["benchA", "benchB"]);
+    assert!(net.wait_for_membership(Duration::from_secs(20)), "pal network did not form");
+    let (b_overlay, _) = net.node("benchB").overlay();
+    wait_until(Duration::from_secs(15), || net.node("benchA").pal(&["ping", "benchB", "-c", "1"]).status.success());
+    let pids: Vec<u32> = net.nodes.iter().filter_map(|n| n.pid()).collect();
+    measure("pal", &net.node("benchA").netns, &net.node("benchB").netns, &b_overlay, &pids)
+}
+
+/// A WireGuard implementation (boringtun-cli or wireguard-go) configured with `wg`.
+fn wireguard(name: &'static str, program: &str) -> Row {
+    let mut lan = Lan::new("192.0.2");
+    let (a, a_address) = lan.host("wa");
+    let (b, b_address) = lan.host("wb");
+    let keys: Vec<(String, String)> = (0..2).map(|_| keypair()).collect();
+    let mut daemons = Vec::new();
+    for (i, (netns, peer_address)) in [(&a, &b_address), (&b, &a_address)].into_iter().enumerate() {
+        let log = std::env::temp_dir().join(unique("wg-"));
+        let args: &[&str] = if program.ends_with("boringtun-cli") {
+            &["--foreground", "--disable-drop-privileges", "wg0"]
+        } else {
+            &["-f", "wg0"]
+        };
+        let mut env_program = vec![program];
+        env_program.extend_from_slice(args);
+        daemons.push(netns.spawn("env", &[&["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1"][..], &env_program[..]].concat(), &log));
+        assert!(wait_until(Duration::from_secs(10), || netns.exec("ip", &["link", "show", "wg0"]).status.success()), "{name} did not create wg0");
+        let key_file = std::env::temp_dir().join(unique("wgkey-"));
+        std::fs::write(&key_file, &keys[i].0).expect("key file");
+        let (_, peer_public) = &keys[1 - i];
+        let overlay = format!("198.18.0.{}/24", i + 1);
+        let endpoint = format!("{peer_address}:51820");
+        let peer_allowed = format!("198.18.0.{}/32", 2 - i);
+        netns.exec("wg", &["set", "wg0", "private-key", key_file.to_str().expect("path"), "listen-port", "51820", "peer", peer_public, "endpoint", &endpoint, "allowed-ips", &peer_allowed]);
+        let _ = std::fs::remove_file(&key_file);
+        netns.ip(&["addr", "add", &overlay, "dev", "wg0"]);
+        netns.ip(&["link", "set", "wg0", "mtu", "1420", "up"]);
+    }
+    let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
+    let row = measure(name, &a, &b, "198.18.0.2", &pids);
+    for mut daemon in daemons {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    row
+}
+
+/// iperf3 from `a` to `server` (an address in `b`), then ping; CPU and RSS of `pids`.
+fn measure(name: &'static str, a: &Netns, b: &Netns, server: &str, pids: &[u32]) -> Row {
+    assert!(wait_until(Duration::from_secs(10), || a.exec("ping", &["-c", "1", "-W", "1", server]).status.success()), "{name}: no path");
+    let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let (gbps_1, bytes_1) = iperf(a, b, server, "1");
+    let (gbps_4, bytes_4) = iperf(a, b, server, "4");
+    let cpu_after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let ping = a.exec("ping", &["-c", "20", "-i", "0.05", "-q", server]);
+    let text = String::from_utf8_lossy(&ping.stdout);
+    let rtt_ms = text.lines().find(|l| l.contains("min/avg")).and_then(|l| l.split('/').nth(4)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let gib = (bytes_1 + bytes_4) / (1u64 << 30) as f64;
+    Row {
+        name,
+        gbps_1,
+        gbps_4,
+        rtt_ms,
+        cpu_s_per_gib: if gib > 0.0 { (cpu_after - cpu_before) / gib } else { 0.0 },
+        peak_rss_mib: pids.iter().map(|p| peak_rss_kib(*p)).fold(0.0, f64::max) / 1024.0,
+    }
+}
+
+/// Gbit/s and bytes received of one iperf3 run.
+fn iperf(a: &Netns, b: &Netns, server: &str, streams: &str) -> (f64, f64) {
+    let log = std::env::temp_dir().join(unique("iperf-"));
+    let mut listener = b.spawn("iperf3", &["-s", "-1", "-B", server], &log);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = a.exec("iperf3", &["-c", server, "-t", SECONDS, "-P", streams, "-J"]);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let _ = std::fs::remove_file(log);
+    let report: serde_json::Value = serde_json::from_slice(&client.stdout).unwrap_or_default();
+    let received = &report["end"]["sum_received"];
+    (received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9, received["bytes"].as_f64().unwrap_or(0.0))
+}
+
+fn keypair() -> (String, String) {
+    let private = String::from_utf8(run("wg", &["genkey"]).stdout).expect("utf-8").trim().to_owned();
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wg pubkey");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(private.as_bytes()).expect("write key");
+    let public = String::from_utf8(child.wait_with_output().expect("wg pubkey").stdout).expect("utf-8").trim().to_owned();
+    (private, public)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn which(program: &str) -> Option<String> {
+    let home_cargo = std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(program)).ok();
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(program))
+        .chain(home_cargo)
+        .find(|path| path.exists())
+        .map(|path| path.to_string_lossy().into_owned())
+}
