@@ -354,9 +354,12 @@ impl Node {
             }
             Request::Sync { binding, invite, summary } => {
                 let member = binding.is_some_and(|b| self.verify_binding(&peer, &b).is_some());
-                let invited = invite.is_some_and(|proof| self.verify_invite_proof(&peer, &proof));
-                if !member && !invited {
-                    return refused("not a member of this network");
+                if !member {
+                    match invite.map(|proof| self.verify_invite_proof(&peer, &proof)) {
+                        Some(Ok(())) => {}
+                        Some(Err(reason)) => return refused(reason),
+                        None => return refused("not a member of this network"),
+                    }
                 }
                 match decode_summary(&summary) {
                     Some(summary) => {
@@ -514,16 +517,21 @@ impl Node {
         (device.status == DeviceStatus::Active && device.record.signing_key == key).then_some(id)
     }
 
-    fn verify_invite_proof(&self, peer: &PeerId, proof: &InviteProof) -> bool {
-        let Some(invite) = self.store.log().state().invites.get(&membership::EntryHash(*proof.invite)) else {
-            return false;
-        };
+    /// Whether `peer` holds the secret of a usable invite; the reason if not.
+    fn verify_invite_proof(&self, peer: &PeerId, proof: &InviteProof) -> Result<(), &'static str> {
+        const UNKNOWN: &str = "this invite code is not valid for this network";
+        let invite = self.store.log().state().invites.get(&membership::EntryHash(*proof.invite)).ok_or(UNKNOWN)?;
         let mut message = messages::INVITE_PROOF_DOMAIN.to_vec();
         message.extend_from_slice(&self.network.0);
         message.extend_from_slice(&peer.to_bytes());
-        invite.consumed_by.is_none()
-            && invite.expires >= unix_now()
-            && invite.key.verify(&message, &protocol::Signature::from_bytes(*proof.signature)).is_ok()
+        invite.key.verify(&message, &protocol::Signature::from_bytes(*proof.signature)).map_err(|_| UNKNOWN)?;
+        if invite.consumed_by.is_some() {
+            return Err("this invite code has already been used");
+        }
+        if invite.expires < unix_now() {
+            return Err("this invite code has expired; ask for a new one");
+        }
+        Ok(())
     }
 
     fn local_peer_id(&self) -> &PeerId {
