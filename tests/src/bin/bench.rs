@@ -69,25 +69,27 @@ fn wireguard(name: &'static str, program: &str) -> Row {
     let mut daemons = Vec::new();
     for (i, (netns, peer_address)) in [(&a, &b_address), (&b, &a_address)].into_iter().enumerate() {
         let log = std::env::temp_dir().join(unique("wg-"));
-        let args: &[&str] = if program.ends_with("boringtun-cli") {
-            &["--foreground", "--disable-drop-privileges", "wg0"]
+        // The UAPI socket lives in /var/run/wireguard, which namespaces share: names must differ.
+        let interface = format!("wgbench{i}");
+        let args: Vec<&str> = if program.ends_with("boringtun-cli") {
+            vec!["--foreground", "--disable-drop-privileges", &interface]
         } else {
-            &["-f", "wg0"]
+            vec!["-f", &interface]
         };
         let mut env_program = vec![program];
-        env_program.extend_from_slice(args);
+        env_program.extend_from_slice(&args);
         daemons.push(netns.spawn("env", &[&["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1"][..], &env_program[..]].concat(), &log));
-        assert!(wait_until(Duration::from_secs(10), || netns.exec("ip", &["link", "show", "wg0"]).status.success()), "{name} did not create wg0");
+        assert!(wait_until(Duration::from_secs(10), || netns.exec("ip", &["link", "show", &interface]).status.success()), "{name} did not create {interface}");
         let key_file = std::env::temp_dir().join(unique("wgkey-"));
         std::fs::write(&key_file, &keys[i].0).expect("key file");
         let (_, peer_public) = &keys[1 - i];
         let overlay = format!("198.18.0.{}/24", i + 1);
         let endpoint = format!("{peer_address}:51820");
         let peer_allowed = format!("198.18.0.{}/32", 2 - i);
-        netns.exec("wg", &["set", "wg0", "private-key", key_file.to_str().expect("path"), "listen-port", "51820", "peer", peer_public, "endpoint", &endpoint, "allowed-ips", &peer_allowed]);
+        netns.exec("wg", &["set", &interface, "private-key", key_file.to_str().expect("path"), "listen-port", "51820", "peer", peer_public, "endpoint", &endpoint, "allowed-ips", &peer_allowed]);
         let _ = std::fs::remove_file(&key_file);
-        netns.ip(&["addr", "add", &overlay, "dev", "wg0"]);
-        netns.ip(&["link", "set", "wg0", "mtu", "1420", "up"]);
+        netns.ip(&["addr", "add", &overlay, "dev", &interface]);
+        netns.ip(&["link", "set", &interface, "mtu", "1420", "up"]);
     }
     let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
     let row = measure(name, &a, &b, "198.18.0.2", &pids);
