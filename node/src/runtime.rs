@@ -9,7 +9,7 @@
 //! applied.
 
 use crate::control::{ControlRequest, ControlResponse, MAX_REQUEST_LEN};
-use crate::icmp;
+use crate::dataplane::{self, DataCommand};
 use crate::invite::InviteCode;
 use crate::messages::{self, Binding, InviteProof, PeerAddresses, Request, Response};
 use crate::statedir::{StateDir, os_rng};
@@ -21,7 +21,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, noise, ping, tcp, yamux};
 use membership::sync::missing_for;
 use membership::{DeviceStatus, Entry, NetworkId, Operation, Role, Store, SyncMessage};
-use protocol::{Device, DeviceConfig, DeviceId, DevicePublicKey, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, WallClock};
+use protocol::{Device, DeviceConfig, DeviceId, DevicePublicKey, IpPrefix, PeerConfig, PresharedKey, StaticPublic, WallClock};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use serde_json::json;
@@ -44,11 +44,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// Addresses remembered per candidate peer: bounds what a member can make us dial.
 const MAX_CANDIDATE_ADDRESSES: usize = 16;
-/// Interval between the echo requests of one `pal ping`, and how long to wait for the last.
-const PING_INTERVAL: Duration = Duration::from_millis(500);
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// Buffers: one datagram or packet each.
-const BUFFER_LEN: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -77,15 +72,6 @@ struct Reach {
     last_dial: Option<Instant>,
 }
 
-struct PingJob {
-    target: Ipv4Addr,
-    name: String,
-    count: u16,
-    sent: BTreeMap<u16, Instant>,
-    replies: Vec<serde_json::Value>,
-    last_sent: Instant,
-    reply: oneshot::Sender<ControlResponse>,
-}
 
 struct Node {
     state: StateDir,
@@ -94,7 +80,7 @@ struct Node {
     peer_id: PeerId,
     network: NetworkId,
     store: Store,
-    device: Device,
+    data: mpsc::Sender<DataCommand>,
     data_port: u16,
     active_keys: Arc<RwLock<BTreeSet<StaticPublic>>>,
     reach: BTreeMap<DeviceId, Reach>,
@@ -105,8 +91,6 @@ struct Node {
     /// Peers other members told us about, not yet proven or connected: redialled.
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
     last_candidate_dial: Option<Instant>,
-    ping: Option<PingJob>,
-    ping_sequence: u16,
     rng: ChaCha20Rng,
 }
 
@@ -139,7 +123,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let device = Device::new(
+    let mut device = Device::new(
         DeviceConfig {
             static_secret: identity.static_secret.clone(),
             psk: network_psk(&network),
@@ -162,6 +146,12 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
     tokio::spawn(serve_control(listener, control_tx));
 
+    let active_keys = Arc::new(RwLock::new(BTreeSet::new()));
+    let keys = active_keys.clone();
+    device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
+    let (data, data_commands) = mpsc::channel(dataplane::COMMAND_QUEUE);
+    let data_plane = tokio::spawn(dataplane::run(device, Arc::new(udp), Arc::new(tun), data_commands));
+
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
     let mut node = Node {
@@ -171,9 +161,9 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         me,
         network,
         store,
-        device,
+        data,
         data_port,
-        active_keys: Arc::new(RwLock::new(BTreeSet::new())),
+        active_keys,
         reach: BTreeMap::new(),
         by_peer: HashMap::new(),
         connection_ips: HashMap::new(),
@@ -181,43 +171,26 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         bootstrap,
         candidates: BTreeMap::new(),
         last_candidate_dial: None,
-        ping: None,
-        ping_sequence: 0,
         rng,
     };
-    let keys = node.active_keys.clone();
-    node.device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
     node.apply_membership();
     for address in node.bootstrap.clone() {
         let _ = swarm.dial(address);
     }
     tracing::info!(cloudpal = options.cloudpal, "node up");
 
-    let (mut udp_buffer, mut tun_buffer, mut out) = (vec![0u8; BUFFER_LEN], vec![0u8; BUFFER_LEN], vec![0u8; BUFFER_LEN]);
     let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let timer = node.device.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            received = udp.recv_from(&mut udp_buffer) => {
-                if let Ok((len, source)) = received {
-                    node.on_datagram(source, &udp_buffer[..len], &mut out, &tun).await;
-                }
-            }
-            read = tun.recv(&mut tun_buffer) => {
-                if let Ok(len) = read {
-                    node.on_tun_packet(&tun_buffer[..len], &mut out, &udp).await;
-                }
-            }
             event = swarm.select_next_some() => node.on_swarm_event(&mut swarm, event),
-            Some((request, reply)) = control_rx.recv() => node.on_control(&mut swarm, request, reply, &mut out, &udp).await,
-            _ = sleep_until(timer) => node.device.handle_timeout(Instant::now()),
-            _ = maintenance.tick() => node.maintain(&mut swarm, &mut out, &udp).await,
+            Some((request, reply)) = control_rx.recv() => node.on_control(&mut swarm, request, reply).await,
+            _ = maintenance.tick() => node.maintain(&mut swarm),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
-        node.flush(&mut out, &udp).await;
     }
+    data_plane.abort();
     let _ = std::fs::remove_file(node.state.socket_path());
     tracing::info!("node down");
     Ok(())
@@ -226,34 +199,12 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 impl Node {
     // ---- data plane ----------------------------------------------------------------------
 
-    async fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8], tun: &tun_rs::AsyncDevice) {
-        match self.device.decapsulate(source, datagram, out, Instant::now()) {
-            Ok(Received::Packet { len, .. }) => {
-                if let Some(sequence) = icmp::echo_reply_sequence(&out[..len])
-                    && self.ping_reply(sequence)
-                {
-                    return;
-                }
-                let _ = tun.send(&out[..len]).await;
-            }
-            Ok(Received::Nothing) => {}
-            Err(error) => tracing::trace!(%error, "datagram dropped"),
-        }
-    }
-
-    async fn on_tun_packet(&mut self, packet: &[u8], out: &mut [u8], udp: &UdpSocket) {
-        match self.device.encapsulate(packet, out, Instant::now()) {
-            Ok(Some(transmit)) => {
-                let _ = udp.send_to(&out[..transmit.len], transmit.destination).await;
-            }
-            Ok(None) => {}
-            Err(error) => tracing::trace!(%error, "packet dropped"),
-        }
-    }
-
-    async fn flush(&mut self, out: &mut [u8], udp: &UdpSocket) {
-        while let Some(transmit) = self.device.poll_transmit(out, Instant::now()) {
-            let _ = udp.send_to(&out[..transmit.len], transmit.destination).await;
+    /// Queues a command for the data plane. The queue holds more than a whole network's worth
+    /// of peers (512 devices), so a full membership refresh always fits; if it ever does not,
+    /// the next refresh repairs what was dropped.
+    fn command(&self, command: DataCommand) {
+        if self.data.try_send(command).is_err() {
+            tracing::warn!("data-plane command queue full; a peer update waits for the next refresh");
         }
     }
 
@@ -265,7 +216,7 @@ impl Node {
         for (id, device) in &state.devices {
             let key = device.record.static_key;
             if device.status == DeviceStatus::Revoked {
-                self.device.remove_peer(&key);
+                self.command(DataCommand::RemovePeer(key));
                 self.reach.remove(id);
                 continue;
             }
@@ -273,7 +224,7 @@ impl Node {
             if *id == self.me {
                 continue;
             }
-            self.device.upsert_peer(PeerConfig {
+            self.command(DataCommand::UpsertPeer(PeerConfig {
                 static_public: key,
                 allowed_ips: vec![
                     IpPrefix::host(IpAddr::V4(device.record.overlay_ipv4)),
@@ -281,7 +232,7 @@ impl Node {
                 ],
                 endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
                 persistent_keepalive: None,
-            });
+            }));
             self.reach.entry(*id).or_default();
         }
         if let Ok(mut keys) = self.active_keys.write() {
@@ -424,9 +375,7 @@ impl Node {
         self.apply_membership();
         if self.store.log().state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked) {
             tracing::warn!("this device has been revoked; leaving the network");
-            self.device.peers().copied().collect::<Vec<_>>().iter().for_each(|k| {
-                self.device.remove_peer(k);
-            });
+            self.command(DataCommand::RemoveAll);
         }
         let summary = self.summary();
         for peer in self.by_peer.keys().copied().collect::<Vec<_>>() {
@@ -456,7 +405,7 @@ impl Node {
         if let Some(endpoint) = endpoint {
             reach.data_endpoint = Some(endpoint);
             if let Some(record) = self.store.log().state().devices.get(&device) {
-                self.device.set_peer_endpoint(&record.record.static_key, endpoint);
+                self.command(DataCommand::SetEndpoint(record.record.static_key, endpoint));
             }
         }
     }
@@ -544,7 +493,7 @@ impl Node {
 
     // ---- maintenance and local commands ---------------------------------------------------
 
-    async fn maintain(&mut self, swarm: &mut Swarm<Behaviour>, out: &mut [u8], udp: &UdpSocket) {
+    fn maintain(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
         for (id, reach) in self.reach.iter_mut() {
             if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < REDIAL_INTERVAL) {
@@ -570,7 +519,6 @@ impl Node {
                 }
             }
         }
-        self.advance_ping(out, udp).await;
         let addresses: Vec<String> = self
             .reach
             .values()
@@ -583,24 +531,26 @@ impl Node {
         }
     }
 
-    async fn on_control(
-        &mut self,
-        swarm: &mut Swarm<Behaviour>,
-        request: ControlRequest,
-        reply: oneshot::Sender<ControlResponse>,
-        out: &mut [u8],
-        udp: &UdpSocket,
-    ) {
+    async fn on_control(&mut self, swarm: &mut Swarm<Behaviour>, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
         let response = match request {
-            ControlRequest::Status => Ok(self.status()),
+            ControlRequest::Status => self.status().await,
             ControlRequest::DeviceList => Ok(self.device_list()),
             ControlRequest::Log => Ok(self.log_json()),
             ControlRequest::Invite { name, role, ttl_seconds } => self.invite(swarm, &name, &role, ttl_seconds),
             ControlRequest::Revoke { name } => self.revoke(swarm, &name),
             ControlRequest::Ping { name, count } => {
-                match self.start_ping(&name, count, reply) {
-                    Ok(()) => self.advance_ping(out, udp).await,
-                    Err((reply, error)) => {
+                // The data plane answers when the pings are done; the control loop goes on.
+                match self.start_ping(&name, count) {
+                    Ok(answer) => {
+                        tokio::spawn(async move {
+                            let result = answer.await.map_err(|_| "the data plane stopped".to_owned());
+                            let _ = reply.send(match result {
+                                Ok(value) => ControlResponse::Ok(value),
+                                Err(error) => ControlResponse::Error(error),
+                            });
+                        });
+                    }
+                    Err(error) => {
                         let _ = reply.send(ControlResponse::Error(error));
                     }
                 }
@@ -664,90 +614,46 @@ impl Node {
         Ok(json!({ "revoked": name }))
     }
 
-    fn start_ping(
-        &mut self,
-        name: &str,
-        count: u32,
-        reply: oneshot::Sender<ControlResponse>,
-    ) -> Result<(), (oneshot::Sender<ControlResponse>, String)> {
+    fn start_ping(&mut self, name: &str, count: u32) -> Result<oneshot::Receiver<serde_json::Value>, String> {
         let state = self.store.log().state();
         let Some((_, target)) = state.active_devices().find(|(id, d)| d.record.name == name && **id != self.me) else {
-            return Err((reply, format!("no other active device named {name:?}; see `pal device list`")));
+            return Err(format!("no other active device named {name:?}; see `pal device list`"));
         };
-        if let Some(job) = self.ping.take() {
-            let _ = job.reply.send(ControlResponse::Error("ping superseded".into()));
-        }
-        self.ping = Some(PingJob {
-            target: target.record.overlay_ipv4,
-            name: name.to_owned(),
-            count: count.clamp(1, 100) as u16,
-            sent: BTreeMap::new(),
-            replies: Vec::new(),
-            last_sent: Instant::now() - PING_INTERVAL,
-            reply,
-        });
-        Ok(())
+        let source = state.devices.get(&self.me).map(|d| d.record.overlay_ipv4).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let (reply, answer) = oneshot::channel();
+        let ping = dataplane::Ping { source, target: target.record.overlay_ipv4, count: count.clamp(1, 100) as u16, reply };
+        self.data.try_send(DataCommand::Ping(ping)).map_err(|_| "the data plane is busy; try again".to_owned())?;
+        Ok(answer)
     }
 
-    /// Sends the next echo request if due; finishes the job when all are answered or late.
-    async fn advance_ping(&mut self, out: &mut [u8], udp: &UdpSocket) {
-        let Some(job) = self.ping.as_mut() else { return };
-        let now = Instant::now();
-        let finished = job.replies.len() == usize::from(job.count)
-            || (job.sent.len() == usize::from(job.count) && now - job.last_sent > PING_TIMEOUT);
-        if finished {
-            if let Some(job) = self.ping.take() {
-                let result = json!({ "name": job.name, "sent": job.sent.len(), "received": job.replies.len(), "replies": job.replies });
-                let _ = job.reply.send(ControlResponse::Ok(result));
-            }
-            return;
-        }
-        if job.sent.len() < usize::from(job.count) && now - job.last_sent >= PING_INTERVAL {
-            self.ping_sequence = self.ping_sequence.wrapping_add(1);
-            let sequence = self.ping_sequence;
-            job.sent.insert(sequence, now);
-            job.last_sent = now;
-            let me = self.store.log().state().devices.get(&self.me).map(|d| d.record.overlay_ipv4);
-            let packet = icmp::echo_request(me.unwrap_or(Ipv4Addr::UNSPECIFIED), job.target, sequence);
-            self.on_tun_packet(&packet, out, udp).await;
-        }
-    }
-
-    /// Records a reply to the running ping; false if it is not ours.
-    fn ping_reply(&mut self, sequence: u16) -> bool {
-        let Some(job) = self.ping.as_mut() else { return false };
-        let Some(sent) = job.sent.get(&sequence) else { return false };
-        let rtt = sent.elapsed();
-        job.replies.push(json!({ "seq": sequence, "rtt_ms": rtt.as_secs_f64() * 1000.0, "path": "direct" }));
-        true
-    }
-
-    fn status(&self) -> serde_json::Value {
+    async fn status(&self) -> Result<serde_json::Value, String> {
+        let (reply, answer) = oneshot::channel();
+        self.data.send(DataCommand::Peers(reply)).await.map_err(|_| "the data plane stopped".to_owned())?;
+        let views = answer.await.map_err(|_| "the data plane stopped".to_owned())?;
         let state = self.store.log().state();
-        let now = Instant::now();
         let mine = state.devices.get(&self.me);
         let peers: Vec<serde_json::Value> = state
             .active_devices()
             .filter(|(id, _)| **id != self.me)
             .map(|(id, device)| {
-                let key = device.record.static_key;
-                let stats = self.device.peer_stats(&key).unwrap_or_default();
+                let view = views.get(&device.record.static_key);
+                let stats = view.map(|v| v.stats).unwrap_or_default();
                 let reach = self.reach.get(id);
-                let path = if self.device.peer_has_session(&key, now) { "direct" } else { "none" };
+                let path = if view.is_some_and(|v| v.has_session) { "direct" } else { "none" };
                 json!({
                     "name": device.record.name,
                     "id": id.to_hex(),
                     "overlay_ipv4": device.record.overlay_ipv4.to_string(),
                     "overlay_ipv6": device.record.overlay_ipv6.to_string(),
                     "path": path,
-                    "endpoint": self.device.peer_endpoint(&key).map(|e| e.to_string()),
+                    "endpoint": view.and_then(|v| v.endpoint).map(|e| e.to_string()),
                     "rtt_ms": reach.and_then(|r| r.rtt).map(|r| r.as_secs_f64() * 1000.0),
                     "rx_bytes": stats.rx_bytes,
                     "tx_bytes": stats.tx_bytes,
                 })
             })
             .collect();
-        json!({
+        Ok(json!({
             "device": {
                 "name": mine.map(|d| d.record.name.clone()),
                 "id": self.me.to_hex(),
@@ -755,7 +661,7 @@ impl Node {
                 "overlay_ipv6": mine.map(|d| d.record.overlay_ipv6.to_string()),
             },
             "peers": peers,
-        })
+        }))
     }
 
     fn device_list(&self) -> serde_json::Value {
@@ -913,13 +819,6 @@ fn refused(reason: &str) -> Response {
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 pub(crate) fn socket_multiaddr(address: SocketAddr, quic: bool) -> Multiaddr {
