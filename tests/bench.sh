@@ -4,10 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tests/scripts/packages.sh
-if [ "$(id -u)" -ne 0 ]; then
-    echo "error: the benchmark creates network namespaces and TUN devices; run it as root" >&2
-    exit 1
-fi
+require_root "the benchmark"
 ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3 wireguard-go wireguard-tools
 ensure_rust
 command -v boringtun-cli >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/boringtun-cli" ] || cargo install --locked boringtun-cli

@@ -5,10 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tests/scripts/packages.sh
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "error: the demo creates network namespaces and TUN devices; run it as root" >&2
-    exit 1
-fi
+require_root "the demo"
 ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping
 ensure_rust
 cargo build --locked --release -p cli -p tests --bins

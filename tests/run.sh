@@ -5,10 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tests/scripts/packages.sh
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "error: the end-to-end tests create network namespaces and TUN devices; run as root" >&2
-    exit 1
-fi
+require_root "the end-to-end tests"
 # gcc and make build ring's assembly; iproute2, ping and iperf3 drive the namespace tests.
 ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3
 ensure_rust

@@ -746,22 +746,11 @@ async fn serve_control(listener: UnixListener, requests: mpsc::Sender<(ControlRe
 use tokio::io::AsyncReadExt as _;
 
 fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
-    let keypair = libp2p_keypair(seed);
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-        .with_quic()
-        .with_behaviour(|key| Behaviour {
-            control: request_response::Behaviour::new(
-                [(messages::PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            ),
-            identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public())),
-            ping: ping::Behaviour::new(ping::Config::new()),
-        })?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
-    Ok(swarm)
+    swarm_with(seed, |key| Behaviour {
+        control: control_behaviour(),
+        identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public())),
+        ping: ping::Behaviour::new(ping::Config::new()),
+    })
 }
 
 /// The behaviour `pal join` runs while it is not yet a member: the control protocol only.
@@ -771,18 +760,25 @@ pub(crate) struct Join {
 }
 
 pub(crate) fn build_swarm_for_join(seed: &[u8; 32]) -> Result<Swarm<Join>> {
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(libp2p_keypair(seed))
+    swarm_with(seed, |_| Join { control: control_behaviour() })
+}
+
+/// The one transport stack: TCP (Noise, Yamux) and QUIC, under the device's libp2p identity.
+fn swarm_with<B: NetworkBehaviour>(seed: &[u8; 32], behaviour: impl FnOnce(&identity::Keypair) -> B) -> Result<Swarm<B>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(libp2p_keypair(seed))
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_quic()
-        .with_behaviour(|_| Join {
-            control: request_response::Behaviour::new(
-                [(messages::PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            ),
-        })?
-        .build();
-    Ok(swarm)
+        .with_behaviour(|key| behaviour(key))?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build())
+}
+
+fn control_behaviour() -> request_response::Behaviour<messages::Codec> {
+    request_response::Behaviour::new(
+        [(messages::PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    )
 }
 
 pub(crate) fn libp2p_keypair(seed: &[u8; 32]) -> identity::Keypair {

@@ -22,3 +22,11 @@ ensure_rust() {
         return 1
     fi
 }
+
+# Namespaces and TUN devices need root. Usage: require_root "what needs it"
+require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: $1 needs root (network namespaces and TUN devices)" >&2
+        exit 1
+    fi
+}
