@@ -68,6 +68,53 @@ struct DataPlane {
     sequence: u16,
 }
 
+/// Starts the data plane on its own OS thread with a single-threaded runtime, so packet
+/// wakeups never hop between worker threads or wait behind the control plane. The TUN device
+/// is created there (tun-rs registers it with the current runtime); start-up errors come back
+/// here. The thread ends when the command channel closes.
+pub async fn spawn(
+    device: Device,
+    udp: std::net::UdpSocket,
+    (name, ipv4, ipv6): (String, Ipv4Addr, std::net::Ipv6Addr),
+    commands: mpsc::Receiver<DataCommand>,
+) -> anyhow::Result<()> {
+    let (started, start_result) = oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new().name("pal-dataplane".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = started.send(Err(error.into()));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let tun = tun_rs::DeviceBuilder::new()
+                .name(&name)
+                .ipv4(ipv4, 10, None)
+                .ipv6(ipv6, 48)
+                .mtu(protocol::wire::DEFAULT_MTU as u16)
+                .build_async();
+            let tun = match tun {
+                Ok(tun) => tun,
+                Err(_) => {
+                    let _ = started.send(Err(anyhow::anyhow!("cannot create the TUN device: run pal up as root (CAP_NET_ADMIN)")));
+                    return;
+                }
+            };
+            let udp = match UdpSocket::from_std(udp) {
+                Ok(udp) => udp,
+                Err(error) => {
+                    let _ = started.send(Err(error.into()));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
+            run(device, Arc::new(udp), Arc::new(tun), commands).await;
+        });
+    })?;
+    start_result.await.map_err(|_| anyhow::anyhow!("the data plane failed to start"))?
+}
+
 /// Runs until the command channel closes.
 pub async fn run(device: Device, udp: Arc<UdpSocket>, tun: Arc<tun_rs::AsyncDevice>, mut commands: mpsc::Receiver<DataCommand>) {
     let mut plane = DataPlane { device, udp: udp.clone(), tun: tun.clone(), out: vec![0; BUFFER_LEN], ping: None, sequence: 0 };

@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UdpSocket, UnixListener};
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 /// The default data-plane port (UDP); libp2p listens on TCP of the same number and QUIC on
@@ -107,16 +107,9 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     };
     let network = store.log().network();
 
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&options.tun_name)
-        .ipv4(my_record.overlay_ipv4, 10, None)
-        .ipv6(my_record.overlay_ipv6, 48)
-        .mtu(protocol::wire::DEFAULT_MTU as u16)
-        .build_async()
-        .context("cannot create the TUN device: run pal up as root (CAP_NET_ADMIN)")?;
-    let udp = UdpSocket::bind(options.listen)
-        .await
+    let udp = std::net::UdpSocket::bind(options.listen)
         .with_context(|| format!("cannot listen on {}: is another node using it?", options.listen))?;
+    udp.set_nonblocking(true)?;
     let data_port = udp.local_addr()?.port();
 
     let mut rng = os_rng()?;
@@ -150,7 +143,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let keys = active_keys.clone();
     device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
     let (data, data_commands) = mpsc::channel(dataplane::COMMAND_QUEUE);
-    let data_plane = tokio::spawn(dataplane::run(device, Arc::new(udp), Arc::new(tun), data_commands));
+    let tun_config = (options.tun_name.clone(), my_record.overlay_ipv4, my_record.overlay_ipv6);
+    dataplane::spawn(device, udp, tun_config, data_commands).await?;
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
@@ -190,7 +184,6 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
             _ = terminate.recv() => break,
         }
     }
-    data_plane.abort();
     let _ = std::fs::remove_file(node.state.socket_path());
     tracing::info!("node down");
     Ok(())

@@ -19,6 +19,7 @@ pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: V
         .map(|address| address.parse().with_context(|| format!("--bootstrap {address:?} is not a multiaddr")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The control plane is light: one thread. The data plane starts its own (node::dataplane).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))
 }
