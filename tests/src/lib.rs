@@ -202,7 +202,7 @@ impl PalNode {
     pub fn down(&mut self) {
         if let Some(mut child) = self.process.take() {
             // ip netns exec execs pal, so the child *is* the node.
-            unsafe_free_terminate(child.id());
+            terminate(child.id());
             let exited = wait_until(Duration::from_secs(5), || matches!(child.try_wait(), Ok(Some(_))));
             if !exited {
                 let _ = child.kill();
@@ -244,9 +244,13 @@ impl Drop for PalNode {
     }
 }
 
-/// Sends SIGTERM through the `kill` command (no unsafe, no libc dependency).
-fn unsafe_free_terminate(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
+/// Sends SIGTERM, so the node shuts down as it would under systemd.
+fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
 }
 
 /// A network of devices on one LAN: the first is the founder, the others joined by invite.
