@@ -67,17 +67,11 @@ impl InviteCode {
             let address = std::str::from_utf8(take(len)?).map_err(|_| garbled())?;
             bootstrap.push(address.to_owned());
         }
-        if !take(0)?.is_empty() || !reader_is_empty(&bytes, &bootstrap) {
-            return Err(garbled());
+        if !reader.is_empty() {
+            return Err(garbled()); // trailing bytes
         }
         Ok(Self { network, invite, secret: DeviceSigningKey::from_bytes(&secret), bootstrap })
     }
-}
-
-/// Whether the decoded fields account for every byte (no trailing garbage).
-fn reader_is_empty(bytes: &[u8], bootstrap: &[String]) -> bool {
-    let used = 1 + 96 + 1 + bootstrap.iter().map(|a| 1 + a.len()).sum::<usize>();
-    used == bytes.len()
 }
 
 impl core::fmt::Debug for InviteCode {

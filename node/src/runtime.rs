@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -78,6 +78,7 @@ struct Node {
     identity: crate::statedir::Identity,
     me: DeviceId,
     peer_id: PeerId,
+    binding: Binding,
     network: NetworkId,
     store: Store,
     data: mpsc::Sender<DataCommand>,
@@ -151,6 +152,13 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let mut node = Node {
         state,
         peer_id: *swarm.local_peer_id(),
+        binding: {
+            let message = binding_message(&network, swarm.local_peer_id());
+            Binding {
+                device_key: (*identity.device.public_key().as_bytes()).into(),
+                signature: (*identity.device.sign(&message).as_bytes()).into(),
+            }
+        },
         identity,
         me,
         network,
@@ -246,7 +254,7 @@ impl Node {
                 }
                 if endpoint.is_dialer() {
                     let request = Request::Hello {
-                        binding: self.binding(&peer_id),
+                        binding: self.binding(),
                         data_port: self.data_port,
                         summary: self.summary().into(),
                     };
@@ -290,7 +298,7 @@ impl Node {
                 self.learn_peer(peer, device, data_port);
                 self.pull_if_behind(swarm, peer, &summary);
                 Response::Hello {
-                    binding: self.binding(&peer),
+                    binding: self.binding(),
                     data_port: self.data_port,
                     summary: self.summary().into(),
                     peers: self.known_peers(),
@@ -385,7 +393,7 @@ impl Node {
     }
 
     fn request_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
-        let request = Request::Sync { binding: Some(self.binding(&peer)), invite: None, summary: self.summary().into() };
+        let request = Request::Sync { binding: Some(self.binding()), invite: None, summary: self.summary().into() };
         swarm.behaviour_mut().control.send_request(&peer, request);
     }
 
@@ -440,13 +448,9 @@ impl Node {
             .collect()
     }
 
-    fn binding(&self, peer: &PeerId) -> Binding {
-        let _ = peer;
-        let message = binding_message(&self.network, self.local_peer_id());
-        Binding {
-            device_key: (*self.identity.device.public_key().as_bytes()).into(),
-            signature: (*self.identity.device.sign(&message).as_bytes()).into(),
-        }
+    /// Our binding: signed once at start-up (it covers only the network id and our own peer id).
+    fn binding(&self) -> Binding {
+        self.binding.clone()
     }
 
     /// The device behind `peer`, if its binding is valid and it is an active member.
@@ -527,8 +531,8 @@ impl Node {
     async fn on_control(&mut self, swarm: &mut Swarm<Behaviour>, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
         let response = match request {
             ControlRequest::Status => self.status().await,
-            ControlRequest::DeviceList => Ok(self.device_list()),
-            ControlRequest::Log => Ok(self.log_json()),
+            ControlRequest::DeviceList => Ok(device_list_json(self.store.log().state())),
+            ControlRequest::Log => Ok(log_json(self.store.log())),
             ControlRequest::Invite { name, role, ttl_seconds } => self.invite(swarm, &name, &role, ttl_seconds),
             ControlRequest::Revoke { name } => self.revoke(swarm, &name),
             ControlRequest::Ping { name, count } => {
@@ -656,14 +660,6 @@ impl Node {
             "peers": peers,
         }))
     }
-
-    fn device_list(&self) -> serde_json::Value {
-        device_list_json(self.store.log().state())
-    }
-
-    fn log_json(&self) -> serde_json::Value {
-        log_json(self.store.log())
-    }
 }
 
 /// `pal device list --json`.
@@ -735,8 +731,6 @@ async fn serve_control(listener: UnixListener, requests: mpsc::Sender<(ControlRe
         });
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
     swarm_with(seed, |key| Behaviour {
