@@ -36,6 +36,9 @@ enum Command {
         listen: Option<String>,
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
+        /// Do not ask the kernel for segmentation offloads on the overlay interface.
+        #[arg(long)]
+        no_offload: bool,
     },
     /// Manage the network's devices.
     Device {
@@ -101,7 +104,9 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap } => commands::up::run(state, cloudpal, listen, bootstrap),
+        Command::Up { cloudpal, listen, bootstrap, no_offload } => {
+            commands::up::run(state, cloudpal, listen, bootstrap, !no_offload)
+        }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl } => commands::device::invite(&state, name, role, &ttl),
             DeviceCommand::Add { .. } => commands::device::add(),

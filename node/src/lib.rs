@@ -2,6 +2,7 @@
 //! swarm, the UDP data-plane socket and the TUN device, driving `protocol` and `membership`;
 //! plus the local pieces the CLI needs (state directory, invite codes, control socket).
 
+pub mod batch;
 pub mod control;
 pub mod dataplane;
 pub mod icmp;

@@ -52,6 +52,8 @@ pub struct UpOptions {
     pub bootstrap: Vec<Multiaddr>,
     pub cloudpal: bool,
     pub tun_name: String,
+    /// Segmentation offloads on the TUN interface, where the kernel has them.
+    pub offload: bool,
 }
 
 #[derive(NetworkBehaviour)]
@@ -144,7 +146,12 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let keys = active_keys.clone();
     device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
     let (data, data_commands) = mpsc::channel(dataplane::COMMAND_QUEUE);
-    let tun_config = (options.tun_name.clone(), my_record.overlay_ipv4, my_record.overlay_ipv6);
+    let tun_config = dataplane::TunConfig {
+        name: options.tun_name.clone(),
+        ipv4: my_record.overlay_ipv4,
+        ipv6: my_record.overlay_ipv6,
+        offload: options.offload,
+    };
     dataplane::spawn(device, udp, tun_config, data_commands).await?;
 
     let mut bootstrap = options.bootstrap.clone();
