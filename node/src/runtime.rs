@@ -83,7 +83,7 @@ struct Node {
     binding: Binding,
     network: NetworkId,
     store: Store,
-    data: mpsc::Sender<DataCommand>,
+    data: dataplane::DataSender,
     data_port: u16,
     active_keys: Arc<RwLock<BTreeSet<StaticPublic>>>,
     reach: BTreeMap<DeviceId, Reach>,
@@ -94,6 +94,8 @@ struct Node {
     /// Peers other members told us about, not yet proven or connected: redialled.
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
     last_candidate_dial: Option<Instant>,
+    /// What peers.txt holds, to write it only on change.
+    cached_peers: Vec<String>,
     rng: ChaCha20Rng,
 }
 
@@ -145,14 +147,13 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let active_keys = Arc::new(RwLock::new(BTreeSet::new()));
     let keys = active_keys.clone();
     device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
-    let (data, data_commands) = mpsc::channel(dataplane::COMMAND_QUEUE);
     let tun_config = dataplane::TunConfig {
         name: options.tun_name.clone(),
         ipv4: my_record.overlay_ipv4,
         ipv6: my_record.overlay_ipv6,
         offload: options.offload,
     };
-    dataplane::spawn(device, udp, tun_config, data_commands).await?;
+    let data = dataplane::spawn(device, udp, tun_config).await?;
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
@@ -180,6 +181,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         bootstrap,
         candidates: BTreeMap::new(),
         last_candidate_dial: None,
+        cached_peers: Vec::new(),
         rng,
     };
     node.apply_membership();
@@ -530,8 +532,11 @@ impl Node {
             .filter_map(|(peer, address)| address.with_p2p(peer).ok())
             .map(|a| a.to_string())
             .collect();
-        if !addresses.is_empty() {
+        // Written only when it changes: this runs four times a second, and an fsync per tick
+        // woke the disk and the CPU for nothing.
+        if !addresses.is_empty() && addresses != self.cached_peers {
             let _ = self.state.cache_peers(&addresses);
+            self.cached_peers = addresses;
         }
     }
 

@@ -21,47 +21,135 @@ struct Row {
     peak_rss_mib: f64,
 }
 
+/// `BENCH_ONLY=pal,boringtun` runs a subset (names as in the table: raw, pal, boringtun,
+/// wireguard-go).
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|n| name.starts_with(n.trim())))
+}
+
+/// One implementation's topology, kept up until the end so that RTT can be measured for all
+/// of them in interleaved rounds.
+struct Contestant {
+    name: &'static str,
+    topology: Topology,
+    server: String,
+    pids: Vec<u32>,
+}
+
+/// What must live as long as the measurement. Field order is drop order: daemons and nodes
+/// stop before their namespaces and the switch go.
+enum Topology {
+    Raw { from: Netns, to: Netns, _switch: Lan },
+    Pal(LanNetwork),
+    WireGuard { _daemons: Daemons, from: Netns, to: Netns, _switch: Lan },
+}
+
+impl Contestant {
+    /// The client and server namespaces.
+    fn ends(&self) -> (&Netns, &Netns) {
+        match &self.topology {
+            Topology::Raw { from, to, .. } | Topology::WireGuard { from, to, .. } => (from, to),
+            Topology::Pal(net) => (&net.nodes[0].netns, &net.nodes[1].netns),
+        }
+    }
+}
+
+/// Daemons killed when the contestant is dropped.
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for daemon in &mut self.0 {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+}
+
 fn main() {
-    let mut rows = vec![raw_link(), pal()];
+    let mut contestants = Vec::new();
+    if selected("raw") {
+        contestants.push(raw_link());
+    }
+    if selected("pal") {
+        contestants.push(pal());
+    }
     for (name, program) in [("boringtun", "boringtun-cli"), ("wireguard-go", "wireguard-go")] {
+        if !selected(name) {
+            continue;
+        }
         match which(program) {
-            Some(path) => rows.push(wireguard(name, &path)),
+            Some(path) => contestants.push(wireguard(name, &path)),
             None => eprintln!("{program} not installed: skipped (tests/bench.sh installs it)"),
         }
     }
+    let mut rows: Vec<Row> = contestants.iter().map(measure).collect();
+    for (row, rtt) in rows.iter_mut().zip(interleaved_rtts(&contestants)) {
+        row.rtt_ms = rtt;
+    }
+    let raw_rtt = rows.iter().find(|r| r.name == "raw link").map(|r| r.rtt_ms);
     let boringtun = rows.iter().find(|r| r.name == "boringtun").cloned();
-    println!("\n| implementation | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms | daemon CPU s/GiB | peak RSS MiB | 1-stream vs boringtun |");
+    println!("\n| implementation | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms (added) | daemon CPU s/GiB | peak RSS MiB | 1-stream vs boringtun |");
     println!("|---|---|---|---|---|---|---|");
     for row in &rows {
         let ratio = boringtun.as_ref().filter(|b| b.gbps_1 > 0.0).map(|b| format!("{:.2}x", row.gbps_1 / b.gbps_1)).unwrap_or("-".into());
+        let added = raw_rtt.filter(|_| row.name != "raw link").map(|raw| format!(" (+{:.3})", row.rtt_ms - raw)).unwrap_or_default();
         println!(
-            "| {} | {:.2} | {:.2} | {:.3} | {:.2} | {:.1} | {} |",
-            row.name, row.gbps_1, row.gbps_4, row.rtt_ms, row.cpu_s_per_gib, row.peak_rss_mib, ratio
+            "| {} | {:.2} | {:.2} | {:.3}{} | {:.2} | {:.1} | {} |",
+            row.name, row.gbps_1, row.gbps_4, row.rtt_ms, added, row.cpu_s_per_gib, row.peak_rss_mib, ratio
         );
     }
 }
 
-/// Traffic straight over the LAN, no tunnel: the ceiling.
-fn raw_link() -> Row {
-    let mut lan = Lan::new("192.0.2");
-    let (a, _) = lan.host("ra");
-    let (b, b_address) = lan.host("rb");
-    let mut row = measure("raw link", &a, &b, &b_address, &[]);
-    row.cpu_s_per_gib = 0.0;
-    row
+/// Rounds of RTT sampling; each round pings every contestant in turn, so that drift in the
+/// machine's state (frequency, other load) hits all of them alike.
+const RTT_ROUNDS: usize = 10;
+const RTT_PINGS_PER_ROUND: &str = "20";
+
+/// The median echo round trip of each contestant over [`RTT_ROUNDS`] interleaved rounds of
+/// pings 10 ms apart (an idle-ish link: every packet wakes the daemons).
+fn interleaved_rtts(contestants: &[Contestant]) -> Vec<f64> {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); contestants.len()];
+    for _ in 0..RTT_ROUNDS {
+        for (contestant, samples) in contestants.iter().zip(&mut samples) {
+            let ping = contestant.ends().0.exec("ping", &["-c", RTT_PINGS_PER_ROUND, "-i", "0.01", &contestant.server]);
+            let text = String::from_utf8_lossy(&ping.stdout);
+            samples.extend(
+                text.lines()
+                    .filter_map(|line| line.split("time=").nth(1))
+                    .filter_map(|rest| rest.split_whitespace().next())
+                    .filter_map(|value| value.parse::<f64>().ok()),
+            );
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut rtts| {
+            rtts.sort_by(f64::total_cmp);
+            rtts.get(rtts.len() / 2).copied().unwrap_or(0.0)
+        })
+        .collect()
 }
 
-fn pal() -> Row {
+/// Traffic straight over the LAN, no tunnel: the ceiling.
+fn raw_link() -> Contestant {
+    let mut lan = Lan::new("192.0.2");
+    let (from, _) = lan.host("ra");
+    let (to, server) = lan.host("rb");
+    Contestant { name: "raw link", topology: Topology::Raw { from, to, _switch: lan }, server, pids: Vec::new() }
+}
+
+fn pal() -> Contestant {
     let net = LanNetwork::form(&["benchA", "benchB"]);
     assert!(net.wait_for_membership(Duration::from_secs(20)), "pal network did not form");
-    let (b_overlay, _) = net.node("benchB").overlay();
+    let (server, _) = net.node("benchB").overlay();
     wait_until(Duration::from_secs(15), || net.node("benchA").pal(&["ping", "benchB", "-c", "1"]).status.success());
     let pids: Vec<u32> = net.nodes.iter().filter_map(|n| n.pid()).collect();
-    measure("pal", &net.node("benchA").netns, &net.node("benchB").netns, &b_overlay, &pids)
+    Contestant { name: "pal", topology: Topology::Pal(net), server: server.to_string(), pids }
 }
 
 /// A WireGuard implementation (boringtun-cli or wireguard-go) configured with `wg`.
-fn wireguard(name: &'static str, program: &str) -> Row {
+fn wireguard(name: &'static str, program: &str) -> Contestant {
     let mut lan = Lan::new("192.0.2");
     let (a, a_address) = lan.host("wa");
     let (b, b_address) = lan.host("wb");
@@ -70,7 +158,7 @@ fn wireguard(name: &'static str, program: &str) -> Row {
     for (i, (netns, peer_address)) in [(&a, &b_address), (&b, &a_address)].into_iter().enumerate() {
         let log = std::env::temp_dir().join(unique("wg-"));
         // The UAPI socket lives in /var/run/wireguard, which namespaces share: names must differ.
-        let interface = format!("wgbench{i}");
+        let interface = unique("wgb");
         let args: Vec<&str> = if program.ends_with("boringtun-cli") {
             vec!["--foreground", "--disable-drop-privileges", &interface]
         } else {
@@ -92,30 +180,30 @@ fn wireguard(name: &'static str, program: &str) -> Row {
         netns.ip(&["link", "set", &interface, "mtu", "1420", "up"]);
     }
     let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
-    let row = measure(name, &a, &b, "198.18.0.2", &pids);
-    for mut daemon in daemons {
-        let _ = daemon.kill();
-        let _ = daemon.wait();
-    }
-    row
+    Contestant { name, topology: Topology::WireGuard { _daemons: Daemons(daemons), from: a, to: b, _switch: lan }, server: "198.18.0.2".into(), pids }
 }
 
-/// iperf3 from `a` to `server` (an address in `b`), then ping; CPU and RSS of `pids`.
-fn measure(name: &'static str, a: &Netns, b: &Netns, server: &str, pids: &[u32]) -> Row {
+/// iperf3 from `a` to `server` (an address in `b`); CPU and RSS of `pids`.
+fn measure(contestant: &Contestant) -> Row {
+    let (a, b) = contestant.ends();
+    let Contestant { name, server, pids, .. } = contestant;
+    let (name, server) = (*name, server.as_str());
     assert!(wait_until(Duration::from_secs(10), || a.exec("ping", &["-c", "1", "-W", "1", server]).status.success()), "{name}: no path");
+    // BENCH_PAUSE=SECONDS holds each topology before measuring, for profiling.
+    if let Some(seconds) = std::env::var("BENCH_PAUSE").ok().and_then(|s| s.parse().ok()) {
+        eprintln!("{name}: daemons {pids:?}, from namespace {} to {server}; holding {seconds} s", a.name);
+        std::thread::sleep(Duration::from_secs(seconds));
+    }
     let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let (gbps_1, bytes_1) = iperf(a, b, server, "1");
     let (gbps_4, bytes_4) = iperf(a, b, server, "4");
     let cpu_after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let ping = a.exec("ping", &["-c", "20", "-i", "0.05", "-q", server]);
-    let text = String::from_utf8_lossy(&ping.stdout);
-    let rtt_ms = text.lines().find(|l| l.contains("min/avg")).and_then(|l| l.split('/').nth(4)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let gib = (bytes_1 + bytes_4) / (1u64 << 30) as f64;
     Row {
         name,
         gbps_1,
         gbps_4,
-        rtt_ms,
+        rtt_ms: 0.0,
         cpu_s_per_gib: if gib > 0.0 { (cpu_after - cpu_before) / gib } else { 0.0 },
         peak_rss_mib: pids.iter().map(|p| peak_rss_kib(*p)).fold(0.0, f64::max) / 1024.0,
     }
