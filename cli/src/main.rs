@@ -37,7 +37,7 @@ enum Command {
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
         /// Do not ask the kernel for segmentation offloads on the overlay interface.
-        #[arg(long)]
+        #[arg(long, env = "PAL_NO_OFFLOAD")]
         no_offload: bool,
     },
     /// Manage the network's devices.

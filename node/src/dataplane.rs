@@ -316,8 +316,10 @@ impl Poller {
 /// Runs until the command queue closes.
 fn run(mut plane: DataPlane, mut poller: Poller, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCommand>) {
     let mut deadline = plane.device.poll_timeout();
+    let mut now = Instant::now();
     loop {
-        let now = Instant::now();
+        // `now` is from after the last batch: reading the clock once per wakeup is enough
+        // for timers kept in milliseconds.
         let ping_due = plane.ping.as_ref().map(|_| now + Duration::from_millis(100));
         let wake_at = [deadline, ping_due].into_iter().flatten().min();
         let (mut udp, mut tun, mut poked) = (false, false, false);
@@ -328,11 +330,12 @@ fn run(mut plane: DataPlane, mut poller: Poller, wake: &OwnedFd, mut commands: m
                 _ => poked = true,
             }
         }
+        now = Instant::now();
         if udp {
-            plane.read_udp();
+            plane.read_udp(now);
         }
         if tun {
-            plane.read_tun();
+            plane.read_tun(now);
         }
         if poked {
             let mut counter = 0u64;
@@ -346,14 +349,13 @@ fn run(mut plane: DataPlane, mut poller: Poller, wake: &OwnedFd, mut commands: m
                 }
             }
         }
-        let now = Instant::now();
         if deadline.is_some_and(|at| at <= now) {
             plane.device.handle_timeout(now);
         }
         if plane.ping.is_some() {
             plane.advance_ping();
         }
-        plane.flush();
+        plane.flush(now);
         deadline = plane.device.poll_timeout();
     }
 }
@@ -361,7 +363,7 @@ fn run(mut plane: DataPlane, mut poller: Poller, wake: &OwnedFd, mut commands: m
 impl DataPlane {
     /// Up to [`ROUNDS`] `recvmmsg` calls, each decrypting its datagrams into one batch of
     /// TUN writes.
-    fn read_udp(&mut self) {
+    fn read_udp(&mut self, now: Instant) {
         for _ in 0..ROUNDS {
             let received = {
                 let io = &mut self.io;
@@ -372,7 +374,7 @@ impl DataPlane {
                 self.udp_state.recv((&self.udp).into(), &mut slices, &mut io.udp_meta)
             };
             let Ok(count) = received else { break };
-            let now = Instant::now();
+            let drained = count < UDP_BATCH;
             for index in 0..count {
                 let meta = self.io.udp_meta[index];
                 let stride = meta.stride.max(1);
@@ -384,6 +386,11 @@ impl DataPlane {
                 }
             }
             self.write_tun();
+            if drained {
+                // A short batch emptied the queue: another call would only say EAGAIN, and
+                // the level-triggered epoll reports anything that arrived since.
+                break;
+            }
         }
     }
 
@@ -421,7 +428,15 @@ impl DataPlane {
         if io.tun_pending == 0 {
             return;
         }
-        if let Err(error) = self.tun.send_multiple(&mut io.tun_gro, &mut io.tun_write[..io.tun_pending], VIRTIO_NET_HDR_LEN) {
+        let written = if io.tun_pending == 1 && self.tun.tcp_gso() {
+            // Nothing to coalesce: skip the GRO tables (the zeroed header says "no offload").
+            self.tun.send(&io.tun_write[0])
+        } else if io.tun_pending == 1 {
+            self.tun.send(&io.tun_write[0][VIRTIO_NET_HDR_LEN..])
+        } else {
+            self.tun.send_multiple(&mut io.tun_gro, &mut io.tun_write[..io.tun_pending], VIRTIO_NET_HDR_LEN)
+        };
+        if let Err(error) = written {
             tracing::trace!(%error, "TUN write failed");
         }
         io.tun_pending = 0;
@@ -429,13 +444,12 @@ impl DataPlane {
 
     /// Up to [`ROUNDS`] TUN reads; with offloads one read may carry a whole TCP segment, split
     /// here into MTU-sized packets, encrypted into one batch and sent with GSO.
-    fn read_tun(&mut self) {
+    fn read_tun(&mut self, now: Instant) {
         for _ in 0..ROUNDS {
             let io = &mut self.io;
             let Ok(count) = self.tun.recv_multiple(&mut io.tun_read, &mut io.tun_packets, &mut io.tun_sizes, 0) else {
                 break;
             };
-            let now = Instant::now();
             for index in 0..count {
                 self.encapsulate_batched(Source::Tun(index), now);
             }
@@ -481,8 +495,7 @@ impl DataPlane {
 
     /// Sends what the device queued: handshake messages, cookie replies, keepalives and the
     /// packets that waited for a session.
-    fn flush(&mut self) {
-        let now = Instant::now();
+    fn flush(&mut self, now: Instant) {
         while let Some(transmit) = self.device.poll_transmit(&mut self.io.scratch, now) {
             let datagram = quinn_udp::Transmit {
                 destination: transmit.destination,
@@ -579,12 +592,18 @@ enum Source {
 /// errors lose the datagrams, as any network may: the tunnel's timers and TCP recover.
 /// Logged without the destination (PRIV-01).
 fn send(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, transmit: &quinn_udp::Transmit<'_>) {
-    let mut result = state.try_send(udp.into(), transmit);
+    // A lone datagram goes out with a plain sendto: quinn-udp's sendmsg adds control
+    // messages (TOS) that cost the kernel measurably more per packet.
+    let attempt = || match transmit.segment_size {
+        None => udp.send_to(transmit.contents, transmit.destination).map(drop),
+        Some(_) => state.try_send(udp.into(), transmit),
+    };
+    let mut result = attempt();
     if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock) {
         let mut poll = libc::pollfd { fd: udp.as_fd().as_raw_fd(), events: libc::POLLOUT, revents: 0 };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut poll, 1, SEND_WAIT_MS) } > 0 {
-            result = state.try_send(udp.into(), transmit);
+            result = attempt();
         }
     }
     if let Err(error) = result {
