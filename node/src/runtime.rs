@@ -1,7 +1,9 @@
-//! `pal up`: one tokio event loop that owns the libp2p swarm, the UDP data-plane socket, the
-//! TUN device, the sans-IO [`protocol::Device`] and the membership [`Store`].
+//! `pal up`: one tokio event loop that owns the libp2p swarm and the membership [`Store`],
+//! and drives the data plane ([`crate::dataplane`]: its own thread owning the UDP socket, the
+//! TUN device and the sans-IO [`protocol::Device`]) with commands.
 //!
-//! Control plane (libp2p, TCP + QUIC, Noise, Yamux): members greet each other with a `Hello`
+//! Control plane (libp2p, TCP + QUIC, Noise, Yamux; identify, ping, Kademlia on the network's
+//! own DHT with a daily-rotated rendezvous key): members greet each other with a `Hello`
 //! that binds their libp2p identity to their device key and tells their data-plane port; they
 //! exchange log summaries, pull what they lack and push on every append. Data plane: UDP with
 //! the Noise tunnels of `protocol`; peers, keys and allowed addresses come from the membership
@@ -18,7 +20,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, kad, noise, ping, tcp, yamux};
 use membership::sync::missing_for;
 use membership::{DeviceStatus, Entry, NetworkId, Operation, Role, Store, SyncMessage};
 use protocol::{Device, DeviceConfig, DeviceId, DevicePublicKey, IpPrefix, PeerConfig, PresharedKey, StaticPublic, WallClock};
@@ -61,6 +63,7 @@ struct Behaviour {
     control: request_response::Behaviour<messages::Codec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
 }
 
 /// What the node knows of one member's reachability.
@@ -94,6 +97,7 @@ struct Node {
     /// Peers other members told us about, not yet proven or connected: redialled.
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
     last_candidate_dial: Option<Instant>,
+    last_rendezvous: Option<Instant>,
     /// What peers.txt holds, to write it only on change.
     cached_peers: Vec<String>,
     rng: ChaCha20Rng,
@@ -137,13 +141,6 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
     swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
 
-    let socket_path = state.socket_path();
-    let _ = std::fs::remove_file(&socket_path);
-    let listener = UnixListener::bind(&socket_path).context("cannot open the control socket")?;
-    std::fs::set_permissions(&socket_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
-    tokio::spawn(serve_control(listener, control_tx));
-
     let active_keys = Arc::new(RwLock::new(BTreeSet::new()));
     let keys = active_keys.clone();
     device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
@@ -154,6 +151,13 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         offload: options.offload,
     };
     let data = dataplane::spawn(device, udp, tun_config).await?;
+    // The control socket comes last: a node that failed to start leaves none behind.
+    let socket_path = state.socket_path();
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = UnixListener::bind(&socket_path).context("cannot open the control socket")?;
+    std::fs::set_permissions(&socket_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
+    tokio::spawn(serve_control(listener, control_tx));
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
@@ -181,6 +185,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         bootstrap,
         candidates: BTreeMap::new(),
         last_candidate_dial: None,
+        last_rendezvous: None,
         cached_peers: Vec::new(),
         rng,
     };
@@ -277,7 +282,25 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 if let Some(reach) = self.by_peer.get(&peer_id).and_then(|id| self.reach.get_mut(id)) {
-                    reach.multiaddrs.extend(info.listen_addrs.into_iter().filter(is_dialable));
+                    let addresses: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(is_dialable).collect();
+                    // Identify's listen addresses must be fed to Kademlia (members only: the
+                    // routing table is how others find us, so outsiders stay out of it).
+                    for address in &addresses {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, address.clone());
+                    }
+                    reach.multiaddrs.extend(addresses);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                ..
+            })) => {
+                // A provider is only a lead: it becomes a peer after its Hello binding, signed
+                // by a current member's device key, verifies.
+                for provider in providers {
+                    if provider != self.peer_id && !swarm.is_connected(&provider) {
+                        let _ = swarm.dial(provider);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
@@ -501,6 +524,14 @@ impl Node {
 
     fn maintain(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
+        if self.last_rendezvous.is_none_or(|at| now - at >= RENDEZVOUS_INTERVAL) {
+            self.last_rendezvous = Some(now);
+            let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let key = rendezvous_key(&self.network, unix_now);
+            let kad = &mut swarm.behaviour_mut().kad;
+            let _ = kad.start_providing(key.clone());
+            kad.get_providers(key);
+        }
         for (id, reach) in self.reach.iter_mut() {
             if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < REDIAL_INTERVAL) {
                 continue;
@@ -542,7 +573,7 @@ impl Node {
 
     async fn on_control(&mut self, swarm: &mut Swarm<Behaviour>, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
         let response = match request {
-            ControlRequest::Status => self.status().await,
+            ControlRequest::Status => self.status(swarm).await,
             ControlRequest::DeviceList => Ok(device_list_json(self.store.log().state())),
             ControlRequest::Log => Ok(log_json(self.store.log())),
             ControlRequest::Invite { name, role, ttl_seconds } => self.invite(swarm, &name, &role, ttl_seconds),
@@ -635,7 +666,7 @@ impl Node {
         Ok(answer)
     }
 
-    async fn status(&self) -> Result<serde_json::Value, String> {
+    async fn status(&self, swarm: &mut Swarm<Behaviour>) -> Result<serde_json::Value, String> {
         let (reply, answer) = oneshot::channel();
         self.data.send(DataCommand::Peers(reply)).await.map_err(|_| "the data plane stopped".to_owned())?;
         let views = answer.await.map_err(|_| "the data plane stopped".to_owned())?;
@@ -670,6 +701,7 @@ impl Node {
                 "overlay_ipv6": mine.map(|d| d.record.overlay_ipv6.to_string()),
             },
             "peers": peers,
+            "dht_peers": swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>(),
         }))
     }
 }
@@ -745,11 +777,43 @@ async fn serve_control(listener: UnixListener, requests: mpsc::Sender<(ControlRe
 }
 
 fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
-    swarm_with(seed, |key| Behaviour {
-        control: control_behaviour(),
-        identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public())),
-        ping: ping::Behaviour::new(ping::Config::new()),
+    swarm_with(seed, |key| {
+        let peer = key.public().to_peer_id();
+        let mut config = kad::Config::new(KAD_PROTOCOL);
+        // Tail latency under churn is set by the per-query timeout, not hop count.
+        config.set_query_timeout(KAD_QUERY_TIMEOUT);
+        let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config);
+        // Every node serves the network's own DHT: it is small, and a restarted device must
+        // find the others through any of them.
+        kad.set_mode(Some(kad::Mode::Server));
+        Behaviour {
+            control: control_behaviour(),
+            identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public())),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+        }
     })
+}
+
+/// The network's own Kademlia DHT (not the public IPFS one).
+const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cloudpal/kad/1.0.0");
+const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rendezvous epochs: the key rotates daily, so outsiders cannot link the owner's devices
+/// across days even if they once learnt a key.
+const RENDEZVOUS_EPOCH: Duration = Duration::from_secs(24 * 3600);
+/// How often a node re-provides the rendezvous key and looks it up.
+const RENDEZVOUS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// `H("cloudpal/rendezvous/v1" ‖ network_id ‖ epoch)`: the DHT key every member provides and
+/// looks up. Only those who know the network id can compute it.
+pub fn rendezvous_key(network: &NetworkId, unix_time: Duration) -> kad::RecordKey {
+    use blake2::{Blake2s256, Digest};
+    let epoch = unix_time.as_secs() / RENDEZVOUS_EPOCH.as_secs();
+    let mut hasher = Blake2s256::new();
+    hasher.update(b"cloudpal/rendezvous/v1");
+    hasher.update(network.0);
+    hasher.update(epoch.to_be_bytes());
+    kad::RecordKey::new(&hasher.finalize().as_slice())
 }
 
 /// The behaviour `pal join` runs while it is not yet a member: the control protocol only.

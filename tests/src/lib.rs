@@ -1,10 +1,12 @@
-//! End-to-end fixtures: Linux network namespaces, veth links, a bridge "switch", and `pal`
-//! nodes running the real binary. Every fixture is RAII — dropping it (also while a test
+//! End-to-end fixtures: Linux network namespaces, veth links, a bridge "switch", NAT routers
+//! (nftables; endpoint-independent or symmetric mapping), and `pal` nodes running the real
+//! binary. Every fixture is RAII — dropping it (also while a test
 //! panics) kills its processes and deletes what it created — and every command's exit status
 //! is checked. Names are unique per process and fixture, so tests run in parallel.
 //!
-//! Addresses: LAN hosts get 198.51.100.0/24 (a documentation range); nothing leaves the
-//! namespaces a test creates.
+//! Addresses: LAN hosts get 198.51.100.0/24 and "internet" hosts 203.0.113.0/24 or
+//! 192.0.2.0/24 (documentation ranges); home LANs behind NAT routers private /24s. Nothing
+//! leaves the namespaces a test creates.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -91,6 +93,36 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name))
     }
 
+    /// As [`Self::exec`], panicking with stderr if the program fails.
+    pub fn exec_ok(&self, program: &str, args: &[&str]) -> Output {
+        let output = self.exec(program, args);
+        assert!(
+            output.status.success(),
+            "{program} {} in {} failed: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        output
+    }
+
+    /// A UDP socket bound to `address` inside this namespace (a socket stays in the namespace
+    /// it was created in, whichever thread uses it later).
+    pub fn udp_socket(&self, address: &str) -> std::net::UdpSocket {
+        let path = format!("/var/run/netns/{}", self.name);
+        let address = address.to_owned();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let namespace = std::fs::File::open(&path).expect("namespace handle");
+            // SAFETY: setns on this short-lived thread only; the descriptor is valid.
+            let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            std::net::UdpSocket::bind(&address).unwrap_or_else(|e| panic!("bind {address} in {path}: {e}"))
+        })
+        .join()
+        .expect("socket thread")
+    }
+
     /// Starts a program inside the namespace.
     pub fn spawn(&self, program: &str, args: &[&str], log: &Path) -> Child {
         let file = std::fs::File::create(log).expect("log file");
@@ -130,18 +162,101 @@ impl Lan {
 
     /// A new host namespace on this LAN with the next address; returns it and the address.
     pub fn host(&mut self, tag: &str) -> (Netns, String) {
-        self.hosts += 1;
         let host = Netns::new(tag);
+        let address = self.attach(&host, "eth0");
+        (host, address)
+    }
+
+    /// Plugs an existing namespace into this LAN as interface `interface` with the next
+    /// address, which it returns.
+    pub fn attach(&mut self, host: &Netns, interface: &str) -> String {
+        self.hosts += 1;
         let (outside, inside) = (unique("vs"), unique("vh"));
         run("ip", &["link", "add", &outside, "type", "veth", "peer", "name", &inside]);
         run("ip", &["link", "set", &outside, "netns", &self.switch.name]);
         run("ip", &["link", "set", &inside, "netns", &host.name]);
         self.switch.ip(&["link", "set", &outside, "master", "br0"]);
         self.switch.ip(&["link", "set", &outside, "up"]);
-        host.ip(&["link", "set", &inside, "name", "eth0"]);
+        host.ip(&["link", "set", &inside, "name", interface]);
         let address = format!("{}.{}", self.prefix, self.hosts);
-        host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
-        host.ip(&["link", "set", "eth0", "up"]);
+        host.ip(&["addr", "add", &format!("{address}/24"), "dev", interface]);
+        host.ip(&["link", "set", interface, "up"]);
+        address
+    }
+}
+
+/// How a NAT router maps an inside socket to an outside port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// One outside port per inside socket whatever the destination (Linux's port-preserving
+    /// masquerade, a typical home router): simultaneous probing punches through it.
+    EndpointIndependent,
+    /// A fresh random outside port per destination (`masquerade fully-random`), as carrier-
+    /// grade and some corporate NATs do: the port seen by one peer says nothing of the next.
+    Symmetric,
+}
+
+/// A NAT router: a namespace with a WAN leg on an upstream LAN (the "internet") and a home
+/// LAN of its own behind it; nftables masquerades the home LAN, conntrack admits only replies
+/// (address- and port-dependent filtering). Hosts behind it route through it by default.
+/// Everything lives in namespaces the router owns and goes when it is dropped.
+#[derive(Debug)]
+pub struct NatRouter {
+    // Field order is drop order.
+    pub home: Lan,
+    pub router: Netns,
+    /// The router's address on the upstream LAN: what the internet sees of hosts behind it.
+    pub public_address: String,
+    /// The router's address on the home LAN (the hosts' gateway).
+    pub gateway: String,
+}
+
+impl NatRouter {
+    /// `home_prefix` is the home LAN's /24 (e.g. "10.1.0").
+    pub fn new(upstream: &mut Lan, home_prefix: &'static str, mapping: Mapping) -> Self {
+        let router = Netns::new("nat");
+        let public_address = upstream.attach(&router, "wan0");
+        let mut home = Lan::new(home_prefix);
+        let gateway = home.attach(&router, "lan0");
+        router.exec_ok("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
+        let masquerade = match mapping {
+            Mapping::EndpointIndependent => "masquerade",
+            Mapping::Symmetric => "masquerade fully-random",
+        };
+        let rules = format!(
+            "table ip nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname \"wan0\" {masquerade}
+    }}
+}}
+table ip filter {{
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname \"lan0\" oifname \"wan0\" accept
+    }}
+    # Unsolicited packets to the router die before conntrack confirms them: a confirmed
+    # entry would take the mapping that a later outbound packet needs.
+    chain input {{
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iifname {{ \"lo\", \"lan0\" }} accept
+    }}
+}}
+"
+        );
+        let file = std::env::temp_dir().join(unique("nft-"));
+        std::fs::write(&file, rules).expect("nft rules file");
+        router.exec_ok("nft", &["-f", file.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(&file);
+        Self { home, router, public_address, gateway }
+    }
+
+    /// A new host on the home LAN, routing everything through the router.
+    pub fn host(&mut self, tag: &str) -> (Netns, String) {
+        let (host, address) = self.home.host(tag);
+        host.ip(&["route", "add", "default", "via", &self.gateway]);
         (host, address)
     }
 }

@@ -40,3 +40,24 @@ fn second_up_expired_and_reused_invites_and_member_rights_fail_clearly() {
     late.up();
     net.node_mut("phone").down();
 }
+
+/// Without CAP_NET_ADMIN (root's bounding set stripped of it, as for an unprivileged user)
+/// `pal up` cannot create its TUN device: one line that says what to do, a non-zero exit,
+/// and no control socket left behind to confuse the next command.
+#[test]
+fn up_without_net_admin_says_to_run_as_root() {
+    let mut lan = tests::Lan::new("203.0.113");
+    let (netns, address) = lan.host("noroot");
+    let node = tests::PalNode::new("noroot", netns, address);
+    node.pal_ok(&["init", "--name", "noroot"]);
+    let pal = tests::pal_binary();
+    let state = node.state.to_str().expect("utf-8 path");
+    let output = node.netns.exec(
+        "setpriv",
+        &["--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--", pal.to_str().expect("utf-8 path"), "--state", state, "up"],
+    );
+    one_line_error(&output, "as root");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("CAP_NET_ADMIN"));
+    assert!(!node.state.join("pal.sock").exists(), "a failed start left its control socket");
+    one_line_error(&node.pal(&["status"]), "not running");
+}

@@ -21,6 +21,12 @@ fn three_devices_on_a_lan_form_a_network_and_carry_traffic() {
         .collect();
     assert!(roles.contains(&("laptop", "admin")) && roles.contains(&("phone", "member")), "{roles:?}");
 
+    // Kademlia: every node's routing table holds the other two (fed from identify).
+    for node in &net.nodes {
+        let ok = wait_until(Duration::from_secs(10), || node.status()["dht_peers"].as_u64().unwrap_or(0) >= 2);
+        assert!(ok, "{}: DHT routing table {}", node.name, node.status()["dht_peers"]);
+    }
+
     // `pal ping` between every pair, reporting the direct path.
     for from in ["laptop", "phone", "desktop"] {
         for to in ["laptop", "phone", "desktop"].iter().filter(|to| **to != from) {
