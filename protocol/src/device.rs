@@ -4,12 +4,16 @@
 //! can: routes outgoing packets by destination (cryptokey routing), dispatches datagrams by
 //! receiver index, answers identity-hiding initiations (MACs, cookies under load, per-source
 //! rate limits, the caller's membership check), checks inner source addresses of decrypted
-//! packets (DP-16), and tracks each peer's endpoint from authenticated packets (roaming,
-//! DP-14). Anything unauthenticated gets silence: no reply, no state (DP-07, DP-12).
+//! packets (DP-16), and tracks each peer's paths from authenticated packets (roaming, DP-14;
+//! direct or through the relay, [`crate::paths`]). Anything unauthenticated gets silence: no
+//! reply, no state (DP-07, DP-12). On CloudPal it also does relay duty: forwarding envelopes
+//! between members ([`crate::relay`]).
 
 use crate::cookie::MacChecker;
 use crate::handshake::ReceivedInitiation;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
+use crate::paths::{PathKind, Paths, Route};
+use crate::relay::{self, Envelope, HopKey, RELAY_HEADER_LEN, ShortId};
 use crate::ratelimit::RateLimiter;
 use crate::time::WallClock;
 use crate::tunnel::{Decapsulated, Encapsulated, IndexChange, Tunnel, TunnelConfig, TunnelStats};
@@ -58,8 +62,11 @@ pub struct Transmit {
 pub enum Received {
     /// An IP packet of `len` bytes from `peer` is at the start of the output buffer.
     Packet { peer: StaticPublic, len: usize },
-    /// Consumed (handshake, keepalive, cookie); check `poll_transmit`.
+    /// Consumed (handshake, keepalive, cookie, path control); check `poll_transmit`.
     Nothing,
+    /// Relay duty: an envelope for another member, re-tagged for it, is at the start of the
+    /// output buffer; send it as the transmit says.
+    Forward(Transmit),
 }
 
 /// Counters of what the device refused, for tests and metrics.
@@ -74,6 +81,11 @@ pub struct DeviceStats {
     pub rx_unauthorized: u64,
     pub rx_unknown_index: u64,
     pub rx_source_not_allowed: u64,
+    /// Envelopes refused: malformed, bad tag, unknown sender or destination (RL-03).
+    pub relay_refused: u64,
+    /// Envelopes dropped because their sender was over its relay quota.
+    pub relay_over_quota: u64,
+    pub relay_forwarded: u64,
 }
 
 /// Decides whether a static key may complete a handshake now (membership plugs in here).
@@ -96,12 +108,79 @@ pub struct Device {
     wants_transmit: BTreeSet<StaticPublic>,
     cookie_replies: VecDeque<(SocketAddr, [u8; COOKIE_REPLY_LEN])>,
     stats: DeviceStats,
+    short_id: ShortId,
+    short_ids: HashMap<ShortId, StaticPublic>,
+    /// The relay this device may send through (the owner's CloudPal), if any.
+    relay: Option<RelayConfig>,
+    /// Relay duty (CloudPal): forward envelopes between members.
+    relay_server: bool,
+    /// Probes and pongs waiting for `poll_transmit`, bounded.
+    control: VecDeque<(StaticPublic, Route, Control)>,
+    next_probe_id: u64,
+    /// How each peer last saw our source address (from its pongs): reflexive candidates.
+    observed: BTreeMap<StaticPublic, SocketAddr>,
+    probe_targets: Vec<SocketAddr>,
 }
 
 struct Peer {
     tunnel: Tunnel,
     allowed_ips: Vec<IpPrefix>,
-    endpoint: Option<SocketAddr>,
+    paths: Paths,
+    /// The MAC key for relay envelopes exchanged with this peer directly.
+    hop: HopKey,
+    relay_quota: TokenBucket,
+}
+
+#[derive(Debug, Clone)]
+struct RelayConfig {
+    address: SocketAddr,
+    key: StaticPublic,
+    hop: HopKey,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Probe(u64),
+    Pong(u64, Option<SocketAddr>),
+}
+
+/// Whence a datagram came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    Relay,
+}
+
+/// Probes and pongs queued at most (a probe round for every peer fits).
+const MAX_QUEUED_CONTROL: usize = 1024;
+/// What one member may push through the relay: 100 Mbit/s sustained, 4 MiB of burst.
+pub const RELAY_RATE_BYTES_PER_SECOND: u64 = 12_500_000;
+pub const RELAY_BURST_BYTES: u64 = 4 << 20;
+
+/// A byte budget refilled over time.
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    tokens: u64,
+    updated: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn full() -> Self {
+        TokenBucket { tokens: RELAY_BURST_BYTES, updated: None }
+    }
+
+    fn take(&mut self, bytes: u64, now: Instant) -> bool {
+        if let Some(updated) = self.updated {
+            let earned = now.saturating_duration_since(updated).as_micros() as u64 * RELAY_RATE_BYTES_PER_SECOND / 1_000_000;
+            self.tokens = (self.tokens + earned).min(RELAY_BURST_BYTES);
+        }
+        self.updated = Some(now);
+        if self.tokens < bytes {
+            return false;
+        }
+        self.tokens -= bytes;
+        true
+    }
 }
 
 /// Handshake messages counted per one-second window; "under load" lasts into the next window.
@@ -132,6 +211,14 @@ impl Device {
             wants_transmit: BTreeSet::new(),
             cookie_replies: VecDeque::new(),
             stats: DeviceStats::default(),
+            short_id: ShortId::of(&static_public),
+            short_ids: HashMap::new(),
+            relay: None,
+            relay_server: false,
+            control: VecDeque::new(),
+            next_probe_id: 0,
+            observed: BTreeMap::new(),
+            probe_targets: Vec::new(),
         }
     }
 
@@ -149,8 +236,8 @@ impl Device {
         let key = config.static_public;
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.allowed_ips = config.allowed_ips;
-            if config.endpoint.is_some() {
-                peer.endpoint = config.endpoint;
+            if let Some(endpoint) = config.endpoint {
+                peer.paths.set_direct(endpoint);
             }
             return;
         }
@@ -167,7 +254,12 @@ impl Device {
             },
             seed,
         );
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, endpoint: config.endpoint });
+        let hop = HopKey::between(&self.static_secret, &key);
+        let paths = Paths::with_endpoint(config.endpoint);
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_quota: TokenBucket::full() });
+        // Two keys sharing a short id could not be told apart on the relay: the second one
+        // is simply not reachable through it (2^-64 per pair).
+        self.short_ids.entry(ShortId::of(&key)).or_insert(key);
         self.refresh_indices(&key);
     }
 
@@ -187,6 +279,11 @@ impl Device {
             }
         }
         self.wants_transmit.remove(key);
+        if self.short_ids.get(&ShortId::of(key)) == Some(key) {
+            self.short_ids.remove(&ShortId::of(key));
+        }
+        self.control.retain(|(peer, _, _)| peer != key);
+        self.observed.remove(key);
         true
     }
 
@@ -194,14 +291,50 @@ impl Device {
         self.peers.keys()
     }
 
+    /// The peer's direct address (configured, or last heard from).
     pub fn peer_endpoint(&self, key: &StaticPublic) -> Option<SocketAddr> {
-        self.peers.get(key).and_then(|p| p.endpoint)
+        self.peers.get(key).and_then(|p| p.paths.direct())
     }
 
     pub fn set_peer_endpoint(&mut self, key: &StaticPublic, endpoint: SocketAddr) {
         if let Some(peer) = self.peers.get_mut(key) {
-            peer.endpoint = Some(endpoint);
+            peer.paths.set_direct(endpoint);
         }
+    }
+
+    /// Addresses at which the peer might be reached directly (LAN, reflexive, IPv6), from
+    /// signalling; they are probed while the peer is active.
+    pub fn set_peer_candidates(&mut self, key: &StaticPublic, candidates: &[SocketAddr], now: Instant) {
+        if let Some(peer) = self.peers.get_mut(key) {
+            peer.paths.set_candidates(candidates.iter().copied(), now);
+        }
+    }
+
+    /// The path the peer's traffic takes now.
+    pub fn peer_path(&self, key: &StaticPublic, now: Instant) -> PathKind {
+        self.peers.get(key).map_or(PathKind::None, |p| p.paths.kind(now, self.relays_to(key)))
+    }
+
+    /// Sends through the relay at `address` (CloudPal, itself a peer with `key`) whenever no
+    /// direct path is trusted; `None` for direct paths only.
+    pub fn set_relay(&mut self, relay: Option<(SocketAddr, StaticPublic)>) {
+        self.relay = relay.map(|(address, key)| RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key) });
+    }
+
+    /// Switches relay duty on: envelopes between members are forwarded (CloudPal).
+    pub fn set_relay_server(&mut self, enabled: bool) {
+        self.relay_server = enabled;
+    }
+
+    /// How peers see this device's source address (from their pongs): its reflexive
+    /// addresses, worth telling others as candidates.
+    pub fn observed_addresses(&self) -> impl Iterator<Item = (&StaticPublic, &SocketAddr)> {
+        self.observed.iter()
+    }
+
+    /// Whether the relay can carry traffic to `key` (there is one, and it is not `key`).
+    fn relays_to(&self, key: &StaticPublic) -> bool {
+        self.relay.as_ref().is_some_and(|relay| relay.key != *key)
     }
 
     pub fn peer_stats(&self, key: &StaticPublic) -> Option<TunnelStats> {
@@ -236,13 +369,30 @@ impl Device {
     pub fn encapsulate(&mut self, packet: &[u8], out: &mut [u8], now: Instant) -> Result<Option<Transmit>, Error> {
         let destination = destination_of(packet).ok_or(Error::InvalidInnerPacket)?;
         let key = self.route(destination).ok_or(Error::NoRoute)?;
+        let relays = self.relays_to(&key);
         let peer = self.peers.get_mut(&key).ok_or(Error::NoRoute)?;
-        let endpoint = peer.endpoint.ok_or(Error::NoEndpoint)?;
-        let result = peer.tunnel.encapsulate(packet, out, now);
+        let route = peer.paths.route(now, relays).ok_or(Error::NoEndpoint)?;
+        peer.paths.activity(now);
+        let result = peer.tunnel.encapsulate(packet, inner_buffer(route, out)?, now);
         self.sync_peer(&key, now);
         match result? {
-            Encapsulated::Datagram(len) => Ok(Some(Transmit { destination: endpoint, len })),
+            Encapsulated::Datagram(len) => Ok(Some(self.wrap(route, &key, out, len))),
             Encapsulated::Queued => Ok(None),
+        }
+    }
+
+    /// Turns `len` bytes of WireGuard message, written where [`inner_buffer`] said, into a
+    /// transmit: as is for a direct route, in a sealed envelope to the relay otherwise.
+    fn wrap(&self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize) -> Transmit {
+        match (route, &self.relay) {
+            (Route::Direct(destination), _) => Transmit { destination, len },
+            (Route::Relay, Some(relay)) => {
+                let envelope = Envelope { destination: ShortId::of(key), sender: self.short_id };
+                relay::seal(&mut out[..RELAY_HEADER_LEN + len], envelope, &relay.hop);
+                Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len }
+            }
+            // Route::Relay is only chosen when a relay is configured.
+            (Route::Relay, None) => Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), len: 0 },
         }
     }
 
@@ -254,9 +404,59 @@ impl Device {
         out: &mut [u8],
         now: Instant,
     ) -> Result<Received, Error> {
+        if relay::is_envelope(datagram) {
+            return self.receive_envelope(source, datagram, out, now);
+        }
+        self.receive(source, Via::Direct, datagram, out, now)
+    }
+
+    /// An envelope: for us from our relay, or (relay duty) for another member.
+    fn receive_envelope(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8], now: Instant) -> Result<Received, Error> {
+        let refused = |stats: &mut DeviceStats| stats.relay_refused += 1;
+        let envelope = relay::parse(datagram).inspect_err(|_| refused(&mut self.stats))?;
+        if envelope.destination == self.short_id {
+            let relay = self.relay.as_ref().ok_or(Error::NoRelay).inspect_err(|_| refused(&mut self.stats))?;
+            relay::verify(datagram, &relay.hop).inspect_err(|_| refused(&mut self.stats))?;
+            return self.receive(source, Via::Relay, &datagram[RELAY_HEADER_LEN..], out, now);
+        }
+        if !self.relay_server {
+            refused(&mut self.stats);
+            return Err(Error::NoRelay);
+        }
+        // Relay duty. The sender must be a current member we share a hop key with (RL-03).
+        let sender = self.short_ids.get(&envelope.sender).copied();
+        let destination = self.short_ids.get(&envelope.destination).copied();
+        let (Some(sender), Some(destination)) = (sender, destination) else {
+            refused(&mut self.stats);
+            return Err(Error::UnknownPeer);
+        };
+        if !(self.authorize)(&sender) || !(self.authorize)(&destination) {
+            refused(&mut self.stats);
+            return Err(Error::NotAuthorized);
+        }
+        let Some(from) = self.peers.get_mut(&sender) else { return Err(Error::UnknownPeer) };
+        relay::verify(datagram, &from.hop).inspect_err(|_| refused(&mut self.stats))?;
+        // Authenticated: this is where the sender is now.
+        from.paths.heard_direct(source, now);
+        if !from.relay_quota.take(datagram.len() as u64, now) {
+            self.stats.relay_over_quota += 1;
+            return Err(Error::RelayQuota);
+        }
+        let to = self.peers.get(&destination).ok_or(Error::UnknownPeer)?;
+        let target = to.paths.direct().ok_or(Error::NoEndpoint)?;
+        let forwarded = out.get_mut(..datagram.len()).ok_or(Error::BufferTooSmall)?;
+        forwarded.copy_from_slice(datagram);
+        relay::retag(forwarded, &to.hop);
+        self.stats.relay_forwarded += 1;
+        Ok(Received::Forward(Transmit { destination: target, len: datagram.len() }))
+    }
+
+    /// One WireGuard message that arrived `via` a path, from `source` (the relay's address
+    /// when relayed).
+    fn receive(&mut self, source: SocketAddr, via: Via, datagram: &[u8], out: &mut [u8], now: Instant) -> Result<Received, Error> {
         let message = Message::parse(datagram).inspect_err(|_| self.stats.rx_malformed += 1)?;
         let receiver = match message {
-            Message::Initiation(initiation) => return self.receive_initiation(source, &initiation, now),
+            Message::Initiation(initiation) => return self.receive_initiation(source, via, &initiation, now),
             Message::Response(response) => {
                 if !self.handshake_message_admitted(source, response.bytes, response.sender, now)? {
                     return Ok(Received::Nothing);
@@ -277,11 +477,15 @@ impl Device {
         if let Ok(outcome) = &result
             && outcome.is_authenticated()
         {
-            peer.endpoint = Some(source);
+            match via {
+                Via::Direct => peer.paths.heard_direct(source, now),
+                Via::Relay => peer.paths.heard_relay(now),
+            }
         }
         let result = match result {
             Ok(Decapsulated::Packet(len)) => match source_of(&out[..len]) {
                 Some(inner) if peer.allowed_ips.iter().any(|p| p.contains(inner)) => {
+                    peer.paths.activity(now);
                     Ok(Received::Packet { peer: key, len })
                 }
                 _ => {
@@ -289,6 +493,23 @@ impl Device {
                     Err(Error::SourceNotAllowed)
                 }
             },
+            Ok(Decapsulated::PathControl(len)) => {
+                let route = match via {
+                    Via::Direct => Route::Direct(source),
+                    Via::Relay => Route::Relay,
+                };
+                match wire::parse_path_control(&out[..len]) {
+                    Some(wire::PathControl::Probe(id)) if self.control.len() < MAX_QUEUED_CONTROL => {
+                        let observed = (via == Via::Direct).then_some(source);
+                        self.control.push_back((key, route, Control::Pong(id, observed)));
+                    }
+                    Some(wire::PathControl::Pong(_, Some(observed))) => {
+                        self.observed.insert(key, observed);
+                    }
+                    _ => {}
+                }
+                Ok(Received::Nothing)
+            }
             Ok(_) => Ok(Received::Nothing),
             Err(error) => Err(error),
         };
@@ -300,15 +521,32 @@ impl Device {
     pub fn handle_timeout(&mut self, now: Instant) {
         let keys: Vec<StaticPublic> = self.peers.keys().copied().collect();
         for key in keys {
+            let relays = self.relays_to(&key);
             if let Some(peer) = self.peers.get_mut(&key) {
                 peer.tunnel.handle_timeout(now);
+                let mut targets = std::mem::take(&mut self.probe_targets);
+                targets.clear();
+                peer.paths.due_probes(now, relays, &mut targets);
+                if peer.tunnel.has_session(now) {
+                    for target in &targets {
+                        if self.control.len() < MAX_QUEUED_CONTROL {
+                            self.next_probe_id += 1;
+                            self.control.push_back((key, Route::Direct(*target), Control::Probe(self.next_probe_id)));
+                        }
+                    }
+                }
+                self.probe_targets = targets;
             }
             self.sync_peer(&key, now);
         }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().filter_map(|p| p.tunnel.poll_timeout()).min()
+        self.peers
+            .iter()
+            .flat_map(|(key, p)| [p.tunnel.poll_timeout(), p.paths.poll_timeout(self.relays_to(key))])
+            .flatten()
+            .min()
     }
 
     /// The next datagram to send, written into `out`.
@@ -317,19 +555,35 @@ impl Device {
             out.get_mut(..COOKIE_REPLY_LEN)?.copy_from_slice(&reply);
             return Some(Transmit { destination, len: COOKIE_REPLY_LEN });
         }
+        while let Some((key, route, control)) = self.control.pop_front() {
+            let mut message = [0u8; wire::PATH_PONG_LEN];
+            let len = wire::emit_path_control(&mut message, control.into());
+            let Some(peer) = self.peers.get_mut(&key) else { continue };
+            let Ok(buffer) = inner_buffer(route, out) else { continue };
+            if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now) {
+                return Some(self.wrap(route, &key, out, sealed));
+            }
+        }
         while let Some(key) = self.wants_transmit.first().copied() {
+            let relays = self.relays_to(&key);
             let Some(peer) = self.peers.get_mut(&key) else {
                 self.wants_transmit.remove(&key);
                 continue;
             };
-            match (peer.tunnel.poll_transmit(out, now), peer.endpoint) {
-                (Some(len), Some(destination)) => {
-                    self.sync_peer(&key, now);
-                    return Some(Transmit { destination, len });
-                }
+            let route = peer.paths.route(now, relays);
+            let Some(buffer) = route.and_then(|route| inner_buffer(route, out).ok()) else {
                 // Nowhere to send it: drop, as a WireGuard peer without an endpoint does.
-                (Some(_), None) => continue,
-                (None, _) => {
+                if peer.tunnel.poll_transmit(out, now).is_none() {
+                    self.wants_transmit.remove(&key);
+                }
+                continue;
+            };
+            match (peer.tunnel.poll_transmit(buffer, now), route) {
+                (Some(len), Some(route)) => {
+                    self.sync_peer(&key, now);
+                    return Some(self.wrap(route, &key, out, len));
+                }
+                _ => {
                     self.wants_transmit.remove(&key);
                 }
             }
@@ -342,6 +596,7 @@ impl Device {
     fn receive_initiation(
         &mut self,
         source: SocketAddr,
+        via: Via,
         initiation: &wire::Initiation<'_>,
         now: Instant,
     ) -> Result<Received, Error> {
@@ -364,7 +619,10 @@ impl Device {
         }
         let result = peer.tunnel.handle_initiation(received, now);
         if result.is_ok() {
-            peer.endpoint = Some(source);
+            match via {
+                Via::Direct => peer.paths.heard_direct(source, now),
+                Via::Relay => peer.paths.heard_relay(now),
+            }
         }
         self.sync_peer(&key, now);
         result.map(|()| Received::Nothing)
@@ -447,6 +705,24 @@ impl Device {
             .filter(|(prefix, _)| prefix.contains(destination))
             .max_by_key(|(prefix, _)| prefix.len())
             .map(|(_, key)| *key)
+    }
+}
+
+/// Where to write a WireGuard message for `route`: after room for the envelope header when
+/// it goes through the relay.
+fn inner_buffer(route: Route, out: &mut [u8]) -> Result<&mut [u8], Error> {
+    match route {
+        Route::Direct(_) => Ok(out),
+        Route::Relay => out.get_mut(RELAY_HEADER_LEN..).ok_or(Error::BufferTooSmall),
+    }
+}
+
+impl From<Control> for wire::PathControl {
+    fn from(control: Control) -> Self {
+        match control {
+            Control::Probe(id) => wire::PathControl::Probe(id),
+            Control::Pong(id, observed) => wire::PathControl::Pong(id, observed),
+        }
     }
 }
 

@@ -15,7 +15,9 @@ pub mod device;
 pub mod fuzzing;
 pub mod handshake;
 pub mod keys;
+pub mod paths;
 pub mod ratelimit;
+pub mod relay;
 pub mod replay;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
@@ -83,6 +85,12 @@ pub enum Error {
     BufferTooSmall,
     #[error("message kind not accepted here")]
     UnexpectedMessage,
+    #[error(transparent)]
+    Relay(#[from] relay::EnvelopeError),
+    #[error("no relay for this envelope")]
+    NoRelay,
+    #[error("sender is over its relay quota")]
+    RelayQuota,
     #[error(transparent)]
     InvalidCookieReply(#[from] cookie::InvalidCookieReply),
 }

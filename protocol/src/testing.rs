@@ -177,7 +177,7 @@ impl Pair {
         let result = node.device.decapsulate(from_address, datagram, &mut out, now);
         match &result {
             Ok(Received::Packet { len, .. }) => node.delivered.push(out[..*len].to_vec()),
-            Ok(Received::Nothing) => {}
+            Ok(Received::Nothing | Received::Forward(_)) => {}
             Err(error) => node.errors.push(*error),
         }
         self.buffer = out;

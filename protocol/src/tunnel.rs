@@ -72,6 +72,9 @@ pub enum Decapsulated {
     HandshakeComplete,
     /// A cookie reply was accepted (not proof of the peer's identity: never roam on it).
     CookieAccepted,
+    /// A path control message ([`wire::PATH_PROBE`] or [`wire::PATH_PONG`]) of this length
+    /// is at the start of the output buffer.
+    PathControl(usize),
 }
 
 impl Decapsulated {
@@ -207,12 +210,18 @@ impl Tunnel {
         if packet.len() > MAX_PACKET_LEN {
             return Err(Error::PacketTooLarge);
         }
-        if let Some(len) = self.seal(packet, out, now)? {
+        if let Some(len) = self.seal(packet, out, now, true)? {
             return Ok(Encapsulated::Datagram(len));
         }
         self.enqueue(packet);
         self.begin_handshake(now);
         Ok(Encapsulated::Queued)
+    }
+
+    /// Seals a path control message in the current session; `None` without one (probes never
+    /// start a handshake or wait for one).
+    pub fn encapsulate_control(&mut self, message: &[u8], out: &mut [u8], now: Instant) -> Result<Option<usize>, Error> {
+        self.seal(message, out, now, false)
     }
 
     /// Consumes one datagram from the peer (any kind but initiation).
@@ -339,7 +348,7 @@ impl Tunnel {
             return None;
         }
         while let Some(packet) = self.queue.pop_front() {
-            let sealed = self.seal(&packet, out, now);
+            let sealed = self.seal(&packet, out, now, true);
             self.recycle(packet);
             if let Ok(Some(len)) = sealed {
                 return Some(len);
@@ -348,7 +357,7 @@ impl Tunnel {
         }
         if self.keepalive_wanted {
             self.keepalive_wanted = false;
-            if let Ok(Some(len)) = self.seal(&[], out, now) {
+            if let Ok(Some(len)) = self.seal(&[], out, now, false) {
                 return Some(len);
             }
         }
@@ -407,7 +416,9 @@ impl Tunnel {
     // ---- data path -------------------------------------------------------------------------
 
     /// Encrypts with the current session; `Ok(None)` when there is none that may send.
-    fn seal(&mut self, packet: &[u8], out: &mut [u8], now: Instant) -> Result<Option<usize>, Error> {
+    /// `data`: an IP packet (counts as traffic, drives rekeying and the no-reply rule), not
+    /// a keepalive or path control message.
+    fn seal(&mut self, packet: &[u8], out: &mut [u8], now: Instant, data: bool) -> Result<Option<usize>, Error> {
         let Some(session) = self.current.as_mut().filter(|s| s.is_alive(now)) else {
             return Ok(None);
         };
@@ -429,9 +440,9 @@ impl Tunnel {
         let len = session.seal(plaintext, out)?;
         // Only data refreshes keys on the send side (wireguard-go's keepKeyFreshSending):
         // a receive-only initiator's keepalives leave the rekey to the 165 s receive rule.
-        let wants_rekey = !packet.is_empty() && session.wants_rekey_on_send(now);
+        let wants_rekey = data && session.wants_rekey_on_send(now);
         self.stats.tx_bytes += len as u64;
-        if !packet.is_empty() {
+        if data {
             self.stats.tx_packets += 1;
             self.new_handshake_due.get_or_insert(now + NEW_HANDSHAKE_TIMEOUT);
         }
@@ -481,6 +492,9 @@ impl Tunnel {
             return Ok(Decapsulated::Keepalive);
         }
         let packet_len = wire::inner_packet_len(&out[..len]).ok_or(Error::InvalidInnerPacket)?;
+        if out[0] >> 4 == wire::PATH_CONTROL_VERSION {
+            return Ok(Decapsulated::PathControl(packet_len));
+        }
         self.stats.rx_packets += 1;
         self.keepalive_due.get_or_insert(now + KEEPALIVE_TIMEOUT);
         Ok(Decapsulated::Packet(packet_len))

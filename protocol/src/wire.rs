@@ -25,10 +25,22 @@ pub const KIND_RESPONSE: u8 = 2;
 pub const KIND_COOKIE_REPLY: u8 = 3;
 /// Transport data.
 pub const KIND_DATA: u8 = 4;
-/// Reserved: path probe (NAT traversal, next issue).
+/// Reserved (path probes travel inside the session instead: see [`PATH_PROBE_LEN`]).
 pub const KIND_PATH_PROBE: u8 = 5;
-/// Reserved: relay envelope (CloudPal relay, next issue).
+/// A relay envelope: a WireGuard message wrapped for the CloudPal relay ([`crate::relay`]).
 pub const KIND_RELAY_ENVELOPE: u8 = 6;
+
+/// Path control messages ride inside the session like IP packets, told apart by the version
+/// nibble 1 (IP has 4 and 6): authenticated and replay-protected for free.
+pub const PATH_CONTROL_VERSION: u8 = 1;
+/// `0x10 ‖ id (8)`: "answer me on the path this came by".
+pub const PATH_PROBE: u8 = 0x10;
+pub const PATH_PROBE_LEN: usize = 9;
+/// `0x11 ‖ id (8) ‖ observed source: family (1: 4 or 6) ‖ address (16, IPv4 in the first 4) ‖
+/// port (2, big-endian)`: the answer, telling the prober how its datagram's source looked
+/// (its reflexive address, as STUN would).
+pub const PATH_PONG: u8 = 0x11;
+pub const PATH_PONG_LEN: usize = 28;
 
 pub const HEADER_LEN: usize = 4;
 pub const MAC_LEN: usize = 16;
@@ -137,6 +149,7 @@ impl<'a> Message<'a> {
             KIND_RESPONSE => expect(bytes.len() == RESPONSE_LEN)?,
             KIND_COOKIE_REPLY => expect(bytes.len() == COOKIE_REPLY_LEN)?,
             KIND_DATA => expect((DATA_MIN_LEN..=MAX_DATAGRAM_LEN).contains(&bytes.len()))?,
+            // Envelopes are opened before parsing (crate::relay); probes are never sent bare.
             KIND_PATH_PROBE | KIND_RELAY_ENVELOPE => return Err(WireError::ReservedKind(kind)),
             _ => return Err(WireError::UnknownKind(kind)),
         }
@@ -238,8 +251,77 @@ pub const DEFAULT_MTU: usize = 1420;
 
 /// The length of the IP packet at the start of a decrypted, padded plaintext, read from its
 /// header; `None` if the plaintext does not start with a complete IPv4 or IPv6 packet.
+/// A decoded path control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathControl {
+    Probe(u64),
+    /// The probe's id and the probe's source address as the answering peer saw it (none when
+    /// the probe came through the relay).
+    Pong(u64, Option<std::net::SocketAddr>),
+}
+
+/// Reads a path control message (as [`inner_packet_len`] delimited it).
+pub fn parse_path_control(message: &[u8]) -> Option<PathControl> {
+    let id = u64::from_be_bytes(*message.get(1..9)?.first_chunk::<8>()?);
+    match *message.first()? {
+        PATH_PROBE => Some(PathControl::Probe(id)),
+        PATH_PONG => {
+            let body = message.get(9..PATH_PONG_LEN)?;
+            let port = u16::from_be_bytes([body[17], body[18]]);
+            let observed = match body[0] {
+                4 => Some(std::net::SocketAddr::from(([body[1], body[2], body[3], body[4]], port))),
+                6 => {
+                    let octets: [u8; 16] = body[1..17].try_into().ok()?;
+                    Some(std::net::SocketAddr::from((std::net::Ipv6Addr::from(octets), port)))
+                }
+                _ => None,
+            };
+            Some(PathControl::Pong(id, observed))
+        }
+        _ => None,
+    }
+}
+
+/// Writes a path control message into `out` (at least [`PATH_PONG_LEN`] bytes); its length.
+pub fn emit_path_control(out: &mut [u8; PATH_PONG_LEN], message: PathControl) -> usize {
+    match message {
+        PathControl::Probe(id) => {
+            out[0] = PATH_PROBE;
+            out[1..9].copy_from_slice(&id.to_be_bytes());
+            PATH_PROBE_LEN
+        }
+        PathControl::Pong(id, observed) => {
+            out[0] = PATH_PONG;
+            out[1..9].copy_from_slice(&id.to_be_bytes());
+            out[9..].fill(0);
+            match observed {
+                Some(std::net::SocketAddr::V4(address)) => {
+                    out[9] = 4;
+                    out[10..14].copy_from_slice(&address.ip().octets());
+                    out[26..28].copy_from_slice(&address.port().to_be_bytes());
+                }
+                Some(std::net::SocketAddr::V6(address)) => {
+                    out[9] = 6;
+                    out[10..26].copy_from_slice(&address.ip().octets());
+                    out[26..28].copy_from_slice(&address.port().to_be_bytes());
+                }
+                None => {}
+            }
+            PATH_PONG_LEN
+        }
+    }
+}
+
 pub fn inner_packet_len(plaintext: &[u8]) -> Option<usize> {
     let version = plaintext.first()? >> 4;
+    if version == PATH_CONTROL_VERSION {
+        let len = match plaintext[0] {
+            PATH_PROBE => PATH_PROBE_LEN,
+            PATH_PONG => PATH_PONG_LEN,
+            _ => return None,
+        };
+        return (len <= plaintext.len()).then_some(len);
+    }
     let len = match version {
         4 if plaintext.len() >= 20 => usize::from(u16::from_be_bytes([plaintext[2], plaintext[3]])),
         6 if plaintext.len() >= 40 => {
@@ -333,7 +415,29 @@ mod tests {
         v6[5] = 8;
         assert_eq!(inner_packet_len(&v6), Some(48));
         assert_eq!(inner_packet_len(&[0x70; 64]), None);
+        assert_eq!(inner_packet_len(&[PATH_PROBE; 16]), Some(PATH_PROBE_LEN));
+        assert_eq!(inner_packet_len(&[PATH_PONG; 32]), Some(PATH_PONG_LEN));
+        assert_eq!(inner_packet_len(&[PATH_PONG; 20]), None, "truncated pong");
+        assert_eq!(inner_packet_len(&[0x12; 32]), None, "unknown control type");
         assert_eq!(inner_packet_len(&[]), None);
+    }
+
+    #[test]
+    fn path_control_messages_round_trip() {
+        let messages = [
+            PathControl::Probe(7),
+            PathControl::Pong(8, None),
+            PathControl::Pong(9, Some("203.0.113.7:41641".parse().expect("v4"))),
+            PathControl::Pong(10, Some("[2001:db8::1]:5".parse().expect("v6"))),
+        ];
+        for message in messages {
+            let mut out = [0u8; PATH_PONG_LEN];
+            let len = emit_path_control(&mut out, message);
+            assert_eq!(inner_packet_len(&out), Some(len));
+            assert_eq!(parse_path_control(&out[..len]), Some(message));
+        }
+        assert_eq!(parse_path_control(&[PATH_PONG; 20]), None);
+        assert_eq!(parse_path_control(&[]), None);
     }
 
     #[test]

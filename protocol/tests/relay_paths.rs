@@ -1,0 +1,321 @@
+//! Paths and the relay, three devices on a virtual network with virtual time: two members
+//! (A, B) and the owner's CloudPal (R) doing relay duty. The direct link between A and B can be
+//! cut and restored; the relay can tamper with what it forwards. One Noise session between A
+//! and B carries everything, whichever path it takes.
+
+use protocol::paths::{DIRECT_TRUST, PROBE_INTERVAL, PathKind};
+use protocol::relay::{self, HopKey};
+use protocol::testing::ipv4_udp_packet;
+use protocol::{Device, DeviceConfig, Error, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, StaticSecret, WallClock};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+const A: usize = 0;
+const B: usize = 1;
+const R: usize = 2;
+const LATENCY: Duration = Duration::from_millis(2);
+
+struct Datagram {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+struct Net {
+    now: Instant,
+    devices: Vec<Device>,
+    keys: Vec<StaticPublic>,
+    addresses: Vec<SocketAddr>,
+    overlays: Vec<IpAddr>,
+    in_flight: VecDeque<Datagram>,
+    /// The direct link between A and B works.
+    direct: bool,
+    /// Applied to every envelope the relay forwards.
+    tamper: Option<Box<dyn FnMut(&mut Vec<u8>)>>,
+    /// Forwarded envelopes, as they left the relay.
+    forwarded: Vec<Vec<u8>>,
+    delivered: Vec<Vec<Vec<u8>>>,
+    errors: Vec<Vec<Error>>,
+}
+
+impl Net {
+    fn new() -> Self {
+        let now = Instant::now();
+        let secrets: Vec<StaticSecret> = (1..=3u8).map(|i| StaticSecret::from_bytes([i; 32])).collect();
+        let keys: Vec<StaticPublic> = secrets.iter().map(StaticSecret::public_key).collect();
+        let addresses: Vec<SocketAddr> =
+            ["192.0.2.10:41641", "198.51.100.20:41641", "203.0.113.1:41641"].iter().map(|a| a.parse().expect("address")).collect();
+        let overlays: Vec<IpAddr> = ["100.64.0.1", "100.64.0.2", "100.64.0.3"].iter().map(|a| a.parse().expect("overlay")).collect();
+        let clock = WallClock { anchor: now, unix_time_at_anchor: SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default() };
+        let mut devices: Vec<Device> = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, secret)| {
+                let config = DeviceConfig {
+                    static_secret: secret.clone(),
+                    psk: PresharedKey::from_bytes([9; 32]),
+                    under_load_threshold: 64,
+                    mtu: 1420,
+                    clock,
+                };
+                Device::new(config, [i as u8 + 40; 32])
+            })
+            .collect();
+        for i in 0..3 {
+            for j in (0..3).filter(|j| *j != i) {
+                // Members know CloudPal's address; CloudPal learns theirs when they speak.
+                let endpoint = (j == R).then_some(addresses[R]);
+                devices[i].upsert_peer(PeerConfig {
+                    static_public: keys[j],
+                    allowed_ips: vec![IpPrefix::host(overlays[j])],
+                    endpoint,
+                    persistent_keepalive: None,
+                });
+            }
+        }
+        devices[R].set_relay_server(true);
+        for member in [A, B] {
+            devices[member].set_relay(Some((addresses[R], keys[R])));
+        }
+        Net {
+            now,
+            devices,
+            keys,
+            addresses,
+            overlays,
+            in_flight: VecDeque::new(),
+            direct: false,
+            tamper: None,
+            forwarded: Vec::new(),
+            delivered: vec![Vec::new(); 3],
+            errors: vec![Vec::new(); 3],
+        }
+    }
+
+    fn index_of(&self, address: SocketAddr) -> Option<usize> {
+        self.addresses.iter().position(|a| *a == address)
+    }
+
+    fn send(&mut self, from: usize, to: SocketAddr, bytes: Vec<u8>) {
+        let link_ok = match (from, self.index_of(to)) {
+            (A, Some(B)) | (B, Some(A)) => self.direct,
+            _ => true,
+        };
+        if link_ok {
+            self.in_flight.push_back(Datagram { at: self.now + LATENCY, from: self.addresses[from], to, bytes });
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut out = vec![0u8; 65_536];
+        loop {
+            let mut any = false;
+            for i in 0..3 {
+                while let Some(transmit) = self.devices[i].poll_transmit(&mut out, self.now) {
+                    self.send(i, transmit.destination, out[..transmit.len].to_vec());
+                    any = true;
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// A packet from `from`'s overlay address to `to`'s, through the tunnel.
+    fn send_ip(&mut self, from: usize, to: usize, payload: &[u8]) {
+        let packet = ipv4_udp_packet(self.overlays[from], self.overlays[to], payload);
+        let mut out = vec![0u8; 65_536];
+        if let Ok(Some(transmit)) = self.devices[from].encapsulate(&packet, &mut out, self.now) {
+            self.send(from, transmit.destination, out[..transmit.len].to_vec());
+        }
+        self.flush();
+    }
+
+    fn deliver(&mut self, datagram: Datagram) {
+        let Some(to) = self.index_of(datagram.to) else { return };
+        let mut out = vec![0u8; 65_536];
+        match self.devices[to].decapsulate(datagram.from, &datagram.bytes, &mut out, self.now) {
+            Ok(Received::Packet { len, .. }) => self.delivered[to].push(out[..len].to_vec()),
+            Ok(Received::Forward(transmit)) => {
+                let mut bytes = out[..transmit.len].to_vec();
+                if let Some(tamper) = self.tamper.as_mut() {
+                    tamper(&mut bytes);
+                }
+                self.forwarded.push(bytes.clone());
+                self.send(to, transmit.destination, bytes);
+            }
+            Ok(Received::Nothing) => {}
+            Err(error) => self.errors[to].push(error),
+        }
+    }
+
+    fn run_for(&mut self, duration: Duration) {
+        let deadline = self.now + duration;
+        loop {
+            self.flush();
+            let next_delivery = self.in_flight.iter().map(|d| d.at).min();
+            let next_timer = self.devices.iter().filter_map(Device::poll_timeout).min();
+            let Some(next) = [next_delivery, next_timer].into_iter().flatten().min().filter(|n| *n <= deadline) else {
+                self.now = deadline;
+                return;
+            };
+            self.now = self.now.max(next);
+            while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
+                let datagram = self.in_flight.remove(index).expect("present");
+                self.deliver(datagram);
+            }
+            for device in &mut self.devices {
+                device.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn path(&self, from: usize, to: usize) -> PathKind {
+        self.devices[from].peer_path(&self.keys[to], self.now)
+    }
+
+    /// Sends a packet A → B and lets it arrive; whether it did.
+    fn a_to_b(&mut self, payload: &[u8]) -> bool {
+        let before = self.delivered[B].len();
+        self.send_ip(A, B, payload);
+        self.run_for(Duration::from_millis(50));
+        self.delivered[B][before..].iter().any(|p| p.ends_with(payload))
+    }
+
+    /// Members say hello to CloudPal so it knows where they are (as their keepalives do).
+    fn register(&mut self) {
+        self.send_ip(A, R, b"hello");
+        self.send_ip(B, R, b"hello");
+        self.run_for(Duration::from_millis(100));
+    }
+
+    fn handshakes(&self, who: usize, with: usize) -> u64 {
+        self.devices[who].peer_stats(&self.keys[with]).expect("peer").handshakes_completed
+    }
+}
+
+#[test]
+fn relay_carries_the_first_packet_when_no_direct_path_is_known() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"first"), "errors {:?}", net.errors);
+    assert_eq!(net.path(A, B), PathKind::Relay);
+    assert_eq!(net.path(B, A), PathKind::Relay);
+    assert!(!net.forwarded.is_empty());
+    assert_eq!(net.devices[R].stats().relay_forwarded as usize, net.forwarded.len());
+}
+
+#[test]
+fn traffic_moves_to_direct_when_probes_get_through_and_back_to_the_relay_when_they_stop() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"via relay"));
+    // Candidates arrive by signalling; the direct link starts working.
+    let (a_address, b_address) = (net.addresses[A], net.addresses[B]);
+    net.devices[A].set_peer_candidates(&net.keys[B].clone(), &[b_address], net.now);
+    net.devices[B].set_peer_candidates(&net.keys[A].clone(), &[a_address], net.now);
+    net.direct = true;
+    net.run_for(PROBE_INTERVAL * 2);
+    assert_eq!(net.path(A, B), PathKind::Direct);
+    assert_eq!(net.path(B, A), PathKind::Direct);
+    let forwarded = net.forwarded.len();
+    assert!(net.a_to_b(b"direct now"));
+    assert_eq!(net.forwarded.len(), forwarded, "the relay saw none of it");
+    // Learned reflexive addresses: how A's probes looked to B.
+    assert_eq!(net.devices[A].observed_addresses().find(|(k, _)| **k == net.keys[B]).map(|(_, a)| *a), Some(a_address));
+
+    // The direct link dies mid-session: within the trust window plus a probe interval,
+    // traffic is back on the relay, in the same session.
+    let sessions = net.handshakes(A, B);
+    net.direct = false;
+    let broke_at = net.now;
+    let mut back_on_relay = None;
+    for i in 0..100u32 {
+        net.send_ip(A, B, format!("tick {i}").as_bytes());
+        net.run_for(Duration::from_millis(20));
+        if net.path(A, B) == PathKind::Relay && net.delivered[B].last().is_some_and(|p| p.ends_with(format!("tick {i}").as_bytes())) {
+            back_on_relay = Some(net.now - broke_at);
+            break;
+        }
+    }
+    let took = back_on_relay.expect("fell back to the relay");
+    assert!(took <= DIRECT_TRUST + PROBE_INTERVAL, "fallback took {took:?}");
+    assert_eq!(net.handshakes(A, B), sessions, "no new handshake: the session survived the switch");
+
+    // And back to direct when the link returns.
+    net.direct = true;
+    net.run_for(PROBE_INTERVAL * 2);
+    net.send_ip(A, B, b"keep going");
+    net.run_for(PROBE_INTERVAL * 2);
+    assert_eq!(net.path(A, B), PathKind::Direct);
+}
+
+#[test]
+fn rl02_frames_altered_or_replayed_by_the_relay_are_dropped() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"establish"));
+    // Flip a bit of the inner message and re-tag for the next hop as a malicious relay
+    // could (it holds the hop key): the end-to-end tag still catches it.
+    let relay_to_b = HopKey::between(&StaticSecret::from_bytes([3; 32]), &net.keys[B]);
+    net.tamper = Some(Box::new(move |bytes: &mut Vec<u8>| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        relay::retag(bytes, &relay_to_b);
+    }));
+    assert!(!net.a_to_b(b"altered"), "an altered frame was delivered");
+    assert!(net.errors[B].contains(&Error::DecryptionFailed), "caught end to end: {:?}", net.errors[B]);
+    net.tamper = None;
+    // Replay: the relay sends an earlier frame again.
+    assert!(net.a_to_b(b"original"));
+    let replay = net.forwarded.last().expect("forwarded").clone();
+    let before = net.delivered[B].len();
+    let (relay, b) = (net.addresses[R], net.addresses[B]);
+    net.in_flight.push_back(Datagram { at: net.now, from: relay, to: b, bytes: replay });
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.delivered[B].len(), before, "a replayed frame was delivered");
+    assert!(net.errors[B].iter().any(|e| matches!(e, Error::Replay(_))), "{:?}", net.errors[B]);
+}
+
+#[test]
+fn rl03_a_non_member_cannot_use_the_relay() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"warm up"));
+    let genuine = net.forwarded.last().expect("forwarded").clone();
+    let refused_before = net.devices[R].stats().relay_refused;
+    let forwarded_before = net.devices[R].stats().relay_forwarded;
+    // An outsider claims to be A (A's short id), but cannot make A's tag.
+    let mut forged = genuine.clone();
+    forged[20..36].fill(0x55);
+    // An outsider with its own id, unknown to the relay.
+    let mut stranger = genuine;
+    stranger[12..20].fill(0x77);
+    let relay = net.addresses[R];
+    for bytes in [forged, stranger] {
+        net.in_flight.push_back(Datagram { at: net.now, from: "192.0.2.99:1".parse().expect("addr"), to: relay, bytes });
+    }
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.devices[R].stats().relay_forwarded, forwarded_before);
+    assert_eq!(net.devices[R].stats().relay_refused, refused_before + 2);
+}
+
+#[test]
+fn members_over_their_relay_quota_are_dropped() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"warm up"));
+    let payload = vec![7u8; 1300];
+    // Far more than the burst, all at one instant.
+    for _ in 0..(protocol::device::RELAY_BURST_BYTES / 1300 + 100) {
+        net.send_ip(A, B, &payload);
+    }
+    net.run_for(Duration::from_millis(10));
+    assert!(net.devices[R].stats().relay_over_quota > 0);
+    // The budget refills: later traffic flows again.
+    net.run_for(Duration::from_secs(1));
+    assert!(net.a_to_b(b"later"));
+}
