@@ -12,6 +12,7 @@
 
 use crate::batch::{self, SendBatch};
 use crate::icmp;
+use protocol::paths::PathKind;
 use protocol::{Device, PeerConfig, Received, StaticPublic, TunnelStats};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -55,7 +56,12 @@ pub enum DataCommand {
     /// Every peer at once: the device has left the network.
     RemoveAll,
     SetEndpoint(StaticPublic, SocketAddr),
-    Peers(oneshot::Sender<BTreeMap<StaticPublic, PeerView>>),
+    SetCandidates(StaticPublic, Vec<SocketAddr>),
+    /// Send through this relay (CloudPal's data address and key) when no direct path works.
+    SetRelay(Option<(SocketAddr, StaticPublic)>),
+    /// Start a handshake with this peer now (the relay: it must know where we are).
+    Connect(StaticPublic),
+    Peers(oneshot::Sender<DataView>),
     Ping(Ping),
 }
 
@@ -65,6 +71,15 @@ pub struct PeerView {
     pub stats: TunnelStats,
     pub has_session: bool,
     pub endpoint: Option<SocketAddr>,
+    pub path: PathKind,
+}
+
+/// The data plane's view for the control plane: peers, and how peers see us.
+#[derive(Debug, Clone, Default)]
+pub struct DataView {
+    pub peers: BTreeMap<StaticPublic, PeerView>,
+    /// Our source address as each peer saw it (reflexive candidates).
+    pub observed: Vec<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -403,11 +418,11 @@ impl DataPlane {
         out.clear();
         out.resize(VIRTIO_NET_HDR_LEN + datagram.len(), 0);
         match self.device.decapsulate(source, datagram, &mut out[VIRTIO_NET_HDR_LEN..], now) {
-            Ok(Received::Packet { len, .. }) => {
+            Ok(Received::Packet { len, peer }) => {
                 out.truncate(VIRTIO_NET_HDR_LEN + len);
                 if let Some(sequence) = icmp::echo_reply_sequence(&out[VIRTIO_NET_HDR_LEN..])
                     && let Some(job) = self.ping.as_mut()
-                    && job.reply(sequence)
+                    && job.reply(sequence, self.device.peer_path(&peer, now))
                 {
                     return;
                 }
@@ -415,6 +430,17 @@ impl DataPlane {
                 if io.tun_pending == io.tun_write.len() {
                     self.write_tun();
                 }
+            }
+            Ok(Received::Forward(transmit)) => {
+                // Relay duty: the re-tagged envelope goes straight on.
+                let datagram = quinn_udp::Transmit {
+                    destination: transmit.destination,
+                    ecn: None,
+                    contents: &out[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + transmit.len],
+                    segment_size: None,
+                    src_ip: None,
+                };
+                send(&self.udp, &self.udp_state, &datagram);
             }
             Ok(Received::Nothing) => {}
             Err(error) => tracing::trace!(%error, "datagram dropped"),
@@ -520,6 +546,9 @@ impl DataPlane {
                 }
             }
             DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint),
+            DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, Instant::now()),
+            DataCommand::SetRelay(relay) => self.device.set_relay(relay),
+            DataCommand::Connect(key) => self.device.connect(&key, Instant::now()),
             DataCommand::Peers(reply) => {
                 let now = Instant::now();
                 let peers = self
@@ -530,11 +559,15 @@ impl DataPlane {
                             stats: self.device.peer_stats(key).unwrap_or_default(),
                             has_session: self.device.peer_has_session(key, now),
                             endpoint: self.device.peer_endpoint(key),
+                            path: self.device.peer_path(key, now),
                         };
                         (*key, view)
                     })
                     .collect();
-                let _ = reply.send(peers);
+                let mut observed: Vec<SocketAddr> = self.device.observed_addresses().map(|(_, address)| *address).collect();
+                observed.sort();
+                observed.dedup();
+                let _ = reply.send(DataView { peers, observed });
             }
             DataCommand::Ping(ping) => {
                 if let Some(job) = self.ping.take() {
@@ -573,10 +606,10 @@ impl DataPlane {
 
 impl PingJob {
     /// Records a reply to this ping; false if it is not ours.
-    fn reply(&mut self, sequence: u16) -> bool {
+    fn reply(&mut self, sequence: u16, path: PathKind) -> bool {
         let Some(sent) = self.sent.get(&sequence) else { return false };
         let rtt = sent.elapsed();
-        self.replies.push(json!({ "seq": sequence, "rtt_ms": rtt.as_secs_f64() * 1000.0, "path": "direct" }));
+        self.replies.push(json!({ "seq": sequence, "rtt_ms": rtt.as_secs_f64() * 1000.0, "path": path_name(path) }));
         true
     }
 }
@@ -608,5 +641,14 @@ fn send(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, transmit: 
     }
     if let Err(error) = result {
         tracing::trace!(%error, "send failed");
+    }
+}
+
+/// How `status` and `ping` name a path.
+pub fn path_name(path: PathKind) -> &'static str {
+    match path {
+        PathKind::Direct => "direct",
+        PathKind::Relay => "relay",
+        PathKind::None => "none",
     }
 }

@@ -107,7 +107,7 @@ async fn exchange(state: &StateDir, identity: &crate::statedir::Identity, code: 
                     return Ok(());
                 }
                 Response::Refused { reason } => bail!("{reason}"),
-                Response::Hello { .. } => {}
+                Response::Hello { .. } | Response::Paths { .. } => {}
             },
             SwarmEvent::Behaviour(crate::runtime::JoinEvent::Control(request_response::Event::OutboundFailure { error, .. })) => {
                 bail!("the member did not answer: {error}")

@@ -44,6 +44,14 @@ pub struct PeerAddresses {
     pub multiaddrs: Vec<String>,
     #[n(2)]
     pub data_endpoint: Option<String>,
+    /// The member's device id, so that members we have no connection to (behind NATs) can be
+    /// told apart.
+    #[n(3)]
+    pub device: Option<ByteArray<16>>,
+    /// Data-plane addresses worth probing: what it announced (LAN, IPv6) and where the
+    /// sender last heard its datagrams from (its reflexive address).
+    #[n(4)]
+    pub candidates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Encode, Decode)]
@@ -57,6 +65,12 @@ pub enum Request {
         data_port: u16,
         #[n(2)]
         summary: ByteVec,
+        /// The sender's own data-plane candidates.
+        #[n(3)]
+        candidates: Vec<String>,
+        /// The sender does relay duty (CloudPal).
+        #[n(4)]
+        relay: bool,
     },
     /// Send me what my summary lacks (one batch per request). Members show a binding; a
     /// joining device shows an invite proof instead.
@@ -81,6 +95,13 @@ pub enum Request {
         #[n(0)]
         summary: ByteVec,
     },
+    /// Path signalling: the sender's candidates now; the answer is what the receiver knows
+    /// of every member's.
+    #[n(4)]
+    Paths {
+        #[n(0)]
+        candidates: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Encode, Decode)]
@@ -95,6 +116,10 @@ pub enum Response {
         summary: ByteVec,
         #[n(3)]
         peers: Vec<PeerAddresses>,
+        #[n(4)]
+        candidates: Vec<String>,
+        #[n(5)]
+        relay: bool,
     },
     /// A batch of entries, and whether more follow for the same summary.
     #[n(1)]
@@ -111,6 +136,11 @@ pub enum Response {
     Refused {
         #[n(0)]
         reason: String,
+    },
+    #[n(4)]
+    Paths {
+        #[n(0)]
+        peers: Vec<PeerAddresses>,
     },
 }
 

@@ -23,6 +23,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, kad, noise, ping, tcp, yamux};
 use membership::sync::missing_for;
 use membership::{DeviceStatus, Entry, NetworkId, Operation, Role, Store, SyncMessage};
+use protocol::paths::PathKind;
 use protocol::{Device, DeviceConfig, DeviceId, DevicePublicKey, IpPrefix, PeerConfig, PresharedKey, StaticPublic, WallClock};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
@@ -42,6 +43,13 @@ pub const DEFAULT_PORT: u16 = 41641;
 const CONTROL_QUEUE: usize = 16;
 /// How often the loop runs maintenance: dialling members we are not connected to, ping jobs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the control plane refreshes its copy of the data plane's view (paths,
+/// reflexive addresses).
+const VIEW_INTERVAL: Duration = Duration::from_secs(1);
+/// How often members exchange path candidates.
+const PATHS_INTERVAL: Duration = Duration::from_secs(2);
+/// Keepalive towards the relay: holds the NAT mapping it forwards to open.
+const RELAY_KEEPALIVE: Duration = Duration::from_secs(25);
 /// Redial a member at most this often.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// Addresses remembered per candidate peer: bounds what a member can make us dial.
@@ -98,6 +106,16 @@ struct Node {
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
     last_candidate_dial: Option<Instant>,
     last_rendezvous: Option<Instant>,
+    /// Relay duty (`pal up --cloudpal`).
+    cloudpal: bool,
+    /// The member doing relay duty for us, and its data address.
+    relay: Option<(DeviceId, SocketAddr)>,
+    /// Data-plane candidates each member announced for itself, and those others reported.
+    announced: BTreeMap<DeviceId, Vec<SocketAddr>>,
+    reported: BTreeMap<DeviceId, BTreeSet<SocketAddr>>,
+    /// The data plane's view, refreshed every second.
+    view: dataplane::DataView,
+    last_paths: Option<Instant>,
     /// What peers.txt holds, to write it only on change.
     cached_peers: Vec<String>,
     rng: ChaCha20Rng,
@@ -144,6 +162,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let active_keys = Arc::new(RwLock::new(BTreeSet::new()));
     let keys = active_keys.clone();
     device.set_authorizer(Box::new(move |key| keys.read().is_ok_and(|k| k.contains(key))));
+    device.set_relay_server(options.cloudpal);
     let tun_config = dataplane::TunConfig {
         name: options.tun_name.clone(),
         ipv4: my_record.overlay_ipv4,
@@ -186,6 +205,12 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         candidates: BTreeMap::new(),
         last_candidate_dial: None,
         last_rendezvous: None,
+        cloudpal: options.cloudpal,
+        relay: None,
+        announced: BTreeMap::new(),
+        reported: BTreeMap::new(),
+        view: dataplane::DataView::default(),
+        last_paths: None,
         cached_peers: Vec::new(),
         rng,
     };
@@ -196,12 +221,14 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     tracing::info!(cloudpal = options.cloudpal, "node up");
 
     let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+    let mut refresh = tokio::time::interval(VIEW_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             event = swarm.select_next_some() => node.on_swarm_event(&mut swarm, event),
             Some((request, reply)) = control_rx.recv() => node.on_control(&mut swarm, request, reply).await,
             _ = maintenance.tick() => node.maintain(&mut swarm),
+            _ = refresh.tick() => node.refresh_view().await,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -246,7 +273,7 @@ impl Node {
                     IpPrefix::host(IpAddr::V6(device.record.overlay_ipv6)),
                 ],
                 endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
-                persistent_keepalive: None,
+                persistent_keepalive: self.relay.filter(|(relay, _)| relay == id).map(|_| RELAY_KEEPALIVE),
             }));
             self.reach.entry(*id).or_default();
         }
@@ -271,6 +298,8 @@ impl Node {
                         binding: self.binding(),
                         data_port: self.data_port,
                         summary: self.summary().into(),
+                        candidates: self.own_candidates(),
+                        relay: self.cloudpal,
                     };
                     swarm.behaviour_mut().control.send_request(&peer_id, request);
                 }
@@ -323,18 +352,28 @@ impl Node {
 
     fn on_request(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, request: Request) -> Response {
         match request {
-            Request::Hello { binding, data_port, summary } => {
+            Request::Hello { binding, data_port, summary, candidates, relay } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else {
                     return refused("not a member of this network");
                 };
                 self.learn_peer(peer, device, data_port);
+                self.learn_candidates(device, &candidates, relay);
                 self.pull_if_behind(swarm, peer, &summary);
                 Response::Hello {
                     binding: self.binding(),
                     data_port: self.data_port,
                     summary: self.summary().into(),
                     peers: self.known_peers(),
+                    candidates: self.own_candidates(),
+                    relay: self.cloudpal,
                 }
+            }
+            Request::Paths { candidates } => {
+                let Some(device) = self.by_peer.get(&peer).copied() else {
+                    return refused("not a member of this network");
+                };
+                self.learn_candidates(device, &candidates, false);
+                Response::Paths { peers: self.known_peers() }
             }
             Request::Sync { binding, invite, summary } => {
                 let member = binding.is_some_and(|b| self.verify_binding(&peer, &b).is_some());
@@ -378,13 +417,21 @@ impl Node {
 
     fn on_response(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, response: Response) {
         match response {
-            Response::Hello { binding, data_port, summary, peers } => {
+            Response::Hello { binding, data_port, summary, peers, candidates, relay } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
                 self.learn_peer(peer, device, data_port);
+                self.learn_candidates(device, &candidates, relay);
                 for entry in peers {
                     self.learn_addresses(swarm, entry);
                 }
                 self.pull_if_behind(swarm, peer, &summary);
+            }
+            Response::Paths { peers } => {
+                if self.by_peer.contains_key(&peer) {
+                    for entry in peers {
+                        self.learn_addresses(swarm, entry);
+                    }
+                }
             }
             Response::Entries { batch, more } => {
                 let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
@@ -451,6 +498,18 @@ impl Node {
         if peer_id == *self.local_peer_id() {
             return;
         }
+        if let Some(device) = entry.device.map(|id| DeviceId::from_bytes(*id))
+            && device != self.me
+            && self.store.log().state().devices.get(&device).is_some_and(|d| d.status == DeviceStatus::Active)
+        {
+            let reported = self.reported.entry(device).or_default();
+            for candidate in entry.candidates.iter().filter_map(|c| c.parse::<SocketAddr>().ok()) {
+                if reported.len() < protocol::paths::MAX_CANDIDATES {
+                    reported.insert(candidate);
+                }
+            }
+            self.apply_candidates(device);
+        }
         let addresses: Vec<Multiaddr> = entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
             self.reach.entry(device).or_default().multiaddrs.extend(addresses.iter().cloned());
@@ -468,16 +527,88 @@ impl Node {
     }
 
     fn known_peers(&self) -> Vec<PeerAddresses> {
+        let state = self.store.log().state();
         self.reach
-            .values()
-            .filter_map(|reach| {
+            .iter()
+            .filter_map(|(device, reach)| {
+                let key = state.devices.get(device)?.record.static_key;
+                // What it announced, and where our data plane last heard it from: behind a
+                // NAT, that is its reflexive address.
+                let heard = self.view.peers.get(&key).filter(|v| v.path == PathKind::Direct).and_then(|v| v.endpoint);
+                let mut candidates: Vec<String> = heard.iter().map(ToString::to_string).collect();
+                candidates.extend(self.announced.get(device).into_iter().flatten().map(ToString::to_string));
                 Some(PeerAddresses {
                     peer_id: reach.peer_id?.to_bytes().into(),
                     multiaddrs: reach.multiaddrs.iter().map(ToString::to_string).collect(),
                     data_endpoint: reach.data_endpoint.map(|e| e.to_string()),
+                    device: Some((*device.as_bytes()).into()),
+                    candidates,
                 })
             })
             .collect()
+    }
+
+    /// Our data-plane candidates: the addresses of our interfaces (from libp2p's listen
+    /// addresses) at the data port, and how peers saw us (reflexive).
+    fn own_candidates(&self) -> Vec<String> {
+        let mut candidates: Vec<SocketAddr> = self
+            .listen_addrs
+            .iter()
+            .filter_map(multiaddr_ip)
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .map(|ip| SocketAddr::new(ip, self.data_port))
+            .chain(self.view.observed.iter().copied())
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        candidates.truncate(protocol::paths::MAX_CANDIDATES);
+        candidates.iter().map(ToString::to_string).collect()
+    }
+
+    /// What a member said of itself in a Hello or a path exchange.
+    fn learn_candidates(&mut self, device: DeviceId, candidates: &[String], relay: bool) {
+        let parsed: Vec<SocketAddr> =
+            candidates.iter().filter_map(|c| c.parse().ok()).take(protocol::paths::MAX_CANDIDATES).collect();
+        self.announced.insert(device, parsed);
+        self.apply_candidates(device);
+        if relay && self.relay.is_none_or(|(current, _)| current == device) {
+            self.use_relay(device);
+        }
+    }
+
+    /// Tells the data plane every candidate we know for `device`.
+    fn apply_candidates(&mut self, device: DeviceId) {
+        let Some(record) = self.store.log().state().devices.get(&device) else { return };
+        let mut all: Vec<SocketAddr> = self.reported.get(&device).into_iter().flatten().copied().collect();
+        all.extend(self.announced.get(&device).into_iter().flatten().copied());
+        all.sort();
+        all.dedup();
+        self.command(DataCommand::SetCandidates(record.record.static_key, all));
+    }
+
+    /// Sends through `device` (a member doing relay duty) whenever no direct path works, and
+    /// keeps a session with it so that it always knows where we are.
+    fn use_relay(&mut self, device: DeviceId) {
+        let Some(endpoint) = self.reach.get(&device).and_then(|r| r.data_endpoint) else { return };
+        let Some(record) = self.store.log().state().devices.get(&device).map(|d| d.record.clone()) else { return };
+        if self.relay == Some((device, endpoint)) {
+            return;
+        }
+        self.relay = Some((device, endpoint));
+        self.command(DataCommand::SetRelay(Some((endpoint, record.static_key))));
+        self.apply_membership();
+        self.command(DataCommand::Connect(record.static_key));
+        tracing::info!("relay available");
+    }
+
+    /// Refreshes the cached data-plane view.
+    async fn refresh_view(&mut self) {
+        let (reply, answer) = oneshot::channel();
+        if self.data.send(DataCommand::Peers(reply)).await.is_ok()
+            && let Ok(view) = answer.await
+        {
+            self.view = view;
+        }
     }
 
     /// Our binding: signed once at start-up (it covers only the network id and our own peer id).
@@ -524,6 +655,15 @@ impl Node {
 
     fn maintain(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
+        if self.last_paths.is_none_or(|at| now - at >= PATHS_INTERVAL) {
+            self.last_paths = Some(now);
+            let candidates = self.own_candidates();
+            for peer in self.by_peer.keys().copied().collect::<Vec<_>>() {
+                if swarm.is_connected(&peer) {
+                    swarm.behaviour_mut().control.send_request(&peer, Request::Paths { candidates: candidates.clone() });
+                }
+            }
+        }
         if self.last_rendezvous.is_none_or(|at| now - at >= RENDEZVOUS_INTERVAL) {
             self.last_rendezvous = Some(now);
             let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -669,7 +809,7 @@ impl Node {
     async fn status(&self, swarm: &mut Swarm<Behaviour>) -> Result<serde_json::Value, String> {
         let (reply, answer) = oneshot::channel();
         self.data.send(DataCommand::Peers(reply)).await.map_err(|_| "the data plane stopped".to_owned())?;
-        let views = answer.await.map_err(|_| "the data plane stopped".to_owned())?;
+        let views = answer.await.map_err(|_| "the data plane stopped".to_owned())?.peers;
         let state = self.store.log().state();
         let mine = state.devices.get(&self.me);
         let peers: Vec<serde_json::Value> = state
@@ -679,7 +819,7 @@ impl Node {
                 let view = views.get(&device.record.static_key);
                 let stats = view.map(|v| v.stats).unwrap_or_default();
                 let reach = self.reach.get(id);
-                let path = if view.is_some_and(|v| v.has_session) { "direct" } else { "none" };
+                let path = view.map_or("none", |v| dataplane::path_name(v.path));
                 json!({
                     "name": device.record.name,
                     "id": id.to_hex(),

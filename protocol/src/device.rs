@@ -321,6 +321,14 @@ impl Device {
         self.relay = relay.map(|(address, key)| RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key) });
     }
 
+    /// Starts a handshake with the peer unless a session exists or one is under way.
+    pub fn connect(&mut self, key: &StaticPublic, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(key) {
+            peer.tunnel.connect(now);
+        }
+        self.sync_peer(key, now);
+    }
+
     /// Switches relay duty on: envelopes between members are forwarded (CloudPal).
     pub fn set_relay_server(&mut self, enabled: bool) {
         self.relay_server = enabled;

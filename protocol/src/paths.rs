@@ -60,11 +60,11 @@ impl Paths {
         self.direct
     }
 
-    /// Sets the direct address from outside (configuration), untrusted until heard from.
+    /// Sets the direct address from outside (configuration, a guess from signalling) until
+    /// the peer has been heard from: after that, only authenticated datagrams move it.
     pub fn set_direct(&mut self, endpoint: SocketAddr) {
-        if self.direct != Some(endpoint) {
+        if self.direct_heard.is_none() {
             self.direct = Some(endpoint);
-            self.direct_heard = None;
         }
     }
 

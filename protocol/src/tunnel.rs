@@ -218,6 +218,13 @@ impl Tunnel {
         Ok(Encapsulated::Queued)
     }
 
+    /// Starts a handshake now unless a session is alive or a handshake is under way.
+    pub fn connect(&mut self, now: Instant) {
+        if !self.has_session(now) && self.handshake.is_none() {
+            self.begin_handshake(now);
+        }
+    }
+
     /// Seals a path control message in the current session; `None` without one (probes never
     /// start a handshake or wait for one).
     pub fn encapsulate_control(&mut self, message: &[u8], out: &mut [u8], now: Instant) -> Result<Option<usize>, Error> {
