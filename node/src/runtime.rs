@@ -555,7 +555,7 @@ impl Node {
             .listen_addrs
             .iter()
             .filter_map(multiaddr_ip)
-            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !self.is_overlay(*ip))
             .map(|ip| SocketAddr::new(ip, self.data_port))
             .chain(self.view.observed.iter().copied())
             .collect();
@@ -563,6 +563,12 @@ impl Node {
         candidates.dedup();
         candidates.truncate(protocol::paths::MAX_CANDIDATES);
         candidates.iter().map(ToString::to_string).collect()
+    }
+
+    /// Whether `ip` is a member's overlay address (libp2p lists the TUN interface among its
+    /// listen addresses; as a data-plane candidate it would route the tunnel through itself).
+    fn is_overlay(&self, ip: IpAddr) -> bool {
+        self.store.log().state().devices.values().any(|d| ip == IpAddr::V4(d.record.overlay_ipv4) || ip == IpAddr::V6(d.record.overlay_ipv6))
     }
 
     /// What a member said of itself in a Hello or a path exchange.

@@ -305,8 +305,10 @@ impl Device {
     /// Addresses at which the peer might be reached directly (LAN, reflexive, IPv6), from
     /// signalling; they are probed while the peer is active.
     pub fn set_peer_candidates(&mut self, key: &StaticPublic, candidates: &[SocketAddr], now: Instant) {
+        // An address inside the overlay would send the tunnel through itself.
+        let usable: Vec<SocketAddr> = candidates.iter().copied().filter(|c| self.route(c.ip()).is_none()).collect();
         if let Some(peer) = self.peers.get_mut(key) {
-            peer.paths.set_candidates(candidates.iter().copied(), now);
+            peer.paths.set_candidates(usable, now);
         }
     }
 
@@ -478,6 +480,12 @@ impl Device {
             self.stats.rx_unknown_index += 1;
             return Err(Error::UnknownReceiverIndex);
         };
+        let Some(peer) = self.peers.get(&key) else {
+            return Err(Error::UnknownReceiverIndex);
+        };
+        // Checked only when the source is new (roaming), not per packet.
+        let roaming = via == Via::Direct && peer.paths.direct() != Some(source);
+        let nested = roaming && routes_through_overlay(&self.peers, source);
         let Some(peer) = self.peers.get_mut(&key) else {
             return Err(Error::UnknownReceiverIndex);
         };
@@ -486,6 +494,8 @@ impl Device {
             && outcome.is_authenticated()
         {
             match via {
+                // A datagram from an overlay address came through a tunnel: not a path.
+                Via::Direct if nested => {}
                 Via::Direct => peer.paths.heard_direct(source, now),
                 Via::Relay => peer.paths.heard_relay(now),
             }
@@ -714,6 +724,11 @@ impl Device {
             .max_by_key(|(prefix, _)| prefix.len())
             .map(|(_, key)| *key)
     }
+}
+
+/// Whether `address` is inside some peer's allowed IPs (the overlay).
+fn routes_through_overlay(peers: &BTreeMap<StaticPublic, Peer>, address: SocketAddr) -> bool {
+    peers.values().any(|peer| peer.allowed_ips.iter().any(|prefix| prefix.contains(address.ip())))
 }
 
 /// Where to write a WireGuard message for `route`: after room for the envelope header when

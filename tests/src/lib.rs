@@ -304,10 +304,17 @@ impl PalNode {
 
     /// Starts `pal up` and waits until its control socket answers.
     pub fn up(&mut self) {
+        self.up_with(&[]);
+    }
+
+    /// As [`Self::up`], with extra arguments (`--cloudpal`).
+    pub fn up_with(&mut self, extra: &[&str]) {
         assert!(self.process.is_none(), "{} is already up", self.name);
         let pal = pal_binary();
         let state = self.state.to_str().expect("utf-8 path").to_owned();
-        let child = self.netns.spawn(pal.to_str().expect("utf-8 path"), &["--state", &state, "up"], &self.log_path());
+        let mut args = vec!["--state", state.as_str(), "up"];
+        args.extend_from_slice(extra);
+        let child = self.netns.spawn(pal.to_str().expect("utf-8 path"), &args, &self.log_path());
         self.process = Some(child);
         let ready = wait_until(Duration::from_secs(15), || self.pal(&["status", "--json"]).status.success());
         assert!(ready, "{} did not come up: {}", self.name, self.log());
@@ -423,5 +430,66 @@ impl LanNetwork {
                 n.device_list().as_array().is_some_and(|d| d.iter().filter(|x| x["status"] == "active").count() == count)
             })
         })
+    }
+}
+
+/// The "anywhere" topology of DESIGN.md: an internet switch (203.0.113.0/24) with CloudPal on
+/// a public address, a home router (endpoint-independent NAT) with two devices behind it, an
+/// office router (endpoint-independent) with one, and a cellular carrier (symmetric NAT) with
+/// one. CloudPal founds the network and invites the others, who join through it.
+#[derive(Debug)]
+pub struct NatNetwork {
+    // Field order is drop order: nodes first, then routers, then the internet switch.
+    pub nodes: Vec<PalNode>,
+    pub routers: Vec<NatRouter>,
+    pub internet: Lan,
+}
+
+impl NatNetwork {
+    /// Devices by name and where they sit: "home" (laptop, phone), "office" (desktop),
+    /// "cell" (car).
+    pub fn form(narrate: impl Fn(&str)) -> Self {
+        let mut internet = Lan::new("203.0.113");
+        let (netns, address) = internet.host("cpal");
+        let mut cloudpal = PalNode::new("cloudpal", netns, address);
+        narrate(&format!("cloudpal: a server on the internet at {}", cloudpal.address));
+        narrate("cloudpal$ pal init --name cloudpal && pal up --cloudpal");
+        cloudpal.pal_ok(&["init", "--name", "cloudpal"]);
+        cloudpal.up_with(&["--cloudpal"]);
+        let mut routers = vec![
+            NatRouter::new(&mut internet, "10.1.0", Mapping::EndpointIndependent),
+            NatRouter::new(&mut internet, "10.2.0", Mapping::EndpointIndependent),
+            NatRouter::new(&mut internet, "10.3.0", Mapping::Symmetric),
+        ];
+        let placement = [("laptop", 0, "home"), ("phone", 0, "home"), ("desktop", 1, "office"), ("car", 2, "cell")];
+        let mut nodes = vec![cloudpal];
+        for (name, router, place) in placement {
+            let (netns, address) = routers[router].host(&name[..name.len().min(4)]);
+            let mut node = PalNode::new(name, netns, address);
+            let kind = if router == 2 { "symmetric" } else { "endpoint-independent" };
+            narrate(&format!("{name}: behind the {place} router ({kind} NAT) at {}", node.address));
+            let invite = nodes[0].pal_ok(&["device", "invite", "--name", name]);
+            let code = invite.lines().last().expect("code on the last line").trim().to_owned();
+            narrate(&format!("cloudpal$ pal device invite --name {name}; {name}$ pal join pal1…{} --name {name} && pal up", &code[code.len().saturating_sub(6)..]));
+            node.pal_ok(&["join", &code, "--name", name]);
+            node.up();
+            nodes.push(node);
+        }
+        Self { nodes, routers, internet }
+    }
+
+    pub fn node(&self, name: &str) -> &PalNode {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut PalNode {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// The path `pal ping` reports from `from` to `to` (one echo), if it got a reply.
+    pub fn ping_path(&self, from: &str, to: &str) -> Option<String> {
+        let output = self.node(from).pal(&["ping", to, "-c", "1"]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        output.status.success().then(|| text.split("path=").nth(1)?.split_whitespace().next().map(str::to_owned)).flatten()
     }
 }
