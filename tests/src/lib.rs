@@ -123,6 +123,45 @@ impl Netns {
         .expect("socket thread")
     }
 
+    /// Captures every frame on all interfaces of this namespace (AF_PACKET, like tcpdump -i
+    /// any) until the returned capture is stopped.
+    pub fn capture(&self) -> Capture {
+        let path = format!("/var/run/netns/{}", self.name);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let namespace = std::fs::File::open(&path).expect("namespace handle");
+            // SAFETY: setns on this capture thread only; the descriptor is valid.
+            assert_eq!(unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+            let protocol = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+            // SAFETY: plain socket creation, checked below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            // SAFETY: a valid socket and a timeval of the right size.
+            unsafe {
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const timeout).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t);
+            }
+            let _ = ready_tx.send(());
+            let mut frames = Vec::new();
+            let mut buffer = vec![0u8; 65_536];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: reading into a buffer of the given length.
+                let len = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+                if let Ok(len) = usize::try_from(len) {
+                    frames.push(buffer[..len].to_vec());
+                }
+            }
+            // SAFETY: closing the socket this thread opened.
+            unsafe { libc::close(fd) };
+            frames
+        });
+        let _ = ready_rx.recv();
+        Capture { stop, thread: Some(thread) }
+    }
+
     /// Starts a program inside the namespace.
     pub fn spawn(&self, program: &str, args: &[&str], log: &Path) -> Child {
         let file = std::fs::File::create(log).expect("log file");
@@ -134,6 +173,30 @@ impl Netns {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program} in {}: {e}", self.name))
+    }
+}
+
+/// Frames captured in a namespace ([`Netns::capture`]).
+#[derive(Debug)]
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    /// Stops capturing; every frame seen.
+    pub fn stop(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

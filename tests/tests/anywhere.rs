@@ -54,3 +54,84 @@ fn devices_behind_nats_go_direct_where_the_nats_allow_and_through_cloudpal_where
     assert!(still.status.success(), "direct path died with CloudPal: {}", String::from_utf8_lossy(&still.stdout));
     assert_eq!(net.ping_path("laptop", "desktop").as_deref(), Some("direct"));
 }
+
+/// RL-01: what CloudPal sees of relayed traffic — every frame on its interfaces while a device
+/// behind the symmetric NAT sends canary-filled pings through it — holds neither the canary nor
+/// the inner IP header (the two overlay addresses side by side).
+#[test]
+fn rl01_cloudpal_sees_no_plaintext_and_no_inner_header_of_what_it_relays() {
+    let net = NatNetwork::form(|_| {});
+    assert!(time_to(&net, "car", "laptop", "relay", Duration::from_secs(30)).is_some(), "no relayed path");
+    let (car_v4, _) = net.node("car").overlay();
+    let (laptop_v4, _) = net.node("laptop").overlay();
+    let capture = net.node("cloudpal").netns.capture();
+    // "CANARY!!" as the ICMP payload pattern, repeated over 200 bytes.
+    let ping = net.node("car").netns.exec("ping", &["-c", "5", "-i", "0.2", "-s", "200", "-p", "43414e4152592121", &laptop_v4]);
+    let frames = capture.stop();
+    assert!(ping.status.success(), "relayed pings failed");
+    let relayed: Vec<&Vec<u8>> = frames.iter().filter(|f| f.len() > 200).collect();
+    assert!(relayed.len() >= 10, "captured {} large frames: the capture saw no relayed traffic", relayed.len());
+    let inner_header: Vec<u8> = [car_v4.parse::<std::net::Ipv4Addr>().expect("v4").octets(), laptop_v4.parse::<std::net::Ipv4Addr>().expect("v4").octets()].concat();
+    let reply_header: Vec<u8> = [&inner_header[4..], &inner_header[..4]].concat();
+    for frame in &frames {
+        assert!(!frame.windows(8).any(|w| w == b"CANARY!!"), "plaintext canary on CloudPal");
+        assert!(!frame.windows(8).any(|w| w == inner_header || w == reply_header), "inner IP header on CloudPal");
+    }
+}
+
+/// Paths change under a live TCP connection: the direct path between two EIM NATs breaks
+/// (the office router starts dropping the home router's traffic) and traffic falls back to
+/// the relay; then the desktop's underlay address changes. One iperf3 TCP stream runs through
+/// all of it, in one Noise session.
+#[test]
+fn tcp_survives_the_direct_path_breaking_and_an_underlay_address_change() {
+    let net = NatNetwork::form(|_| {});
+    assert!(time_to(&net, "laptop", "desktop", "direct", Duration::from_secs(30)).is_some(), "no direct path");
+    let (desktop_v4, _) = net.node("desktop").overlay();
+    let server_log = std::env::temp_dir().join(tests::unique("iperf-"));
+    let mut server = net.node("desktop").netns.spawn("iperf3", &["-s", "-1", "-B", &desktop_v4], &server_log);
+    std::thread::sleep(Duration::from_millis(500));
+    let client_log = std::env::temp_dir().join(tests::unique("iperf-"));
+    let client = net.node("laptop").netns.spawn("iperf3", &["-c", &desktop_v4, "-t", "12", "-b", "20M", "-J"], &client_log);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Break the direct path: the office router drops everything from the home router.
+    let office = &net.routers[1].router;
+    let home_public = net.routers[0].public_address.clone();
+    // Inserted first: they must beat the rule that lets established flows through.
+    for (chain, field) in [("forward", "saddr"), ("forward", "daddr"), ("input", "saddr")] {
+        office.exec_ok("nft", &["insert", "rule", "ip", "filter", chain, "ip", field, &home_public, "drop"]);
+    }
+    let broke = Instant::now();
+    let fell_back = wait_until(Duration::from_secs(10), || net.ping_path("laptop", "desktop").as_deref() == Some("relay"));
+    eprintln!("fallback to relay after {:?}", broke.elapsed());
+    assert!(fell_back, "never fell back to the relay: {}", net.node("laptop").log());
+
+    // The desktop moves to a new address on its LAN (as after a DHCP renewal).
+    let desktop = &net.node("desktop").netns;
+    let gateway = net.routers[1].gateway.clone();
+    // (The old address goes first: deleting a primary address takes its secondaries along.)
+    desktop.ip(&["addr", "del", &format!("{}/24", net.node("desktop").address), "dev", "eth0"]);
+    desktop.ip(&["addr", "add", "10.2.0.200/24", "dev", "eth0"]);
+    desktop.ip(&["route", "replace", "default", "via", &gateway]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut client = client;
+    let finished = wait_until(Duration::from_secs(20), || matches!(client.try_wait(), Ok(Some(_))));
+    if !finished {
+        let _ = client.kill();
+    }
+    let output = client.wait_with_output().expect("iperf3 client");
+    eprintln!("after the move: laptop -> desktop {:?}, desktop -> laptop {:?}", net.ping_path("laptop", "desktop"), net.ping_path("desktop", "laptop"));
+    assert!(finished, "iperf3 hung: {}", std::fs::read_to_string(&client_log).unwrap_or_default());
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&client_log).unwrap_or_default()).unwrap_or_default();
+    let _ = std::fs::remove_file(&server_log);
+    let _ = std::fs::remove_file(&client_log);
+    assert!(output.status.success() && report["error"].is_null(), "the TCP stream broke: {}", report["error"]);
+    let received = report["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(received > 5e6, "only {received} bytes arrived");
+    let sessions = net.node("laptop").status()["peers"].as_array().expect("peers").iter().find(|p| p["name"] == "desktop").cloned();
+    assert!(sessions.is_some_and(|p| p["path"] != "none"), "desktop unreachable at the end");
+}

@@ -1,30 +1,37 @@
 //! The README's demo: a whole CloudPal network on this machine, in network namespaces.
-//! Three devices on one LAN go through init → invite → join → up, then show `status`, a
-//! `pal ping` and a kernel ping over the overlay, and everything is cleaned up on exit.
+//! CloudPal on a public address; a laptop and a phone behind one home router, a desktop
+//! behind an office router (both endpoint-independent NATs), a car behind a carrier's
+//! symmetric NAT. It walks through init → invite → join → up, shows which paths are direct
+//! and which go through CloudPal, and cleans everything up on exit.
 //! Run it with `bash tests/demo.sh` (as root).
 
 use std::time::Duration;
-use tests::LanNetwork;
+use tests::{NatNetwork, wait_until};
 
 fn main() {
-    println!("CloudPal demo: three devices on one LAN (network namespaces on a bridge, 198.51.100.0/24)\n");
-    let net = LanNetwork::form_narrated(&["laptop", "phone", "desktop"], |step| println!("  {step}"));
-    if !net.wait_for_membership(Duration::from_secs(20)) {
-        eprintln!("demo: the devices did not agree on the membership in time");
-        std::process::exit(1);
+    println!("CloudPal demo: one person's devices, anywhere (network namespaces on this machine)");
+    println!("  internet 203.0.113.0/24 | home 10.1.0.0/24 (NAT) | office 10.2.0.0/24 (NAT) | cell 10.3.0.0/24 (symmetric NAT)\n");
+    let net = NatNetwork::form(|step| println!("  {step}"));
+
+    println!("\ncloudpal$ pal device list");
+    print!("{}", indent(&net.node("cloudpal").pal_ok(&["device", "list"])));
+
+    // Give each pair the moment it needs: relay at once, direct after probing.
+    let pairs = [("laptop", "desktop", "direct"), ("laptop", "phone", "direct"), ("car", "laptop", "relay")];
+    for (from, to, expected) in pairs {
+        wait_until(Duration::from_secs(15), || net.ping_path(from, to).as_deref() == Some(expected));
+        println!("\n{from}$ pal ping {to}");
+        print!("{}", indent(&net.node(from).pal(&["ping", to, "-c", "3"]).stdout.iter().map(|b| *b as char).collect::<String>()));
     }
-    println!("\nlaptop$ pal device list");
-    print!("{}", indent(&net.node("laptop").pal_ok(&["device", "list"])));
-    tests::wait_until(Duration::from_secs(15), || net.node("phone").pal(&["ping", "desktop", "-c", "1"]).status.success());
-    println!("\nphone$ pal ping desktop");
-    print!("{}", indent(&net.node("phone").pal_ok(&["ping", "desktop", "-c", "3"])));
-    let (desktop_v4, _) = net.node("desktop").overlay();
-    println!("\nphone$ ping -c 3 {desktop_v4}    (the kernel's own ping, through the overlay)");
-    let ping = net.node("phone").netns.exec("ping", &["-c", "3", "-W", "2", &desktop_v4]);
+    let (laptop_v4, _) = net.node("laptop").overlay();
+    println!("\ncar$ ping -c 3 {laptop_v4}    (the kernel's own ping, relayed by CloudPal, end-to-end encrypted)");
+    let ping = net.node("car").netns.exec("ping", &["-c", "3", "-W", "2", &laptop_v4]);
     print!("{}", indent(&String::from_utf8_lossy(&ping.stdout)));
-    println!("\nphone$ pal status");
-    print!("{}", indent(&net.node("phone").pal_ok(&["status"])));
-    println!("\nAll paths are direct: the devices share a LAN. NAT traversal and the CloudPal relay come next.");
+    println!("\nlaptop$ pal status");
+    print!("{}", indent(&net.node("laptop").pal_ok(&["status"])));
+    println!("\nlaptop and desktop punched through their routers: direct. laptop and phone share a LAN: direct.");
+    println!("The car's carrier NAT gives every destination a new port: its traffic goes through CloudPal,");
+    println!("which forwards sealed envelopes it cannot read.");
     println!("Cleaning up namespaces and state.");
 }
 
