@@ -162,6 +162,7 @@ pub async fn spawn(device: Device, udp: std::net::UdpSocket, tun: TunConfig) -> 
     let thread_wake = wake.clone();
     let (started, start_result) = oneshot::channel::<anyhow::Result<()>>();
     std::thread::Builder::new().name("pal-dataplane".into()).spawn(move || {
+
         let opened = open_tun(&tun).and_then(|tun| Ok((tun, open_udp(&udp)?))).and_then(|(tun, udp_state)| {
             let poller = Poller::new(&[(udp.as_raw_fd(), UDP), (tun.as_raw_fd(), TUN), (thread_wake.as_raw_fd(), WAKE)])?;
             Ok((tun, udp_state, poller))
@@ -262,6 +263,7 @@ fn open_tun(config: &TunConfig) -> anyhow::Result<tun_rs::SyncDevice> {
 fn open_udp(udp: &std::net::UdpSocket) -> anyhow::Result<quinn_udp::UdpSocketState> {
     let state = quinn_udp::UdpSocketState::new(udp.into())?;
     allow_fragmentation(udp);
+
     tracing::debug!(gso_segments = state.max_gso_segments(), gro_segments = state.gro_segments(), "data socket ready");
     Ok(state)
 }

@@ -533,7 +533,7 @@ impl NatNetwork {
             narrate(&format!("{name}: behind the {place} router ({kind} NAT) at {}", node.address));
             let invite = nodes[0].pal_ok(&["device", "invite", "--name", name]);
             let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-            narrate(&format!("cloudpal$ pal device invite --name {name}; {name}$ pal join pal1…{} --name {name} && pal up", &code[code.len().saturating_sub(6)..]));
+            narrate(&format!("cloudpal$ pal device invite --name {name}; {name}$ pal join {}… --name {name} && pal up", &code[..code.len().min(12)]));
             node.pal_ok(&["join", &code, "--name", name]);
             node.up();
             nodes.push(node);

@@ -195,8 +195,10 @@ fn measure(contestant: &Contestant) -> Row {
         std::thread::sleep(Duration::from_secs(seconds));
     }
     let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let (gbps_1, bytes_1) = iperf(a, b, server, "1");
-    let (gbps_4, bytes_4) = iperf(a, b, server, "4");
+    // BENCH_RTT_ONLY=1 skips the throughput runs (quick latency comparisons).
+    let rtt_only = std::env::var_os("BENCH_RTT_ONLY").is_some();
+    let (gbps_1, bytes_1) = if rtt_only { (0.0, 0.0) } else { iperf(a, b, server, "1") };
+    let (gbps_4, bytes_4) = if rtt_only { (0.0, 0.0) } else { iperf(a, b, server, "4") };
     let cpu_after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let gib = (bytes_1 + bytes_4) / (1u64 << 30) as f64;
     Row {
