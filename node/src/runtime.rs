@@ -589,7 +589,12 @@ impl Node {
         all.extend(self.announced.get(&device).into_iter().flatten().copied());
         all.sort();
         all.dedup();
-        self.command(DataCommand::SetCandidates(record.record.static_key, all));
+        let key = record.record.static_key;
+        self.command(DataCommand::SetCandidates(key, all));
+        // The member is online: have a session ready. After this node restarts, the peer's
+        // old session is dead on our side, and it would otherwise take WireGuard's 15 s
+        // no-reply rule on its side to notice. A no-op while a session or handshake exists.
+        self.command(DataCommand::Connect(key));
     }
 
     /// Sends through `device` (a member doing relay duty) whenever no direct path works, and

@@ -386,23 +386,23 @@ impl Device {
         let result = peer.tunnel.encapsulate(packet, inner_buffer(route, out)?, now);
         self.sync_peer(&key, now);
         match result? {
-            Encapsulated::Datagram(len) => Ok(Some(self.wrap(route, &key, out, len))),
+            Encapsulated::Datagram(len) => self.wrap(route, &key, out, len).map(Some).ok_or(Error::NoRelay),
             Encapsulated::Queued => Ok(None),
         }
     }
 
     /// Turns `len` bytes of WireGuard message, written where [`inner_buffer`] said, into a
-    /// transmit: as is for a direct route, in a sealed envelope to the relay otherwise.
-    fn wrap(&self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize) -> Transmit {
-        match (route, &self.relay) {
-            (Route::Direct(destination), _) => Transmit { destination, len },
-            (Route::Relay, Some(relay)) => {
+    /// transmit: as is for a direct route, in a sealed envelope to the relay otherwise
+    /// (`None` only if the relay went away in between, which `route` rules out).
+    fn wrap(&self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize) -> Option<Transmit> {
+        match route {
+            Route::Direct(destination) => Some(Transmit { destination, len }),
+            Route::Relay => {
+                let relay = self.relay.as_ref()?;
                 let envelope = Envelope { destination: ShortId::of(key), sender: self.short_id };
-                relay::seal(&mut out[..RELAY_HEADER_LEN + len], envelope, &relay.hop);
-                Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len }
+                relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, envelope, &relay.hop);
+                Some(Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len })
             }
-            // Route::Relay is only chosen when a relay is configured.
-            (Route::Relay, None) => Transmit { destination: SocketAddr::from(([0, 0, 0, 0], 0)), len: 0 },
         }
     }
 
@@ -579,7 +579,9 @@ impl Device {
             let Some(peer) = self.peers.get_mut(&key) else { continue };
             let Ok(buffer) = inner_buffer(route, out) else { continue };
             if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now) {
-                return Some(self.wrap(route, &key, out, sealed));
+                if let Some(transmit) = self.wrap(route, &key, out, sealed) {
+                    return Some(transmit);
+                }
             }
         }
         while let Some(key) = self.wants_transmit.first().copied() {
@@ -599,7 +601,9 @@ impl Device {
             match (peer.tunnel.poll_transmit(buffer, now), route) {
                 (Some(len), Some(route)) => {
                     self.sync_peer(&key, now);
-                    return Some(self.wrap(route, &key, out, len));
+                    if let Some(transmit) = self.wrap(route, &key, out, len) {
+                        return Some(transmit);
+                    }
                 }
                 _ => {
                     self.wants_transmit.remove(&key);

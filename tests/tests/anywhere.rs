@@ -47,6 +47,18 @@ fn devices_behind_nats_go_direct_where_the_nats_allow_and_through_cloudpal_where
     let kernel_ping = net.node("car").netns.exec("ping", &["-c", "3", "-W", "2", &laptop_v4]);
     assert!(kernel_ping.status.success(), "kernel traffic through the relay failed");
 
+    // Time from `pal up` to the first reply and to the expected path, per pair type: the
+    // pinged device restarts, and the clock starts when `pal up` is started.
+    for (from, restarted, path, kind) in [("laptop", "desktop", "direct", "EIM <-> EIM"), ("laptop", "phone", "direct", "same NAT"), ("laptop", "car", "relay", "EIM <-> symmetric")] {
+        net.node_mut(restarted).down();
+        let up = Instant::now();
+        net.node_mut(restarted).up();
+        let replied = wait_until(Duration::from_secs(20), || net.ping_path(from, restarted).is_some()).then(|| up.elapsed());
+        let settled = time_to(&net, from, restarted, path, Duration::from_secs(20)).map(|_| up.elapsed());
+        eprintln!("{kind}: from pal up, first reply {replied:?}, {path} {settled:?}");
+        assert!(settled.is_some(), "{from} -> {restarted} never {path} after a restart");
+    }
+
     // With CloudPal stopped, the direct path keeps carrying traffic.
     net.node_mut("cloudpal").down();
     let (desktop_v4, _) = net.node("desktop").overlay();
