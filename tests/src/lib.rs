@@ -429,8 +429,8 @@ impl Drop for PalNode {
     }
 }
 
-/// Sends SIGTERM, so the node shuts down as it would under systemd.
-fn terminate(pid: u32) {
+/// Sends SIGTERM (a node shuts down as it would under systemd; ping prints its summary).
+pub fn terminate(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return };
     // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
     unsafe {
