@@ -485,7 +485,7 @@ impl Device {
         };
         // Checked only when the source is new (roaming), not per packet.
         let roaming = via == Via::Direct && peer.paths.direct() != Some(source);
-        let nested = roaming && routes_through_overlay(&self.peers, source);
+        let nested = roaming && self.route(source.ip()).is_some();
         let Some(peer) = self.peers.get_mut(&key) else {
             return Err(Error::UnknownReceiverIndex);
         };
@@ -728,11 +728,6 @@ impl Device {
             .max_by_key(|(prefix, _)| prefix.len())
             .map(|(_, key)| *key)
     }
-}
-
-/// Whether `address` is inside some peer's allowed IPs (the overlay).
-fn routes_through_overlay(peers: &BTreeMap<StaticPublic, Peer>, address: SocketAddr) -> bool {
-    peers.values().any(|peer| peer.allowed_ips.iter().any(|prefix| prefix.contains(address.ip())))
 }
 
 /// Where to write a WireGuard message for `route`: after room for the envelope header when

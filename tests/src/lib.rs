@@ -109,15 +109,11 @@ impl Netns {
     /// A UDP socket bound to `address` inside this namespace (a socket stays in the namespace
     /// it was created in, whichever thread uses it later).
     pub fn udp_socket(&self, address: &str) -> std::net::UdpSocket {
-        let path = format!("/var/run/netns/{}", self.name);
+        let name = self.name.clone();
         let address = address.to_owned();
         std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let namespace = std::fs::File::open(&path).expect("namespace handle");
-            // SAFETY: setns on this short-lived thread only; the descriptor is valid.
-            let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            std::net::UdpSocket::bind(&address).unwrap_or_else(|e| panic!("bind {address} in {path}: {e}"))
+            enter_namespace(&name);
+            std::net::UdpSocket::bind(&address).unwrap_or_else(|e| panic!("bind {address} in {name}: {e}"))
         })
         .join()
         .expect("socket thread")
@@ -126,15 +122,12 @@ impl Netns {
     /// Captures every frame on all interfaces of this namespace (AF_PACKET, like tcpdump -i
     /// any) until the returned capture is stopped.
     pub fn capture(&self) -> Capture {
-        let path = format!("/var/run/netns/{}", self.name);
+        let name = self.name.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let namespace = std::fs::File::open(&path).expect("namespace handle");
-            // SAFETY: setns on this capture thread only; the descriptor is valid.
-            assert_eq!(unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+            enter_namespace(&name);
             let protocol = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
             // SAFETY: plain socket creation, checked below.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
@@ -174,6 +167,17 @@ impl Netns {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program} in {}: {e}", self.name))
     }
+}
+
+/// Moves the calling thread (only it) into network namespace `name`: sockets it creates
+/// stay there whichever thread uses them later.
+fn enter_namespace(name: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{name}");
+    let namespace = std::fs::File::open(&path).unwrap_or_else(|e| panic!("namespace handle {path}: {e}"));
+    // SAFETY: setns affects this thread only; the descriptor is valid for the call.
+    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(entered, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// Frames captured in a namespace ([`Netns::capture`]).
