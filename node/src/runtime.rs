@@ -100,6 +100,10 @@ struct Node {
     reach: BTreeMap<DeviceId, Reach>,
     by_peer: HashMap<PeerId, DeviceId>,
     connection_ips: HashMap<PeerId, IpAddr>,
+    /// Identify's listen addresses of connected peers whose Hello binding has not verified
+    /// yet: identify often answers first, and its addresses must reach Kademlia once the peer
+    /// proves it is a member (identify sends them only once per connection).
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
     listen_addrs: BTreeSet<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     /// Peers other members told us about, not yet proven or connected: redialled.
@@ -200,6 +204,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         reach: BTreeMap::new(),
         by_peer: HashMap::new(),
         connection_ips: HashMap::new(),
+        identified: HashMap::new(),
         listen_addrs: BTreeSet::new(),
         bootstrap,
         candidates: BTreeMap::new(),
@@ -305,19 +310,17 @@ impl Node {
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.identified.remove(&peer_id);
                 if let Some(reach) = self.by_peer.get(&peer_id).and_then(|id| self.reach.get_mut(id)) {
                     reach.connected = false;
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                if let Some(reach) = self.by_peer.get(&peer_id).and_then(|id| self.reach.get_mut(id)) {
-                    let addresses: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(is_dialable).collect();
-                    // Identify's listen addresses must be fed to Kademlia (members only: the
-                    // routing table is how others find us, so outsiders stay out of it).
-                    for address in &addresses {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, address.clone());
-                    }
-                    reach.multiaddrs.extend(addresses);
+                let addresses: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().filter(is_dialable).take(MAX_CANDIDATE_ADDRESSES).collect();
+                self.identified.insert(peer_id, addresses);
+                if self.by_peer.contains_key(&peer_id) {
+                    self.admit_to_dht(swarm, peer_id);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -357,6 +360,7 @@ impl Node {
                     return refused("not a member of this network");
                 };
                 self.learn_peer(peer, device, data_port);
+                self.admit_to_dht(swarm, peer);
                 self.learn_candidates(device, &candidates, relay);
                 self.pull_if_behind(swarm, peer, &summary);
                 Response::Hello {
@@ -420,6 +424,7 @@ impl Node {
             Response::Hello { binding, data_port, summary, peers, candidates, relay } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
                 self.learn_peer(peer, device, data_port);
+                self.admit_to_dht(swarm, peer);
                 self.learn_candidates(device, &candidates, relay);
                 for entry in peers {
                     self.learn_addresses(swarm, entry);
@@ -474,6 +479,18 @@ impl Node {
     fn request_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
         let request = Request::Sync { binding: Some(self.binding()), invite: None, summary: self.summary().into() };
         swarm.behaviour_mut().control.send_request(&peer, request);
+    }
+
+    /// Feed a verified member's identify addresses to Kademlia (members only: the routing
+    /// table is how others find us, so outsiders stay out of it).
+    fn admit_to_dht(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let Some(addresses) = self.identified.remove(&peer) else { return };
+        for address in &addresses {
+            swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+        }
+        if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
+            reach.multiaddrs.extend(addresses);
+        }
     }
 
     fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
