@@ -84,6 +84,9 @@ enum DeviceCommand {
         role: String,
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// Draw the code as a QR code too (the default when the output is a terminal).
+        #[arg(long)]
+        qr: bool,
     },
     /// Add a device from its request code and deliver the log to it.
     Add {
@@ -108,7 +111,7 @@ fn main() -> ExitCode {
             commands::up::run(state, cloudpal, listen, bootstrap, !no_offload)
         }
         Command::Device { command } => match command {
-            DeviceCommand::Invite { name, role, ttl } => commands::device::invite(&state, name, role, &ttl),
+            DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, role, &ttl, qr),
             DeviceCommand::Add { .. } => commands::device::add(),
             DeviceCommand::List { json } => commands::device::list(&state, json),
             DeviceCommand::Revoke { name } => commands::device::revoke(&state, name),

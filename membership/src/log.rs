@@ -194,6 +194,13 @@ impl Log {
         self.ancestors_of([*descendant]).contains(ancestor)
     }
 
+    /// The entry that revoked `device`, if one did.
+    pub fn revocation_of(&self, device: &DeviceId) -> Option<EntryHash> {
+        self.entries()
+            .find(|e| matches!(e.operation(), Operation::RevokeDevice { device: revoked } if revoked == device))
+            .map(Entry::hash)
+    }
+
     /// `hashes` and every entry they descend from, among held entries.
     pub fn ancestors_of(&self, hashes: impl IntoIterator<Item = EntryHash>) -> BTreeSet<EntryHash> {
         ancestors(&self.entries, hashes)

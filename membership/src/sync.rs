@@ -57,6 +57,17 @@ impl Log {
 
 /// The entries `peer` lacks, in fold order, as bounded batches of wire bytes.
 pub fn missing_for(log: &Log, peer: &Summary) -> Vec<Vec<Vec<u8>>> {
+    missing_within(log, peer, None)
+}
+
+/// What a revoked device is sent: the entries it lacks up to and including `horizon` (its
+/// revocation), so that it can verify it was revoked, and nothing appended since — who joined
+/// the network afterwards is none of its business.
+pub fn missing_up_to(log: &Log, peer: &Summary, horizon: EntryHash) -> Vec<Vec<Vec<u8>>> {
+    missing_within(log, peer, Some(&log.ancestors_of([horizon])))
+}
+
+fn missing_within(log: &Log, peer: &Summary, within: Option<&BTreeSet<EntryHash>>) -> Vec<Vec<Vec<u8>>> {
     if peer.network != log.network() {
         return Vec::new();
     }
@@ -64,7 +75,8 @@ pub fn missing_for(log: &Log, peer: &Summary) -> Vec<Vec<Vec<u8>>> {
     let mut batches = Vec::new();
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut bytes = 0;
-    for entry in log.entries().filter(|e| !known.contains(&e.hash())) {
+    let wanted = |hash: &EntryHash| !known.contains(hash) && within.is_none_or(|w| w.contains(hash));
+    for entry in log.entries().filter(|e| wanted(&e.hash())) {
         if batch.len() == MAX_BATCH_ENTRIES || bytes + entry.encoded().len() > MAX_BATCH_BYTES {
             batches.push(std::mem::take(&mut batch));
             bytes = 0;

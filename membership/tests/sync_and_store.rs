@@ -1,6 +1,6 @@
 //! Sync between logs and stores, and the store's persistence and crash safety (ML-12).
 
-use membership::sync::{SyncMessage, has_everything_of, missing_for};
+use membership::sync::{SyncMessage, has_everything_of, missing_for, missing_up_to};
 use membership::testkit::Network;
 use membership::{Log, Operation, Policy, Role, Store, StoreError};
 use std::process::Command;
@@ -36,6 +36,30 @@ fn a_fresh_log_catches_up_in_one_round() {
     let mut fresh = Network::new(1).log;
     assert_eq!(sync(&mut net.log, &mut fresh), 1);
     assert_eq!(fresh.state().encode(), net.log.state().encode());
+}
+
+#[test]
+fn a_revoked_device_learns_its_revocation_and_nothing_after() {
+    let mut net = Network::new(3);
+    let stolen = net.add("stolen", Role::Member);
+    let mut stolen_log = net.log.clone();
+    let before = net.add("before", Role::Member);
+    let founder = net.founder.key.clone();
+    let id = stolen.key.public_key().device_id();
+    let revocation = net.append(&founder, Operation::RevokeDevice { device: id });
+    let after = net.add("after", Role::Member);
+    assert_eq!(net.log.revocation_of(&id), Some(revocation.hash()));
+    assert_eq!(net.log.revocation_of(&before.key.public_key().device_id()), None);
+
+    for batch in missing_up_to(&net.log, &stolen_log.summary(), revocation.hash()) {
+        stolen_log.ingest_encoded(&batch).expect("the revoked device ingests its revocation");
+    }
+    let state = stolen_log.state();
+    assert_eq!(state.devices[&id].status, membership::DeviceStatus::Revoked);
+    assert!(state.devices.contains_key(&before.key.public_key().device_id()));
+    assert!(!state.devices.contains_key(&after.key.public_key().device_id()), "leaked a device added after the revocation");
+    // Already up to date: nothing more to send.
+    assert!(missing_up_to(&net.log, &stolen_log.summary(), revocation.hash()).is_empty());
 }
 
 #[test]

@@ -1,25 +1,31 @@
 //! Invite codes: everything a new device needs to join, in one copyable string.
 //!
-//! `pal1` + base32 (lower case, no padding) of: version, network id, invite entry hash, the
-//! invite's one-time secret (an ed25519 seed: 256 bits of entropy), and the inviter's
-//! reachable addresses. The code is a secret: `Debug` redacts it and it is printed only where
-//! asked (INV-06).
+//! `pal1` + base32 (no padding) of: version, network id, invite entry hash, the invite's
+//! one-time secret (an ed25519 seed: 256 bits of entropy), and where members can be reached —
+//! the inviter first, then CloudPal and other members, so that any of them can admit the new
+//! device while the inviter is offline. Addresses are binary multiaddrs grouped by peer, which
+//! keeps a code naming two members under 400 characters. Base32 is case-insensitive, so the upper-case
+//! form fits a QR code's compact alphanumeric mode. The code is a secret: `Debug` redacts it
+//! and it is printed only where asked (INV-06).
 
 use anyhow::{Result, bail};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
 use membership::{EntryHash, NetworkId};
 use protocol::DeviceSigningKey;
 
 const PREFIX: &str = "pal1";
 const VERSION: u8 = 1;
-/// Addresses carried; more would only make the code unwieldy.
-const MAX_ADDRESSES: usize = 8;
-const MAX_ADDRESS_LEN: usize = 200;
+/// Members named in a code, and addresses per member: more only make it unwieldy.
+pub const MAX_PEERS: usize = 4;
+pub const MAX_ADDRESSES_PER_PEER: usize = 3;
 
 pub struct InviteCode {
     pub network: NetworkId,
     pub invite: EntryHash,
     pub secret: DeviceSigningKey,
-    pub bootstrap: Vec<String>,
+    /// Members' addresses, each ending in `/p2p/PEER`, in the order to try them.
+    pub bootstrap: Vec<Multiaddr>,
 }
 
 impl InviteCode {
@@ -28,20 +34,27 @@ impl InviteCode {
         bytes.extend_from_slice(&self.network.0);
         bytes.extend_from_slice(&self.invite.0);
         bytes.extend_from_slice(self.secret.expose_secret());
-        let addresses: Vec<&String> =
-            self.bootstrap.iter().filter(|a| a.len() <= MAX_ADDRESS_LEN).take(MAX_ADDRESSES).collect();
-        bytes.push(addresses.len() as u8);
-        for address in addresses {
-            bytes.push(address.len() as u8);
-            bytes.extend_from_slice(address.as_bytes());
+        let peers = group_by_peer(&self.bootstrap);
+        bytes.push(peers.len() as u8);
+        for (peer, addresses) in peers {
+            let peer = peer.to_bytes();
+            bytes.push(peer.len() as u8);
+            bytes.extend_from_slice(&peer);
+            bytes.push(addresses.len() as u8);
+            for address in addresses {
+                let address = address.to_vec();
+                bytes.push(address.len() as u8);
+                bytes.extend_from_slice(&address);
+            }
         }
         format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
     }
 
     pub fn decode(code: &str) -> Result<Self> {
         let garbled = || anyhow::anyhow!("this invite code is garbled; copy it again from `pal device invite`");
-        let body = code.trim().strip_prefix(PREFIX).ok_or_else(garbled)?;
-        let bytes = data_encoding::BASE32_NOPAD.decode(body.to_ascii_uppercase().as_bytes()).map_err(|_| garbled())?;
+        let code = code.trim().to_ascii_uppercase();
+        let body = code.strip_prefix(&PREFIX.to_ascii_uppercase()).ok_or_else(garbled)?;
+        let bytes = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).map_err(|_| garbled())?;
         let mut reader = bytes.as_slice();
         let mut take = |n: usize| -> Result<&[u8]> {
             if reader.len() < n {
@@ -57,21 +70,61 @@ impl InviteCode {
         let network = NetworkId(take(32)?.try_into().map_err(|_| garbled())?);
         let invite = EntryHash(take(32)?.try_into().map_err(|_| garbled())?);
         let secret: [u8; 32] = take(32)?.try_into().map_err(|_| garbled())?;
-        let count = usize::from(take(1)?[0]);
-        if count > MAX_ADDRESSES {
+        let peers = usize::from(take(1)?[0]);
+        if peers > MAX_PEERS {
             return Err(garbled());
         }
-        let mut bootstrap = Vec::with_capacity(count);
-        for _ in 0..count {
+        let mut bootstrap = Vec::new();
+        for _ in 0..peers {
             let len = usize::from(take(1)?[0]);
-            let address = std::str::from_utf8(take(len)?).map_err(|_| garbled())?;
-            bootstrap.push(address.to_owned());
+            let peer = PeerId::from_bytes(take(len)?).map_err(|_| garbled())?;
+            let count = usize::from(take(1)?[0]);
+            if count > MAX_ADDRESSES_PER_PEER {
+                return Err(garbled());
+            }
+            for _ in 0..count {
+                let len = usize::from(take(1)?[0]);
+                let address = Multiaddr::try_from(take(len)?.to_vec()).map_err(|_| garbled())?;
+                bootstrap.push(address.with(Protocol::P2p(peer)));
+            }
         }
         if !reader.is_empty() {
             return Err(garbled()); // trailing bytes
         }
         Ok(Self { network, invite, secret: DeviceSigningKey::from_bytes(&secret), bootstrap })
     }
+
+    /// The code as a QR code drawn with Unicode half blocks, two modules per character cell,
+    /// dark on a light terminal or light on a dark one alike (a quiet zone surrounds it).
+    pub fn qr(&self) -> Result<String> {
+        let code = qrcode::QrCode::with_error_correction_level(self.encode().to_ascii_uppercase(), qrcode::EcLevel::L)?;
+        Ok(code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .build())
+    }
+}
+
+/// `/…/p2p/PEER` addresses grouped by peer in first-seen order, within the code's limits;
+/// addresses without a peer are skipped (a member is dialled by who it is).
+fn group_by_peer(addresses: &[Multiaddr]) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    let mut peers: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+    for address in addresses {
+        let mut base = address.clone();
+        let Some(Protocol::P2p(peer)) = base.pop() else { continue };
+        if base.to_vec().len() > usize::from(u8::MAX) {
+            continue;
+        }
+        if let Some((_, list)) = peers.iter_mut().find(|(p, _)| *p == peer) {
+            if list.len() < MAX_ADDRESSES_PER_PEER && !list.contains(&base) {
+                list.push(base);
+            }
+        } else if peers.len() < MAX_PEERS {
+            peers.push((peer, vec![base]));
+        }
+    }
+    peers
 }
 
 impl core::fmt::Debug for InviteCode {
@@ -84,22 +137,72 @@ impl core::fmt::Debug for InviteCode {
 mod tests {
     use super::*;
 
+    fn peer(seed: u8) -> PeerId {
+        libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).expect("key").public().to_peer_id()
+    }
+
     fn code() -> InviteCode {
+        let (inviter, cloudpal) = (peer(1), peer(2));
         InviteCode {
             network: NetworkId([1; 32]),
             invite: EntryHash([2; 32]),
             secret: DeviceSigningKey::from_bytes(&[3; 32]),
-            bootstrap: vec!["/ip4/192.0.2.1/tcp/41641/p2p/12D3KooWExample".into()],
+            bootstrap: vec![
+                format!("/ip4/10.1.0.2/tcp/41641/p2p/{inviter}").parse().expect("addr"),
+                format!("/ip4/10.1.0.2/udp/41642/quic-v1/p2p/{inviter}").parse().expect("addr"),
+                format!("/ip4/203.0.113.10/tcp/41641/p2p/{cloudpal}").parse().expect("addr"),
+                format!("/ip6/2001:db8::1/tcp/41641/p2p/{cloudpal}").parse().expect("addr"),
+            ],
         }
     }
 
     #[test]
-    fn round_trips() {
-        let decoded = InviteCode::decode(&code().encode()).expect("decodes");
-        assert_eq!(decoded.network, NetworkId([1; 32]));
-        assert_eq!(decoded.invite, EntryHash([2; 32]));
-        assert_eq!(decoded.secret.expose_secret(), &[3; 32]);
-        assert_eq!(decoded.bootstrap, code().bootstrap);
+    fn round_trips_in_either_case_and_stays_compact() {
+        let encoded = code().encode();
+        for text in [encoded.clone(), encoded.to_ascii_uppercase(), format!("  {encoded}\n")] {
+            let decoded = InviteCode::decode(&text).expect("decodes");
+            assert_eq!(decoded.network, NetworkId([1; 32]));
+            assert_eq!(decoded.invite, EntryHash([2; 32]));
+            assert_eq!(decoded.secret.expose_secret(), &[3; 32]);
+            assert_eq!(decoded.bootstrap, code().bootstrap, "order kept: inviter first");
+        }
+        // Two members with two addresses each (one IPv6) in under 400 characters; the four
+        // text multiaddrs alone would take 380, and base32 would then nearly double them.
+        assert!(encoded.len() < 400, "{} characters", encoded.len());
+    }
+
+    #[test]
+    fn inv03_the_secret_carries_256_bits() {
+        // The secret is a fresh ed25519 seed from the OS RNG: all 32 bytes travel in the code.
+        let mut rng = crate::statedir::os_rng().expect("randomness");
+        let secret = DeviceSigningKey::generate(&mut rng);
+        let decoded = InviteCode::decode(&InviteCode { secret, ..code() }.encode()).expect("decodes");
+        assert_eq!(decoded.secret.expose_secret().len() * 8, 256);
+    }
+
+    #[test]
+    fn limits_peers_and_addresses_and_skips_addresses_without_a_peer() {
+        let mut bootstrap: Vec<Multiaddr> = vec!["/ip4/192.0.2.1/tcp/1".parse().expect("addr")];
+        for seed in 10..20u8 {
+            for port in 1..6u16 {
+                bootstrap.push(format!("/ip4/192.0.2.{seed}/tcp/{port}/p2p/{}", peer(seed)).parse().expect("addr"));
+            }
+        }
+        let decoded = InviteCode::decode(&InviteCode { bootstrap, ..code() }.encode()).expect("decodes");
+        assert_eq!(decoded.bootstrap.len(), MAX_PEERS * MAX_ADDRESSES_PER_PEER);
+        assert!(decoded.bootstrap[0].to_string().starts_with("/ip4/192.0.2.10/tcp/1/p2p/"));
+    }
+
+    #[test]
+    fn the_qr_code_holds_the_upper_case_code() {
+        let qr = code().qr().expect("fits a QR code");
+        let rows: Vec<&str> = qr.lines().collect();
+        assert!(rows.len() > 20 && rows.iter().all(|r| r.chars().count() == rows[0].chars().count()), "{qr}");
+        assert!(qr.chars().all(|c| matches!(c, ' ' | '\u{2580}' | '\u{2584}' | '\u{2588}' | '\n')), "{qr}");
+        let matrix = qrcode::QrCode::with_error_correction_level(code().encode().to_ascii_uppercase(), qrcode::EcLevel::L)
+            .expect("qr");
+        // Alphanumeric mode (the upper-case form) keeps the symbol small.
+        assert!(matrix.version().width() <= 77, "QR width {}", matrix.version().width());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::runtime::{build_swarm_for_join, unix_now};
 use crate::statedir::StateDir;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use libp2p::request_response;
+use libp2p::{PeerId, request_response};
 use libp2p::swarm::SwarmEvent;
 use membership::sync::Summary;
 use membership::{DeviceRecord, Entry, EntryContents, Log, Operation, Store, SyncMessage, overlay};
@@ -43,9 +43,7 @@ async fn exchange(state: &StateDir, identity: &crate::statedir::Identity, code: 
     let mut swarm = build_swarm_for_join(&identity.libp2p)?;
     let local_peer = *swarm.local_peer_id();
     for address in &code.bootstrap {
-        if let Ok(address) = address.parse::<libp2p::Multiaddr>() {
-            let _ = swarm.dial(address);
-        }
+        let _ = swarm.dial(address.clone());
     }
     let mut proof_message = messages::INVITE_PROOF_DOMAIN.to_vec();
     proof_message.extend_from_slice(&code.network.0);
@@ -54,7 +52,10 @@ async fn exchange(state: &StateDir, identity: &crate::statedir::Identity, code: 
         invite: code.invite.0.into(),
         signature: (*code.secret.sign(&proof_message).as_bytes()).into(),
     };
-    let mut member = None;
+    // Any member holding the invite entry can admit us, so the first that answers is asked;
+    // if it refuses (say, it has not yet heard of the invite), the next connected one is.
+    let mut member: Option<PeerId> = None;
+    let mut waiting: Vec<PeerId> = Vec::new();
     let mut log: Option<Log> = None;
     let mut join_entry: Option<Entry> = None;
     let sync_request = |log: &Option<Log>| {
@@ -66,10 +67,15 @@ async fn exchange(state: &StateDir, identity: &crate::statedir::Identity, code: 
     };
     loop {
         let event = swarm.select_next_some().await;
-        match event {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if member.is_none() => {
-                member = Some(peer_id);
-                swarm.behaviour_mut().control.send_request(&peer_id, sync_request(&log));
+        let failure = match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if member.is_none() {
+                    member = Some(peer_id);
+                    swarm.behaviour_mut().control.send_request(&peer_id, sync_request(&log));
+                } else if member != Some(peer_id) && !waiting.contains(&peer_id) {
+                    waiting.push(peer_id);
+                }
+                None
             }
             SwarmEvent::Behaviour(crate::runtime::JoinEvent::Control(request_response::Event::Message {
                 peer,
@@ -98,21 +104,31 @@ async fn exchange(state: &StateDir, identity: &crate::statedir::Identity, code: 
                     let entry = make_join(current, identity, code, name)?;
                     swarm.behaviour_mut().control.send_request(&peer, Request::Join { entry: entry.encoded().to_vec().into() });
                     join_entry = Some(entry);
+                    None
                 }
                 Response::Accepted => {
                     let (Some(mut log), Some(entry)) = (log.take(), join_entry.take()) else { continue };
                     log.ingest(vec![entry]).context("our own join does not verify")?;
                     persist(state, &log)?;
-                    state.cache_peers(&code.bootstrap)?;
+                    state.cache_peers(&code.bootstrap.iter().map(ToString::to_string).collect::<Vec<_>>())?;
                     return Ok(());
                 }
-                Response::Refused { reason } => bail!("{reason}"),
-                Response::Hello { .. } | Response::Paths { .. } => {}
+                Response::Refused { reason } => Some(reason),
+                Response::Hello { .. } | Response::Paths { .. } | Response::Revoked => None,
             },
             SwarmEvent::Behaviour(crate::runtime::JoinEvent::Control(request_response::Event::OutboundFailure { error, .. })) => {
-                bail!("the member did not answer: {error}")
+                Some(format!("the member did not answer: {error}"))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(reason) = failure {
+            if waiting.is_empty() {
+                bail!("{reason}");
+            }
+            let next = waiting.remove(0);
+            member = Some(next);
+            join_entry = None;
+            swarm.behaviour_mut().control.send_request(&next, sync_request(&log));
         }
     }
 }

@@ -142,6 +142,10 @@ pub enum Response {
         #[n(0)]
         peers: Vec<PeerAddresses>,
     },
+    /// The requester's device is revoked: it may sync its log up to the revocation (and
+    /// nothing newer) to see that for itself. Unauthenticated, so only a hint to sync.
+    #[n(5)]
+    Revoked,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -28,7 +28,7 @@ use protocol::{Device, DeviceConfig, DeviceId, DevicePublicKey, IpPrefix, PeerCo
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +51,8 @@ const PATHS_INTERVAL: Duration = Duration::from_secs(2);
 /// Keepalive towards the relay: holds the NAT mapping it forwards to open.
 const RELAY_KEEPALIVE: Duration = Duration::from_secs(25);
 /// Redial a member at most this often.
+/// What a revoked device answers to anything that needs the network.
+const REVOKED: &str = "this device has been revoked from the network; its tunnel is stopped";
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// Addresses remembered per candidate peer: bounds what a member can make us dial.
 const MAX_CANDIDATE_ADDRESSES: usize = 16;
@@ -104,6 +106,9 @@ struct Node {
     /// yet: identify often answers first, and its addresses must reach Kademlia once the peer
     /// proves it is a member (identify sends them only once per connection).
     identified: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Members that told us we are revoked and were asked for the log (once each).
+    revocation_checks: HashSet<PeerId>,
+    said_revoked: bool,
     listen_addrs: BTreeSet<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     /// Peers other members told us about, not yet proven or connected: redialled.
@@ -132,7 +137,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let store = state.open_store()?;
     let me = identity.device.public_key().device_id();
     let my_record = match store.log().state().devices.get(&me) {
-        Some(device) if device.status == DeviceStatus::Revoked => bail!("this device has been revoked from its network"),
+        Some(device) if device.status == DeviceStatus::Revoked => bail!("this device has been revoked from its network; to come back, join with a new invite in a fresh --state directory"),
         Some(device) => device.record.clone(),
         None => bail!("this device is not a member of the network in {}", state.root().display()),
     };
@@ -205,6 +210,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         by_peer: HashMap::new(),
         connection_ips: HashMap::new(),
         identified: HashMap::new(),
+        revocation_checks: HashSet::new(),
+        said_revoked: false,
         listen_addrs: BTreeSet::new(),
         bootstrap,
         candidates: BTreeMap::new(),
@@ -356,8 +363,10 @@ impl Node {
     fn on_request(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, request: Request) -> Response {
         match request {
             Request::Hello { binding, data_port, summary, candidates, relay } => {
-                let Some(device) = self.verify_binding(&peer, &binding) else {
-                    return refused("not a member of this network");
+                let device = match self.verify_signed_binding(&peer, &binding) {
+                    Some((device, DeviceStatus::Active)) => device,
+                    Some((_, DeviceStatus::Revoked)) => return Response::Revoked,
+                    None => return refused("not a member of this network"),
                 };
                 self.learn_peer(peer, device, data_port);
                 self.admit_to_dht(swarm, peer);
@@ -380,17 +389,30 @@ impl Node {
                 Response::Paths { peers: self.known_peers() }
             }
             Request::Sync { binding, invite, summary } => {
-                let member = binding.is_some_and(|b| self.verify_binding(&peer, &b).is_some());
-                if !member {
-                    match invite.map(|proof| self.verify_invite_proof(&peer, &proof)) {
+                // Members get everything; a revoked device gets the log up to its revocation
+                // (so it learns it was cut off) and nothing newer; a joiner proves its invite.
+                let mut horizon = None;
+                match binding.and_then(|b| self.verify_signed_binding(&peer, &b)) {
+                    Some((_, DeviceStatus::Active)) => {}
+                    Some((device, DeviceStatus::Revoked)) => {
+                        horizon = self.store.log().revocation_of(&device);
+                        if horizon.is_none() {
+                            return refused("not a member of this network");
+                        }
+                    }
+                    None => match invite.map(|proof| self.verify_invite_proof(&peer, &proof)) {
                         Some(Ok(())) => {}
                         Some(Err(reason)) => return refused(reason),
                         None => return refused("not a member of this network"),
-                    }
+                    },
                 }
                 match decode_summary(&summary) {
                     Some(summary) => {
-                        let mut batches = missing_for(self.store.log(), &summary).into_iter();
+                        let batches = match horizon {
+                            Some(horizon) => membership::sync::missing_up_to(self.store.log(), &summary, horizon),
+                            None => missing_for(self.store.log(), &summary),
+                        };
+                        let mut batches = batches.into_iter();
                         let batch = batches.next().unwrap_or_default();
                         Response::Entries { batch: batch.into_iter().map(Into::into).collect(), more: batches.next().is_some() }
                     }
@@ -451,6 +473,12 @@ impl Node {
                     Err(error) => tracing::debug!(%error, "sync batch refused"),
                 }
             }
+            Response::Revoked => {
+                // A member says we are revoked: see for ourselves in the signed log, once.
+                if !self.revoked() && self.revocation_checks.insert(peer) {
+                    self.request_sync(swarm, peer);
+                }
+            }
             Response::Accepted | Response::Refused { .. } => {}
         }
     }
@@ -458,14 +486,22 @@ impl Node {
     /// After the log changed: refresh the data plane and tell every connected member.
     fn membership_changed(&mut self, swarm: &mut Swarm<Behaviour>) {
         self.apply_membership();
-        if self.store.log().state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked) {
-            tracing::warn!("this device has been revoked; leaving the network");
+        if self.revoked() {
+            if !self.said_revoked {
+                self.said_revoked = true;
+                tracing::warn!("{REVOKED}");
+            }
             self.command(DataCommand::RemoveAll);
+            return;
         }
+        // Push on append, to every connected device we knew as a member — including one just
+        // revoked, which then pulls the log up to its revocation and stops by itself.
         let summary = self.summary();
         for peer in self.by_peer.keys().copied().collect::<Vec<_>>() {
             swarm.behaviour_mut().control.send_request(&peer, Request::Announce { summary: summary.clone().into() });
         }
+        let state = self.store.log().state();
+        self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
     }
 
     fn pull_if_behind(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, summary: &[u8]) {
@@ -645,13 +681,24 @@ impl Node {
     }
 
     /// The device behind `peer`, if its binding is valid and it is an active member.
+    /// The current member `peer` proves to be, if it does.
     fn verify_binding(&self, peer: &PeerId, binding: &Binding) -> Option<DeviceId> {
+        self.verify_signed_binding(peer, binding).and_then(|(id, status)| (status == DeviceStatus::Active).then_some(id))
+    }
+
+    /// The device of the log, active or revoked, whose key signed `peer`'s binding.
+    fn verify_signed_binding(&self, peer: &PeerId, binding: &Binding) -> Option<(DeviceId, DeviceStatus)> {
         let key = DevicePublicKey::from_bytes(*binding.device_key);
         let signature = protocol::Signature::from_bytes(*binding.signature);
         key.verify(&binding_message(&self.network, peer), &signature).ok()?;
         let id = key.device_id();
         let device = self.store.log().state().devices.get(&id)?;
-        (device.status == DeviceStatus::Active && device.record.signing_key == key).then_some(id)
+        (device.record.signing_key == key).then_some((id, device.status))
+    }
+
+    /// Whether the log says this device has been revoked.
+    fn revoked(&self) -> bool {
+        self.store.log().state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked)
     }
 
     /// Whether `peer` holds the secret of a usable invite; the reason if not.
@@ -682,6 +729,9 @@ impl Node {
     // ---- maintenance and local commands ---------------------------------------------------
 
     fn maintain(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if self.revoked() {
+            return; // cut off: nothing to find, nobody to greet
+        }
         let now = Instant::now();
         if self.last_paths.is_none_or(|at| now - at >= PATHS_INTERVAL) {
             self.last_paths = Some(now);
@@ -796,14 +846,17 @@ impl Node {
             )
             .map_err(|e| format!("cannot invite: {e}"))?;
         self.membership_changed(swarm);
-        let peer = *self.local_peer_id();
-        let bootstrap: Vec<String> = self
-            .listen_addrs
-            .iter()
-            .filter(|a| is_dialable(a))
-            .filter_map(|a| a.clone().with_p2p(peer).ok())
-            .map(|a| a.to_string())
-            .collect();
+        // Where the new device can reach a member: this device first, then CloudPal (always
+        // on, so the invite works while this device is off), then other members.
+        let own = self.listen_addrs.iter().filter(|a| is_dialable(a)).filter_map(|a| a.clone().with_p2p(self.peer_id).ok());
+        let relay = self.relay.map(|(device, _)| device);
+        let mut others: Vec<(&DeviceId, PeerId, &Reach)> =
+            self.reach.iter().filter(|(id, _)| **id != self.me).filter_map(|(id, r)| Some((id, r.peer_id?, r))).collect();
+        others.sort_by_key(|(id, _, reach)| (Some(**id) != relay, !reach.connected));
+        let members = others
+            .into_iter()
+            .flat_map(|(_, peer, reach)| reach.multiaddrs.iter().filter_map(move |a| a.clone().with_p2p(peer).ok()));
+        let bootstrap: Vec<Multiaddr> = own.chain(members).collect();
         let code = InviteCode { network: self.network, invite: entry.hash(), secret, bootstrap };
         Ok(json!({ "code": code.encode(), "expires": now + ttl, "role": role.as_str() }))
     }
@@ -823,6 +876,9 @@ impl Node {
     }
 
     fn start_ping(&mut self, name: &str, count: u32) -> Result<oneshot::Receiver<serde_json::Value>, String> {
+        if self.revoked() {
+            return Err(REVOKED.into());
+        }
         let state = self.store.log().state();
         let Some((_, target)) = state.active_devices().find(|(id, d)| d.record.name == name && **id != self.me) else {
             return Err(format!("no other active device named {name:?}; see `pal device list`"));
@@ -867,6 +923,7 @@ impl Node {
                 "id": self.me.to_hex(),
                 "overlay_ipv4": mine.map(|d| d.record.overlay_ipv4.to_string()),
                 "overlay_ipv6": mine.map(|d| d.record.overlay_ipv6.to_string()),
+                "status": if self.revoked() { "revoked" } else { "active" },
             },
             "peers": peers,
             "dht_peers": swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>(),

@@ -8,6 +8,8 @@
 //! 192.0.2.0/24 (documentation ranges); home LANs behind NAT routers private /24s. Nothing
 //! leaves the namespaces a test creates.
 
+pub mod adversary;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -171,7 +173,7 @@ impl Netns {
 
 /// Moves the calling thread (only it) into network namespace `name`: sockets it creates
 /// stay there whichever thread uses them later.
-fn enter_namespace(name: &str) {
+pub fn enter_namespace(name: &str) {
     use std::os::fd::AsRawFd;
     let path = format!("/var/run/netns/{name}");
     let namespace = std::fs::File::open(&path).unwrap_or_else(|e| panic!("namespace handle {path}: {e}"));
@@ -487,6 +489,21 @@ impl LanNetwork {
 
     pub fn node_mut(&mut self, name: &str) -> &mut PalNode {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// A new host on the LAN whose device joins with `code` (not yet up); added to `nodes`.
+    pub fn join_with(&mut self, name: &str, code: &str) -> &mut PalNode {
+        let (netns, address) = self.lan.host(&name[..name.len().min(4)]);
+        let node = PalNode::new(name, netns, address);
+        node.pal_ok(&["join", code, "--name", name]);
+        self.nodes.push(node);
+        self.nodes.last_mut().expect("just pushed")
+    }
+
+    /// `inviter` invites `name` with `role`; the invite code.
+    pub fn invite(&self, inviter: &str, name: &str, role: &str) -> String {
+        let output = self.node(inviter).pal_ok(&["device", "invite", "--name", name, "--role", role]);
+        output.lines().last().expect("code on the last line").trim().to_owned()
     }
 
     /// Waits until every node knows every other as an active member.

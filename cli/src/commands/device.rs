@@ -3,13 +3,19 @@
 use super::ask;
 use anyhow::{Context, bail};
 use node::control::ControlRequest;
+use node::invite::InviteCode;
 use node::statedir::StateDir;
+use std::io::IsTerminal;
 
-pub fn invite(state: &StateDir, name: String, role: String, ttl: &str) -> anyhow::Result<()> {
+pub fn invite(state: &StateDir, name: String, role: String, ttl: &str, qr: bool) -> anyhow::Result<()> {
     let ttl_seconds = parse_duration(ttl)?;
     let answer = ask(state, ControlRequest::Invite { name: name.clone(), role, ttl_seconds })?;
     let code = answer["code"].as_str().context("the node returned no code")?;
     println!("invite for {name} ({}), valid for {ttl}; on the new device run: pal join CODE --name {name}", answer["role"].as_str().unwrap_or("member"));
+    if qr || std::io::stdout().is_terminal() {
+        // Scanning yields the code in upper case; `pal join` takes either case.
+        println!("{}", InviteCode::decode(code)?.qr()?);
+    }
     println!("{code}");
     Ok(())
 }

@@ -11,6 +11,9 @@ pub fn run(state: &StateDir, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let device = &status["device"];
+    if device["status"] == "revoked" {
+        anyhow::bail!("this device has been revoked from the network; its tunnel is stopped");
+    }
     println!("{} {} {}", device["name"].as_str().unwrap_or("?"), device["overlay_ipv4"].as_str().unwrap_or(""), device["overlay_ipv6"].as_str().unwrap_or(""));
     for peer in status["peers"].as_array().into_iter().flatten() {
         let rtt = peer["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
