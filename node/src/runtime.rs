@@ -1069,7 +1069,7 @@ fn control_behaviour() -> request_response::Behaviour<messages::Codec> {
     )
 }
 
-pub(crate) fn libp2p_keypair(seed: &[u8; 32]) -> identity::Keypair {
+pub fn libp2p_keypair(seed: &[u8; 32]) -> identity::Keypair {
     let mut bytes = *seed;
     identity::Keypair::ed25519_from_bytes(&mut bytes).unwrap_or_else(|_| identity::Keypair::generate_ed25519())
 }

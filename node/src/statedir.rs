@@ -121,9 +121,17 @@ impl StateDir {
         Ok(RunLock { _file: file })
     }
 
-    /// Peer addresses remembered from earlier runs (one multiaddr a line).
+    /// Peer addresses remembered from earlier runs (one multiaddr a line). They expire: a
+    /// cache not refreshed for [`PEER_CACHE_TTL`] is deleted rather than used (PRIV-05 —
+    /// where a device once found its peers is not kept forever).
     pub fn cached_peers(&self) -> Vec<String> {
-        std::fs::read_to_string(self.peers_path())
+        let path = self.peers_path();
+        let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age > PEER_CACHE_TTL) {
+            let _ = std::fs::remove_file(&path);
+            return Vec::new();
+        }
+        std::fs::read_to_string(path)
             .map(|text| text.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
             .unwrap_or_default()
     }
@@ -134,6 +142,9 @@ impl StateDir {
         write_private(&self.peers_path(), text.as_bytes())
     }
 }
+
+/// How long cached peer addresses stay usable without a refresh.
+pub const PEER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// A ChaCha20 RNG seeded once from the operating system.
 pub fn os_rng() -> Result<ChaCha20Rng> {
@@ -163,4 +174,23 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 fn read_secret(path: &Path) -> Result<[u8; 32]> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     bytes.try_into().map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priv05_cached_peers_expire() {
+        let root = std::env::temp_dir().join(format!("pal-statedir-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("dir");
+        let state = StateDir::new(&root);
+        state.cache_peers(&["/ip4/192.0.2.1/tcp/41641".to_owned()]).expect("cache");
+        assert_eq!(state.cached_peers(), ["/ip4/192.0.2.1/tcp/41641"]);
+        let old = std::time::SystemTime::now() - PEER_CACHE_TTL - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(state.peers_path()).expect("open").set_modified(old).expect("mtime");
+        assert!(state.cached_peers().is_empty(), "a stale cache was used");
+        assert!(!state.peers_path().exists(), "a stale cache was kept");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
