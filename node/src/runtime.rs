@@ -1134,3 +1134,26 @@ fn is_dialable(address: &Multiaddr) -> bool {
         !ip.is_loopback() && !ip.is_unspecified() && !matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DHT-05: the rendezvous key changes every epoch, differs between networks, and is a
+    /// hash of the network id (computable only with it), not the id itself.
+    #[test]
+    fn dht05_rendezvous_keys_rotate_and_need_the_network_id() {
+        let network = NetworkId([7; 32]);
+        let day = RENDEZVOUS_EPOCH;
+        let today = rendezvous_key(&network, day * 20_000);
+        assert_eq!(today, rendezvous_key(&network, day * 20_000 + Duration::from_secs(3600)), "stable within an epoch");
+        assert_ne!(today, rendezvous_key(&network, day * 20_001), "rotates with the epoch");
+        assert_ne!(today, rendezvous_key(&NetworkId([8; 32]), day * 20_000), "differs between networks");
+        let bytes = today.to_vec();
+        assert!(!bytes.windows(8).any(|w| w == &network.0[..8]), "leaks the network id");
+        // Consecutive epochs share nothing an observer could link.
+        let tomorrow = rendezvous_key(&network, day * 20_001).to_vec();
+        let shared = bytes.iter().zip(&tomorrow).filter(|(a, b)| a == b).count();
+        assert!(shared < 8, "{shared} equal bytes between consecutive epochs");
+    }
+}

@@ -193,4 +193,61 @@ mod tests {
         assert!(!state.peers_path().exists(), "a stale cache was kept");
         let _ = std::fs::remove_dir_all(&root);
     }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// PRIV-03: every type holding a key, an invite or a config prints no secret with `{:?}`
+    /// (none implements `Display`), and neither does a panic that formats them.
+    #[test]
+    fn priv03_secrets_stay_out_of_debug_output_and_panics() {
+        let root = std::env::temp_dir().join(format!("pal-priv03-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("dir");
+        let identity = StateDir::new(&root).create_identity().expect("identity");
+        let network = membership::NetworkId([0x5a; 32]);
+        let psk = crate::runtime::network_psk(&network);
+        let now = std::time::Instant::now();
+        let clock = protocol::WallClock { anchor: now, unix_time_at_anchor: std::time::Duration::ZERO };
+        let tunnel = protocol::TunnelConfig {
+            local_static: identity.static_secret.clone(),
+            peer_static: identity.static_secret.public_key(),
+            psk: psk.clone(),
+            persistent_keepalive: None,
+            mtu: 1420,
+            clock,
+        };
+        let device = protocol::DeviceConfig {
+            static_secret: identity.static_secret.clone(),
+            psk: psk.clone(),
+            under_load_threshold: 1,
+            mtu: 1420,
+            clock,
+        };
+        let invite = crate::invite::InviteCode {
+            network,
+            invite: membership::EntryHash([1; 32]),
+            secret: identity.device.clone(),
+            bootstrap: Vec::new(),
+        };
+        let secrets = [
+            hex(identity.device.expose_secret()),
+            hex(identity.static_secret.expose_secret()),
+            hex(&identity.libp2p),
+            hex(psk.expose_secret()),
+            hex(&network.0),
+            invite.encode()[4..].to_owned(),
+        ];
+        let printed = format!("{identity:?} {tunnel:?} {device:?} {invite:?} {network:?} {psk:?}");
+        let panicked = std::panic::catch_unwind(|| panic!("{identity:?} {tunnel:?} {device:?} {invite:?}")).expect_err("panics");
+        let panicked = panicked.downcast_ref::<String>().cloned().expect("a formatted panic message");
+        for output in [&printed, &panicked] {
+            assert!(output.contains("<redacted>"), "{output}");
+            for secret in &secrets {
+                // Eight hex digits of a secret would already be too many.
+                assert!(!output.contains(&secret[..8]), "a secret in {output}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
