@@ -51,7 +51,12 @@ pub fn pal_binary() -> PathBuf {
 }
 
 /// Polls `condition` every 100 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, Duration::from_millis(100), condition)
+}
+
+/// As [`wait_until`], polling every `interval` (measurements want a finer grain).
+pub fn poll_until(timeout: Duration, interval: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
@@ -60,7 +65,7 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(interval);
     }
 }
 
@@ -385,7 +390,7 @@ impl PalNode {
         args.extend_from_slice(extra);
         let child = self.netns.spawn(pal.to_str().expect("utf-8 path"), &args, &self.log_path());
         self.process = Some(child);
-        let ready = wait_until(Duration::from_secs(15), || self.pal(&["status", "--json"]).status.success());
+        let ready = poll_until(Duration::from_secs(15), Duration::from_millis(10), || self.pal(&["status", "--json"]).status.success());
         assert!(ready, "{} did not come up: {}", self.name, self.log());
     }
 
