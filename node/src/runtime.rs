@@ -1052,7 +1052,7 @@ pub(crate) fn build_swarm_for_join(seed: &[u8; 32]) -> Result<Swarm<Join>> {
 }
 
 /// The one transport stack: TCP (Noise, Yamux) and QUIC, under the device's libp2p identity.
-fn swarm_with<B: NetworkBehaviour>(seed: &[u8; 32], behaviour: impl FnOnce(&identity::Keypair) -> B) -> Result<Swarm<B>> {
+pub fn swarm_with<B: NetworkBehaviour>(seed: &[u8; 32], behaviour: impl FnOnce(&identity::Keypair) -> B) -> Result<Swarm<B>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(libp2p_keypair(seed))
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
