@@ -9,6 +9,7 @@ pub mod icmp;
 pub mod invite;
 pub mod join;
 pub mod messages;
+pub mod presence;
 pub mod runtime;
 pub mod statedir;
 

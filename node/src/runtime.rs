@@ -3,7 +3,8 @@
 //! TUN device and the sans-IO [`protocol::Device`]) with commands.
 //!
 //! Control plane (libp2p, TCP + QUIC, Noise, Yamux; identify, ping, Kademlia on the network's
-//! own DHT with a daily-rotated rendezvous key): members greet each other with a `Hello`
+//! own DHT, where each member publishes a signed presence record under a daily-rotated key,
+//! [`crate::presence`]): members greet each other with a `Hello`
 //! that binds their libp2p identity to their device key and tells their data-plane port; they
 //! exchange log summaries, pull what they lack and push on every append. Data plane: UDP with
 //! the Noise tunnels of `protocol`; peers, keys and allowed addresses come from the membership
@@ -14,12 +15,14 @@ use crate::control::{ControlRequest, ControlResponse, MAX_REQUEST_LEN};
 use crate::dataplane::{self, DataCommand};
 use crate::invite::InviteCode;
 use crate::messages::{self, Binding, InviteProof, PeerAddresses, Request, Response};
+use crate::presence;
 use crate::statedir::{StateDir, os_rng};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::kad::store::RecordStore as _;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, kad, noise, ping, tcp, yamux};
 use membership::sync::missing_for;
 use membership::{DeviceStatus, Entry, NetworkId, Operation, Role, Store, SyncMessage};
@@ -114,7 +117,10 @@ struct Node {
     /// Peers other members told us about, not yet proven or connected: redialled.
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
     last_candidate_dial: Option<Instant>,
-    last_rendezvous: Option<Instant>,
+    last_presence: Option<Instant>,
+    last_lookup: Option<Instant>,
+    /// The newest presence record accepted per member (its sequence number).
+    presence_seq: HashMap<DeviceId, u64>,
     /// Relay duty (`pal up --cloudpal`).
     cloudpal: bool,
     /// The member doing relay duty for us, and its data address.
@@ -216,7 +222,9 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         bootstrap,
         candidates: BTreeMap::new(),
         last_candidate_dial: None,
-        last_rendezvous: None,
+        last_presence: None,
+        last_lookup: None,
+        presence_seq: HashMap::new(),
         cloudpal: options.cloudpal,
         relay: None,
         announced: BTreeMap::new(),
@@ -246,6 +254,17 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(node.state.socket_path());
+    // Say goodbye: closing the connections lets peers see us gone at once (a QUIC connection
+    // left to its idle timeout looks alive for seconds more, delaying their DHT lookups).
+    for peer in swarm.connected_peers().copied().collect::<Vec<_>>() {
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        while swarm.network_info().num_peers() > 0 {
+            swarm.select_next_some().await;
+        }
+    })
+    .await;
     tracing::info!("node down");
     Ok(())
 }
@@ -330,18 +349,13 @@ impl Node {
                     self.admit_to_dht(swarm, peer_id);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { record: Some(record), .. },
+            })) => self.store_record(swarm, record),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                result: kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
                 ..
-            })) => {
-                // A provider is only a lead: it becomes a peer after its Hello binding, signed
-                // by a current member's device key, verifies.
-                for provider in providers {
-                    if provider != self.peer_id && !swarm.is_connected(&provider) {
-                        let _ = swarm.dial(provider);
-                    }
-                }
-            }
+            })) => self.act_on_record(swarm, &found.record),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                     reach.rtt = Some(rtt);
@@ -515,6 +529,61 @@ impl Node {
     fn request_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
         let request = Request::Sync { binding: Some(self.binding()), invite: None, summary: self.summary().into() };
         swarm.behaviour_mut().control.send_request(&peer, request);
+    }
+
+    /// Publishes this device's signed presence record: its peer id and listen addresses.
+    fn publish_presence(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| is_dialable(a)).cloned().collect();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let seq = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let (key, value) = presence::publish(&self.network, &self.identity.device, &self.peer_id, &addresses, seq, now.as_secs());
+        let record = kad::Record { key, value, publisher: None, expires: Some(Instant::now() + presence::RECORD_TTL) };
+        let _ = swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One);
+    }
+
+    /// A record someone put to us: stored only if a current member signed it for its own key
+    /// and it is newer than the one held (DHT-01); dropped unseen otherwise.
+    fn store_record(&mut self, swarm: &mut Swarm<Behaviour>, mut record: kad::Record) {
+        let kad = &mut swarm.behaviour_mut().kad;
+        let held = kad.store_mut().get(&record.key).and_then(|r| presence::seq_of(&r.value));
+        let verdict = presence::verify(&self.network, self.store.log().state(), record.key.as_ref(), &record.value, unix_now(), held);
+        match verdict {
+            Ok(presence) => {
+                let left = presence.expires.saturating_sub(unix_now());
+                record.expires = Some(Instant::now() + Duration::from_secs(left));
+                let _ = kad.store_mut().put(record);
+            }
+            Err(reason) => tracing::debug!(%reason, "dropped a DHT record"),
+        }
+    }
+
+    /// A record a lookup found: dialled only if it verifies and is newer than the last one.
+    fn act_on_record(&mut self, swarm: &mut Swarm<Behaviour>, record: &kad::Record) {
+        let state = self.store.log().state();
+        let Ok(presence) = presence::verify(&self.network, state, record.key.as_ref(), &record.value, unix_now(), None) else { return };
+        if self.presence_seq.get(&presence.device).is_some_and(|held| presence.seq <= *held) {
+            return;
+        }
+        if presence.device == self.me || presence.peer == self.peer_id || swarm.is_connected(&presence.peer) {
+            self.presence_seq.insert(presence.device, presence.seq);
+            return;
+        }
+        let addresses: Vec<Multiaddr> = presence.addresses.into_iter().filter(is_dialable).collect();
+        let candidates = self.candidates.entry(presence.peer).or_default();
+        for address in &addresses {
+            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
+                candidates.insert(address.clone());
+            }
+        }
+        // Dialled even while another dial to the peer is under way (a redial to an old
+        // address must not swallow the news); remembered only once dialled.
+        let options = libp2p::swarm::dial_opts::DialOpts::peer_id(presence.peer)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Disconnected)
+            .addresses(addresses)
+            .build();
+        if swarm.dial(options).is_ok() {
+            self.presence_seq.insert(presence.device, presence.seq);
+        }
     }
 
     /// Feed a verified member's identify addresses to Kademlia (members only: the routing
@@ -742,13 +811,19 @@ impl Node {
                 }
             }
         }
-        if self.last_rendezvous.is_none_or(|at| now - at >= RENDEZVOUS_INTERVAL) {
-            self.last_rendezvous = Some(now);
-            let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            let key = rendezvous_key(&self.network, unix_now);
-            let kad = &mut swarm.behaviour_mut().kad;
-            let _ = kad.start_providing(key.clone());
-            kad.get_providers(key);
+        if self.last_presence.is_none_or(|at| now - at >= PRESENCE_INTERVAL) {
+            self.last_presence = Some(now);
+            self.publish_presence(swarm);
+        }
+        if self.last_lookup.is_none_or(|at| now - at >= PRESENCE_LOOKUP_INTERVAL) {
+            self.last_lookup = Some(now);
+            let unix = unix_now();
+            let state = self.store.log().state();
+            for (id, _) in state.active_devices().filter(|(id, _)| **id != self.me) {
+                if !self.reach.get(id).is_some_and(|r| r.connected) {
+                    swarm.behaviour_mut().kad.get_record(presence::key(&self.network, unix, id));
+                }
+            }
         }
         for (id, reach) in self.reach.iter_mut() {
             if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < REDIAL_INTERVAL) {
@@ -1007,7 +1082,16 @@ fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
         let mut config = kad::Config::new(KAD_PROTOCOL);
         // Tail latency under churn is set by the per-query timeout, not hop count.
         config.set_query_timeout(KAD_QUERY_TIMEOUT);
-        let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), config);
+        // Nothing is stored unseen: a record put to us is checked first (DHT-01), and
+        // provider records, which nobody signs, are never stored at all.
+        config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let store_config = kad::store::MemoryStoreConfig {
+            max_value_bytes: presence::MAX_RECORD_LEN,
+            max_records: 4096,
+            max_providers_per_key: 0,
+            ..Default::default()
+        };
+        let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::with_config(peer, store_config), config);
         // Every node serves the network's own DHT: it is small, and a restarted device must
         // find the others through any of them.
         kad.set_mode(Some(kad::Mode::Server));
@@ -1021,25 +1105,14 @@ fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
 }
 
 /// The network's own Kademlia DHT (not the public IPFS one).
-const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cloudpal/kad/1.0.0");
+pub const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cloudpal/kad/1.0.0");
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Rendezvous epochs: the key rotates daily, so outsiders cannot link the owner's devices
-/// across days even if they once learnt a key.
-const RENDEZVOUS_EPOCH: Duration = Duration::from_secs(24 * 3600);
-/// How often a node re-provides the rendezvous key and looks it up.
-const RENDEZVOUS_INTERVAL: Duration = Duration::from_secs(30);
-
-/// `H("cloudpal/rendezvous/v1" ‖ network_id ‖ epoch)`: the DHT key every member provides and
-/// looks up. Only those who know the network id can compute it.
-pub fn rendezvous_key(network: &NetworkId, unix_time: Duration) -> kad::RecordKey {
-    use blake2::{Blake2s256, Digest};
-    let epoch = unix_time.as_secs() / RENDEZVOUS_EPOCH.as_secs();
-    let mut hasher = Blake2s256::new();
-    hasher.update(b"cloudpal/rendezvous/v1");
-    hasher.update(network.0);
-    hasher.update(epoch.to_be_bytes());
-    kad::RecordKey::new(&hasher.finalize().as_slice())
-}
+/// How long a stopping node waits for its connections to close.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a node republishes its presence record.
+const PRESENCE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a node looks up the records of members it is not connected to.
+const PRESENCE_LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The behaviour `pal join` runs while it is not yet a member: the control protocol only.
 #[derive(NetworkBehaviour)]
@@ -1133,27 +1206,4 @@ fn is_dialable(address: &Multiaddr) -> bool {
     multiaddr_ip(address).is_some_and(|ip| {
         !ip.is_loopback() && !ip.is_unspecified() && !matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// DHT-05: the rendezvous key changes every epoch, differs between networks, and is a
-    /// hash of the network id (computable only with it), not the id itself.
-    #[test]
-    fn dht05_rendezvous_keys_rotate_and_need_the_network_id() {
-        let network = NetworkId([7; 32]);
-        let day = RENDEZVOUS_EPOCH;
-        let today = rendezvous_key(&network, day * 20_000);
-        assert_eq!(today, rendezvous_key(&network, day * 20_000 + Duration::from_secs(3600)), "stable within an epoch");
-        assert_ne!(today, rendezvous_key(&network, day * 20_001), "rotates with the epoch");
-        assert_ne!(today, rendezvous_key(&NetworkId([8; 32]), day * 20_000), "differs between networks");
-        let bytes = today.to_vec();
-        assert!(!bytes.windows(8).any(|w| w == &network.0[..8]), "leaks the network id");
-        // Consecutive epochs share nothing an observer could link.
-        let tomorrow = rendezvous_key(&network, day * 20_001).to_vec();
-        let shared = bytes.iter().zip(&tomorrow).filter(|(a, b)| a == b).count();
-        assert!(shared < 8, "{shared} equal bytes between consecutive epochs");
-    }
 }

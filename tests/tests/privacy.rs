@@ -1,7 +1,7 @@
 //! Privacy rows with real nodes (SECURITY-TESTS.md 5.2): PRIV-01, at the default log level a
 //! scenario with handshakes, direct and relayed traffic, a roaming device, an invite and a
 //! revocation leaves no addresses, inner destinations, keys, PeerIDs, network id, invite code
-//! or rendezvous key in any node's output; PRIV-05, the state directory holds only the
+//! or DHT record key in any node's output; PRIV-05, the state directory holds only the
 //! allow-listed files, and only the peer cache holds addresses.
 
 use protocol::DeviceSigningKey;
@@ -11,6 +11,11 @@ use tests::{NatNetwork, PalNode, wait_until};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn device_id(node: &PalNode) -> protocol::DeviceId {
+    let seed: [u8; 32] = std::fs::read(node.state.join("device.key")).expect("device.key").try_into().expect("32 bytes");
+    DeviceSigningKey::from_bytes(&seed).public_key().device_id()
 }
 
 /// What must never appear in a node's output: (what it is, the text).
@@ -53,7 +58,9 @@ fn priv01_priv05_default_logs_say_nothing_and_state_holds_only_what_it_must() {
     );
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     secrets.push(("the network id".into(), network_hex));
-    secrets.push(("the rendezvous key".into(), hex(node::runtime::rendezvous_key(&network, now).as_ref())));
+    for device in net.nodes.iter().map(device_id) {
+        secrets.push(("a presence record key".into(), hex(node::presence::key(&network, now.as_secs(), &device).as_ref())));
+    }
     secrets.push(("the data port".into(), "41641".into()));
 
     // Roaming: the desktop moves to a new LAN address; traffic follows.
