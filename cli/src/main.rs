@@ -55,6 +55,9 @@ enum Command {
     Request {
         #[arg(long)]
         name: String,
+        /// Where to wait for the admin: TCP on this port (by default the node's, 41641).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
     },
     /// Peers, overlay addresses, paths and round-trip times.
     Status {
@@ -112,12 +115,12 @@ fn main() -> ExitCode {
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, role, &ttl, qr),
-            DeviceCommand::Add { .. } => commands::device::add(),
+            DeviceCommand::Add { code, role } => commands::device::add(&state, &code, role),
             DeviceCommand::List { json } => commands::device::list(&state, json),
             DeviceCommand::Revoke { name } => commands::device::revoke(&state, name),
         },
         Command::Join { code, name } => commands::join::run(&state, &code, &name),
-        Command::Request { .. } => commands::request::run(),
+        Command::Request { name, listen } => commands::request::run(&state, &name, listen),
         Command::Status { json } => commands::status::run(&state, json),
         Command::Ping { name, count } => commands::ping::run(&state, name, count),
         Command::Log { json } => commands::log::run(&state, json),

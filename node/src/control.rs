@@ -18,6 +18,8 @@ pub enum ControlRequest {
     Log,
     Invite { name: String, role: String, ttl_seconds: u64 },
     Revoke { name: String },
+    /// Add the device of a request code with `role` and deliver the log to it.
+    Add { code: String, role: String },
     Ping { name: String, count: u32 },
 }
 

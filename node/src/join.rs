@@ -171,7 +171,7 @@ fn make_join(log: &Log, identity: &crate::statedir::Identity, code: &InviteCode,
     Ok(entry)
 }
 
-fn persist(state: &StateDir, log: &Log) -> Result<()> {
+pub(crate) fn persist(state: &StateDir, log: &Log) -> Result<()> {
     let mut entries = log.entries().cloned();
     let genesis = entries.next().context("empty log")?;
     let mut store = Store::create(&state.store_path(), genesis).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -10,6 +10,7 @@ pub mod invite;
 pub mod join;
 pub mod messages;
 pub mod presence;
+pub mod request;
 pub mod runtime;
 pub mod statedir;
 

@@ -102,6 +102,15 @@ pub enum Request {
         #[n(0)]
         candidates: Vec<String>,
     },
+    /// An admin delivers the log to a device it just added from a request code (`pal device
+    /// add`): one batch per request, in fold order, the first starting at genesis.
+    #[n(5)]
+    Deliver {
+        #[n(0)]
+        batch: Vec<ByteVec>,
+        #[n(1)]
+        more: bool,
+    },
 }
 
 #[derive(Debug, Clone, Encode, Decode)]

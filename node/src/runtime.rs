@@ -16,6 +16,7 @@ use crate::dataplane::{self, DataCommand};
 use crate::invite::InviteCode;
 use crate::messages::{self, Binding, InviteProof, PeerAddresses, Request, Response};
 use crate::presence;
+use crate::request::RequestCode;
 use crate::statedir::{StateDir, os_rng};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -79,6 +80,16 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
 }
 
+/// The log going to a device added from a request code (`pal device add`).
+struct Delivery {
+    name: String,
+    role: Role,
+    batches: std::collections::VecDeque<Vec<Vec<u8>>>,
+    started: Instant,
+    /// The waiting `pal device add`.
+    reply: Option<oneshot::Sender<ControlResponse>>,
+}
+
 /// What the node knows of one member's reachability.
 #[derive(Debug, Default, Clone)]
 struct Reach {
@@ -111,6 +122,8 @@ struct Node {
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     /// Members that told us we are revoked and were asked for the log (once each).
     revocation_checks: HashSet<PeerId>,
+    /// Logs on their way to devices added from request codes, by their peer id.
+    deliveries: HashMap<PeerId, Delivery>,
     said_revoked: bool,
     listen_addrs: BTreeSet<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
@@ -217,6 +230,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         connection_ips: HashMap::new(),
         identified: HashMap::new(),
         revocation_checks: HashSet::new(),
+        deliveries: HashMap::new(),
         said_revoked: false,
         listen_addrs: BTreeSet::new(),
         bootstrap,
@@ -320,6 +334,9 @@ impl Node {
             SwarmEvent::NewListenAddr { address, .. } => {
                 self.listen_addrs.insert(address);
             }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if self.deliveries.contains_key(&peer_id) => {
+                self.deliver_next(swarm, peer_id);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 if let Some(ip) = multiaddr_ip(endpoint.get_remote_address()) {
                     self.connection_ips.insert(peer_id, ip);
@@ -395,6 +412,7 @@ impl Node {
                     relay: self.cloudpal,
                 }
             }
+            Request::Deliver { .. } => refused("this device already belongs to a network"),
             Request::Paths { candidates } => {
                 let Some(device) = self.by_peer.get(&peer).copied() else {
                     return refused("not a member of this network");
@@ -486,6 +504,9 @@ impl Node {
                     }
                     Err(error) => tracing::debug!(%error, "sync batch refused"),
                 }
+            }
+            Response::Accepted | Response::Refused { .. } if self.deliveries.contains_key(&peer) => {
+                self.delivery_answered(swarm, peer, response);
             }
             Response::Revoked => {
                 // A member says we are revoked: see for ourselves in the signed log, once.
@@ -801,6 +822,7 @@ impl Node {
         if self.revoked() {
             return; // cut off: nothing to find, nobody to greet
         }
+        self.expire_deliveries();
         let now = Instant::now();
         if self.last_paths.is_none_or(|at| now - at >= PATHS_INTERVAL) {
             self.last_paths = Some(now);
@@ -871,6 +893,20 @@ impl Node {
             ControlRequest::Log => Ok(log_json(self.store.log())),
             ControlRequest::Invite { name, role, ttl_seconds } => self.invite(swarm, &name, &role, ttl_seconds),
             ControlRequest::Revoke { name } => self.revoke(swarm, &name),
+            ControlRequest::Add { code, role } => {
+                // Answered once the new device has the log (or cannot get it).
+                match self.add_device(swarm, &code, &role) {
+                    Ok(peer) => {
+                        if let Some(delivery) = self.deliveries.get_mut(&peer) {
+                            delivery.reply = Some(reply);
+                        }
+                    }
+                    Err(error) => {
+                        let _ = reply.send(ControlResponse::Error(error));
+                    }
+                }
+                return;
+            }
             ControlRequest::Ping { name, count } => {
                 // The data plane answers when the pings are done; the control loop goes on.
                 match self.start_ping(&name, count) {
@@ -934,6 +970,94 @@ impl Node {
         let bootstrap: Vec<Multiaddr> = own.chain(members).collect();
         let code = InviteCode { network: self.network, invite: entry.hash(), secret, bootstrap };
         Ok(json!({ "code": code.encode(), "expires": now + ttl, "role": role.as_str() }))
+    }
+
+    /// `pal device add CODE --role ROLE`: appends the requesting device and starts delivering
+    /// the log to it; the peer to which it goes.
+    fn add_device(&mut self, swarm: &mut Swarm<Behaviour>, code: &str, role: &str) -> Result<PeerId, String> {
+        self.require_admin()?;
+        let code = RequestCode::decode(code).map_err(|e| e.to_string())?;
+        let role: Role = role.parse()?;
+        let state = self.store.log().state();
+        if !membership::entry::validate_name(&code.name) {
+            return Err(format!("{:?} is not a valid device name", code.name));
+        }
+        let device_id = code.signing_key.device_id();
+        if state.devices.contains_key(&device_id) {
+            return Err(format!("{} is already in this network's log; see `pal device list`", code.name));
+        }
+        let founder = self.store.log().entries().next().map(|g| g.author()).ok_or("empty log")?;
+        let (overlay_ipv4, overlay_ipv6) = (0..64)
+            .map(|attempt| membership::overlay::derive(&founder, &device_id, attempt))
+            .find(|(v4, v6)| !state.active_devices().any(|(_, d)| d.record.overlay_ipv4 == *v4 || d.record.overlay_ipv6 == *v6))
+            .ok_or("no free overlay address")?;
+        let record = membership::DeviceRecord {
+            name: code.name.clone(),
+            signing_key: code.signing_key,
+            static_key: code.static_key,
+            role,
+            overlay_ipv4,
+            overlay_ipv6,
+        };
+        self.store
+            .append(Operation::AddDevice { device: record }, &self.identity.device, None, unix_now())
+            .map_err(|e| format!("cannot add {}: {e}", code.name))?;
+        self.membership_changed(swarm);
+        // Members reach it where its code says; it is dialled by who it is.
+        let reach = self.reach.entry(device_id).or_default();
+        reach.peer_id = Some(code.peer);
+        reach.multiaddrs.extend(code.addresses.iter().cloned());
+        let empty = membership::sync::Summary { network: self.network, heads: Vec::new(), sample: Vec::new() };
+        let batches = missing_for(self.store.log(), &empty).into();
+        self.deliveries.insert(code.peer, Delivery { name: code.name, role, batches, started: Instant::now(), reply: None });
+        if swarm.is_connected(&code.peer) {
+            self.deliver_next(swarm, code.peer);
+        } else {
+            let options = libp2p::swarm::dial_opts::DialOpts::peer_id(code.peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(code.addresses)
+                .build();
+            let _ = swarm.dial(options);
+        }
+        Ok(code.peer)
+    }
+
+    fn deliver_next(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let Some(delivery) = self.deliveries.get_mut(&peer) else { return };
+        if let Some(batch) = delivery.batches.pop_front() {
+            let more = !delivery.batches.is_empty();
+            let request = Request::Deliver { batch: batch.into_iter().map(Into::into).collect(), more };
+            swarm.behaviour_mut().control.send_request(&peer, request);
+        }
+    }
+
+    fn delivery_answered(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, response: Response) {
+        let done = match response {
+            Response::Accepted if self.deliveries.get(&peer).is_some_and(|d| !d.batches.is_empty()) => {
+                self.deliver_next(swarm, peer);
+                return;
+            }
+            Response::Accepted => self.deliveries.get(&peer).map(|d| Ok(json!({ "added": d.name, "role": d.role.as_str() }))),
+            Response::Refused { reason } => Some(Err(format!("the new device refused the log: {reason}"))),
+            _ => None,
+        };
+        if let (Some(result), Some(delivery)) = (done, self.deliveries.remove(&peer)) {
+            finish_delivery(delivery, result);
+        }
+    }
+
+    /// Gives up on deliveries that got nowhere.
+    fn expire_deliveries(&mut self) {
+        let stale: Vec<PeerId> = self.deliveries.iter().filter(|(_, d)| d.started.elapsed() > DELIVERY_TIMEOUT).map(|(p, _)| *p).collect();
+        for peer in stale {
+            if let Some(delivery) = self.deliveries.remove(&peer) {
+                let error = format!(
+                    "{} is in the log, but its log could not be delivered: is `pal request` still running there, and reachable at the addresses in its code?",
+                    delivery.name
+                );
+                finish_delivery(delivery, Err(error));
+            }
+        }
     }
 
     fn revoke(&mut self, swarm: &mut Swarm<Behaviour>, name: &str) -> Result<serde_json::Value, String> {
@@ -1003,6 +1127,15 @@ impl Node {
             "peers": peers,
             "dht_peers": swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>(),
         }))
+    }
+}
+
+fn finish_delivery(delivery: Delivery, result: Result<serde_json::Value, String>) {
+    if let Some(reply) = delivery.reply {
+        let _ = reply.send(match result {
+            Ok(value) => ControlResponse::Ok(value),
+            Err(error) => ControlResponse::Error(error),
+        });
     }
 }
 
@@ -1107,6 +1240,8 @@ fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
 /// The network's own Kademlia DHT (not the public IPFS one).
 pub const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cloudpal/kad/1.0.0");
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `pal device add` tries to hand the log to the new device.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping node waits for its connections to close.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a node republishes its presence record.
@@ -1202,7 +1337,7 @@ fn multiaddr_ip(address: &Multiaddr) -> Option<IpAddr> {
 }
 
 /// Addresses worth giving to others: not loopback, not unspecified, not our overlay.
-fn is_dialable(address: &Multiaddr) -> bool {
+pub(crate) fn is_dialable(address: &Multiaddr) -> bool {
     multiaddr_ip(address).is_some_and(|ip| {
         !ip.is_loopback() && !ip.is_unspecified() && !matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
     })

@@ -1,7 +1,7 @@
 //! `pal device invite|add|list|revoke`.
 
 use super::ask;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use node::control::ControlRequest;
 use node::invite::InviteCode;
 use node::statedir::StateDir;
@@ -20,8 +20,15 @@ pub fn invite(state: &StateDir, name: String, role: String, ttl: &str, qr: bool)
     Ok(())
 }
 
-pub fn add() -> anyhow::Result<()> {
-    bail!("`pal device add` is not available yet: request codes arrive with the CloudPal bootstrap (issue #5)")
+/// Adds the device of a request code and waits until it has the log.
+pub fn add(state: &StateDir, code: &str, role: String) -> anyhow::Result<()> {
+    let answer = ask(state, ControlRequest::Add { code: code.trim().to_owned(), role })?;
+    println!(
+        "{} was added as {} and has the log",
+        answer["added"].as_str().unwrap_or("the device"),
+        answer["role"].as_str().unwrap_or("member")
+    );
+    Ok(())
 }
 
 pub fn list(state: &StateDir, json: bool) -> anyhow::Result<()> {

@@ -1,5 +1,24 @@
-//! `pal request --name NAME`: request codes for devices that cannot reach members.
+//! `pal request --name NAME`: a device that members can reach but that cannot reach them (a
+//! fresh CloudPal) prints a request code and waits until an admin adds it with `pal device add`.
 
-pub fn run() -> anyhow::Result<()> {
-    anyhow::bail!("`pal request` is not available yet: it arrives with the CloudPal bootstrap (issue #5); use `pal device invite` and `pal join`")
+use anyhow::Context;
+use node::runtime::DEFAULT_PORT;
+use node::statedir::StateDir;
+use std::io::Write;
+use std::net::SocketAddr;
+
+pub fn run(state: &StateDir, name: &str, listen: Option<String>) -> anyhow::Result<()> {
+    let listen: SocketAddr = match listen {
+        Some(text) => text.parse().with_context(|| format!("--listen {text:?} is not ADDR:PORT"))?,
+        None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let role = runtime.block_on(node::request::request(state, name, listen, |code| {
+        println!("on an admin device run: pal device add CODE --role cloudpal (or member, admin); waiting for it…");
+        println!("{code}");
+        let _ = std::io::stdout().flush();
+    }))?;
+    let hint = if role == "cloudpal" { "pal up --cloudpal" } else { "pal up" };
+    println!("{name} was added to the network as {role}; start it with `{hint}`");
+    Ok(())
 }

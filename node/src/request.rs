@@ -1,0 +1,254 @@
+//! `pal request` and `pal device add`: adding a device that members can reach but that cannot
+//! reach them — above all a fresh CloudPal in a data centre when every device of the owner sits
+//! behind a NAT, so that no invite code could name a reachable member.
+//!
+//! The new device makes its keys and prints a request code: `palr1` + base32 of its name, its
+//! signing and static public keys, its libp2p peer id and its addresses. Nothing in it is
+//! secret. An admin pastes it into `pal device add CODE --role ROLE`: its node appends an
+//! `AddDevice` entry (it is the admin who vouches for the keys, as with an SSH fingerprint),
+//! dials the new device by its peer id (libp2p authenticates that key) and delivers the whole
+//! log. The new device keeps the log only if it verifies and lists it, with its own keys, as an
+//! active member.
+
+use crate::join::persist;
+use crate::messages::{Request, Response};
+use crate::runtime::build_swarm_for_join;
+use crate::statedir::StateDir;
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+use membership::{DeviceStatus, Entry, Log};
+use protocol::{DevicePublicKey, StaticPublic};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const PREFIX: &str = "palr1";
+const VERSION: u8 = 1;
+/// Addresses a request code carries.
+pub const MAX_ADDRESSES: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCode {
+    pub name: String,
+    pub signing_key: DevicePublicKey,
+    pub static_key: StaticPublic,
+    pub peer: PeerId,
+    /// Where the requesting device listens (without the `/p2p` suffix).
+    pub addresses: Vec<Multiaddr>,
+}
+
+impl RequestCode {
+    pub fn encode(&self) -> String {
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(self.signing_key.as_bytes());
+        bytes.extend_from_slice(self.static_key.as_bytes());
+        let peer = self.peer.to_bytes();
+        bytes.push(peer.len() as u8);
+        bytes.extend_from_slice(&peer);
+        let name = self.name.as_bytes();
+        bytes.push(name.len().min(255) as u8);
+        bytes.extend_from_slice(&name[..name.len().min(255)]);
+        let addresses: Vec<Vec<u8>> = self.addresses.iter().map(Multiaddr::to_vec).filter(|a| a.len() <= 255).take(MAX_ADDRESSES).collect();
+        bytes.push(addresses.len() as u8);
+        for address in addresses {
+            bytes.push(address.len() as u8);
+            bytes.extend_from_slice(&address);
+        }
+        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+
+    pub fn decode(code: &str) -> Result<Self> {
+        let garbled = || anyhow::anyhow!("this request code is garbled; copy it again from `pal request` on the new device");
+        let code = code.trim().to_ascii_uppercase();
+        let body = code.strip_prefix(&PREFIX.to_ascii_uppercase()).ok_or_else(garbled)?;
+        let bytes = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).map_err(|_| garbled())?;
+        let mut reader = bytes.as_slice();
+        let mut take = |n: usize| -> Result<&[u8]> {
+            if reader.len() < n {
+                return Err(garbled());
+            }
+            let (head, rest) = reader.split_at(n);
+            reader = rest;
+            Ok(head)
+        };
+        if take(1)? != [VERSION] {
+            bail!("this request code is from a newer CloudPal; update pal");
+        }
+        let signing_key = DevicePublicKey::from_bytes(take(32)?.try_into().map_err(|_| garbled())?);
+        let static_key = StaticPublic::from_bytes(take(32)?.try_into().map_err(|_| garbled())?);
+        let len = usize::from(take(1)?[0]);
+        let peer = PeerId::from_bytes(take(len)?).map_err(|_| garbled())?;
+        let len = usize::from(take(1)?[0]);
+        let name = std::str::from_utf8(take(len)?).map_err(|_| garbled())?.to_owned();
+        let count = usize::from(take(1)?[0]);
+        if count > MAX_ADDRESSES {
+            return Err(garbled());
+        }
+        let mut addresses = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = usize::from(take(1)?[0]);
+            addresses.push(Multiaddr::try_from(take(len)?.to_vec()).map_err(|_| garbled())?);
+        }
+        if !reader.is_empty() {
+            return Err(garbled());
+        }
+        Ok(Self { name, signing_key, static_key, peer, addresses })
+    }
+}
+
+/// How long `pal request` waits for an admin before giving up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Creates this device's keys, shows its request code through `show`, and waits until an admin
+/// delivers a log that lists it; returns the role it was given.
+pub async fn request(state: &StateDir, name: &str, listen: SocketAddr, show: impl FnOnce(&str)) -> Result<String> {
+    if !membership::entry::validate_name(name) {
+        bail!("{name:?} is not a valid device name: use letters, digits, '-', '_' or '.'");
+    }
+    if state.is_initialised() {
+        bail!("{} already holds a device; use another --state directory", state.root().display());
+    }
+    let identity = state.create_identity()?;
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, wait_for_admin(state, &identity, name, listen, show)).await;
+    let outcome = outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("no admin added this device within an hour; run `pal request` again")));
+    if outcome.is_err() {
+        for file in ["device.key", "static.key", "libp2p.key", "membership.redb"] {
+            let _ = std::fs::remove_file(state.root().join(file));
+        }
+    }
+    outcome
+}
+
+async fn wait_for_admin(
+    state: &StateDir,
+    identity: &crate::statedir::Identity,
+    name: &str,
+    listen: SocketAddr,
+    show: impl FnOnce(&str),
+) -> Result<String> {
+    let mut swarm = build_swarm_for_join(&identity.libp2p)?;
+    swarm
+        .listen_on(crate::runtime::socket_multiaddr(listen, false))
+        .with_context(|| format!("cannot listen on {listen}: is a node running here?"))?;
+    // Collect the listen addresses (one per interface) before printing the code.
+    let mut addresses = Vec::new();
+    let settle = tokio::time::sleep(Duration::from_millis(300));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            event = swarm.select_next_some() => {
+                if let SwarmEvent::NewListenAddr { address, .. } = event
+                    && crate::runtime::is_dialable(&address)
+                {
+                    addresses.push(address);
+                }
+            }
+            _ = &mut settle => break,
+        }
+    }
+    if addresses.is_empty() {
+        bail!("no address to be reached at: pass --listen with this machine's public address");
+    }
+    let me = identity.device.public_key();
+    let code = RequestCode {
+        name: name.to_owned(),
+        signing_key: me,
+        static_key: identity.static_secret.public_key(),
+        peer: *swarm.local_peer_id(),
+        addresses,
+    };
+    show(&code.encode());
+
+    let mut log: Option<Log> = None;
+    loop {
+        let SwarmEvent::Behaviour(crate::runtime::JoinEvent::Control(request_response::Event::Message {
+            message: request_response::Message::Request { request: Request::Deliver { batch, more }, channel, .. },
+            ..
+        })) = swarm.select_next_some().await
+        else {
+            continue;
+        };
+        let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
+        let result = ingest(&mut log, &batch);
+        let verdict = match (&result, more) {
+            (Err(error), _) => Err(error.to_string()),
+            (Ok(()), true) => Ok(false),
+            (Ok(()), false) => {
+                let current = log.as_ref().context("no log")?;
+                match current.state().devices.get(&me.device_id()) {
+                    Some(d) if d.status == DeviceStatus::Active && d.record.static_key == code.static_key => Ok(true),
+                    _ => Err("the delivered log does not list this device; add it with `pal device add`".to_owned()),
+                }
+            }
+        };
+        let response = match &verdict {
+            Ok(_) => Response::Accepted,
+            Err(reason) => Response::Refused { reason: reason.clone() },
+        };
+        let _ = swarm.behaviour_mut().control.send_response(channel, response);
+        match verdict {
+            Ok(true) => {
+                let log = log.take().context("no log")?;
+                persist(state, &log)?;
+                let role = log.state().devices.get(&me.device_id()).map(|d| d.record.role.as_str().to_owned()).unwrap_or_default();
+                // Let the answer reach the admin before the swarm goes.
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    loop {
+                        swarm.select_next_some().await;
+                    }
+                })
+                .await;
+                return Ok(role);
+            }
+            Ok(false) => {}
+            Err(_) => log = None, // start over with the next delivery
+        }
+    }
+}
+
+fn ingest(log: &mut Option<Log>, batch: &[Vec<u8>]) -> Result<()> {
+    let mut rest = batch;
+    if log.is_none() {
+        let (first, tail) = rest.split_first().context("the admin sent an empty log")?;
+        let genesis = Entry::decode(first).context("the admin sent an invalid genesis")?;
+        *log = Some(Log::from_genesis(genesis).context("the admin sent an invalid genesis")?);
+        rest = tail;
+    }
+    log.as_mut().context("no log")?.ingest_encoded(rest).context("the admin sent an invalid log")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code() -> RequestCode {
+        RequestCode {
+            name: "cloudpal".into(),
+            signing_key: DevicePublicKey::from_bytes([1; 32]),
+            static_key: StaticPublic::from_bytes([2; 32]),
+            peer: libp2p::identity::Keypair::ed25519_from_bytes([3; 32]).expect("key").public().to_peer_id(),
+            addresses: vec!["/ip4/203.0.113.10/tcp/41641".parse().expect("addr"), "/ip4/203.0.113.10/udp/41642/quic-v1".parse().expect("addr")],
+        }
+    }
+
+    #[test]
+    fn request_codes_round_trip_in_either_case() {
+        let encoded = code().encode();
+        assert!(encoded.starts_with("palr1") && encoded.len() < 260, "{encoded}");
+        assert_eq!(RequestCode::decode(&encoded).expect("decodes"), code());
+        assert_eq!(RequestCode::decode(&encoded.to_ascii_uppercase()).expect("decodes"), code());
+    }
+
+    #[test]
+    fn garbled_request_codes_fail_with_one_clear_line() {
+        let good = code().encode();
+        for bad in [String::new(), "palr1".into(), good[..good.len() - 4].to_string(), format!("{good}aa"), good.replace("palr1", "pal1")] {
+            let Err(error) = RequestCode::decode(&bad) else { panic!("{bad:?} accepted") };
+            let error = error.to_string();
+            assert!(!error.contains('\n') && error.contains("request code"), "{error}");
+        }
+    }
+}
