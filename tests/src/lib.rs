@@ -394,6 +394,33 @@ impl PalNode {
         assert!(ready, "{} did not come up: {}", self.name, self.log());
     }
 
+    /// Starts `pal request --name NAME` (a fresh device asking to be added); its request code.
+    pub fn request(&mut self) -> String {
+        assert!(self.process.is_none(), "{} is already running", self.name);
+        let pal = pal_binary();
+        let state = self.state.to_str().expect("utf-8 path").to_owned();
+        let args = ["--state", state.as_str(), "request", "--name", self.name.as_str()];
+        self.process = Some(self.netns.spawn(pal.to_str().expect("utf-8 path"), &args, &self.log_path()));
+        let mut code = String::new();
+        let printed = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            code = self.log().lines().find(|l| l.starts_with("palr1")).unwrap_or("").to_owned();
+            !code.is_empty()
+        });
+        assert!(printed, "{}: no request code: {}", self.name, self.log());
+        code
+    }
+
+    /// Waits for `pal request` to end after an admin added the device; panics if it failed.
+    pub fn finish_request(&mut self) {
+        let mut child = self.process.take().expect("pal request running");
+        let ended = wait_until(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_))));
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait");
+        assert!(ended && status.success(), "{}: pal request failed: {}", self.name, self.log());
+    }
+
     /// Stops the node (SIGTERM, then SIGKILL after 5 s).
     pub fn down(&mut self) {
         if let Some(mut child) = self.process.take() {
@@ -525,7 +552,9 @@ impl LanNetwork {
 /// The "anywhere" topology of DESIGN.md: an internet switch (203.0.113.0/24) with CloudPal on
 /// a public address, a home router (endpoint-independent NAT) with two devices behind it, an
 /// office router (endpoint-independent) with one, and a cellular carrier (symmetric NAT) with
-/// one. CloudPal founds the network and invites the others, who join through it.
+/// one. The laptop founds the network behind its NAT; CloudPal, fresh, asks to be added (`pal
+/// request`) and the laptop adds it (`pal device add`); the others join with the laptop's
+/// invites, through CloudPal where the laptop is out of their reach.
 #[derive(Debug)]
 pub struct NatNetwork {
     // Field order is drop order: nodes first, then routers, then the internet switch.
@@ -536,30 +565,51 @@ pub struct NatNetwork {
 
 impl NatNetwork {
     /// Devices by name and where they sit: "home" (laptop, phone), "office" (desktop),
-    /// "cell" (car).
+    /// "cell" (car); CloudPal on the internet.
     pub fn form(narrate: impl Fn(&str)) -> Self {
         let mut internet = Lan::new("203.0.113");
-        let (netns, address) = internet.host("cpal");
-        let mut cloudpal = PalNode::new("cloudpal", netns, address);
-        narrate(&format!("cloudpal: a server on the internet at {}", cloudpal.address));
-        narrate("cloudpal$ pal init --name cloudpal && pal up --cloudpal");
-        cloudpal.pal_ok(&["init", "--name", "cloudpal"]);
-        cloudpal.up_with(&["--cloudpal"]);
         let mut routers = vec![
             NatRouter::new(&mut internet, "10.1.0", Mapping::EndpointIndependent),
             NatRouter::new(&mut internet, "10.2.0", Mapping::EndpointIndependent),
             NatRouter::new(&mut internet, "10.3.0", Mapping::Symmetric),
         ];
-        let placement = [("laptop", 0, "home"), ("phone", 0, "home"), ("desktop", 1, "office"), ("car", 2, "cell")];
-        let mut nodes = vec![cloudpal];
+        let (netns, address) = routers[0].host("lapt");
+        let mut laptop = PalNode::new("laptop", netns, address);
+        narrate(&format!("laptop: behind the home router (endpoint-independent NAT) at {}", laptop.address));
+        narrate("laptop$ pal init --name laptop && pal up");
+        laptop.pal_ok(&["init", "--name", "laptop"]);
+        laptop.up();
+
+        let (netns, address) = internet.host("cpal");
+        let mut cloudpal = PalNode::new("cloudpal", netns, address);
+        narrate(&format!("cloudpal: a fresh server on the internet at {}", cloudpal.address));
+        let code = cloudpal.request();
+        narrate(&format!("cloudpal$ pal request --name cloudpal    -> {}…", &code[..code.len().min(16)]));
+        narrate("laptop$ pal device add palr1… --role cloudpal    (the laptop dials CloudPal and hands it the log)");
+        laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
+        cloudpal.finish_request();
+        narrate("cloudpal$ pal up --cloudpal");
+        cloudpal.up_with(&["--cloudpal"]);
+        // Invites are admitted by CloudPal for those who cannot reach the laptop: wait until
+        // the laptop has found it.
+        let linked = wait_until(Duration::from_secs(20), || laptop.pal(&["ping", "cloudpal", "-c", "1"]).status.success());
+        assert!(linked, "the laptop never reached CloudPal: {}", laptop.log());
+
+        let placement = [("phone", 0, "home"), ("desktop", 1, "office"), ("car", 2, "cell")];
+        let mut nodes = vec![cloudpal, laptop];
         for (name, router, place) in placement {
             let (netns, address) = routers[router].host(&name[..name.len().min(4)]);
             let mut node = PalNode::new(name, netns, address);
             let kind = if router == 2 { "symmetric" } else { "endpoint-independent" };
             narrate(&format!("{name}: behind the {place} router ({kind} NAT) at {}", node.address));
-            let invite = nodes[0].pal_ok(&["device", "invite", "--name", name]);
+            let invite = nodes[1].pal_ok(&["device", "invite", "--name", name]);
             let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-            narrate(&format!("cloudpal$ pal device invite --name {name}; {name}$ pal join {}… --name {name} && pal up", &code[..code.len().min(12)]));
+            narrate(&format!("laptop$ pal device invite --name {name}; {name}$ pal join {}… --name {name} && pal up", &code[..code.len().min(12)]));
+            // The invite entry must have reached CloudPal before a device out of the
+            // laptop's reach asks it.
+            let entries = nodes[1].pal_ok(&["log", "--json"]);
+            let spread = wait_until(Duration::from_secs(10), || nodes[0].pal_ok(&["log", "--json"]) == entries);
+            assert!(spread, "the invite did not reach CloudPal");
             node.pal_ok(&["join", &code, "--name", name]);
             node.up();
             nodes.push(node);

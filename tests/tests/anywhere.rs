@@ -65,6 +65,15 @@ fn devices_behind_nats_go_direct_where_the_nats_allow_and_through_cloudpal_where
     let still = net.node("laptop").netns.exec("ping", &["-c", "5", "-i", "0.5", "-W", "2", &desktop_v4]);
     assert!(still.status.success(), "direct path died with CloudPal: {}", String::from_utf8_lossy(&still.stdout));
     assert_eq!(net.ping_path("laptop", "desktop").as_deref(), Some("direct"));
+
+    // With CloudPal still down, a restarted device finds the devices it can reach (the phone
+    // on its LAN) from the peers it cached and the DHT the remaining devices keep.
+    net.node_mut("laptop").down();
+    let up = Instant::now();
+    net.node_mut("laptop").up();
+    let found = wait_until(Duration::from_secs(20), || net.ping_path("laptop", "phone").as_deref() == Some("direct"));
+    eprintln!("restart with CloudPal down: laptop -> phone direct after {:?}", up.elapsed());
+    assert!(found, "a restarted laptop did not find the phone without CloudPal: {}", net.node("laptop").log());
 }
 
 /// RL-01: what CloudPal sees of relayed traffic — every frame on its interfaces while a device

@@ -20,25 +20,13 @@ fn a_fresh_cloudpal_is_added_by_an_admin_behind_a_nat_and_admits_others() {
     // CloudPal: a fresh machine on a public address asks to be added.
     let (netns, address) = internet.host("cpal");
     let mut cloudpal = PalNode::new("cloudpal", netns, address);
-    let request_log = std::env::temp_dir().join(tests::unique("request-"));
-    let pal = tests::pal_binary();
-    let state = cloudpal.state.to_str().expect("utf-8").to_owned();
-    let mut request = cloudpal.netns.spawn(pal.to_str().expect("utf-8"), &["--state", &state, "request", "--name", "cloudpal"], &request_log);
-    let mut code = String::new();
-    let printed = wait_until(Duration::from_secs(10), || {
-        code = std::fs::read_to_string(&request_log).unwrap_or_default().lines().find(|l| l.starts_with("palr1")).unwrap_or("").to_owned();
-        !code.is_empty()
-    });
-    assert!(printed, "no request code: {}", std::fs::read_to_string(&request_log).unwrap_or_default());
+    let code = cloudpal.request();
 
     // The admin behind the NAT adds it; the log reaches it and `pal request` ends.
     let added = laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
     assert!(added.contains("cloudpal was added as cloudpal"), "{added}");
-    let ended = wait_until(Duration::from_secs(5), || matches!(request.try_wait(), Ok(Some(_))));
-    let output = std::fs::read_to_string(&request_log).unwrap_or_default();
-    let _ = std::fs::remove_file(&request_log);
-    assert!(ended && request.wait().is_ok_and(|s| s.success()), "pal request did not finish: {output}");
-    assert!(output.contains("added to the network as cloudpal"), "{output}");
+    cloudpal.finish_request();
+    assert!(cloudpal.log().contains("added to the network as cloudpal"), "{}", cloudpal.log());
     // A second add of the same code is refused clearly.
     let again = laptop.pal(&["device", "add", &code, "--role", "cloudpal"]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already in this network"));

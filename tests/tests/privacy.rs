@@ -51,7 +51,7 @@ fn priv01_priv05_default_logs_say_nothing_and_state_holds_only_what_it_must() {
     for router in &net.routers {
         secrets.push(("a router's public address".into(), router.public_address.clone()));
     }
-    let log: serde_json::Value = serde_json::from_str(&net.node("cloudpal").pal_ok(&["log", "--json"])).expect("log");
+    let log: serde_json::Value = serde_json::from_str(&net.node("laptop").pal_ok(&["log", "--json"])).expect("log");
     let network_hex = log[0]["hash"].as_str().expect("genesis").to_owned();
     let network = membership::NetworkId(
         (0..64).step_by(2).map(|i| u8::from_str_radix(&network_hex[i..i + 2], 16).expect("hex")).collect::<Vec<u8>>().try_into().expect("32"),
@@ -73,11 +73,11 @@ fn priv01_priv05_default_logs_say_nothing_and_state_holds_only_what_it_must() {
     assert!(moved, "the desktop was lost after moving");
 
     // An invite code, and a revocation the revoked device hears about.
-    let invite = net.node("cloudpal").pal_ok(&["device", "invite", "--name", "spare"]);
+    let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "spare"]);
     let code = invite.lines().last().expect("code").trim().to_owned();
     secrets.push(("an invite code".into(), code[4..40].to_owned()));
     secrets.push(("an invite code (upper case)".into(), code[4..40].to_ascii_uppercase()));
-    net.node("cloudpal").pal_ok(&["device", "revoke", "car"]);
+    net.node("laptop").pal_ok(&["device", "revoke", "car"]);
     let told = wait_until(Duration::from_secs(10), || net.node("car").log().contains("has been revoked"));
     assert!(told, "the car was not told: {}", net.node("car").log());
 

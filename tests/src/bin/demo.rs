@@ -1,8 +1,9 @@
 //! The README's demo: a whole CloudPal network on this machine, in network namespaces.
 //! CloudPal on a public address; a laptop and a phone behind one home router, a desktop
 //! behind an office router (both endpoint-independent NATs), a car behind a carrier's
-//! symmetric NAT. It walks through init → invite → join → up, shows which paths are direct
-//! and which go through CloudPal, and cleans everything up on exit.
+//! symmetric NAT. It walks through init on the laptop behind its NAT, adding the fresh
+//! CloudPal by request code, invite → join (through CloudPal) → up, shows which paths are
+//! direct and which go through CloudPal, and cleans everything up on exit.
 //! Run it with `bash tests/demo.sh` (as root).
 
 use std::time::Duration;
@@ -13,8 +14,8 @@ fn main() {
     println!("  internet 203.0.113.0/24 | home 10.1.0.0/24 (NAT) | office 10.2.0.0/24 (NAT) | cell 10.3.0.0/24 (symmetric NAT)\n");
     let net = NatNetwork::form(|step| println!("  {step}"));
 
-    println!("\ncloudpal$ pal device list");
-    print!("{}", indent(&net.node("cloudpal").pal_ok(&["device", "list"])));
+    println!("\nlaptop$ pal device list");
+    print!("{}", indent(&net.node("laptop").pal_ok(&["device", "list"])));
 
     // Give each pair the moment it needs: relay at once, direct after probing.
     let pairs = [("laptop", "desktop", "direct"), ("laptop", "phone", "direct"), ("car", "laptop", "relay")];
@@ -29,6 +30,18 @@ fn main() {
     print!("{}", indent(&String::from_utf8_lossy(&ping.stdout)));
     println!("\nlaptop$ pal status");
     print!("{}", indent(&net.node("laptop").pal_ok(&["status"])));
+    println!("\nlaptop$ pal device revoke car    (the car was stolen)");
+    let started = std::time::Instant::now();
+    print!("{}", indent(&net.node("laptop").pal_ok(&["device", "revoke", "car"])));
+    let everywhere = wait_until(Duration::from_secs(5), || {
+        ["cloudpal", "phone", "desktop"].iter().all(|n| net.node(n).pal_ok(&["device", "list"]).lines().any(|l| l.starts_with("car") && l.contains("revoked")))
+    });
+    if everywhere {
+        println!("    (every online device lists the car as revoked after {} ms)", started.elapsed().as_millis());
+    }
+    wait_until(Duration::from_secs(5), || String::from_utf8_lossy(&net.node("car").pal(&["status"]).stderr).contains("revoked"));
+    println!("car$ pal status");
+    print!("{}", indent(&String::from_utf8_lossy(&net.node("car").pal(&["status"]).stderr)));
     println!("\nlaptop and desktop punched through their routers: direct. laptop and phone share a LAN: direct.");
     println!("The car's carrier NAT gives every destination a new port: its traffic goes through CloudPal,");
     println!("which forwards sealed envelopes it cannot read.");
