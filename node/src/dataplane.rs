@@ -547,9 +547,9 @@ impl DataPlane {
                     self.device.remove_peer(&key);
                 }
             }
-            DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint),
+            DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint, Instant::now()),
             DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, Instant::now()),
-            DataCommand::SetRelay(relay) => self.device.set_relay(relay),
+            DataCommand::SetRelay(relay) => self.device.set_relay(relay, Instant::now()),
             DataCommand::Connect(key) => self.device.connect(&key, Instant::now()),
             DataCommand::Peers(reply) => {
                 let now = Instant::now();

@@ -58,6 +58,8 @@ const RELAY_KEEPALIVE: Duration = Duration::from_secs(25);
 /// What a revoked device answers to anything that needs the network.
 const REVOKED: &str = "this device has been revoked from the network; its tunnel is stopped";
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
+/// Redial interval for members never met yet.
+const FIRST_DIAL_INTERVAL: Duration = Duration::from_secs(1);
 /// Addresses remembered per candidate peer: bounds what a member can make us dial.
 const MAX_CANDIDATE_ADDRESSES: usize = 16;
 
@@ -97,6 +99,9 @@ struct Reach {
     multiaddrs: BTreeSet<Multiaddr>,
     data_endpoint: Option<SocketAddr>,
     connected: bool,
+    /// Whether a connection to it ever verified: a member never met yet (one just added, as
+    /// a CloudPal that is about to come up) is redialled sooner.
+    met: bool,
     rtt: Option<Duration>,
     last_dial: Option<Instant>,
 }
@@ -514,7 +519,8 @@ impl Node {
                     self.request_sync(swarm, peer);
                 }
             }
-            Response::Accepted | Response::Refused { .. } => {}
+            Response::Refused { reason } => tracing::debug!(%reason, "a peer refused a request"),
+            Response::Accepted => {}
         }
     }
 
@@ -625,6 +631,7 @@ impl Node {
         let reach = self.reach.entry(device).or_default();
         reach.peer_id = Some(peer);
         reach.connected = true;
+        reach.met = true;
         if let Some(endpoint) = endpoint {
             reach.data_endpoint = Some(endpoint);
             if let Some(record) = self.store.log().state().devices.get(&device) {
@@ -848,7 +855,8 @@ impl Node {
             }
         }
         for (id, reach) in self.reach.iter_mut() {
-            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < REDIAL_INTERVAL) {
+            let interval = if reach.met { REDIAL_INTERVAL } else { FIRST_DIAL_INTERVAL };
+            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
                 continue;
             }
             reach.last_dial = Some(now);

@@ -129,6 +129,9 @@ struct Peer {
     /// The MAC key for relay envelopes exchanged with this peer directly.
     hop: HopKey,
     relay_quota: TokenBucket,
+    /// A handshake message was dropped for want of any route: it is sent again the moment
+    /// one appears instead of after the 5 s retry timer.
+    stalled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -256,7 +259,7 @@ impl Device {
         );
         let hop = HopKey::between(&self.static_secret, &key);
         let paths = Paths::with_endpoint(config.endpoint);
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_quota: TokenBucket::full() });
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_quota: TokenBucket::full(), stalled: false });
         // Two keys sharing a short id could not be told apart on the relay: the second one
         // is simply not reachable through it (2^-64 per pair).
         self.short_ids.entry(ShortId::of(&key)).or_insert(key);
@@ -296,10 +299,11 @@ impl Device {
         self.peers.get(key).and_then(|p| p.paths.direct())
     }
 
-    pub fn set_peer_endpoint(&mut self, key: &StaticPublic, endpoint: SocketAddr) {
+    pub fn set_peer_endpoint(&mut self, key: &StaticPublic, endpoint: SocketAddr, now: Instant) {
         if let Some(peer) = self.peers.get_mut(key) {
             peer.paths.set_direct(endpoint);
         }
+        self.unstall(key, now);
     }
 
     /// Addresses at which the peer might be reached directly (LAN, reflexive, IPv6), from
@@ -310,6 +314,7 @@ impl Device {
         if let Some(peer) = self.peers.get_mut(key) {
             peer.paths.set_candidates(usable, now);
         }
+        self.unstall(key, now);
     }
 
     /// The path the peer's traffic takes now.
@@ -319,8 +324,23 @@ impl Device {
 
     /// Sends through the relay at `address` (CloudPal, itself a peer with `key`) whenever no
     /// direct path is trusted; `None` for direct paths only.
-    pub fn set_relay(&mut self, relay: Option<(SocketAddr, StaticPublic)>) {
+    pub fn set_relay(&mut self, relay: Option<(SocketAddr, StaticPublic)>, now: Instant) {
         self.relay = relay.map(|(address, key)| RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key) });
+        let stalled: Vec<StaticPublic> = self.peers.iter().filter(|(_, p)| p.stalled).map(|(k, _)| *k).collect();
+        for key in stalled {
+            self.unstall(&key, now);
+        }
+    }
+
+    /// Resends a handshake that was dropped for want of a route, if there is one now.
+    fn unstall(&mut self, key: &StaticPublic, now: Instant) {
+        let relays = self.relays_to(key);
+        let Some(peer) = self.peers.get_mut(key) else { return };
+        if peer.stalled && peer.paths.route(now, relays).is_some() {
+            peer.stalled = false;
+            peer.tunnel.retry_handshake(now);
+            self.sync_peer(key, now);
+        }
     }
 
     /// Starts a handshake with the peer unless a session exists or one is under way.
@@ -592,9 +612,12 @@ impl Device {
             };
             let route = peer.paths.route(now, relays);
             let Some(buffer) = route.and_then(|route| inner_buffer(route, out).ok()) else {
-                // Nowhere to send it: drop, as a WireGuard peer without an endpoint does.
+                // Nowhere to send it: drop, as a WireGuard peer without an endpoint does, and
+                // remember to try again as soon as a route appears.
                 if peer.tunnel.poll_transmit(out, now).is_none() {
                     self.wants_transmit.remove(&key);
+                } else {
+                    peer.stalled = true;
                 }
                 continue;
             };

@@ -225,6 +225,14 @@ impl Tunnel {
         }
     }
 
+    /// Sends the pending handshake's initiation again now (its last one never left: there was
+    /// no route); nothing without a pending handshake.
+    pub fn retry_handshake(&mut self, now: Instant) {
+        if self.handshake.is_some() {
+            self.send_initiation(now);
+        }
+    }
+
     /// Seals a path control message in the current session; `None` without one (probes never
     /// start a handshake or wait for one).
     pub fn encapsulate_control(&mut self, message: &[u8], out: &mut [u8], now: Instant) -> Result<Option<usize>, Error> {

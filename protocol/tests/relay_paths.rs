@@ -77,7 +77,7 @@ impl Net {
         }
         devices[R].set_relay_server(true);
         for member in [A, B] {
-            devices[member].set_relay(Some((addresses[R], keys[R])));
+            devices[member].set_relay(Some((addresses[R], keys[R])), now);
         }
         Net {
             now,
@@ -206,6 +206,40 @@ fn relay_carries_the_first_packet_when_no_direct_path_is_known() {
     assert_eq!(net.path(B, A), PathKind::Relay);
     assert!(!net.forwarded.is_empty());
     assert_eq!(net.devices[R].stats().relay_forwarded as usize, net.forwarded.len());
+}
+
+/// A device that tries to reach a peer before it knows any route (no endpoint, no relay yet)
+/// sends the handshake as soon as the relay is known, not after WireGuard's 5 s retry.
+#[test]
+fn a_handshake_dropped_for_want_of_a_route_goes_out_as_soon_as_one_appears() {
+    let mut net = Net::new();
+    net.register();
+    net.devices[A].set_relay(None, net.now);
+    // The node greets a member it learns of before its relay is known (or any endpoint).
+    let (now, b) = (net.now, net.keys[B]);
+    net.devices[A].connect(&b, now);
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(net.handshakes(A, B), 0, "a handshake without a route");
+    let now = net.now;
+    net.devices[A].set_relay(Some((net.addresses[R], net.keys[R])), now);
+    net.run_for(Duration::from_millis(300));
+    assert_eq!(net.handshakes(A, B), 1, "the handshake waited for its retry timer");
+    assert!(net.a_to_b(b"now"), "errors {:?}", net.errors);
+}
+
+/// Two members greet each other at the same moment (both start a handshake; one also has a
+/// packet waiting): the crossing handshakes settle, and the waiting packet arrives at once.
+#[test]
+fn crossing_handshakes_deliver_the_waiting_packet() {
+    let mut net = Net::new();
+    net.register();
+    let (now, a) = (net.now, net.keys[A]);
+    net.devices[B].connect(&a, now);
+    let packet = ipv4_udp_packet(net.overlays[A], net.overlays[B], b"waiting");
+    let mut out = vec![0u8; 65_536];
+    assert!(matches!(net.devices[A].encapsulate(&packet, &mut out, now), Ok(None)), "queued behind the handshake");
+    net.run_for(Duration::from_millis(100));
+    assert!(net.delivered[B].iter().any(|p| p.ends_with(b"waiting")), "the waiting packet never arrived; errors {:?}", net.errors);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! unreachable from there — and reaches the admin.
 
 use std::time::{Duration, Instant};
-use tests::{Lan, Mapping, NatRouter, PalNode, wait_until};
+use tests::{Lan, Mapping, NatRouter, PalNode, poll_until, wait_until};
 
 #[test]
 fn a_fresh_cloudpal_is_added_by_an_admin_behind_a_nat_and_admits_others() {
@@ -34,9 +34,15 @@ fn a_fresh_cloudpal_is_added_by_an_admin_behind_a_nat_and_admits_others() {
     // CloudPal comes up; the admin finds it by the code's addresses.
     let started = Instant::now();
     cloudpal.up_with(&["--cloudpal"]);
-    let reached = wait_until(Duration::from_secs(15), || laptop.pal(&["ping", "cloudpal", "-c", "1"]).status.success());
+    let path_to = |node: &PalNode, peer: &str| -> Option<String> {
+        let status = node.status();
+        status["peers"].as_array()?.iter().find(|p| p["name"] == peer)?["path"].as_str().map(str::to_owned)
+    };
+    let session = poll_until(Duration::from_secs(15), Duration::from_millis(20), || path_to(&laptop, "cloudpal").is_some_and(|p| p != "none"));
+    assert!(session, "the admin never found CloudPal: {}", laptop.log());
+    println!("cold start: CloudPal up to a session with the admin behind its NAT: {:?}", started.elapsed());
+    let reached = wait_until(Duration::from_secs(10), || laptop.pal(&["ping", "cloudpal", "-c", "1"]).status.success());
     assert!(reached, "the admin cannot reach CloudPal: {}", laptop.log());
-    println!("CloudPal up to first reply from the admin: {:?}", started.elapsed());
     let list = laptop.device_list();
     let entry = list.as_array().expect("list").iter().find(|d| d["name"] == "cloudpal").cloned().expect("listed");
     assert_eq!((entry["role"].as_str(), entry["status"].as_str()), (Some("cloudpal"), Some("active")));

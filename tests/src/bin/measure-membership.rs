@@ -37,9 +37,20 @@ fn main() {
         let code = net.invite("laptop", &name, "member");
         let started = Instant::now();
         net.join_with(&name, &code).up();
-        let reached = poll_until(Duration::from_secs(20), GRAIN, || net.node(&name).pal(&["ping", "phone", "-c", "1"]).status.success());
+        let mut attempts = 0;
+        let reached = poll_until(Duration::from_secs(20), GRAIN, || {
+            let ok = net.node(&name).pal(&["ping", "phone", "-c", "1"]).status.success();
+            attempts += 1;
+            if !ok && attempts == 1 && std::env::var_os("DEBUG_FIRST_PING").is_some() {
+                eprintln!("first ping failed after {:?}; {name}: {}\nphone: {}", started.elapsed(), net.node(&name).pal_ok(&["status", "--json"]), net.node("phone").pal_ok(&["status", "--json"]));
+            }
+            ok
+        });
         assert!(reached, "{name} never reached the phone");
         join_to_ping.push(started.elapsed());
+        if started.elapsed() > Duration::from_secs(1) {
+            eprintln!("slow first ping; {name}'s log:\n{}", net.node(&name).log());
+        }
         let known = wait_until(Duration::from_secs(10), || stay.iter().all(|n| listed_as(net.node(n), &name, "active")));
         assert!(known, "{name} never became known to everyone");
 
