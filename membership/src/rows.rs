@@ -423,6 +423,23 @@ fn inv04_revoking_the_enrolled_device_does_not_free_its_invite() {
     assert_eq!(net.log.state().invites[&invite].consumed_by, Some(id(&phone)));
 }
 
+#[test]
+fn an_invite_made_by_a_device_later_revoked_is_refused() {
+    let mut net = Network::new(25);
+    let founder = net.founder.key.clone();
+    let laptop = net.add("laptop", Role::Admin);
+    // The thief, holding the stolen laptop, makes an invite before the owner notices.
+    let (invite, secret) = net.invite(&laptop.key, Role::Member, 3600);
+    net.append(&founder, revoke(id(&laptop)));
+    let thiefs = net.member("thiefs", Role::Member);
+    let join = Network::join_entry(&net.log, (invite, &secret), &thiefs, net.now);
+    assert_eq!(rule(net.log.ingest(vec![join])), RuleError::InviterRevoked);
+    // The founder's own invites are unaffected.
+    let (invite, secret) = net.invite(&founder, Role::Member, 3600);
+    let phone = net.member("phone", Role::Member);
+    net.log.ingest(vec![Network::join_entry(&net.log, (invite, &secret), &phone, net.now)]).expect("joins");
+}
+
 /// A network with an invite, redeemed by two devices on two partitions.
 fn double_redemption(seed: u64) -> (Vec<Entry>, Member, Member) {
     let mut net = Network::new(seed);

@@ -93,6 +93,8 @@ pub enum RuleError {
     InviteExpired,
     #[error("invite key does not match the invite")]
     InviteKeyMismatch,
+    #[error("the device that made this invite has been revoked")]
+    InviterRevoked,
     #[error("joining device claims a role its invite does not grant")]
     RoleMismatch,
     #[error("no such device")]
@@ -134,6 +136,11 @@ impl State {
             }
             if time > invite.expires {
                 return Err(RuleError::InviteExpired);
+            }
+            // A stolen admin device's invites die with it: the thief cannot enrol a device of
+            // its own with an invite made before the revocation.
+            if self.devices.get(&invite.created_by).is_some_and(|d| d.status == DeviceStatus::Revoked) {
+                return Err(RuleError::InviterRevoked);
             }
             if device.role != invite.role {
                 return Err(RuleError::RoleMismatch);

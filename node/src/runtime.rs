@@ -812,6 +812,9 @@ impl Node {
         if invite.expires < unix_now() {
             return Err("this invite code has expired; ask for a new one");
         }
+        if self.store.log().state().devices.get(&invite.created_by).is_some_and(|d| d.status == DeviceStatus::Revoked) {
+            return Err("this invite code was made by a device that has since been revoked; ask for a new one");
+        }
         Ok(())
     }
 

@@ -82,7 +82,7 @@ fn revocation_reaches_every_member_within_a_second_and_cuts_the_device_off() {
     let mut net = LanNetwork::form(&["laptop", "phone", "desktop"]);
     let tablet_code = net.invite("laptop", "tablet", "member");
     net.join_with("tablet", &tablet_code).up();
-    let watch_code = net.invite("laptop", "watch", "member");
+    let watch_code = net.invite("laptop", "watch", "admin");
     net.join_with("watch", &watch_code).up();
     assert!(net.wait_for_membership(Duration::from_secs(20)), "membership did not converge");
     let psk = network_psk(net.node("laptop"));
@@ -139,7 +139,11 @@ fn revocation_reaches_every_member_within_a_second_and_cuts_the_device_off() {
     let thief = PalNode::new("thief", netns, address);
     one_line_error(&thief.pal(&["join", &tablet_code, "--name", "thief"]), "already been used");
 
-    // A device revoked while it is offline is refused as soon as it reconnects, and learns why.
+    // A device revoked while it is offline is refused as soon as it reconnects, and learns why;
+    // an invite it made before (say, the thief did) dies with it.
+    let accomplice_code = net.invite("watch", "accomplice", "member");
+    let entries = log_len(net.node("watch"));
+    assert!(wait_until(Duration::from_secs(5), || log_len(net.node("phone")) == entries), "the watch's invite did not spread");
     net.node_mut("watch").down();
     net.node("laptop").pal_ok(&["device", "revoke", "watch"]);
     assert!(wait_until(Duration::from_secs(5), || status_of(net.node("phone"), "watch").as_deref() == Some("revoked")));
@@ -149,6 +153,11 @@ fn revocation_reaches_every_member_within_a_second_and_cuts_the_device_off() {
     });
     assert!(told, "the watch was not told: {}", net.node("watch").log());
     assert!(!answers_handshake_from(net.node("desktop"), net.node("watch"), psk), "a device revoked offline got a handshake answer");
+    let (netns, address) = net.lan.host("accomplice");
+    let accomplice = PalNode::new("accomplice", netns, address);
+    one_line_error(&accomplice.pal(&["join", &accomplice_code, "--name", "accomplice"]), "has since been revoked");
+    // A garbled code fails as clearly.
+    one_line_error(&accomplice.pal(&["join", &accomplice_code[..accomplice_code.len() - 5], "--name", "accomplice"]), "garbled");
 
     // Those left keep working.
     let fine = wait_until(Duration::from_secs(10), || net.node("phone").pal(&["ping", "desktop", "-c", "1"]).status.success());
