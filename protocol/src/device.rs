@@ -401,7 +401,22 @@ impl Device {
         let key = self.route(destination).ok_or(Error::NoRoute)?;
         let relays = self.relays_to(&key);
         let peer = self.peers.get_mut(&key).ok_or(Error::NoRoute)?;
-        let route = peer.paths.route(now, relays).ok_or(Error::NoEndpoint)?;
+        let Some(route) = peer.paths.route(now, relays) else {
+            // Nowhere to send it yet (a device just up, before signalling told it where the
+            // peer is). Without a session, the packet waits behind a handshake that goes out
+            // the moment a route appears; with one, it is dropped as WireGuard would.
+            if peer.tunnel.has_session(now) {
+                return Err(Error::NoEndpoint);
+            }
+            peer.paths.activity(now);
+            let queued = peer.tunnel.encapsulate(packet, out, now);
+            peer.stalled = true;
+            self.sync_peer(&key, now);
+            return match queued? {
+                Encapsulated::Queued => Ok(None),
+                Encapsulated::Datagram(_) => Err(Error::NoEndpoint),
+            };
+        };
         peer.paths.activity(now);
         let result = peer.tunnel.encapsulate(packet, inner_buffer(route, out)?, now);
         self.sync_peer(&key, now);

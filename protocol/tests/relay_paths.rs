@@ -220,10 +220,15 @@ fn a_handshake_dropped_for_want_of_a_route_goes_out_as_soon_as_one_appears() {
     net.devices[A].connect(&b, now);
     net.run_for(Duration::from_millis(200));
     assert_eq!(net.handshakes(A, B), 0, "a handshake without a route");
+    // A packet sent meanwhile waits for it rather than being dropped.
+    let packet = ipv4_udp_packet(net.overlays[A], net.overlays[B], b"early bird");
+    let mut out = vec![0u8; 65_536];
     let now = net.now;
+    assert!(matches!(net.devices[A].encapsulate(&packet, &mut out, now), Ok(None)), "not queued");
     net.devices[A].set_relay(Some((net.addresses[R], net.keys[R])), now);
     net.run_for(Duration::from_millis(300));
     assert_eq!(net.handshakes(A, B), 1, "the handshake waited for its retry timer");
+    assert!(net.delivered[B].iter().any(|p| p.ends_with(b"early bird")), "the waiting packet was lost");
     assert!(net.a_to_b(b"now"), "errors {:?}", net.errors);
 }
 
