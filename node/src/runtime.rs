@@ -404,8 +404,7 @@ impl Node {
                     Some((_, DeviceStatus::Revoked)) => return Response::Revoked,
                     None => return refused("not a member of this network"),
                 };
-                self.learn_peer(peer, device, data_port);
-                self.admit_to_dht(swarm, peer);
+                self.learn_peer(swarm, peer, device, data_port);
                 self.learn_candidates(device, &candidates, relay);
                 self.pull_if_behind(swarm, peer, &summary);
                 Response::Hello {
@@ -482,8 +481,7 @@ impl Node {
         match response {
             Response::Hello { binding, data_port, summary, peers, candidates, relay } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
-                self.learn_peer(peer, device, data_port);
-                self.admit_to_dht(swarm, peer);
+                self.learn_peer(swarm, peer, device, data_port);
                 self.learn_candidates(device, &candidates, relay);
                 for entry in peers {
                     self.learn_addresses(swarm, entry);
@@ -596,12 +594,7 @@ impl Node {
             return;
         }
         let addresses: Vec<Multiaddr> = presence.addresses.into_iter().filter(is_dialable).collect();
-        let candidates = self.candidates.entry(presence.peer).or_default();
-        for address in &addresses {
-            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
-                candidates.insert(address.clone());
-            }
-        }
+        self.remember_addresses(presence.peer, &addresses);
         // Dialled even while another dial to the peer is under way (a redial to an old
         // address must not swallow the news); remembered only once dialled.
         let options = libp2p::swarm::dial_opts::DialOpts::peer_id(presence.peer)
@@ -625,8 +618,11 @@ impl Node {
         }
     }
 
-    fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
+    /// A peer proved to be member `device`: where its data plane listens, and (now that it is
+    /// known to be a member) its addresses go to Kademlia.
+    fn learn_peer(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, device: DeviceId, data_port: u16) {
         self.by_peer.insert(peer, device);
+        self.admit_to_dht(swarm, peer);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
         let reach = self.reach.entry(device).or_default();
         reach.peer_id = Some(peer);
@@ -664,15 +660,20 @@ impl Node {
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
             self.reach.entry(device).or_default().multiaddrs.extend(addresses.iter().cloned());
         }
-        let candidates = self.candidates.entry(peer_id).or_default();
-        for address in &addresses {
-            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
-                candidates.insert(address.clone());
-            }
-        }
+        self.remember_addresses(peer_id, &addresses);
         if !swarm.is_connected(&peer_id) {
             let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer_id).addresses(addresses).build();
             let _ = swarm.dial(options);
+        }
+    }
+
+    /// Keeps `addresses` for the maintenance redials of `peer`, within the per-peer bound.
+    fn remember_addresses(&mut self, peer: PeerId, addresses: &[Multiaddr]) {
+        let candidates = self.candidates.entry(peer).or_default();
+        for address in addresses {
+            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
+                candidates.insert(address.clone());
+            }
         }
     }
 
