@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 /// Room reserved for one datagram: a TUN packet of at most the MTU plus the data header, tag
-/// and padding (1420 + 32 + 15 < 2048). Larger packets fail to encapsulate and are dropped.
+/// and padding (1384 + 32 + 15 < 2048, with room for the relay envelope). Larger packets fail to
+/// encapsulate and are dropped.
 pub const SLOT: usize = 2048;
 /// Most bytes one run may carry: the largest UDP payload over IPv4.
 pub const MAX_RUN_BYTES: usize = protocol::wire::MAX_DATAGRAM_LEN;

@@ -245,9 +245,11 @@ pub const fn padded_len(len: usize, mtu: usize) -> usize {
     }
 }
 
-/// The overlay MTU WireGuard uses: fits 1500-byte underlay links over IPv6 with the 32-byte
-/// data overhead and 8 bytes of UDP.
-pub const DEFAULT_MTU: usize = 1420;
+/// The overlay MTU: a full packet fits a 1500-byte underlay link even in the worst case, relayed
+/// over IPv6 — 40 (IPv6) + 8 (UDP) + 36 (relay envelope) + 32 (data overhead) + 1384 = 1500 —
+/// so nothing is ever fragmented on the way (many NATs and firewalls drop fragments).
+/// WireGuard's 1420 leaves no room for the relay envelope.
+pub const DEFAULT_MTU: usize = 1500 - 40 - 8 - crate::relay::RELAY_HEADER_LEN - DATA_OVERHEAD;
 
 /// The length of the IP packet at the start of a decrypted, padded plaintext, read from its
 /// header; `None` if the plaintext does not start with a complete IPv4 or IPv6 packet.

@@ -98,6 +98,22 @@ fn rl01_cloudpal_sees_no_plaintext_and_no_inner_header_of_what_it_relays() {
         assert!(!frame.windows(8).any(|w| w == b"CANARY!!"), "plaintext canary on CloudPal");
         assert!(!frame.windows(8).any(|w| w == inner_header || w == reply_header), "inner IP header on CloudPal");
     }
+
+    // Full-size packets (the overlay MTU, with don't-fragment) cross the relay whole: no
+    // underlay frame over 1500 bytes of IP, no fragment (many NATs drop fragments).
+    let mtu: usize = net.node("car").netns.exec_ok("cat", &["/sys/class/net/pal0/mtu"]).stdout.iter().map(|b| *b as char).collect::<String>().trim().parse().expect("mtu");
+    let capture = net.node("cloudpal").netns.capture();
+    let size = (mtu - 28).to_string();
+    let full = net.node("car").netns.exec("ping", &["-c", "3", "-i", "0.2", "-M", "do", "-s", &size, &laptop_v4]);
+    let frames = capture.stop();
+    assert!(full.status.success(), "full-size relayed pings failed: {}", String::from_utf8_lossy(&full.stdout));
+    let ipv4: Vec<&[u8]> = frames.iter().filter(|f| f.len() > 34 && f[12..14] == [0x08, 0x00]).map(|f| &f[14..]).collect();
+    assert!(ipv4.iter().any(|ip| ip.len() > mtu), "the capture saw no full-size relayed datagram");
+    for ip in ipv4 {
+        let flags_offset = u16::from_be_bytes([ip[6], ip[7]]);
+        assert!(ip.len() <= 1500, "a {}-byte IP packet on CloudPal's link", ip.len());
+        assert_eq!(flags_offset & 0x3fff, 0, "an IP fragment on CloudPal's link");
+    }
 }
 
 /// Paths change under a live TCP connection: the direct path between two EIM NATs breaks
