@@ -136,6 +136,7 @@ struct Node {
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
     last_candidate_dial: Option<Instant>,
     last_presence: Option<Instant>,
+    last_announce: Option<Instant>,
     last_lookup: Option<Instant>,
     /// The newest presence record accepted per member (its sequence number).
     presence_seq: HashMap<DeviceId, u64>,
@@ -242,6 +243,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         candidates: BTreeMap::new(),
         last_candidate_dial: None,
         last_presence: None,
+        last_announce: None,
         last_lookup: None,
         presence_seq: HashMap::new(),
         cloudpal: options.cloudpal,
@@ -535,12 +537,17 @@ impl Node {
         }
         // Push on append, to every connected device we knew as a member — including one just
         // revoked, which then pulls the log up to its revocation and stops by itself.
+        self.announce(swarm);
+        let state = self.store.log().state();
+        self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
+    }
+
+    /// Shows this log's summary to every connected member; whoever lacks something pulls it.
+    fn announce(&mut self, swarm: &mut Swarm<Behaviour>) {
         let summary = self.summary();
         for peer in self.by_peer.keys().copied().collect::<Vec<_>>() {
             swarm.behaviour_mut().control.send_request(&peer, Request::Announce { summary: summary.clone().into() });
         }
-        let state = self.store.log().state();
-        self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
     }
 
     fn pull_if_behind(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, summary: &[u8]) {
@@ -843,6 +850,12 @@ impl Node {
                     swarm.behaviour_mut().control.send_request(&peer, Request::Paths { candidates: candidates.clone() });
                 }
             }
+        }
+        // Anti-entropy: a push or pull lost with a closing connection must not leave a member
+        // behind until the next change; every so often each member shows its summary again.
+        if self.last_announce.is_none_or(|at| now - at >= ANNOUNCE_INTERVAL) {
+            self.last_announce = Some(now);
+            self.announce(swarm);
         }
         if self.last_presence.is_none_or(|at| now - at >= PRESENCE_INTERVAL) {
             self.last_presence = Some(now);
@@ -1256,6 +1269,8 @@ const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping node waits for its connections to close.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a node shows its log summary to its peers unasked (anti-entropy).
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a node republishes its presence record.
 const PRESENCE_INTERVAL: Duration = Duration::from_secs(30);
 /// How often a node looks up the records of members it is not connected to.

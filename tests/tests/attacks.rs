@@ -31,7 +31,7 @@ fn endpoint_of(node: &PalNode, peer: &str) -> Option<String> {
 }
 
 #[test]
-fn outsiders_replays_forgeries_and_spoofers_get_nothing_and_observers_learn_nothing() {
+fn dp07_dp09_dp14_dp16_dp17_outsiders_replays_forgeries_and_spoofers_get_nothing_and_observers_learn_nothing() {
     let mut net = LanNetwork::form(&["laptop", "phone"]);
     assert!(net.wait_for_membership(Duration::from_secs(20)), "membership did not converge");
     let laptop: SocketAddr = format!("{}:41641", net.node("laptop").address).parse().expect("address");
