@@ -127,6 +127,8 @@ struct Node {
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     /// Members that told us we are revoked and were asked for the log (once each).
     revocation_checks: HashSet<PeerId>,
+    /// Invite proofs checked per source address (INV-03).
+    invite_attempts: protocol::ratelimit::RateLimiter,
     /// Logs on their way to devices added from request codes, by their peer id.
     deliveries: HashMap<PeerId, Delivery>,
     said_revoked: bool,
@@ -236,6 +238,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         connection_ips: HashMap::new(),
         identified: HashMap::new(),
         revocation_checks: HashSet::new(),
+        invite_attempts: protocol::ratelimit::RateLimiter::new(INVITE_ATTEMPT_INTERVAL, INVITE_ATTEMPT_BURST),
         deliveries: HashMap::new(),
         said_revoked: false,
         listen_addrs: BTreeSet::new(),
@@ -438,11 +441,18 @@ impl Node {
                             return refused("not a member of this network");
                         }
                     }
-                    None => match invite.map(|proof| self.verify_invite_proof(&peer, &proof)) {
-                        Some(Ok(())) => {}
-                        Some(Err(reason)) => return refused(reason),
-                        None => return refused("not a member of this network"),
-                    },
+                    None => {
+                        let Some(proof) = invite else { return refused("not a member of this network") };
+                        // INV-03: guessing is hopeless (256-bit secrets) and also slow: a few
+                        // attempts per source, then one every few seconds.
+                        let source = self.connection_ips.get(&peer).copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                        if !self.invite_attempts.allow(source, Instant::now()) {
+                            return refused("too many invite attempts from this address; wait a minute and try again");
+                        }
+                        if let Err(reason) = self.verify_invite_proof(&peer, &proof) {
+                            return refused(reason);
+                        }
+                    }
                 }
                 match decode_summary(&summary) {
                     Some(summary) => {
@@ -1269,6 +1279,9 @@ const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a stopping node waits for its connections to close.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Invite attempts per source: a burst (a join takes one per log batch), then one per interval.
+const INVITE_ATTEMPT_BURST: u32 = 10;
+const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
 /// How often a node shows its log summary to its peers unasked (anti-entropy).
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a node republishes its presence record.

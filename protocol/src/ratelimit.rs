@@ -1,4 +1,5 @@
-//! Per-source rate limiting of handshake initiations while under load (DP-11).
+//! Per-source rate limiting: of handshake initiations while under load (DP-11), and of invite
+//! attempts (INV-03).
 //!
 //! A token bucket per source, keyed by the IPv4 address or the IPv6 /64 (one host usually owns
 //! a whole /64, so per-address buckets would be free to evade). Numbers are wireguard-go's:
@@ -15,8 +16,6 @@ pub const INITIATION_BURST: u32 = 5;
 /// Sources tracked at once. A flood from more sources than this is refused for new sources
 /// until idle entries age out; 65 536 entries is about 3 MiB.
 pub const MAX_TRACKED_SOURCES: usize = 65_536;
-/// An entry idle this long has refilled completely and carries no information.
-const IDLE_EXPIRY: Duration = Duration::from_secs(1);
 
 /// The bucket key: IPv4 address, or the top 64 bits of an IPv6 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,17 +31,34 @@ struct Bucket {
     last: Instant,
 }
 
-/// One token in nanoseconds of refill time.
-const TOKEN_COST_NANOS: u64 = 1_000_000_000 / INITIATIONS_PER_SECOND as u64;
-const BUCKET_CAPACITY_NANOS: u64 = TOKEN_COST_NANOS * INITIATION_BURST as u64;
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RateLimiter {
     buckets: HashMap<SourceKey, Bucket>,
     last_sweep: Option<Instant>,
+    /// One token, in nanoseconds of refill time.
+    token_cost_nanos: u64,
+    capacity_nanos: u64,
+}
+
+impl Default for RateLimiter {
+    /// Handshake initiations: wireguard-go's 20 per second, bursts of 5.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1) / INITIATIONS_PER_SECOND, INITIATION_BURST)
+    }
 }
 
 impl RateLimiter {
+    /// One token per `interval` per source, at most `burst` saved up.
+    pub fn new(interval: Duration, burst: u32) -> Self {
+        let token_cost_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Self { buckets: HashMap::new(), last_sweep: None, token_cost_nanos, capacity_nanos: token_cost_nanos.saturating_mul(u64::from(burst.max(1))) }
+    }
+
+    /// How long a quiet bucket takes to fill: idle longer, it carries no information.
+    fn idle_expiry(&self) -> Duration {
+        Duration::from_nanos(self.capacity_nanos).max(Duration::from_secs(1))
+    }
+
     /// Takes one token from `source`'s bucket; `false` means drop the initiation.
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
         self.sweep(now);
@@ -53,12 +69,12 @@ impl RateLimiter {
         let bucket = self
             .buckets
             .entry(key)
-            .or_insert(Bucket { tokens: BUCKET_CAPACITY_NANOS, last: now });
+            .or_insert(Bucket { tokens: self.capacity_nanos, last: now });
         let refill = now.saturating_duration_since(bucket.last).as_nanos();
-        bucket.tokens = (u128::from(bucket.tokens) + refill).min(u128::from(BUCKET_CAPACITY_NANOS)) as u64;
+        bucket.tokens = (u128::from(bucket.tokens) + refill).min(u128::from(self.capacity_nanos)) as u64;
         bucket.last = now;
-        if bucket.tokens >= TOKEN_COST_NANOS {
-            bucket.tokens -= TOKEN_COST_NANOS;
+        if bucket.tokens >= self.token_cost_nanos {
+            bucket.tokens -= self.token_cost_nanos;
             true
         } else {
             false
@@ -69,13 +85,14 @@ impl RateLimiter {
         self.buckets.len()
     }
 
-    /// Drops full, idle buckets at most once a second so that the table stays bounded.
+    /// Drops full, idle buckets at most once per refill time so that the table stays bounded.
     fn sweep(&mut self, now: Instant) {
-        if self.last_sweep.is_some_and(|at| now.saturating_duration_since(at) < IDLE_EXPIRY) {
+        let expiry = self.idle_expiry();
+        if self.last_sweep.is_some_and(|at| now.saturating_duration_since(at) < expiry) {
             return;
         }
         self.last_sweep = Some(now);
-        self.buckets.retain(|_, bucket| now.saturating_duration_since(bucket.last) < IDLE_EXPIRY);
+        self.buckets.retain(|_, bucket| now.saturating_duration_since(bucket.last) < expiry);
     }
 }
 
@@ -98,6 +115,19 @@ impl From<IpAddr> for SourceKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_limiter_allows_its_burst_then_one_per_interval() {
+        let mut limiter = RateLimiter::new(Duration::from_secs(6), 3);
+        let now = Instant::now();
+        let ip: IpAddr = "198.51.100.7".parse().expect("ip");
+        assert_eq!((0..10).filter(|_| limiter.allow(ip, now)).count(), 3);
+        assert!(!limiter.allow(ip, now + Duration::from_secs(5)));
+        assert!(limiter.allow(ip, now + Duration::from_secs(6)));
+        // Idle buckets are forgotten once full again, not before.
+        limiter.allow("198.51.100.8".parse().expect("ip"), now + Duration::from_secs(7));
+        assert_eq!(limiter.tracked_sources(), 2);
+    }
 
     #[test]
     fn dp11_burst_of_five_then_twenty_per_second() {

@@ -41,6 +41,28 @@ fn second_up_expired_and_reused_invites_and_member_rights_fail_clearly() {
     net.node_mut("phone").down();
 }
 
+/// INV-03 end to end: someone guessing invite secrets (a well-formed code for the network
+/// with the wrong secret) is refused each time, and after a handful of tries is told to wait
+/// instead of getting another check.
+#[test]
+fn inv03_guessing_invite_secrets_is_refused_and_rate_limited() {
+    let mut net = LanNetwork::form(&["laptop"]);
+    let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "guess"]);
+    let code = node::invite::InviteCode::decode(invite.lines().last().expect("code")).expect("decodes");
+    let guess = node::invite::InviteCode { secret: protocol::DeviceSigningKey::from_bytes(&[0x5e; 32]), ..code };
+    let (netns, address) = net.lan.host("guess");
+    let guesser = tests::PalNode::new("guesser", netns, address);
+    let mut outcomes = Vec::new();
+    for _ in 0..12 {
+        let output = guesser.pal(&["join", &guess.encode(), "--name", "guesser"]);
+        assert!(!output.status.success(), "a wrong secret joined");
+        outcomes.push(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+    }
+    assert!(outcomes[0].contains("not valid for this network"), "{outcomes:?}");
+    assert!(outcomes.last().is_some_and(|o| o.contains("too many invite attempts")), "{outcomes:?}");
+    net.node_mut("laptop").down();
+}
+
 /// Without CAP_NET_ADMIN (root's bounding set stripped of it, as for an unprivileged user)
 /// `pal up` cannot create its TUN device: one line that says what to do, a non-zero exit,
 /// and no control socket left behind to confuse the next command.
