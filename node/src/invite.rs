@@ -8,6 +8,7 @@
 //! form fits a QR code's compact alphanumeric mode. The code is a secret: `Debug` redacts it
 //! and it is printed only where asked (INV-06).
 
+use crate::codes;
 use anyhow::{Result, bail};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -37,60 +38,34 @@ impl InviteCode {
         let peers = group_by_peer(&self.bootstrap);
         bytes.push(peers.len() as u8);
         for (peer, addresses) in peers {
-            let peer = peer.to_bytes();
-            bytes.push(peer.len() as u8);
-            bytes.extend_from_slice(&peer);
+            codes::push_prefixed(&mut bytes, &peer.to_bytes());
             bytes.push(addresses.len() as u8);
             for address in addresses {
-                let address = address.to_vec();
-                bytes.push(address.len() as u8);
-                bytes.extend_from_slice(&address);
+                codes::push_prefixed(&mut bytes, &address.to_vec());
             }
         }
-        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+        codes::encode(PREFIX, &bytes)
     }
 
     pub fn decode(code: &str) -> Result<Self> {
         let garbled = || anyhow::anyhow!("this invite code is garbled; copy it again from `pal device invite`");
-        let code = code.trim().to_ascii_uppercase();
-        let body = code.strip_prefix(&PREFIX.to_ascii_uppercase()).ok_or_else(garbled)?;
-        let bytes = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).map_err(|_| garbled())?;
-        let mut reader = bytes.as_slice();
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if reader.len() < n {
-                return Err(garbled());
-            }
-            let (head, rest) = reader.split_at(n);
-            reader = rest;
-            Ok(head)
-        };
-        if take(1)? != [VERSION] {
+        let bytes = codes::body(code, PREFIX, &garbled)?;
+        let mut reader = codes::Reader::new(&bytes, &garbled);
+        if reader.byte()? != VERSION {
             bail!("this invite code is from a newer CloudPal; update pal");
         }
-        let network = NetworkId(take(32)?.try_into().map_err(|_| garbled())?);
-        let invite = EntryHash(take(32)?.try_into().map_err(|_| garbled())?);
-        let secret: [u8; 32] = take(32)?.try_into().map_err(|_| garbled())?;
-        let peers = usize::from(take(1)?[0]);
-        if peers > MAX_PEERS {
-            return Err(garbled());
-        }
+        let network = NetworkId(reader.array()?);
+        let invite = EntryHash(reader.array()?);
+        let secret: [u8; 32] = reader.array()?;
         let mut bootstrap = Vec::new();
-        for _ in 0..peers {
-            let len = usize::from(take(1)?[0]);
-            let peer = PeerId::from_bytes(take(len)?).map_err(|_| garbled())?;
-            let count = usize::from(take(1)?[0]);
-            if count > MAX_ADDRESSES_PER_PEER {
-                return Err(garbled());
-            }
-            for _ in 0..count {
-                let len = usize::from(take(1)?[0]);
-                let address = Multiaddr::try_from(take(len)?.to_vec()).map_err(|_| garbled())?;
+        for _ in 0..reader.count(MAX_PEERS)? {
+            let peer = PeerId::from_bytes(reader.prefixed()?).map_err(|_| garbled())?;
+            for _ in 0..reader.count(MAX_ADDRESSES_PER_PEER)? {
+                let address = Multiaddr::try_from(reader.prefixed()?.to_vec()).map_err(|_| garbled())?;
                 bootstrap.push(address.with(Protocol::P2p(peer)));
             }
         }
-        if !reader.is_empty() {
-            return Err(garbled()); // trailing bytes
-        }
+        reader.finish()?;
         Ok(Self { network, invite, secret: DeviceSigningKey::from_bytes(&secret), bootstrap })
     }
 

@@ -10,6 +10,7 @@
 //! log. The new device keeps the log only if it verifies and lists it, with its own keys, as an
 //! active member.
 
+use crate::codes;
 use crate::join::persist;
 use crate::messages::{Request, Response};
 use crate::runtime::build_swarm_for_join;
@@ -44,56 +45,33 @@ impl RequestCode {
         let mut bytes = vec![VERSION];
         bytes.extend_from_slice(self.signing_key.as_bytes());
         bytes.extend_from_slice(self.static_key.as_bytes());
-        let peer = self.peer.to_bytes();
-        bytes.push(peer.len() as u8);
-        bytes.extend_from_slice(&peer);
+        codes::push_prefixed(&mut bytes, &self.peer.to_bytes());
         let name = self.name.as_bytes();
-        bytes.push(name.len().min(255) as u8);
-        bytes.extend_from_slice(&name[..name.len().min(255)]);
+        codes::push_prefixed(&mut bytes, &name[..name.len().min(255)]);
         let addresses: Vec<Vec<u8>> = self.addresses.iter().map(Multiaddr::to_vec).filter(|a| a.len() <= 255).take(MAX_ADDRESSES).collect();
         bytes.push(addresses.len() as u8);
         for address in addresses {
-            bytes.push(address.len() as u8);
-            bytes.extend_from_slice(&address);
+            codes::push_prefixed(&mut bytes, &address);
         }
-        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+        codes::encode(PREFIX, &bytes)
     }
 
     pub fn decode(code: &str) -> Result<Self> {
         let garbled = || anyhow::anyhow!("this request code is garbled; copy it again from `pal request` on the new device");
-        let code = code.trim().to_ascii_uppercase();
-        let body = code.strip_prefix(&PREFIX.to_ascii_uppercase()).ok_or_else(garbled)?;
-        let bytes = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).map_err(|_| garbled())?;
-        let mut reader = bytes.as_slice();
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if reader.len() < n {
-                return Err(garbled());
-            }
-            let (head, rest) = reader.split_at(n);
-            reader = rest;
-            Ok(head)
-        };
-        if take(1)? != [VERSION] {
+        let bytes = codes::body(code, PREFIX, &garbled)?;
+        let mut reader = codes::Reader::new(&bytes, &garbled);
+        if reader.byte()? != VERSION {
             bail!("this request code is from a newer CloudPal; update pal");
         }
-        let signing_key = DevicePublicKey::from_bytes(take(32)?.try_into().map_err(|_| garbled())?);
-        let static_key = StaticPublic::from_bytes(take(32)?.try_into().map_err(|_| garbled())?);
-        let len = usize::from(take(1)?[0]);
-        let peer = PeerId::from_bytes(take(len)?).map_err(|_| garbled())?;
-        let len = usize::from(take(1)?[0]);
-        let name = std::str::from_utf8(take(len)?).map_err(|_| garbled())?.to_owned();
-        let count = usize::from(take(1)?[0]);
-        if count > MAX_ADDRESSES {
-            return Err(garbled());
+        let signing_key = DevicePublicKey::from_bytes(reader.array()?);
+        let static_key = StaticPublic::from_bytes(reader.array()?);
+        let peer = PeerId::from_bytes(reader.prefixed()?).map_err(|_| garbled())?;
+        let name = std::str::from_utf8(reader.prefixed()?).map_err(|_| garbled())?.to_owned();
+        let mut addresses = Vec::new();
+        for _ in 0..reader.count(MAX_ADDRESSES)? {
+            addresses.push(Multiaddr::try_from(reader.prefixed()?.to_vec()).map_err(|_| garbled())?);
         }
-        let mut addresses = Vec::with_capacity(count);
-        for _ in 0..count {
-            let len = usize::from(take(1)?[0]);
-            addresses.push(Multiaddr::try_from(take(len)?.to_vec()).map_err(|_| garbled())?);
-        }
-        if !reader.is_empty() {
-            return Err(garbled());
-        }
+        reader.finish()?;
         Ok(Self { name, signing_key, static_key, peer, addresses })
     }
 }

@@ -467,6 +467,16 @@ impl Drop for PalNode {
     }
 }
 
+/// Stops a background `ping` (SIGTERM) and returns its reply lines ("… bytes from …"),
+/// deleting its log.
+pub fn stop_ping(mut ping: Child, log: &Path) -> Vec<String> {
+    terminate(ping.id());
+    let _ = ping.wait();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    text.lines().filter(|line| line.contains("bytes from")).map(str::to_owned).collect()
+}
+
 /// Sends SIGTERM (a node shuts down as it would under systemd; ping prints its summary).
 pub fn terminate(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return };

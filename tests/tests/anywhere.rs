@@ -134,7 +134,7 @@ fn tcp_survives_the_direct_path_breaking_and_an_underlay_address_change() {
 
     // A continuous ping, 50 ms apart, measures the outage the switch causes.
     let ping_log = std::env::temp_dir().join(tests::unique("ping-"));
-    let mut pinger = net.node("laptop").netns.spawn("ping", &["-i", "0.05", "-W", "1", &desktop_v4], &ping_log);
+    let pinger = net.node("laptop").netns.spawn("ping", &["-i", "0.05", "-W", "1", &desktop_v4], &ping_log);
     std::thread::sleep(Duration::from_millis(500));
 
     // Break the direct path: the office router drops everything from the home router.
@@ -149,14 +149,10 @@ fn tcp_survives_the_direct_path_breaking_and_an_underlay_address_change() {
     eprintln!("fallback to relay after {:?} (polling pal ping)", broke.elapsed());
     assert!(fell_back, "never fell back to the relay: {}", net.node("laptop").log());
     std::thread::sleep(Duration::from_secs(1));
-    tests::terminate(pinger.id());
-    let _ = pinger.wait();
-    let replies: Vec<u32> = std::fs::read_to_string(&ping_log)
-        .unwrap_or_default()
-        .lines()
+    let replies: Vec<u32> = tests::stop_ping(pinger, &ping_log)
+        .iter()
         .filter_map(|line| line.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse().ok())
         .collect();
-    let _ = std::fs::remove_file(&ping_log);
     let longest_gap = replies.windows(2).map(|pair| pair[1].saturating_sub(pair[0]).saturating_sub(1)).max().unwrap_or(0);
     eprintln!("outage while falling back: {longest_gap} echoes lost in a row = {:?}", Duration::from_millis(50) * longest_gap);
     assert!(replies.len() > 20, "the continuous ping got {} replies", replies.len());

@@ -107,7 +107,7 @@ fn dp08_inv04_revocation_reaches_every_member_within_a_second_and_cuts_the_devic
     }
     let (phone_v4, _) = net.node("phone").overlay();
     let ping_log = std::env::temp_dir().join(tests::unique("ping-"));
-    let mut pinger = tablet.spawn("ping", &["-D", "-i", "0.05", "-W", "1", &phone_v4], &ping_log);
+    let pinger = tablet.spawn("ping", &["-D", "-i", "0.05", "-W", "1", &phone_v4], &ping_log);
     std::thread::sleep(Duration::from_millis(500));
 
     // Revoke; every online member applies it within a second.
@@ -136,15 +136,8 @@ fn dp08_inv04_revocation_reaches_every_member_within_a_second_and_cuts_the_devic
 
     // DP-08: the phone stopped answering the tablet's traffic within a second.
     std::thread::sleep(Duration::from_millis(1500));
-    tests::terminate(pinger.id());
-    let _ = pinger.wait();
-    let replies: Vec<f64> = std::fs::read_to_string(&ping_log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("bytes from"))
-        .filter_map(|line| line.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
-    let _ = std::fs::remove_file(&ping_log);
+    let replies: Vec<f64> =
+        tests::stop_ping(pinger, &ping_log).iter().filter_map(|line| line.strip_prefix('[')?.split(']').next()?.parse().ok()).collect();
     assert!(replies.iter().any(|t| *t < revoked_at), "control: the tablet's pings were never answered");
     let last = replies.iter().copied().fold(0.0, f64::max);
     println!("the revoked tablet's last answered ping: {:.0} ms after the revoke command", (last - revoked_at) * 1000.0);
