@@ -24,7 +24,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::kad::store::RecordStore as _;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, identity, kad, noise, ping, tcp, yamux};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, identity, kad, noise, ping, relay, tcp, yamux};
 use membership::sync::missing_for;
 use membership::{DeviceStatus, Entry, NetworkId, Operation, Role, Store, SyncMessage};
 use protocol::paths::PathKind;
@@ -80,6 +81,21 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// CloudPal relays control connections between members that cannot reach each other
+    /// (members only; IP packets never ride it), and DCUtR upgrades them to direct ones.
+    relay: Toggle<relay::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+}
+
+/// The relay's gate: reservations and circuits only for peers that proved membership (their
+/// Hello binding verified). Plugged in where libp2p puts its rate limiters.
+struct MembersOnly(Arc<RwLock<HashSet<PeerId>>>);
+
+impl relay::RateLimiter for MembersOnly {
+    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, _: std::time::Instant) -> bool {
+        self.0.read().is_ok_and(|members| members.contains(&peer))
+    }
 }
 
 /// The log going to a device added from a request code (`pal device add`).
@@ -125,6 +141,12 @@ struct Node {
     /// yet: identify often answers first, and its addresses must reach Kademlia once the peer
     /// proves it is a member (identify sends them only once per connection).
     identified: HashMap<PeerId, Vec<Multiaddr>>,
+    /// The peers proven to be members, shared with the relay's gate.
+    member_peers: Arc<RwLock<HashSet<PeerId>>>,
+    /// The relay we listen through (a circuit reservation at CloudPal), once asked for.
+    relay_listen: Option<PeerId>,
+    /// Every control connection and whether it is relayed.
+    control_links: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
     /// Members that told us we are revoked and were asked for the log (once each).
     revocation_checks: HashSet<PeerId>,
     /// Invite proofs checked per source address (INV-03).
@@ -189,7 +211,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         },
         seed,
     );
-    let mut swarm = build_swarm(&identity.libp2p)?;
+    let member_peers = Arc::new(RwLock::new(HashSet::new()));
+    let mut swarm = build_swarm(&identity.libp2p, options.cloudpal, member_peers.clone())?;
     let tcp_address = socket_multiaddr(options.listen, false);
     let quic_address = socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
     swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
@@ -237,6 +260,9 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         by_peer: HashMap::new(),
         connection_ips: HashMap::new(),
         identified: HashMap::new(),
+        member_peers,
+        relay_listen: None,
+        control_links: HashMap::new(),
         revocation_checks: HashSet::new(),
         invite_attempts: protocol::ratelimit::RateLimiter::new(INVITE_ATTEMPT_INTERVAL, INVITE_ATTEMPT_BURST),
         deliveries: HashMap::new(),
@@ -340,8 +366,22 @@ impl Node {
     // ---- control plane -------------------------------------------------------------------
 
     fn on_swarm_event(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
+        match &event {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.control_links.insert(*connection_id, (*peer_id, endpoint.is_relayed()));
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.control_links.remove(connection_id);
+            }
+            _ => {}
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
+                // CloudPal's public addresses are its external ones: the relay hands them to
+                // the members that reserve a circuit through it.
+                if self.cloudpal && is_dialable(&address) {
+                    swarm.add_external_address(address.clone());
+                }
                 self.listen_addrs.insert(address);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } if self.deliveries.contains_key(&peer_id) => {
@@ -383,6 +423,9 @@ impl Node {
                 result: kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
                 ..
             })) => self.act_on_record(swarm, &found.record),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { result, .. })) => {
+                tracing::debug!(direct = result.is_ok(), "hole punch for a relayed control connection");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                     reach.rtt = Some(rtt);
@@ -411,6 +454,9 @@ impl Node {
                 };
                 self.learn_peer(swarm, peer, device, data_port);
                 self.learn_candidates(device, &candidates, relay);
+                if relay {
+                    self.listen_via_relay(swarm, peer, data_port);
+                }
                 self.pull_if_behind(swarm, peer, &summary);
                 Response::Hello {
                     binding: self.binding(),
@@ -495,6 +541,9 @@ impl Node {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
                 self.learn_peer(swarm, peer, device, data_port);
                 self.learn_candidates(device, &candidates, relay);
+                if relay {
+                    self.listen_via_relay(swarm, peer, data_port);
+                }
                 for entry in peers {
                     self.learn_addresses(swarm, entry);
                 }
@@ -550,6 +599,7 @@ impl Node {
         self.announce(swarm);
         let state = self.store.log().state();
         self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
+        self.share_members();
     }
 
     /// Shows this log's summary to every connected member; whoever lacks something pulls it.
@@ -623,6 +673,53 @@ impl Node {
         }
     }
 
+    /// Publishes who the proven members are to the relay's gate.
+    fn share_members(&self) {
+        if let Ok(mut members) = self.member_peers.write() {
+            *members = self.by_peer.keys().copied().collect();
+        }
+    }
+
+    /// Reserves a circuit at CloudPal (`relay`, listening for control traffic at `port`), so
+    /// that members which cannot reach us directly reach us through it, and DCUtR can then try
+    /// a direct connection. Once; CloudPal itself does not.
+    fn listen_via_relay(&mut self, swarm: &mut Swarm<Behaviour>, relay: PeerId, port: u16) {
+        if self.cloudpal || self.relay_listen.is_some() {
+            return;
+        }
+        let Some(ip) = self.connection_ips.get(&relay).copied() else { return };
+        let address = socket_multiaddr(SocketAddr::new(ip, port), false)
+            .with(libp2p::multiaddr::Protocol::P2p(relay))
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        if swarm.listen_on(address).is_ok() {
+            self.relay_listen = Some(relay);
+        }
+    }
+
+    /// CloudPal's peer id and `/…/p2p/CLOUDPAL/p2p-circuit`, through which members that hold a
+    /// reservation there can be dialled; none without a relay or when we are it.
+    fn relay_circuit_base(&self) -> Option<(PeerId, Multiaddr)> {
+        if self.cloudpal {
+            return None;
+        }
+        let (device, endpoint) = self.relay?;
+        let peer = self.reach.get(&device)?.peer_id?;
+        let address = socket_multiaddr(endpoint, false)
+            .with(libp2p::multiaddr::Protocol::P2p(peer))
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        Some((peer, address))
+    }
+
+    /// How the control plane reaches `peer`: "direct", "relayed" (through CloudPal) or "none".
+    fn control_link(&self, peer: Option<PeerId>) -> &'static str {
+        let links: Vec<bool> = self.control_links.values().filter(|(p, _)| Some(*p) == peer).map(|(_, relayed)| *relayed).collect();
+        match (links.iter().any(|r| !r), links.is_empty()) {
+            (true, _) => "direct",
+            (false, false) => "relayed",
+            (false, true) => "none",
+        }
+    }
+
     /// Feed a verified member's identify addresses to Kademlia (members only: the routing
     /// table is how others find us, so outsiders stay out of it).
     fn admit_to_dht(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
@@ -639,6 +736,7 @@ impl Node {
     /// known to be a member) its addresses go to Kademlia.
     fn learn_peer(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, device: DeviceId, data_port: u16) {
         self.by_peer.insert(peer, device);
+        self.share_members();
         self.admit_to_dht(swarm, peer);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
         let reach = self.reach.entry(device).or_default();
@@ -795,7 +893,6 @@ impl Node {
         self.binding.clone()
     }
 
-    /// The device behind `peer`, if its binding is valid and it is an active member.
     /// The current member `peer` proves to be, if it does.
     fn verify_binding(&self, peer: &PeerId, binding: &Binding) -> Option<DeviceId> {
         self.verify_signed_binding(peer, binding).and_then(|(id, status)| (status == DeviceStatus::Active).then_some(id))
@@ -881,6 +978,9 @@ impl Node {
                 }
             }
         }
+        // A member behind a NAT is reachable through CloudPal's relay (where it holds a
+        // reservation): its circuit address is derived, not learnt, so it is always tried.
+        let circuit_base = self.relay_circuit_base();
         for (id, reach) in self.reach.iter_mut() {
             let interval = if reach.met { REDIAL_INTERVAL } else { FIRST_DIAL_INTERVAL };
             if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
@@ -888,7 +988,10 @@ impl Node {
             }
             reach.last_dial = Some(now);
             if let Some(peer) = reach.peer_id {
-                let addresses: Vec<Multiaddr> = reach.multiaddrs.iter().cloned().collect();
+                let mut addresses: Vec<Multiaddr> = reach.multiaddrs.iter().cloned().collect();
+                if let Some(base) = circuit_base.as_ref().filter(|(relay, _)| *relay != peer) {
+                    addresses.push(base.1.clone().with(libp2p::multiaddr::Protocol::P2p(peer)));
+                }
                 let _ = swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addresses).build());
             }
         }
@@ -1146,6 +1249,7 @@ impl Node {
                     "path": path,
                     "endpoint": view.and_then(|v| v.endpoint).map(|e| e.to_string()),
                     "rtt_ms": reach.and_then(|r| r.rtt).map(|r| r.as_secs_f64() * 1000.0),
+                    "control": self.control_link(reach.and_then(|r| r.peer_id)),
                     "rx_bytes": stats.rx_bytes,
                     "tx_bytes": stats.tx_bytes,
                 })
@@ -1244,32 +1348,56 @@ async fn serve_control(listener: UnixListener, requests: mpsc::Sender<(ControlRe
     }
 }
 
-fn build_swarm(seed: &[u8; 32]) -> Result<Swarm<Behaviour>> {
-    swarm_with(seed, |key| {
-        let peer = key.public().to_peer_id();
-        let mut config = kad::Config::new(KAD_PROTOCOL);
-        // Tail latency under churn is set by the per-query timeout, not hop count.
-        config.set_query_timeout(KAD_QUERY_TIMEOUT);
-        // Nothing is stored unseen: a record put to us is checked first (DHT-01), and
-        // provider records, which nobody signs, are never stored at all.
-        config.set_record_filtering(kad::StoreInserts::FilterBoth);
-        let store_config = kad::store::MemoryStoreConfig {
-            max_value_bytes: presence::MAX_RECORD_LEN,
-            max_records: 4096,
-            max_providers_per_key: 0,
-            ..Default::default()
-        };
-        let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::with_config(peer, store_config), config);
-        // Every node serves the network's own DHT: it is small, and a restarted device must
-        // find the others through any of them.
-        kad.set_mode(Some(kad::Mode::Server));
-        Behaviour {
-            control: control_behaviour(),
-            identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public())),
-            ping: ping::Behaviour::new(ping::Config::new()),
-            kad,
-        }
-    })
+fn build_swarm(seed: &[u8; 32], cloudpal: bool, members: Arc<RwLock<HashSet<PeerId>>>) -> Result<Swarm<Behaviour>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(libp2p_keypair(seed))
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
+            let peer = key.public().to_peer_id();
+            let mut config = kad::Config::new(KAD_PROTOCOL);
+            // Tail latency under churn is set by the per-query timeout, not hop count.
+            config.set_query_timeout(KAD_QUERY_TIMEOUT);
+            // Nothing is stored unseen: a record put to us is checked first (DHT-01), and
+            // provider records, which nobody signs, are never stored at all.
+            config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            let store_config = kad::store::MemoryStoreConfig {
+                max_value_bytes: presence::MAX_RECORD_LEN,
+                max_records: 4096,
+                max_providers_per_key: 0,
+                ..Default::default()
+            };
+            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::with_config(peer, store_config), config);
+            // Every node serves the network's own DHT: it is small, and a restarted device must
+            // find the others through any of them.
+            kad.set_mode(Some(kad::Mode::Server));
+            let relay = cloudpal.then(|| {
+                // Control traffic only: limits well above libp2p's defaults (2 min, 128 KiB per
+                // circuit), which suit strangers, not one owner's devices syncing their log.
+                let config = relay::Config {
+                    max_circuit_duration: Duration::from_secs(3600),
+                    max_circuit_bytes: 64 << 20,
+                    reservation_rate_limiters: vec![Box::new(MembersOnly(members.clone()))],
+                    circuit_src_rate_limiters: vec![Box::new(MembersOnly(members.clone()))],
+                    ..Default::default()
+                };
+                relay::Behaviour::new(peer, config)
+            });
+            Behaviour {
+                control: control_behaviour(),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/cloudpal/1".into(), key.public()).with_push_listen_addr_updates(true),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad,
+                relay: relay.into(),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer),
+            }
+        })?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build())
 }
 
 /// The network's own Kademlia DHT (not the public IPFS one).

@@ -185,3 +185,30 @@ fn tcp_survives_the_direct_path_breaking_and_an_underlay_address_change() {
     let sessions = net.node("laptop").status()["peers"].as_array().expect("peers").iter().find(|p| p["name"] == "desktop").cloned();
     assert!(sessions.is_some_and(|p| p["path"] != "none"), "desktop unreachable at the end");
 }
+
+/// libp2p relay for control traffic (#5): devices behind different NATs get a control
+/// connection of their own — direct where the NATs let a connection through (TCP simultaneous
+/// open or DCUtR), otherwise through CloudPal's relay (members only) — so log sync and
+/// signalling between them no longer depend on CloudPal forwarding for them.
+#[test]
+fn control_connections_between_nated_devices_go_direct_or_through_cloudpals_relay() {
+    let net = NatNetwork::form(|_| {});
+    let control = |from: &str, to: &str| -> String {
+        let status = net.node(from).status();
+        status["peers"].as_array().and_then(|peers| peers.iter().find(|p| p["name"] == to)).and_then(|p| p["control"].as_str()).unwrap_or("none").to_owned()
+    };
+    let started = Instant::now();
+    let linked = wait_until(Duration::from_secs(30), || control("laptop", "desktop") != "none");
+    eprintln!("laptop -> desktop control: {} after {:?}", control("laptop", "desktop"), started.elapsed());
+    assert!(linked, "no control connection between the laptop and the desktop: {}", net.node("laptop").log());
+    // The car's carrier NAT defeats hole punching: its control connection to the laptop runs
+    // through CloudPal's relay.
+    let relayed = wait_until(Duration::from_secs(30), || control("car", "laptop") == "relayed");
+    eprintln!("car -> laptop control: {} after {:?}", control("car", "laptop"), started.elapsed());
+    assert!(relayed, "no relayed control connection between the car and the laptop: {}", net.node("car").log());
+    // Over it, the two exchange requests of their own: a new entry on the laptop reaches the car.
+    net.node("laptop").pal_ok(&["device", "invite", "--name", "spare"]);
+    let log_len = |name: &str| serde_json::from_str::<serde_json::Value>(&net.node(name).pal_ok(&["log", "--json"])).map_or(0, |l| l.as_array().map_or(0, Vec::len));
+    let entries = log_len("laptop");
+    assert!(wait_until(Duration::from_secs(10), || log_len("car") == entries), "the car never got the laptop's new entry");
+}

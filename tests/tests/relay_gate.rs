@@ -1,0 +1,57 @@
+//! RL-03 for CloudPal's libp2p relay: an outsider (not a member) cannot reserve a circuit,
+//! so it can neither be reached through CloudPal nor use it to reach anyone.
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, noise, relay, tcp, yamux};
+use std::time::Duration;
+use tests::{LanNetwork, PalNode};
+
+#[derive(NetworkBehaviour)]
+struct Outsider {
+    relay: relay::client::Behaviour,
+}
+
+/// Asks `cloudpal` for a circuit reservation from `namespace`; whether it was granted.
+fn reserve(namespace: &str, cloudpal: &PalNode) -> bool {
+    let seed: [u8; 32] = std::fs::read(cloudpal.state.join("libp2p.key")).expect("key").try_into().expect("32 bytes");
+    let cloudpal_peer = node::runtime::libp2p_keypair(&seed).public().to_peer_id();
+    let circuit: Multiaddr = format!("/ip4/{}/tcp/41641/p2p/{cloudpal_peer}/p2p-circuit", cloudpal.address).parse().expect("multiaddr");
+    let namespace = namespace.to_owned();
+    std::thread::spawn(move || {
+        tests::enter_namespace(&namespace);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+                .expect("tcp")
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .expect("relay client")
+                .with_behaviour(|_, relay| Outsider { relay })
+                .expect("behaviour")
+                .build();
+            swarm.listen_on(circuit).expect("listen");
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(15), swarm.select_next_some()).await.expect("no answer from the relay");
+                match event {
+                    SwarmEvent::Behaviour(OutsiderEvent::Relay(relay::client::Event::ReservationReqAccepted { .. })) => return true,
+                    SwarmEvent::ListenerClosed { .. } | SwarmEvent::ListenerError { .. } => return false,
+                    _ => {}
+                }
+            }
+        })
+    })
+    .join()
+    .expect("outsider thread")
+}
+
+#[test]
+fn rl03_an_outsider_cannot_reserve_a_circuit_at_cloudpals_relay() {
+    let mut net = LanNetwork::form(&["laptop"]);
+    let code = net.invite("laptop", "cloudpal", "cloudpal");
+    net.join_with("cloudpal", &code).up_with(&["--cloudpal"]);
+    assert!(net.wait_for_membership(Duration::from_secs(20)), "membership did not converge");
+    let (outsider, _) = net.lan.host("outs");
+    assert!(!reserve(&outsider.name, net.node("cloudpal")), "an outsider got a circuit reservation");
+}
