@@ -143,8 +143,9 @@ struct Node {
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     /// The peers proven to be members, shared with the relay's gate.
     member_peers: Arc<RwLock<HashSet<PeerId>>>,
-    /// The relay we listen through (a circuit reservation at CloudPal), once asked for.
-    relay_listen: Option<PeerId>,
+    /// The circuit listener at CloudPal's relay, once asked for; cleared if the relay refuses
+    /// or drops it (say, it had not verified our Hello yet), so that it is asked again.
+    relay_listen: Option<libp2p::core::transport::ListenerId>,
     /// Every control connection and whether it is relayed.
     control_links: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
     /// Members that told us we are revoked and were asked for the log (once each).
@@ -372,6 +373,9 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed { connection_id, .. } => {
                 self.control_links.remove(connection_id);
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } if self.relay_listen == Some(*listener_id) => {
+                self.relay_listen = None;
             }
             _ => {}
         }
@@ -691,8 +695,8 @@ impl Node {
         let address = socket_multiaddr(SocketAddr::new(ip, port), false)
             .with(libp2p::multiaddr::Protocol::P2p(relay))
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
-        if swarm.listen_on(address).is_ok() {
-            self.relay_listen = Some(relay);
+        if let Ok(listener) = swarm.listen_on(address) {
+            self.relay_listen = Some(listener);
         }
     }
 
@@ -963,6 +967,13 @@ impl Node {
         if self.last_announce.is_none_or(|at| now - at >= ANNOUNCE_INTERVAL) {
             self.last_announce = Some(now);
             self.announce(swarm);
+            // A circuit reservation refused or lost is asked for again.
+            if let Some((device, endpoint)) = self.relay
+                && let Some(peer) = self.reach.get(&device).and_then(|r| r.peer_id)
+                && swarm.is_connected(&peer)
+            {
+                self.listen_via_relay(swarm, peer, endpoint.port());
+            }
         }
         if self.last_presence.is_none_or(|at| now - at >= PRESENCE_INTERVAL) {
             self.last_presence = Some(now);

@@ -100,14 +100,22 @@ fn rl01_cloudpal_sees_no_plaintext_and_no_inner_header_of_what_it_relays() {
     }
 
     // Full-size packets (the overlay MTU, with don't-fragment) cross the relay whole: no
-    // underlay frame over 1500 bytes of IP, no fragment (many NATs drop fragments).
+    // underlay UDP datagram over 1500 bytes of IP, no fragment (many NATs drop fragments).
     let mtu: usize = net.node("car").netns.exec_ok("cat", &["/sys/class/net/pal0/mtu"]).stdout.iter().map(|b| *b as char).collect::<String>().trim().parse().expect("mtu");
     let capture = net.node("cloudpal").netns.capture();
     let size = (mtu - 28).to_string();
     let full = net.node("car").netns.exec("ping", &["-c", "3", "-i", "0.2", "-M", "do", "-s", &size, &laptop_v4]);
     let frames = capture.stop();
     assert!(full.status.success(), "full-size relayed pings failed: {}", String::from_utf8_lossy(&full.stdout));
-    let ipv4: Vec<&[u8]> = frames.iter().filter(|f| f.len() > 34 && f[12..14] == [0x08, 0x00]).map(|f| &f[14..]).collect();
+    // The data plane's datagrams only (UDP port 41641): the capture sees libp2p's TCP and QUIC
+    // before segmentation offloads split them.
+    let data_port = |ip: &[u8], at: usize| ip.get(at..at + 2) == Some(41641u16.to_be_bytes().as_slice());
+    let ipv4: Vec<&[u8]> = frames
+        .iter()
+        .filter(|f| f.len() > 34 && f[12..14] == [0x08, 0x00] && f[14 + 9] == 17)
+        .map(|f| &f[14..])
+        .filter(|ip| data_port(ip, 20) || data_port(ip, 22))
+        .collect();
     assert!(ipv4.iter().any(|ip| ip.len() > mtu), "the capture saw no full-size relayed datagram");
     for ip in ipv4 {
         let flags_offset = u16::from_be_bytes([ip[6], ip[7]]);
