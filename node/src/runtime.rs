@@ -692,10 +692,7 @@ impl Node {
             return;
         }
         let Some(ip) = self.connection_ips.get(&relay).copied() else { return };
-        let address = socket_multiaddr(SocketAddr::new(ip, port), false)
-            .with(libp2p::multiaddr::Protocol::P2p(relay))
-            .with(libp2p::multiaddr::Protocol::P2pCircuit);
-        if let Ok(listener) = swarm.listen_on(address) {
+        if let Ok(listener) = swarm.listen_on(circuit_address(SocketAddr::new(ip, port), relay)) {
             self.relay_listen = Some(listener);
         }
     }
@@ -708,10 +705,7 @@ impl Node {
         }
         let (device, endpoint) = self.relay?;
         let peer = self.reach.get(&device)?.peer_id?;
-        let address = socket_multiaddr(endpoint, false)
-            .with(libp2p::multiaddr::Protocol::P2p(peer))
-            .with(libp2p::multiaddr::Protocol::P2pCircuit);
-        Some((peer, address))
+        Some((peer, circuit_address(endpoint, peer)))
     }
 
     /// How the control plane reaches `peer`: "direct", "relayed" (through CloudPal) or "none".
@@ -1490,6 +1484,12 @@ fn refused(reason: &str) -> Response {
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `/ip/ADDR/tcp/PORT/p2p/RELAY/p2p-circuit`: the relay's circuit, to listen on or to dial a
+/// member through (with its `/p2p/PEER` appended).
+fn circuit_address(relay_tcp: SocketAddr, relay: PeerId) -> Multiaddr {
+    socket_multiaddr(relay_tcp, false).with(libp2p::multiaddr::Protocol::P2p(relay)).with(libp2p::multiaddr::Protocol::P2pCircuit)
 }
 
 pub(crate) fn socket_multiaddr(address: SocketAddr, quic: bool) -> Multiaddr {
