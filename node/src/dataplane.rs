@@ -8,9 +8,12 @@
 //! ~20 µs of CPU per wakeup, which is most of the latency the tunnel adds to an idle link.
 //! Reads and writes go in batches — `recvmmsg` with UDP GRO, `sendmsg` with UDP GSO
 //! (quinn-udp), TUN reads split and writes coalesced over the virtio-net header (tun-rs) —
-//! wherever the kernel has them.
+//! wherever the kernel has them. Traffic with a remote that authenticated itself moves to a
+//! UDP socket connected to it ([`crate::connected`]), which spares the kernel a route lookup
+//! per datagram each way.
 
 use crate::batch::{self, SendBatch};
+use crate::connected::Connections;
 use crate::icmp;
 use protocol::paths::PathKind;
 use protocol::{Device, PeerConfig, Received, StaticPublic, TunnelStats};
@@ -48,6 +51,8 @@ const SEND_WAIT_MS: libc::c_int = 100;
 const UDP: u64 = 1;
 const TUN: u64 = 2;
 const WAKE: u64 = 3;
+/// Connected socket `slot` has token `CONNECTED + slot`.
+const CONNECTED: u64 = 16;
 
 #[derive(Debug)]
 pub enum DataCommand {
@@ -101,6 +106,8 @@ struct DataPlane {
     device: Device,
     udp: std::net::UdpSocket,
     udp_state: quinn_udp::UdpSocketState,
+    connections: Connections,
+    poller: Poller,
     tun: tun_rs::SyncDevice,
     io: Buffers,
     ping: Option<PingJob>,
@@ -171,8 +178,9 @@ pub async fn spawn(device: Device, udp: std::net::UdpSocket, tun: TunConfig) -> 
             Ok((tun, udp_state, poller)) => {
                 let _ = started.send(Ok(()));
                 let io = Buffers::new(udp_state.max_gso_segments());
-                let plane = DataPlane { device, udp, udp_state, tun, io, ping: None, sequence: 0 };
-                run(plane, poller, &thread_wake, commands);
+                let connections = Connections::new(&udp);
+                let plane = DataPlane { device, udp, udp_state, connections, poller, tun, io, ping: None, sequence: 0 };
+                run(plane, &thread_wake, commands);
             }
             Err(error) => {
                 let _ = started.send(Err(error));
@@ -271,7 +279,7 @@ fn open_udp(udp: &std::net::UdpSocket) -> anyhow::Result<quinn_udp::UdpSocketSta
 /// quinn-udp sets the don't-fragment bit for QUIC's path-MTU probing. A VPN with a fixed
 /// inner MTU must rather let an underlay with a smaller MTU fragment (as WireGuard does), or
 /// full-size packets would vanish on such paths.
-fn allow_fragmentation(udp: &std::net::UdpSocket) {
+pub(crate) fn allow_fragmentation(udp: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;
     let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
         // SAFETY: a valid socket descriptor and a c_int option value of the right size.
@@ -295,7 +303,7 @@ fn allow_fragmentation(udp: &std::net::UdpSocket) {
 /// A level-triggered epoll instance over the loop's descriptors.
 struct Poller {
     epoll: OwnedFd,
-    events: [libc::epoll_event; 4],
+    events: [libc::epoll_event; 16],
 }
 
 impl Poller {
@@ -307,14 +315,21 @@ impl Poller {
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let poller = Poller { epoll, events: [libc::epoll_event { events: 0, u64: 0 }; 16] };
         for &(fd, token) in descriptors {
-            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-            // SAFETY: valid descriptors and a valid event.
-            if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            poller.add(fd, token)?;
         }
-        Ok(Poller { epoll, events: [libc::epoll_event { events: 0, u64: 0 }; 4] })
+        Ok(poller)
+    }
+
+    /// Watches `fd` for input. Closing `fd` takes it out again.
+    fn add(&self, fd: RawFd, token: u64) -> std::io::Result<()> {
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: a valid descriptor and a valid event.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Waits for readiness or `timeout`; the tokens that are ready.
@@ -331,28 +346,39 @@ impl Poller {
 }
 
 /// Runs until the command queue closes.
-fn run(mut plane: DataPlane, mut poller: Poller, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCommand>) {
+fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCommand>) {
     let mut deadline = plane.device.poll_timeout();
     let mut now = Instant::now();
+    // Connected sockets with input, at most as many as one wait reports.
+    let mut ready: Vec<usize> = Vec::with_capacity(16);
+    // The last turn read TUN and did not run dry.
+    let mut tun_busy = false;
     loop {
         // `now` is from after the last batch: reading the clock once per wakeup is enough
         // for timers kept in milliseconds.
         let ping_due = plane.ping.as_ref().map(|_| now + Duration::from_millis(100));
-        let wake_at = [deadline, ping_due].into_iter().flatten().min();
+        let wake_at = [deadline, ping_due, plane.connections.deadline()].into_iter().flatten().min();
         let (mut udp, mut tun, mut poked) = (false, false, false);
-        for token in poller.wait(wake_at.map(|at| at.saturating_duration_since(now))) {
+        ready.clear();
+        for token in plane.poller.wait(wake_at.map(|at| at.saturating_duration_since(now))) {
             match token {
                 UDP => udp = true,
                 TUN => tun = true,
-                _ => poked = true,
+                WAKE => poked = true,
+                token => ready.push((token - CONNECTED) as usize),
             }
         }
         now = Instant::now();
+        for &slot in &ready {
+            plane.read_udp(Some(slot), now);
+        }
         if udp {
-            plane.read_udp(now);
+            plane.read_udp(None, now);
         }
         if tun {
-            plane.read_tun(now);
+            tun_busy = plane.read_tun(now, tun_busy);
+        } else {
+            tun_busy = false;
         }
         if poked {
             let mut counter = 0u64;
@@ -373,14 +399,18 @@ fn run(mut plane: DataPlane, mut poller: Poller, wake: &OwnedFd, mut commands: m
             plane.advance_ping();
         }
         plane.flush(now);
+        plane.connections.sweep(now);
         deadline = plane.device.poll_timeout();
     }
 }
 
 impl DataPlane {
-    /// Up to [`ROUNDS`] `recvmmsg` calls, each decrypting its datagrams into one batch of
-    /// TUN writes.
-    fn read_udp(&mut self, now: Instant) {
+    /// Up to [`ROUNDS`] `recvmmsg` calls on the shared socket (`None`) or a connected one,
+    /// each decrypting its datagrams into one batch of TUN writes.
+    fn read_udp(&mut self, connected: Option<usize>, now: Instant) {
+        if let Some(slot) = connected {
+            self.connections.heard(slot, now);
+        }
         for _ in 0..ROUNDS {
             let received = {
                 let io = &mut self.io;
@@ -388,9 +418,21 @@ impl DataPlane {
                     let mut buffers = io.udp_read.iter_mut();
                     std::array::from_fn(|_| IoSliceMut::new(buffers.next().map(Vec::as_mut_slice).unwrap_or_default()))
                 };
-                self.udp_state.recv((&self.udp).into(), &mut slices, &mut io.udp_meta)
+                match connected {
+                    None => self.udp_state.recv((&self.udp).into(), &mut slices, &mut io.udp_meta),
+                    Some(slot) => match self.connections.get(slot) {
+                        Some(socket) => socket.state.recv((&socket.socket).into(), &mut slices, &mut io.udp_meta),
+                        None => return,
+                    },
+                }
             };
-            let Ok(count) = received else { break };
+            let count = match received {
+                Ok(count) => count,
+                // A connected socket reports an ICMP error (port unreachable) once; what
+                // follows it is still to be read.
+                Err(error) if connected.is_some() && error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(_) => break,
+            };
             let drained = count < UDP_BATCH;
             for index in 0..count {
                 let meta = self.io.udp_meta[index];
@@ -398,7 +440,10 @@ impl DataPlane {
                 let mut offset = 0;
                 while offset < meta.len {
                     let end = (offset + stride).min(meta.len);
-                    self.on_datagram(meta.addr, index, offset..end, now);
+                    let authenticated = self.on_datagram(meta.addr, index, offset..end, now);
+                    if authenticated && connected.is_none() && self.connections.wants(meta.addr) {
+                        self.connect(meta.addr, now);
+                    }
                     offset = end;
                 }
             }
@@ -411,9 +456,19 @@ impl DataPlane {
         }
     }
 
+    /// Opens a socket connected to `remote` and watches it.
+    fn connect(&mut self, remote: SocketAddr, now: Instant) {
+        let Some((slot, fd)) = self.connections.open(remote, now) else { return };
+        if let Err(error) = self.poller.add(fd, CONNECTED + slot as u64) {
+            tracing::debug!(%error, "cannot watch a connected data socket");
+            self.connections.close(slot);
+        }
+    }
+
     /// Decrypts one datagram of `udp_read[buffer]` into the next TUN write slot; writes the
-    /// batch to TUN when the slots run out.
-    fn on_datagram(&mut self, source: SocketAddr, buffer: usize, range: std::ops::Range<usize>, now: Instant) {
+    /// batch to TUN when the slots run out. True when the datagram authenticated its sender
+    /// (a data packet, or an envelope to relay).
+    fn on_datagram(&mut self, source: SocketAddr, buffer: usize, range: std::ops::Range<usize>, now: Instant) -> bool {
         let io = &mut self.io;
         let datagram = &io.udp_read[buffer][range];
         let out = &mut io.tun_write[io.tun_pending];
@@ -426,12 +481,13 @@ impl DataPlane {
                     && let Some(job) = self.ping.as_mut()
                     && job.reply(sequence, self.device.peer_path(&peer, now))
                 {
-                    return;
+                    return true;
                 }
                 io.tun_pending += 1;
                 if io.tun_pending == io.tun_write.len() {
                     self.write_tun();
                 }
+                true
             }
             Ok(Received::Forward(transmit)) => {
                 // Relay duty: the re-tagged envelope goes straight on.
@@ -442,10 +498,14 @@ impl DataPlane {
                     segment_size: None,
                     src_ip: None,
                 };
-                send(&self.udp, &self.udp_state, &datagram);
+                send(&self.udp, &self.udp_state, &mut self.connections, &datagram, now);
+                true
             }
-            Ok(Received::Nothing) => {}
-            Err(error) => tracing::trace!(%error, "datagram dropped"),
+            Ok(Received::Nothing) => false,
+            Err(error) => {
+                tracing::trace!(%error, "datagram dropped");
+                false
+            }
         }
     }
 
@@ -472,23 +532,32 @@ impl DataPlane {
 
     /// Up to [`ROUNDS`] TUN reads; with offloads one read may carry a whole TCP segment, split
     /// here into MTU-sized packets, encrypted into one batch and sent with GSO.
-    fn read_tun(&mut self, now: Instant) {
-        for _ in 0..ROUNDS {
+    ///
+    ///
+    /// A TUN read cannot say whether more is queued, so reading until EAGAIN costs an extra
+    /// system call per wakeup — on an idle link, one on the path of every packet. So a wakeup
+    /// reads once, unless the wakeup before it also read TUN and did not run dry (packets
+    /// are arriving faster than the loop turns): then up to [`ROUNDS`] times. The
+    /// level-triggered epoll reports whatever is left. True if no read ran dry.
+    fn read_tun(&mut self, now: Instant, burst: bool) -> bool {
+        let rounds = if burst { ROUNDS } else { 1 };
+        for _ in 0..rounds {
             let io = &mut self.io;
             let Ok(count) = self.tun.recv_multiple(&mut io.tun_read, &mut io.tun_packets, &mut io.tun_sizes, 0) else {
-                break;
+                return false;
             };
             for index in 0..count {
                 self.encapsulate_batched(Source::Tun(index), now);
             }
-            self.send_batch();
+            self.send_batch(now);
         }
+        true
     }
 
     /// Encrypts one packet into the send batch, sending the batch first if it is full.
     fn encapsulate_batched(&mut self, source: Source, now: Instant) {
         if self.io.send.slot().is_none() {
-            self.send_batch();
+            self.send_batch(now);
         }
         let io = &mut self.io;
         let packet = match source {
@@ -504,7 +573,7 @@ impl DataPlane {
     }
 
     /// Sends every run of the batch, one `sendmsg` each, and clears it.
-    fn send_batch(&mut self) {
+    fn send_batch(&mut self, now: Instant) {
         let io = &mut self.io;
         io.send.close();
         for run in io.send.runs() {
@@ -515,7 +584,7 @@ impl DataPlane {
                 segment_size: run.segment_size,
                 src_ip: None,
             };
-            send(&self.udp, &self.udp_state, &transmit);
+            send(&self.udp, &self.udp_state, &mut self.connections, &transmit, now);
         }
         io.send.clear();
         io.send.set_max_segments(self.udp_state.max_gso_segments());
@@ -532,7 +601,7 @@ impl DataPlane {
                 segment_size: None,
                 src_ip: None,
             };
-            send(&self.udp, &self.udp_state, &datagram);
+            send(&self.udp, &self.udp_state, &mut self.connections, &datagram, now);
         }
     }
 
@@ -541,11 +610,14 @@ impl DataPlane {
             DataCommand::UpsertPeer(config) => self.device.upsert_peer(config),
             DataCommand::RemovePeer(key) => {
                 self.device.remove_peer(&key);
+                // Its remote may be shared (CloudPal's) or not: reconnecting is cheap.
+                self.connections.close_all();
             }
             DataCommand::RemoveAll => {
                 for key in self.device.peers().copied().collect::<Vec<_>>() {
                     self.device.remove_peer(&key);
                 }
+                self.connections.close_all();
             }
             DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint, Instant::now()),
             DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, Instant::now()),
@@ -601,7 +673,7 @@ impl DataPlane {
             let packet = icmp::echo_request(job.ping.source, job.ping.target, self.sequence);
             self.io.scratch[..packet.len()].copy_from_slice(&packet);
             self.encapsulate_batched(Source::Scratch(packet.len()), now);
-            self.send_batch();
+            self.send_batch(now);
         }
     }
 }
@@ -623,27 +695,43 @@ enum Source {
     Scratch(usize),
 }
 
-/// Sends one transmit, waiting up to [`SEND_WAIT_MS`] while the socket buffer is full. Other
-/// errors lose the datagrams, as any network may: the tunnel's timers and TCP recover.
+/// Sends one transmit: on the socket connected to its destination if there is one, else on
+/// the shared socket. A connected socket that fails is closed and the shared one sends.
+/// Errors lose the datagrams, as any network may: the tunnel's timers and TCP recover.
 /// Logged without the destination (PRIV-01).
-fn send(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, transmit: &quinn_udp::Transmit<'_>) {
-    // A lone datagram goes out with a plain sendto: quinn-udp's sendmsg adds control
-    // messages (TOS) that cost the kernel measurably more per packet.
-    let attempt = || match transmit.segment_size {
-        None => udp.send_to(transmit.contents, transmit.destination).map(drop),
-        Some(_) => state.try_send(udp.into(), transmit),
-    };
-    let mut result = attempt();
-    if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock) {
-        let mut poll = libc::pollfd { fd: udp.as_fd().as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut poll, 1, SEND_WAIT_MS) } > 0 {
-            result = attempt();
+fn send(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, connections: &mut Connections, transmit: &quinn_udp::Transmit<'_>, now: Instant) {
+    if let Some(slot) = connections.lookup(transmit.destination) {
+        match connections.send(slot, transmit.contents, transmit.segment_size, now) {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::debug!(%error, "connected data socket failed; the shared one takes over");
+                connections.close(slot);
+            }
         }
     }
+    // A lone datagram goes out with a plain sendto: quinn-udp's sendmsg adds control
+    // messages (TOS) that cost the kernel measurably more per packet.
+    let result = with_send_wait(udp.as_fd().as_raw_fd(), || match transmit.segment_size {
+        None => udp.send_to(transmit.contents, transmit.destination).map(drop),
+        Some(_) => state.try_send(udp.into(), transmit),
+    });
     if let Err(error) = result {
         tracing::trace!(%error, "send failed");
     }
+}
+
+/// Runs `attempt`, and once more after waiting up to [`SEND_WAIT_MS`] for room if the socket
+/// buffer was full.
+pub(crate) fn with_send_wait(fd: RawFd, attempt: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+    let result = attempt();
+    if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock) {
+        let mut poll = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, SEND_WAIT_MS) } > 0 {
+            return attempt();
+        }
+    }
+    result
 }
 
 /// How `status` and `ping` name a path.

@@ -3,6 +3,7 @@
 //! plus the local pieces the CLI needs (state directory, invite codes, control socket).
 
 pub mod batch;
+pub mod connected;
 mod codes;
 pub mod control;
 pub mod dataplane;

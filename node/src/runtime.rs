@@ -193,9 +193,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     };
     let network = store.log().network();
 
-    let udp = std::net::UdpSocket::bind(options.listen)
+    let udp = crate::connected::bind_shared(options.listen)
         .with_context(|| format!("cannot listen on {}: is another node using it?", options.listen))?;
-    udp.set_nonblocking(true)?;
     let data_port = udp.local_addr()?.port();
 
     let mut rng = os_rng()?;

@@ -58,6 +58,15 @@ fn three_devices_on_a_lan_form_a_network_and_carry_traffic() {
     let bits_per_second = report["end"]["sum_received"]["bits_per_second"].as_f64().expect("throughput");
     assert!(bits_per_second > 10e6, "only {bits_per_second} bit/s through the overlay");
 
+    // The tunnel's datagrams went over UDP sockets connected to each peer (the data port
+    // shared with SO_REUSEPORT), which spare the kernel a route lookup per datagram.
+    for (node, peer) in [("phone", "desktop"), ("desktop", "phone")] {
+        let peer_endpoint = format!("{}:41641", net.node(peer).address);
+        let sockets = net.node(node).netns.exec("ss", &["-Hun", "state", "established", "( sport = :41641 )"]);
+        let sockets = String::from_utf8_lossy(&sockets.stdout);
+        assert!(sockets.contains(&peer_endpoint), "{node} has no data socket connected to {peer}: {sockets}");
+    }
+
     // Status reports the peers with direct paths and traffic counters.
     let status = net.node("phone").status();
     let desktop = status["peers"].as_array().expect("peers").iter().find(|p| p["name"] == "desktop").expect("desktop peer");

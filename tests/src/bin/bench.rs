@@ -72,7 +72,21 @@ fn main() {
         contestants.push(raw_link());
     }
     if selected("pal") {
-        contestants.push(pal());
+        contestants.push(pal("pal"));
+    }
+    // PAL_BIN_B=path adds a second `pal` build as "pal-b": an A/B comparison in one run.
+    if let Some(other) = std::env::var_os("PAL_BIN_B") {
+        let own = std::env::var_os("PAL_BIN");
+        // SAFETY: the benchmark is single-threaded here; the nodes it spawns read the
+        // variable through `pal_binary()` while the network forms.
+        unsafe { std::env::set_var("PAL_BIN", &other) };
+        contestants.push(pal("pal-b"));
+        match own {
+            // SAFETY: as above.
+            Some(own) => unsafe { std::env::set_var("PAL_BIN", own) },
+            // SAFETY: as above.
+            None => unsafe { std::env::remove_var("PAL_BIN") },
+        }
     }
     for (name, program) in [("boringtun", "boringtun-cli"), ("wireguard-go", "wireguard-go")] {
         if !selected(name) {
@@ -102,19 +116,24 @@ fn main() {
 }
 
 /// Rounds of RTT sampling; each round pings every contestant in turn, so that drift in the
-/// machine's state (frequency, other load) hits all of them alike.
-const RTT_ROUNDS: usize = 10;
+/// machine's state (frequency, other load) hits all of them alike. A multiple of 4 and of 5
+/// (up to five contestants), so that each takes every place in the order equally often.
+const RTT_ROUNDS: usize = 20;
 const RTT_PINGS_PER_ROUND: &str = "20";
 
 /// The median echo round trip of each contestant over [`RTT_ROUNDS`] interleaved rounds of
-/// pings 10 ms apart (an idle-ish link: every packet wakes the daemons).
+/// pings 10 ms apart (an idle-ish link: every packet wakes the daemons). The order rotates
+/// each round: whoever pings first after another contestant measured ~5–10 µs slower than
+/// the same binary pinging later (an A/A run), enough to decide a comparison.
 fn interleaved_rtts(contestants: &[Contestant]) -> Vec<f64> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); contestants.len()];
-    for _ in 0..RTT_ROUNDS {
-        for (contestant, samples) in contestants.iter().zip(&mut samples) {
+    for round in 0..RTT_ROUNDS {
+        for offset in 0..contestants.len() {
+            let index = (round + offset) % contestants.len();
+            let contestant = &contestants[index];
             let ping = contestant.ends().0.exec("ping", &["-c", RTT_PINGS_PER_ROUND, "-i", "0.01", &contestant.server]);
             let text = String::from_utf8_lossy(&ping.stdout);
-            samples.extend(
+            samples[index].extend(
                 text.lines()
                     .filter_map(|line| line.split("time=").nth(1))
                     .filter_map(|rest| rest.split_whitespace().next())
@@ -139,13 +158,13 @@ fn raw_link() -> Contestant {
     Contestant { name: "raw link", topology: Topology::Raw { from, to, _switch: lan }, server, pids: Vec::new() }
 }
 
-fn pal() -> Contestant {
+fn pal(name: &'static str) -> Contestant {
     let net = LanNetwork::form(&["benchA", "benchB"]);
     assert!(net.wait_for_membership(Duration::from_secs(20)), "pal network did not form");
     let (server, _) = net.node("benchB").overlay();
     wait_until(Duration::from_secs(15), || net.node("benchA").pal(&["ping", "benchB", "-c", "1"]).status.success());
     let pids: Vec<u32> = net.nodes.iter().filter_map(|n| n.pid()).collect();
-    Contestant { name: "pal", topology: Topology::Pal(net), server: server.to_string(), pids }
+    Contestant { name, topology: Topology::Pal(net), server: server.to_string(), pids }
 }
 
 /// A WireGuard implementation (boringtun-cli or wireguard-go) configured with `wg`.
