@@ -613,10 +613,10 @@ impl Device {
             let len = wire::emit_path_control(&mut message, control.into());
             let Some(peer) = self.peers.get_mut(&key) else { continue };
             let Ok(buffer) = inner_buffer(route, out) else { continue };
-            if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now) {
-                if let Some(transmit) = self.wrap(route, &key, out, sealed) {
-                    return Some(transmit);
-                }
+            if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now)
+                && let Some(transmit) = self.wrap(route, &key, out, sealed)
+            {
+                return Some(transmit);
             }
         }
         while let Some(key) = self.wants_transmit.first().copied() {

@@ -23,6 +23,9 @@ struct Datagram {
     bytes: Vec<u8>,
 }
 
+/// What the relay does to each envelope it forwards (a test's tampering).
+type Tamper = Box<dyn FnMut(&mut Vec<u8>)>;
+
 struct Net {
     now: Instant,
     devices: Vec<Device>,
@@ -33,7 +36,7 @@ struct Net {
     /// The direct link between A and B works.
     direct: bool,
     /// Applied to every envelope the relay forwards.
-    tamper: Option<Box<dyn FnMut(&mut Vec<u8>)>>,
+    tamper: Option<Tamper>,
     /// Forwarded envelopes, as they left the relay.
     forwarded: Vec<Vec<u8>>,
     delivered: Vec<Vec<Vec<u8>>>,
@@ -63,11 +66,11 @@ impl Net {
                 Device::new(config, [i as u8 + 40; 32])
             })
             .collect();
-        for i in 0..3 {
+        for (i, device) in devices.iter_mut().enumerate() {
             for j in (0..3).filter(|j| *j != i) {
                 // Members know CloudPal's address; CloudPal learns theirs when they speak.
                 let endpoint = (j == R).then_some(addresses[R]);
-                devices[i].upsert_peer(PeerConfig {
+                device.upsert_peer(PeerConfig {
                     static_public: keys[j],
                     allowed_ips: vec![IpPrefix::host(overlays[j])],
                     endpoint,
