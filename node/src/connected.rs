@@ -241,8 +241,7 @@ fn open(local: SocketAddr, only_v6: bool, remote: SocketAddr) -> io::Result<(Udp
     socket.bind(&SockAddr::from(local))?;
     socket.connect(&SockAddr::from(reachable_from(local, remote)))?;
     let socket: UdpSocket = socket.into();
-    let state = quinn_udp::UdpSocketState::new((&socket).into())?;
-    crate::dataplane::allow_fragmentation(&socket);
+    let state = crate::dataplane::open_udp(&socket)?;
     let source = socket.local_addr()?;
     Ok((socket, state, source))
 }

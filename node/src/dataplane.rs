@@ -171,6 +171,7 @@ pub async fn spawn(device: Device, udp: std::net::UdpSocket, tun: TunConfig) -> 
     std::thread::Builder::new().name("pal-dataplane".into()).spawn(move || {
 
         let opened = open_tun(&tun).and_then(|tun| Ok((tun, open_udp(&udp)?))).and_then(|(tun, udp_state)| {
+            tracing::debug!(gso_segments = udp_state.max_gso_segments(), gro_segments = udp_state.gro_segments(), "data socket ready");
             let poller = Poller::new(&[(udp.as_raw_fd(), UDP), (tun.as_raw_fd(), TUN), (thread_wake.as_raw_fd(), WAKE)])?;
             Ok((tun, udp_state, poller))
         });
@@ -266,20 +267,19 @@ fn open_tun(config: &TunConfig) -> anyhow::Result<tun_rs::SyncDevice> {
     Ok(device)
 }
 
-/// Switches on what the kernel offers the data socket for batches: `recvmmsg`, GRO and GSO
-/// (quinn-udp probes each; it also makes the socket non-blocking).
-fn open_udp(udp: &std::net::UdpSocket) -> anyhow::Result<quinn_udp::UdpSocketState> {
+/// Switches on what the kernel offers a data socket (the shared one and each connected one)
+/// for batches: `recvmmsg`, GRO and GSO (quinn-udp probes each; it also makes the socket
+/// non-blocking), and lets the underlay fragment.
+pub(crate) fn open_udp(udp: &std::net::UdpSocket) -> std::io::Result<quinn_udp::UdpSocketState> {
     let state = quinn_udp::UdpSocketState::new(udp.into())?;
     allow_fragmentation(udp);
-
-    tracing::debug!(gso_segments = state.max_gso_segments(), gro_segments = state.gro_segments(), "data socket ready");
     Ok(state)
 }
 
 /// quinn-udp sets the don't-fragment bit for QUIC's path-MTU probing. A VPN with a fixed
 /// inner MTU must rather let an underlay with a smaller MTU fragment (as WireGuard does), or
 /// full-size packets would vanish on such paths.
-pub(crate) fn allow_fragmentation(udp: &std::net::UdpSocket) {
+fn allow_fragmentation(udp: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;
     let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
         // SAFETY: a valid socket descriptor and a c_int option value of the right size.
