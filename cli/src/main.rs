@@ -114,8 +114,8 @@ fn main() -> ExitCode {
             commands::up::run(state, cloudpal, listen, bootstrap, !no_offload)
         }
         Command::Device { command } => match command {
-            DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, role, &ttl, qr),
-            DeviceCommand::Add { code, role } => commands::device::add(&state, &code, role),
+            DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),
+            DeviceCommand::Add { code, role } => commands::device::add(&state, &code, &role),
             DeviceCommand::List { json } => commands::device::list(&state, json),
             DeviceCommand::Revoke { name } => commands::device::revoke(&state, name),
         },

@@ -42,6 +42,17 @@ pub struct EntryHash(pub [u8; 32]);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NetworkId(pub [u8; 32]);
 
+impl NetworkId {
+    /// The data plane's handshake PSK: only members (and invitees) know the network id.
+    pub fn data_plane_psk(&self) -> protocol::PresharedKey {
+        use blake2::{Blake2s256, Digest};
+        let mut hasher = Blake2s256::new();
+        hasher.update(b"cloudpal/data-plane-psk/v1");
+        hasher.update(self.0);
+        protocol::PresharedKey::from_bytes(hasher.finalize().into())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// May add, invite, revoke and set policy.
@@ -389,6 +400,16 @@ pub fn validate_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A name a user typed, refused with one line that says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a valid device name: use letters, digits, '-', '_' or '.'")]
+pub struct InvalidName(pub String);
+
+/// [`validate_name`] for input: the one check `init`, `join`, `request`, invites and adds share.
+pub fn check_name(name: &str) -> Result<(), InvalidName> {
+    if validate_name(name) { Ok(()) } else { Err(InvalidName(name.to_owned())) }
 }
 
 fn name(r: &mut Reader<'_>) -> Result<String, EntryError> {

@@ -30,6 +30,6 @@ pub use cbor::CborError;
 pub use entry::{DeviceRecord, Entry, EntryContents, EntryError, EntryHash, NetworkId, Operation, Role};
 pub use log::{Log, LogError};
 pub use policy::Policy;
-pub use state::{DeviceState, DeviceStatus, InviteState, RuleError, State};
+pub use state::{DeviceState, DeviceStatus, InviteState, InviteUnusable, RuleError, State};
 pub use store::{Store, StoreError};
 pub use sync::{Summary, SyncMessage, missing_for};

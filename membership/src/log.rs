@@ -115,6 +115,11 @@ impl Log {
     }
 
     /// Entries in fold order (parents before children).
+    /// The device that signed the genesis: its id seeds the network's overlay prefix.
+    pub fn founder(&self) -> Option<protocol::DeviceId> {
+        self.entries().next().map(|genesis| genesis.author())
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.order.iter().filter_map(|hash| self.entries.get(hash))
     }

@@ -10,6 +10,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// The shared address space of RFC 6598, as Tailscale uses.
 pub const OVERLAY_IPV4_PREFIX: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
 
+/// The length of the network's IPv6 ULA prefix.
+pub const OVERLAY_IPV6_PREFIX_LEN: u8 = 48;
+
+/// Whether `ip` lies in the overlay's IPv4 range (100.64.0.0/10).
+pub fn is_overlay_ipv4(ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - OVERLAY_IPV4_PREFIX.1);
+    u32::from(ip) & mask == u32::from(OVERLAY_IPV4_PREFIX.0)
+}
+
 /// The network's IPv6 ULA /48: `fd` + 40 bits from the founder's id (RFC 4193's global ID).
 pub fn ula_prefix(founder: &DeviceId) -> Ipv6Addr {
     let digest = labelled(b"cloudpal/overlay/ula/v1", founder.as_bytes(), 0);
@@ -33,10 +42,7 @@ pub fn derive(founder: &DeviceId, device: &DeviceId, attempt: u32) -> (Ipv4Addr,
 
 /// Whether an address pair lies in the overlay ranges (any ULA for IPv6).
 pub fn in_overlay_ranges(ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> bool {
-    let v4 = u32::from(ipv4);
-    let prefix = u32::from(OVERLAY_IPV4_PREFIX.0);
-    let mask = u32::MAX << (32 - OVERLAY_IPV4_PREFIX.1);
-    v4 & mask == prefix && ipv6.octets()[0] == 0xfd
+    is_overlay_ipv4(ipv4) && ipv6.octets()[0] == 0xfd
 }
 
 fn labelled(label: &[u8], data: &[u8], attempt: u32) -> [u8; 32] {

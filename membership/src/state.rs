@@ -50,6 +50,19 @@ pub struct InviteState {
     pub consumed_by: Option<DeviceId>,
 }
 
+/// Why an invite cannot admit a device; each reads as one line a user can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InviteUnusable {
+    #[error("this invite code is not valid for this network")]
+    Unknown,
+    #[error("this invite code has already been used")]
+    Used,
+    #[error("this invite code has expired; ask for a new one")]
+    Expired,
+    #[error("this invite code was made by a device that has since been revoked; ask for a new one")]
+    CreatorRevoked,
+}
+
 /// Why an operation is not allowed in a state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
@@ -241,6 +254,30 @@ impl State {
         self.active_devices()
             .find(|(_, d)| d.record.name == name)
             .or_else(|| self.devices.iter().find(|(_, d)| d.record.name == name))
+    }
+
+    /// The invite `hash` if it can still admit a device at `now` (unix seconds): the one
+    /// check a member makes before answering a joiner and a joiner makes before signing.
+    pub fn usable_invite(&self, hash: &EntryHash, now: u64) -> Result<&InviteState, InviteUnusable> {
+        let invite = self.invites.get(hash).ok_or(InviteUnusable::Unknown)?;
+        if invite.consumed_by.is_some() {
+            return Err(InviteUnusable::Used);
+        }
+        if invite.expires < now {
+            return Err(InviteUnusable::Expired);
+        }
+        if self.devices.get(&invite.created_by).is_some_and(|d| d.status == DeviceStatus::Revoked) {
+            return Err(InviteUnusable::CreatorRevoked);
+        }
+        Ok(invite)
+    }
+
+    /// Free overlay addresses for `device`: the first derivation attempt that no active device
+    /// holds yet (an adder and a joiner pick the same way).
+    pub fn allocate_overlay(&self, founder: &DeviceId, device: &DeviceId) -> Option<(std::net::Ipv4Addr, std::net::Ipv6Addr)> {
+        (0..64).map(|attempt| crate::overlay::derive(founder, device, attempt)).find(|(v4, v6)| {
+            !self.active_devices().any(|(_, d)| d.record.overlay_ipv4 == *v4 || d.record.overlay_ipv6 == *v6)
+        })
     }
 
     /// Whether the device holding this Noise static key may handshake now.

@@ -206,7 +206,7 @@ mod tests {
         std::fs::create_dir_all(&root).expect("dir");
         let identity = StateDir::new(&root).create_identity().expect("identity");
         let network = membership::NetworkId([0x5a; 32]);
-        let psk = crate::runtime::network_psk(&network);
+        let psk = network.data_plane_psk();
         let now = std::time::Instant::now();
         let clock = protocol::WallClock { anchor: now, unix_time_at_anchor: std::time::Duration::ZERO };
         let tunnel = protocol::TunnelConfig {
@@ -224,7 +224,7 @@ mod tests {
             mtu: 1420,
             clock,
         };
-        let invite = crate::invite::InviteCode {
+        let invite = crate::enrol::invite::InviteCode {
             network,
             invite: membership::EntryHash([1; 32]),
             secret: identity.device.clone(),

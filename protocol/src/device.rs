@@ -41,7 +41,7 @@ pub struct DeviceConfig {
     pub clock: WallClock,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub static_public: StaticPublic,
     /// Inner addresses this peer may send from and that we route to it.

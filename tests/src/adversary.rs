@@ -19,7 +19,7 @@ pub fn network_psk(node: &PalNode) -> PresharedKey {
     let log: serde_json::Value = serde_json::from_str(&node.pal_ok(&["log", "--json"])).expect("log JSON");
     let genesis = log[0]["hash"].as_str().expect("genesis hash");
     let bytes: Vec<u8> = (0..genesis.len()).step_by(2).map(|i| u8::from_str_radix(&genesis[i..i + 2], 16).expect("hex")).collect();
-    node::runtime::network_psk(&NetworkId(bytes.try_into().expect("32-byte network id")))
+    NetworkId(bytes.try_into().expect("32-byte network id")).data_plane_psk()
 }
 
 /// One handshake initiation from `local` to `peer` (mac1 valid: it is keyed by the peer's

@@ -17,7 +17,7 @@ fn seed(node: &PalNode, file: &str) -> [u8; 32] {
 }
 
 fn peer_of(node: &PalNode) -> PeerId {
-    node::runtime::libp2p_keypair(&seed(node, "libp2p.key")).public().to_peer_id()
+    node::p2p::peer_id(&seed(node, "libp2p.key")).expect("peer id")
 }
 
 fn signer_of(node: &PalNode) -> DeviceSigningKey {
@@ -49,9 +49,9 @@ fn rogue_dht(namespace: &str, nodes: Vec<(PeerId, Multiaddr)>, steps: Vec<Step>)
         tests::enter_namespace(&namespace);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
-            let mut swarm = node::runtime::swarm_with(&[0x77; 32], |key| {
+            let mut swarm = node::p2p::build(&[0x77; 32], |key, _relay| {
                 let peer = key.public().to_peer_id();
-                let mut config = kad::Config::new(node::runtime::KAD_PROTOCOL);
+                let mut config = kad::Config::new(node::p2p::KAD_PROTOCOL);
                 config.set_query_timeout(Duration::from_secs(5));
                 let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), config);
                 kad.set_mode(Some(kad::Mode::Client));
@@ -130,10 +130,10 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     // DHT-01: under the phone's key, garbage; a record an outsider signed claiming to be the
     // phone; and the outsider's own record — all pointing at the trap.
     let phone_device = signer_of(net.node("phone")).public_key().device_id();
-    let phone_key = node::presence::key(&network, now(), &phone_device);
+    let phone_key = node::control::presence::key(&network, now(), &phone_device);
     let outsider = DeviceSigningKey::from_bytes(&[0x13; 32]);
-    let rogue_peer = node::runtime::libp2p_keypair(&[0x77; 32]).public().to_peer_id();
-    let (outsider_key, outsider_value) = node::presence::publish(&network, &outsider, &rogue_peer, std::slice::from_ref(&trap), u64::MAX - 1, now());
+    let rogue_peer = node::p2p::peer_id(&[0x77; 32]).expect("peer id");
+    let (outsider_key, outsider_value) = node::control::presence::publish(&network, &outsider, &rogue_peer, std::slice::from_ref(&trap), u64::MAX - 1, now());
     let garbage = vec![0xa5; 300];
     let spoofed = vec![
         record(phone_key.clone(), garbage.clone()),
@@ -144,7 +144,7 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     let desktop_signer = signer_of(net.node("desktop"));
     let desktop_address: Multiaddr = format!("/ip4/{}/tcp/41641", net.node("desktop").address).parse().expect("multiaddr");
     let seq = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64 + 60_000;
-    let (desktop_key, desktop_value) = node::presence::publish(&network, &desktop_signer, &peer_of(net.node("desktop")), &[desktop_address], seq, now());
+    let (desktop_key, desktop_value) = node::control::presence::publish(&network, &desktop_signer, &peer_of(net.node("desktop")), &[desktop_address], seq, now());
     let found = rogue_dht(
         &attacker_ns.name,
         dht_nodes.clone(),
@@ -171,7 +171,7 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     // phone's key — and reaches the phone where it really is once it is back.
     let phone_address: Multiaddr = format!("/ip4/{}/tcp/41641", net.node("phone").address).parse().expect("multiaddr");
     let seq = seq + 60_000;
-    let (key, value) = node::presence::publish(&network, &signer_of(net.node("phone")), &peer_of(net.node("phone")), &[trap, phone_address], seq, now());
+    let (key, value) = node::control::presence::publish(&network, &signer_of(net.node("phone")), &peer_of(net.node("phone")), &[trap, phone_address], seq, now());
     rogue_dht(&attacker_ns.name, dht_nodes, vec![Step::Put(vec![record(key, value)])]);
     let lured = wait_until(Duration::from_secs(12), || listener.accept().is_ok());
     assert!(lured, "the signed record was not acted on (the laptop never dialled its first address): {}", net.node("laptop").log());

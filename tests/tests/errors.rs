@@ -48,8 +48,8 @@ fn second_up_expired_and_reused_invites_and_member_rights_fail_clearly() {
 fn inv03_guessing_invite_secrets_is_refused_and_rate_limited() {
     let mut net = LanNetwork::form(&["laptop"]);
     let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "guess"]);
-    let code = node::invite::InviteCode::decode(invite.lines().last().expect("code")).expect("decodes");
-    let guess = node::invite::InviteCode { secret: protocol::DeviceSigningKey::from_bytes(&[0x5e; 32]), ..code };
+    let code = node::enrol::invite::InviteCode::decode(invite.lines().last().expect("code")).expect("decodes");
+    let guess = node::enrol::invite::InviteCode { secret: protocol::DeviceSigningKey::from_bytes(&[0x5e; 32]), ..code };
     let (netns, address) = net.lan.host("guess");
     let guesser = tests::PalNode::new("guesser", netns, address);
     let mut outcomes = Vec::new();

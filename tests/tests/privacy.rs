@@ -23,7 +23,7 @@ fn secrets_of(node: &PalNode) -> Vec<(String, String)> {
     let name = &node.name;
     let read32 = |file: &str| -> [u8; 32] { std::fs::read(node.state.join(file)).expect(file).try_into().expect("32 bytes") };
     let signing = DeviceSigningKey::from_bytes(&read32("device.key")).public_key();
-    let peer_id = node::runtime::libp2p_keypair(&read32("libp2p.key")).public().to_peer_id();
+    let peer_id = node::p2p::peer_id(&read32("libp2p.key")).expect("peer id");
     let (v4, v6) = node.overlay();
     vec![
         (format!("{name}'s underlay address"), node.address.clone()),
@@ -59,7 +59,7 @@ fn priv01_priv05_default_logs_say_nothing_and_state_holds_only_what_it_must() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     secrets.push(("the network id".into(), network_hex));
     for device in net.nodes.iter().map(device_id) {
-        secrets.push(("a presence record key".into(), hex(node::presence::key(&network, now.as_secs(), &device).as_ref())));
+        secrets.push(("a presence record key".into(), hex(node::control::presence::key(&network, now.as_secs(), &device).as_ref())));
     }
     secrets.push(("the data port".into(), "41641".into()));
 

@@ -15,7 +15,7 @@ struct Outsider {
 /// Asks `cloudpal` for a circuit reservation from `namespace`; whether it was granted.
 fn reserve(namespace: &str, cloudpal: &PalNode) -> bool {
     let seed: [u8; 32] = std::fs::read(cloudpal.state.join("libp2p.key")).expect("key").try_into().expect("32 bytes");
-    let cloudpal_peer = node::runtime::libp2p_keypair(&seed).public().to_peer_id();
+    let cloudpal_peer = node::p2p::peer_id(&seed).expect("peer id");
     let circuit: Multiaddr = format!("/ip4/{}/tcp/41641/p2p/{cloudpal_peer}/p2p-circuit", cloudpal.address).parse().expect("multiaddr");
     let namespace = namespace.to_owned();
     std::thread::spawn(move || {

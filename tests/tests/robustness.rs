@@ -50,13 +50,13 @@ fn rogue_requests(namespace: &str, target: Multiaddr, payloads: Vec<Vec<u8>>) ->
         tests::enter_namespace(&namespace);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
-            let behaviour = |_: &libp2p::identity::Keypair| {
+            let behaviour = |_: &libp2p::identity::Keypair, _relay| {
                 request_response::Behaviour::<Raw>::new(
-                    [(node::messages::PROTOCOL, ProtocolSupport::Outbound)],
+                    [(node::p2p::codec::PROTOCOL, ProtocolSupport::Outbound)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
                 )
             };
-            let mut swarm = node::runtime::swarm_with(&[0x66; 32], behaviour).expect("swarm");
+            let mut swarm = node::p2p::build(&[0x66; 32], behaviour).expect("swarm");
             swarm.dial(target).expect("dial");
             let mut pending = std::collections::HashMap::new();
             let mut answers = vec![false; payloads.len()];
@@ -105,7 +105,7 @@ fn rob01_malformed_control_messages_close_the_stream_and_the_node_keeps_running(
         vec![0x00, 0x00],                                         // a truncated length prefix
         // Control: a well-formed request gets an answer (a refusal: the rogue is no member),
         // so silence above means the streams were closed, not that nothing was heard.
-        frame(&node::messages::encode(&node::messages::Request::Announce { summary: vec![0].into() }).expect("encode")),
+        frame(&node::control::messages::encode(&node::control::messages::Request::Announce { summary: vec![0].into() }).expect("encode")),
     ];
     let answered = rogue_requests(&net.node("phone").netns.name, target.clone(), payloads);
     assert_eq!(answered, [false, false, false, false, false, false, true], "answered malformed requests, or not the good one");

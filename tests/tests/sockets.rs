@@ -1,10 +1,10 @@
-//! The data plane's connected UDP sockets (`node::connected`) against a real routing table:
+//! The data plane's connected UDP sockets (`node::dataplane::connected`) against a real routing table:
 //! a socket whose fixed source address the kernel would no longer pick is closed by the
 //! sweep, and one whose source address is gone fails its sends (the data plane then closes
 //! it and sends on the shared socket). Both are what keeps a WiFi→cell handoff from sending
 //! into a black hole.
 
-use node::connected::{self, Connections};
+use node::dataplane::connected::{self, Connections};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use tests::{Lan, enter_namespace};

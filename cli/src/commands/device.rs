@@ -1,58 +1,50 @@
 //! `pal device invite|add|list|revoke`.
 
-use super::ask;
-use anyhow::Context;
-use node::control::ControlRequest;
-use node::invite::InviteCode;
+use super::{ask, print_json};
+use node::control_api::{AddReply, ControlRequest, DeviceInfo, DeviceStatusName, InviteReply, RevokeReply};
+use node::enrol::invite::InviteCode;
 use node::statedir::StateDir;
 use std::io::IsTerminal;
 
-pub fn invite(state: &StateDir, name: String, role: String, ttl: &str, qr: bool) -> anyhow::Result<()> {
+pub fn invite(state: &StateDir, name: String, role: &str, ttl: &str, qr: bool) -> anyhow::Result<()> {
     let ttl_seconds = parse_duration(ttl)?;
-    let answer = ask(state, ControlRequest::Invite { name: name.clone(), role, ttl_seconds })?;
-    let code = answer["code"].as_str().context("the node returned no code")?;
-    println!("invite for {name} ({}), valid for {ttl}; on the new device run: pal join CODE --name {name}", answer["role"].as_str().unwrap_or("member"));
+    let role = role.parse().map_err(anyhow::Error::msg)?;
+    let answer: InviteReply = ask(state, ControlRequest::Invite { name: name.clone(), role, ttl_seconds })?;
+    println!("invite for {name} ({}), valid for {ttl}; on the new device run: pal join CODE --name {name}", answer.role.as_str());
     if qr || std::io::stdout().is_terminal() {
         // Scanning yields the code in upper case; `pal join` takes either case.
-        println!("{}", InviteCode::decode(code)?.qr()?);
+        println!("{}", InviteCode::decode(&answer.code)?.qr()?);
     }
-    println!("{code}");
+    println!("{}", answer.code);
     Ok(())
 }
 
 /// Adds the device of a request code and waits until it has the log.
-pub fn add(state: &StateDir, code: &str, role: String) -> anyhow::Result<()> {
-    let answer = ask(state, ControlRequest::Add { code: code.trim().to_owned(), role })?;
-    println!(
-        "{} was added as {} and has the log",
-        answer["added"].as_str().unwrap_or("the device"),
-        answer["role"].as_str().unwrap_or("member")
-    );
+pub fn add(state: &StateDir, code: &str, role: &str) -> anyhow::Result<()> {
+    let role = role.parse().map_err(anyhow::Error::msg)?;
+    let answer: AddReply = ask(state, ControlRequest::Add { code: code.trim().to_owned(), role })?;
+    println!("{} was added as {} and has the log", answer.added, answer.role.as_str());
     Ok(())
 }
 
 pub fn list(state: &StateDir, json: bool) -> anyhow::Result<()> {
-    let devices = ask(state, ControlRequest::DeviceList)?;
+    let devices: Vec<DeviceInfo> = ask(state, ControlRequest::DeviceList)?;
     if json {
-        println!("{devices}");
-        return Ok(());
+        return print_json(&devices);
     }
-    for device in devices.as_array().into_iter().flatten() {
-        println!(
-            "{:<16} {:<9} {:<8} {:<16} {}",
-            device["name"].as_str().unwrap_or(""),
-            device["role"].as_str().unwrap_or(""),
-            device["status"].as_str().unwrap_or(""),
-            device["overlay_ipv4"].as_str().unwrap_or(""),
-            device["overlay_ipv6"].as_str().unwrap_or("")
-        );
+    for device in &devices {
+        let status = match device.status {
+            DeviceStatusName::Active => "active",
+            DeviceStatusName::Revoked => "revoked",
+        };
+        println!("{:<16} {:<9} {:<8} {:<16} {}", device.name, device.role.as_str(), status, device.overlay_ipv4, device.overlay_ipv6);
     }
     Ok(())
 }
 
 pub fn revoke(state: &StateDir, name: String) -> anyhow::Result<()> {
-    ask(state, ControlRequest::Revoke { name: name.clone() })?;
-    println!("{name} is revoked");
+    let answer: RevokeReply = ask(state, ControlRequest::Revoke { name })?;
+    println!("{} is revoked", answer.revoked);
     Ok(())
 }
 

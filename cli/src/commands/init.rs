@@ -3,9 +3,9 @@
 use node::statedir::StateDir;
 
 pub fn run(state: &StateDir, name: &str) -> anyhow::Result<()> {
-    let created = node::init(state, name)?;
+    let created = node::enrol::init(state, name, node::clock::unix_secs())?;
     println!("created a new network with {name} as its first admin");
-    println!("overlay addresses: {} {}", created["overlay_ipv4"].as_str().unwrap_or("?"), created["overlay_ipv6"].as_str().unwrap_or("?"));
+    println!("overlay addresses: {} {}", created.overlay_ipv4, created.overlay_ipv6);
     println!("next: `pal up`, then `pal device invite --name NAME` for each device");
     Ok(())
 }

@@ -1,18 +1,16 @@
 //! `pal log [--json]`: the membership log, verified.
 
-use super::ask;
-use node::control::ControlRequest;
+use super::{ask, print_json};
+use node::control_api::{ControlRequest, LogEntry};
 use node::statedir::StateDir;
 
 pub fn run(state: &StateDir, json: bool) -> anyhow::Result<()> {
-    let log = ask(state, ControlRequest::Log)?;
+    let log: Vec<LogEntry> = ask(state, ControlRequest::Log)?;
     if json {
-        println!("{log}");
-        return Ok(());
+        return print_json(&log);
     }
-    for entry in log.as_array().into_iter().flatten() {
-        let hash = entry["hash"].as_str().unwrap_or("");
-        println!("{} {:<16} {}", &hash[..hash.len().min(12)], entry["author"].as_str().unwrap_or(""), entry["operation"]);
+    for entry in &log {
+        println!("{} {:<16} {}", &entry.hash[..entry.hash.len().min(12)], entry.author, entry.operation);
     }
     Ok(())
 }

@@ -2,22 +2,16 @@
 
 use super::ask;
 use anyhow::bail;
-use node::control::ControlRequest;
+use node::control_api::{ControlRequest, PingReport};
 use node::statedir::StateDir;
 
 pub fn run(state: &StateDir, name: String, count: u32) -> anyhow::Result<()> {
-    let result = ask(state, ControlRequest::Ping { name: name.clone(), count })?;
-    for reply in result["replies"].as_array().into_iter().flatten() {
-        println!(
-            "reply from {name}: seq={} time={:.2} ms path={}",
-            reply["seq"],
-            reply["rtt_ms"].as_f64().unwrap_or(0.0),
-            reply["path"].as_str().unwrap_or("?")
-        );
+    let report: PingReport = ask(state, ControlRequest::Ping { name: name.clone(), count })?;
+    for reply in &report.replies {
+        println!("reply from {name}: seq={} time={:.2} ms path={}", reply.seq, reply.rtt_ms, reply.path);
     }
-    let (sent, received) = (result["sent"].as_u64().unwrap_or(0), result["received"].as_u64().unwrap_or(0));
-    println!("{sent} sent, {received} received");
-    if received == 0 {
+    println!("{} sent, {} received", report.sent, report.received);
+    if report.received == 0 {
         bail!("no reply from {name}");
     }
     Ok(())

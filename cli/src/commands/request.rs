@@ -2,7 +2,7 @@
 //! fresh CloudPal) prints a request code and waits until an admin adds it with `pal device add`.
 
 use anyhow::Context;
-use node::runtime::DEFAULT_PORT;
+use node::app::DEFAULT_PORT;
 use node::statedir::StateDir;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,12 +13,12 @@ pub fn run(state: &StateDir, name: &str, listen: Option<String>) -> anyhow::Resu
         None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let role = runtime.block_on(node::request::request(state, name, listen, |code| {
+    let role = runtime.block_on(node::enrol::request::request(state, name, listen, |code| {
         println!("on an admin device run: pal device add CODE --role cloudpal (or member, admin); waiting for it…");
         println!("{code}");
         let _ = std::io::stdout().flush();
     }))?;
-    let hint = if role == "cloudpal" { "pal up --cloudpal" } else { "pal up" };
-    println!("{name} was added to the network as {role}; start it with `{hint}`");
+    let hint = if role == membership::Role::CloudPal { "pal up --cloudpal" } else { "pal up" };
+    println!("{name} was added to the network as {}; start it with `{hint}`", role.as_str());
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `pal up`: run the node in the foreground until SIGINT or SIGTERM.
 
 use anyhow::Context;
-use node::runtime::{DEFAULT_PORT, UpOptions, run as run_node};
+use node::app::{DEFAULT_PORT, UpOptions, run as run_node};
 use node::statedir::StateDir;
 use std::net::SocketAddr;
 

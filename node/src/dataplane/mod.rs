@@ -1,35 +1,52 @@
-//! The data plane: its own OS thread owning the UDP socket, the TUN device and the sans-IO
-//! [`Device`], so that packets never wait behind the libp2p swarm. The control loop drives it
-//! with [`DataCommand`]s through a [`DataSender`] (peers from the membership state, endpoints
-//! learned on the control plane, status queries, pings).
+//! The data plane: its own OS thread owning the UDP sockets, the TUN device and the sans-IO
+//! [`Device`], so that packets never wait behind the libp2p swarm. The control side drives it
+//! with typed [`DataCommand`]s through a [`DataSender`] and hears back through [`DataEvent`]s
+//! (views for `status`, ping reports) — no JSON, no reply channels.
 //!
-//! The thread is a plain level-triggered `epoll` loop over three descriptors (UDP, TUN, an
-//! eventfd for commands), like boringtun's and wireguard-go's: an async runtime here cost
-//! ~20 µs of CPU per wakeup, which is most of the latency the tunnel adds to an idle link.
-//! Reads and writes go in batches — `recvmmsg` with UDP GRO, `sendmsg` with UDP GSO
-//! (quinn-udp), TUN reads split and writes coalesced over the virtio-net header (tun-rs) —
-//! wherever the kernel has them. Traffic with a remote that authenticated itself moves to a
-//! UDP socket connected to it ([`crate::connected`]), which spares the kernel a route lookup
-//! per datagram each way.
+//! The thread is a plain level-triggered `epoll` loop over the shared UDP socket, TUN, an
+//! eventfd for commands and the connected sockets, like boringtun's and wireguard-go's: an
+//! async runtime here cost ~20 µs of CPU per wakeup, which is most of the latency the tunnel
+//! adds to an idle link. Reads and writes go in batches — `recvmmsg` with UDP GRO, `sendmsg`
+//! with UDP GSO (quinn-udp), TUN reads split and writes coalesced over the virtio-net header
+//! (tun-rs) — wherever the kernel has them. Traffic with a remote that authenticated itself
+//! moves to a UDP socket connected to it ([`connected`]), which spares the kernel a route
+//! lookup per datagram each way. The thread never sleeps on a send: a full socket buffer queues
+//! the datagrams ([`sendq`]) until EPOLLOUT says there is room, and while much is queued TUN
+//! reads pause, which pushes back on the senders inside the tunnel without stalling any peer's
+//! receive path.
 
-use crate::batch::{self, SendBatch};
-use crate::connected::Connections;
-use crate::icmp;
-use protocol::paths::PathKind;
-use protocol::{Device, PeerConfig, Received, StaticPublic, TunnelStats};
-use serde_json::json;
-use std::collections::BTreeMap;
+pub mod batch;
+pub mod commands;
+pub mod connected;
+pub mod icmp;
+mod ping;
+mod poller;
+pub mod sendq;
+pub mod tun;
+pub mod udp;
+
+use batch::SendBatch;
+pub use commands::{DataCommand, DataEvent, DataView, PeerView, Token};
+use connected::Connections;
+use ping::{PingJob, Step};
+use poller::{Interest, Poller};
+use protocol::{Device, Received, StaticPublic};
+use sendq::SendQueue;
+use std::collections::BTreeSet;
 use std::io::IoSliceMut;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+pub use tun::TunConfig;
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
 /// Commands queued for the data plane: a full membership refresh (one command per device, at
 /// most 512) always fits.
 pub const COMMAND_QUEUE: usize = 2 * membership::state::MAX_DEVICES + 64;
+/// Events waiting for the control side (answers to its queries).
+pub const EVENT_QUEUE: usize = 64;
 /// One datagram or packet, or one GRO/GSO aggregate of them.
 const BUFFER_LEN: usize = 65_536;
 /// Packets one TUN read can split into (64 KiB / MSS, with room), and so the send batch.
@@ -40,12 +57,9 @@ const UDP_BATCH: usize = 8;
 /// a wakeup under load without starving commands or timers (epoll is level-triggered, so
 /// what is left is seen at once).
 const ROUNDS: usize = 8;
-/// Interval between the echo requests of one `pal ping`, and how long to wait for the last.
-const PING_INTERVAL: Duration = Duration::from_millis(500);
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a send may wait for room in a full socket buffer before the datagrams are
-/// dropped (as a congested link would).
-const SEND_WAIT_MS: libc::c_int = 100;
+/// Queued bytes above which TUN reads pause, and below which they resume.
+const PAUSE_TUN_ABOVE: usize = 512 << 10;
+const RESUME_TUN_BELOW: usize = 128 << 10;
 
 /// epoll tokens.
 const UDP: u64 = 1;
@@ -54,67 +68,22 @@ const WAKE: u64 = 3;
 /// Connected socket `slot` has token `CONNECTED + slot`.
 const CONNECTED: u64 = 16;
 
-#[derive(Debug)]
-pub enum DataCommand {
-    UpsertPeer(PeerConfig),
-    RemovePeer(StaticPublic),
-    /// Every peer at once: the device has left the network.
-    RemoveAll,
-    SetEndpoint(StaticPublic, SocketAddr),
-    SetCandidates(StaticPublic, Vec<SocketAddr>),
-    /// Send through this relay (CloudPal's data address and key) when no direct path works.
-    SetRelay(Option<(SocketAddr, StaticPublic)>),
-    /// Start a handshake with this peer now (the relay: it must know where we are).
-    Connect(StaticPublic),
-    Peers(oneshot::Sender<DataView>),
-    Ping(Ping),
-}
-
-/// What `status` shows of one peer.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerView {
-    pub stats: TunnelStats,
-    pub has_session: bool,
-    pub endpoint: Option<SocketAddr>,
-    pub path: PathKind,
-}
-
-/// The data plane's view for the control plane: peers, and how peers see us.
-#[derive(Debug, Clone, Default)]
-pub struct DataView {
-    pub peers: BTreeMap<StaticPublic, PeerView>,
-    /// Our source address as each peer saw it (reflexive candidates).
-    pub observed: Vec<SocketAddr>,
-}
-
-#[derive(Debug)]
-pub struct Ping {
-    pub source: Ipv4Addr,
-    pub target: Ipv4Addr,
-    pub count: u16,
-    pub reply: oneshot::Sender<serde_json::Value>,
-}
-
-struct PingJob {
-    ping: Ping,
-    sent: BTreeMap<u16, Instant>,
-    replies: Vec<serde_json::Value>,
-    last_sent: Option<Instant>,
-}
-
 struct DataPlane {
     device: Device,
-    udp: std::net::UdpSocket,
-    udp_state: quinn_udp::UdpSocketState,
-    connections: Connections,
+    /// Whose handshakes the device answers (its authorizer reads this; only this thread
+    /// writes it, from [`DataCommand::SetMembers`]).
+    members: Arc<RwLock<BTreeSet<StaticPublic>>>,
+    out: Outbound,
     poller: Poller,
     tun: tun_rs::SyncDevice,
+    tun_paused: bool,
     io: Buffers,
     ping: Option<PingJob>,
     sequence: u16,
+    events: mpsc::Sender<DataEvent>,
 }
 
-/// The control plane's end of the command queue: every command also pokes the data-plane
+/// The control side's end of the command queue: every command also pokes the data-plane
 /// thread's eventfd, and dropping it stops the thread.
 #[derive(Debug)]
 pub struct DataSender {
@@ -129,12 +98,6 @@ pub struct Busy;
 impl DataSender {
     pub fn try_send(&self, command: DataCommand) -> Result<(), Busy> {
         self.queue.try_send(command).map_err(|_| Busy)?;
-        poke(&self.wake);
-        Ok(())
-    }
-
-    pub async fn send(&self, command: DataCommand) -> Result<(), Busy> {
-        self.queue.send(command).await.map_err(|_| Busy)?;
         poke(&self.wake);
         Ok(())
     }
@@ -155,9 +118,10 @@ fn poke(eventfd: &OwnedFd) {
     let _ = unsafe { libc::write(eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
 }
 
-/// Starts the data plane on its own OS thread. The TUN device is created there; start-up
-/// errors come back here. The thread ends when the [`DataSender`] is dropped.
-pub async fn spawn(device: Device, udp: std::net::UdpSocket, tun: TunConfig) -> anyhow::Result<DataSender> {
+/// Starts the data plane on its own OS thread; it answers queries on `events`. The TUN
+/// device is created there; start-up errors come back here. The thread ends when the
+/// [`DataSender`] is dropped.
+pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, tun: TunConfig, events: mpsc::Sender<DataEvent>) -> anyhow::Result<DataSender> {
     let (queue, commands) = mpsc::channel(COMMAND_QUEUE);
     // SAFETY: plain eventfd creation; the result is checked before being owned.
     let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -167,10 +131,12 @@ pub async fn spawn(device: Device, udp: std::net::UdpSocket, tun: TunConfig) -> 
     // SAFETY: a fresh descriptor nobody else owns.
     let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
     let thread_wake = wake.clone();
+    let members = Arc::new(RwLock::new(BTreeSet::new()));
+    let authorized = members.clone();
+    device.set_authorizer(Box::new(move |key| authorized.read().is_ok_and(|keys| keys.contains(key))));
     let (started, start_result) = oneshot::channel::<anyhow::Result<()>>();
     std::thread::Builder::new().name("pal-dataplane".into()).spawn(move || {
-
-        let opened = open_tun(&tun).and_then(|tun| Ok((tun, open_udp(&udp)?))).and_then(|(tun, udp_state)| {
+        let opened = tun::open_tun(&tun).and_then(|tun| Ok((tun, udp::open_udp(&udp)?))).and_then(|(tun, udp_state)| {
             tracing::debug!(gso_segments = udp_state.max_gso_segments(), gro_segments = udp_state.gro_segments(), "data socket ready");
             let poller = Poller::new(&[(udp.as_raw_fd(), UDP), (tun.as_raw_fd(), TUN), (thread_wake.as_raw_fd(), WAKE)])?;
             Ok((tun, udp_state, poller))
@@ -180,7 +146,8 @@ pub async fn spawn(device: Device, udp: std::net::UdpSocket, tun: TunConfig) -> 
                 let _ = started.send(Ok(()));
                 let io = Buffers::new(udp_state.max_gso_segments());
                 let connections = Connections::new(&udp);
-                let plane = DataPlane { device, udp, udp_state, connections, poller, tun, io, ping: None, sequence: 0 };
+                let out = Outbound { udp, udp_state, connections, shared_queue: SendQueue::default(), queues: Vec::new() };
+                let plane = DataPlane { device, members, out, poller, tun, tun_paused: false, io, ping: None, sequence: 0, events };
                 run(plane, &thread_wake, commands);
             }
             Err(error) => {
@@ -232,150 +199,56 @@ impl Buffers {
     }
 }
 
-/// The overlay interface to create.
-#[derive(Debug, Clone)]
-pub struct TunConfig {
-    pub name: String,
-    pub ipv4: Ipv4Addr,
-    pub ipv6: Ipv6Addr,
-    /// Ask the kernel for TCP/UDP segmentation offload on the interface (virtio-net header).
-    pub offload: bool,
-}
-
-/// Creates the TUN device, with offloads when asked and the kernel has them, else without.
-fn open_tun(config: &TunConfig) -> anyhow::Result<tun_rs::SyncDevice> {
-    let build = |offload: bool| {
-        tun_rs::DeviceBuilder::new()
-            .name(&config.name)
-            .ipv4(config.ipv4, 10, None)
-            .ipv6(config.ipv6, 48)
-            .mtu(protocol::wire::DEFAULT_MTU as u16)
-            .offload(offload)
-            .build_sync()
-    };
-    let device = match build(config.offload) {
-        Ok(device) => Ok(device),
-        Err(_) if config.offload => build(false),
-        Err(error) => Err(error),
-    };
-    let device = device.map_err(|error| match error.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => anyhow::anyhow!("cannot create the TUN device: run pal up as root (it needs CAP_NET_ADMIN)"),
-        _ => anyhow::anyhow!("cannot create the TUN device {}: {error}", config.name),
-    })?;
-    device.set_nonblocking(true)?;
-    tracing::info!(tcp_offload = device.tcp_gso(), udp_offload = device.udp_gso(), "overlay interface up");
-    Ok(device)
-}
-
-/// Switches on what the kernel offers a data socket (the shared one and each connected one)
-/// for batches: `recvmmsg`, GRO and GSO (quinn-udp probes each; it also makes the socket
-/// non-blocking), and lets the underlay fragment.
-pub(crate) fn open_udp(udp: &std::net::UdpSocket) -> std::io::Result<quinn_udp::UdpSocketState> {
-    let state = quinn_udp::UdpSocketState::new(udp.into())?;
-    allow_fragmentation(udp);
-    Ok(state)
-}
-
-/// quinn-udp sets the don't-fragment bit for QUIC's path-MTU probing. A VPN with a fixed
-/// inner MTU must rather let an underlay with a smaller MTU fragment (as WireGuard does), or
-/// full-size packets would vanish on such paths.
-fn allow_fragmentation(udp: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: a valid socket descriptor and a c_int option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                level,
-                name,
-                (&raw const value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    let ipv6 = udp.local_addr().is_ok_and(|address| address.is_ipv6());
-    if ipv6 {
-        set(libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT);
-    }
-    set(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT);
-}
-
-/// A level-triggered epoll instance over the loop's descriptors.
-struct Poller {
-    epoll: OwnedFd,
-    events: [libc::epoll_event; 16],
-}
-
-impl Poller {
-    fn new(descriptors: &[(RawFd, u64)]) -> std::io::Result<Self> {
-        // SAFETY: plain epoll creation; checked before being owned.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        let poller = Poller { epoll, events: [libc::epoll_event { events: 0, u64: 0 }; 16] };
-        for &(fd, token) in descriptors {
-            poller.add(fd, token)?;
-        }
-        Ok(poller)
-    }
-
-    /// Watches `fd` for input. Closing `fd` takes it out again.
-    fn add(&self, fd: RawFd, token: u64) -> std::io::Result<()> {
-        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-        // SAFETY: a valid descriptor and a valid event.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits for readiness or `timeout`; the tokens that are ready.
-    fn wait(&mut self, timeout: Option<Duration>) -> impl Iterator<Item = u64> + '_ {
-        // Round up: waking a millisecond late is harmless, waking early spins.
-        let timeout_ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(60_000) as libc::c_int);
-        // SAFETY: the buffer holds `events.len()` entries.
-        let ready = unsafe {
-            libc::epoll_wait(self.epoll.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as libc::c_int, timeout_ms)
-        };
-        let ready = usize::try_from(ready).unwrap_or(0);
-        self.events[..ready].iter().map(|event| event.u64)
-    }
-}
-
 /// Runs until the command queue closes.
 fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCommand>) {
     let mut deadline = plane.device.poll_timeout();
     let mut now = Instant::now();
-    // Connected sockets with input, at most as many as one wait reports.
-    let mut ready: Vec<usize> = Vec::with_capacity(16);
+    // Connected sockets with input, and with room for their queued datagrams.
+    let mut readable: Vec<usize> = Vec::with_capacity(16);
+    let mut writable: Vec<usize> = Vec::with_capacity(16);
     // The last turn read TUN and did not run dry.
     let mut tun_busy = false;
     loop {
         // `now` is from after the last batch: reading the clock once per wakeup is enough
         // for timers kept in milliseconds.
         let ping_due = plane.ping.as_ref().map(|_| now + Duration::from_millis(100));
-        let wake_at = [deadline, ping_due, plane.connections.deadline()].into_iter().flatten().min();
-        let (mut udp, mut tun, mut poked) = (false, false, false);
-        ready.clear();
-        for token in plane.poller.wait(wake_at.map(|at| at.saturating_duration_since(now))) {
-            match token {
-                UDP => udp = true,
+        let wake_at = [deadline, ping_due, plane.out.connections.deadline()].into_iter().flatten().min();
+        let (mut udp, mut udp_room, mut tun, mut poked) = (false, false, false, false);
+        readable.clear();
+        writable.clear();
+        for ready in plane.poller.wait(wake_at.map(|at| at.saturating_duration_since(now))) {
+            match ready.token {
+                UDP => {
+                    udp |= ready.readable;
+                    udp_room |= ready.writable;
+                }
                 TUN => tun = true,
                 WAKE => poked = true,
-                token => ready.push((token - CONNECTED) as usize),
+                token => {
+                    let slot = (token - CONNECTED) as usize;
+                    if ready.readable {
+                        readable.push(slot);
+                    }
+                    if ready.writable {
+                        writable.push(slot);
+                    }
+                }
             }
         }
         now = Instant::now();
-        for &slot in &ready {
+        if udp_room {
+            plane.out.flush_shared(&plane.poller);
+        }
+        for &slot in &writable {
+            plane.out.flush_slot(&plane.poller, slot, now);
+        }
+        for &slot in &readable {
             plane.read_udp(Some(slot), now);
         }
         if udp {
             plane.read_udp(None, now);
         }
-        if tun {
+        if tun && !plane.tun_paused {
             tun_busy = plane.read_tun(now, tun_busy);
         } else {
             tun_busy = false;
@@ -386,7 +259,7 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
             let _ = unsafe { libc::read(wake.as_raw_fd(), (&raw mut counter).cast(), 8) };
             loop {
                 match commands.try_recv() {
-                    Ok(command) => plane.on_command(command),
+                    Ok(command) => plane.on_command(command, now),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
@@ -396,10 +269,12 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
             plane.device.handle_timeout(now);
         }
         if plane.ping.is_some() {
-            plane.advance_ping();
+            plane.advance_ping(now);
         }
         plane.flush(now);
-        plane.connections.sweep(now);
+        plane.out.connections.sweep(now);
+        plane.out.forget_closed();
+        plane.pace_tun();
         deadline = plane.device.poll_timeout();
     }
 }
@@ -409,7 +284,7 @@ impl DataPlane {
     /// each decrypting its datagrams into one batch of TUN writes.
     fn read_udp(&mut self, connected: Option<usize>, now: Instant) {
         if let Some(slot) = connected {
-            self.connections.heard(slot, now);
+            self.out.connections.heard(slot, now);
         }
         for _ in 0..ROUNDS {
             let received = {
@@ -419,8 +294,8 @@ impl DataPlane {
                     std::array::from_fn(|_| IoSliceMut::new(buffers.next().map(Vec::as_mut_slice).unwrap_or_default()))
                 };
                 match connected {
-                    None => self.udp_state.recv((&self.udp).into(), &mut slices, &mut io.udp_meta),
-                    Some(slot) => match self.connections.get(slot) {
+                    None => self.out.udp_state.recv((&self.out.udp).into(), &mut slices, &mut io.udp_meta),
+                    Some(slot) => match self.out.connections.get(slot) {
                         Some(socket) => socket.state.recv((&socket.socket).into(), &mut slices, &mut io.udp_meta),
                         None => return,
                     },
@@ -441,7 +316,7 @@ impl DataPlane {
                 while offset < meta.len {
                     let end = (offset + stride).min(meta.len);
                     let authenticated = self.on_datagram(meta.addr, index, offset..end, now);
-                    if authenticated && connected.is_none() && self.connections.wants(meta.addr) {
+                    if authenticated && connected.is_none() && self.out.connections.wants(meta.addr) {
                         self.connect(meta.addr, now);
                     }
                     offset = end;
@@ -458,10 +333,11 @@ impl DataPlane {
 
     /// Opens a socket connected to `remote` and watches it.
     fn connect(&mut self, remote: SocketAddr, now: Instant) {
-        let Some((slot, fd)) = self.connections.open(remote, now) else { return };
+        let Some((slot, fd)) = self.out.connections.open(remote, now) else { return };
+        self.out.queue(slot).clear();
         if let Err(error) = self.poller.add(fd, CONNECTED + slot as u64) {
             tracing::debug!(%error, "cannot watch a connected data socket");
-            self.connections.close(slot);
+            self.out.connections.close(slot);
         }
     }
 
@@ -479,7 +355,7 @@ impl DataPlane {
                 out.truncate(VIRTIO_NET_HDR_LEN + len);
                 if let Some(sequence) = icmp::echo_reply_sequence(&out[VIRTIO_NET_HDR_LEN..])
                     && let Some(job) = self.ping.as_mut()
-                    && job.reply(sequence, self.device.peer_path(&peer, now))
+                    && job.reply(sequence, self.device.peer_path(&peer, now), now)
                 {
                     return true;
                 }
@@ -498,7 +374,7 @@ impl DataPlane {
                     segment_size: None,
                     src_ip: None,
                 };
-                send(&self.udp, &self.udp_state, &mut self.connections, &datagram, now);
+                self.out.send(&self.poller, &datagram, now);
                 true
             }
             Ok(Received::Nothing) => false,
@@ -533,7 +409,6 @@ impl DataPlane {
     /// Up to [`ROUNDS`] TUN reads; with offloads one read may carry a whole TCP segment, split
     /// here into MTU-sized packets, encrypted into one batch and sent with GSO.
     ///
-    ///
     /// A TUN read cannot say whether more is queued, so reading until EAGAIN costs an extra
     /// system call per wakeup — on an idle link, one on the path of every packet. So a wakeup
     /// reads once, unless the wakeup before it also read TUN and did not run dry (packets
@@ -552,6 +427,19 @@ impl DataPlane {
             self.send_batch(now);
         }
         true
+    }
+
+    /// Pauses TUN reads while much waits for room in the sockets, and resumes them once the
+    /// queues have drained (epoll would otherwise report the readable TUN over and over).
+    fn pace_tun(&mut self) {
+        let queued = self.out.queued_bytes();
+        let pause = if self.tun_paused { queued >= RESUME_TUN_BELOW } else { queued > PAUSE_TUN_ABOVE };
+        if pause != self.tun_paused {
+            let interest = if pause { Interest::None } else { Interest::Read };
+            if self.poller.modify(self.tun.as_raw_fd(), TUN, interest).is_ok() {
+                self.tun_paused = pause;
+            }
+        }
     }
 
     /// Encrypts one packet into the send batch, sending the batch first if it is full.
@@ -584,10 +472,10 @@ impl DataPlane {
                 segment_size: run.segment_size,
                 src_ip: None,
             };
-            send(&self.udp, &self.udp_state, &mut self.connections, &transmit, now);
+            self.out.send(&self.poller, &transmit, now);
         }
         io.send.clear();
-        io.send.set_max_segments(self.udp_state.max_gso_segments());
+        io.send.set_max_segments(self.out.udp_state.max_gso_segments());
     }
 
     /// Sends what the device queued: handshake messages, cookie replies, keepalives and the
@@ -601,90 +489,84 @@ impl DataPlane {
                 segment_size: None,
                 src_ip: None,
             };
-            send(&self.udp, &self.udp_state, &mut self.connections, &datagram, now);
+            self.out.send(&self.poller, &datagram, now);
         }
     }
 
-    fn on_command(&mut self, command: DataCommand) {
+    fn on_command(&mut self, command: DataCommand, now: Instant) {
         match command {
             DataCommand::UpsertPeer(config) => self.device.upsert_peer(config),
             DataCommand::RemovePeer(key) => {
                 self.device.remove_peer(&key);
                 // Its remote may be shared (CloudPal's) or not: reconnecting is cheap.
-                self.connections.close_all();
+                self.out.close_all();
             }
             DataCommand::RemoveAll => {
                 for key in self.device.peers().copied().collect::<Vec<_>>() {
                     self.device.remove_peer(&key);
                 }
-                self.connections.close_all();
+                self.out.close_all();
             }
-            DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint, Instant::now()),
-            DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, Instant::now()),
-            DataCommand::SetRelay(relay) => self.device.set_relay(relay, Instant::now()),
-            DataCommand::Connect(key) => self.device.connect(&key, Instant::now()),
-            DataCommand::Peers(reply) => {
-                let now = Instant::now();
-                let peers = self
-                    .device
-                    .peers()
-                    .map(|key| {
-                        let view = PeerView {
-                            stats: self.device.peer_stats(key).unwrap_or_default(),
-                            has_session: self.device.peer_has_session(key, now),
-                            endpoint: self.device.peer_endpoint(key),
-                            path: self.device.peer_path(key, now),
-                        };
-                        (*key, view)
-                    })
-                    .collect();
-                let mut observed: Vec<SocketAddr> = self.device.observed_addresses().map(|(_, address)| *address).collect();
-                observed.sort();
-                observed.dedup();
-                let _ = reply.send(DataView { peers, observed });
-            }
-            DataCommand::Ping(ping) => {
-                if let Some(job) = self.ping.take() {
-                    let _ = job.ping.reply.send(json!({ "error": "superseded" }));
+            DataCommand::SetMembers(keys) => {
+                if let Ok(mut members) = self.members.write() {
+                    *members = keys;
                 }
-                self.ping = Some(PingJob { ping, sent: BTreeMap::new(), replies: Vec::new(), last_sent: None });
-                self.advance_ping();
+            }
+            DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint, now),
+            DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, now),
+            DataCommand::SetRelay(relay) => self.device.set_relay(relay, now),
+            DataCommand::Connect(key) => self.device.connect(&key, now),
+            DataCommand::QueryView(token) => {
+                let view = self.view(now);
+                let _ = self.events.try_send(DataEvent::View { token, view });
+            }
+            DataCommand::Ping { token, source, target, count } => {
+                if let Some(job) = self.ping.take() {
+                    let _ = self.events.try_send(DataEvent::PingDone { token: job.token, report: job.report() });
+                }
+                self.ping = Some(PingJob::new(token, source, target, count));
+                self.advance_ping(now);
             }
         }
     }
 
-    /// Sends the next echo request if due; answers when all replies are in or late.
-    fn advance_ping(&mut self) {
+    fn view(&self, now: Instant) -> DataView {
+        let peers = self
+            .device
+            .peers()
+            .map(|key| {
+                let view = PeerView {
+                    stats: self.device.peer_stats(key).unwrap_or_default(),
+                    endpoint: self.device.peer_endpoint(key),
+                    path: self.device.peer_path(key, now),
+                };
+                (*key, view)
+            })
+            .collect();
+        let mut observed: Vec<SocketAddr> = self.device.observed_addresses().map(|(_, address)| *address).collect();
+        observed.sort();
+        observed.dedup();
+        DataView { peers, observed }
+    }
+
+    /// Sends the next echo request if due; reports when all replies are in or late.
+    fn advance_ping(&mut self, now: Instant) {
         let Some(job) = self.ping.as_mut() else { return };
-        let now = Instant::now();
-        let count = usize::from(job.ping.count);
-        let late = job.last_sent.is_some_and(|at| now - at > PING_TIMEOUT);
-        if job.replies.len() == count || (job.sent.len() == count && late) {
-            if let Some(job) = self.ping.take() {
-                let result = json!({ "sent": job.sent.len(), "received": job.replies.len(), "replies": job.replies });
-                let _ = job.ping.reply.send(result);
+        match job.step(self.sequence.wrapping_add(1), now) {
+            Step::Send(sequence) => {
+                self.sequence = sequence;
+                let packet = icmp::echo_request(job.source, job.target, sequence);
+                self.io.scratch[..packet.len()].copy_from_slice(&packet);
+                self.encapsulate_batched(Source::Scratch(packet.len()), now);
+                self.send_batch(now);
             }
-            return;
+            Step::Wait => {}
+            Step::Done => {
+                if let Some(job) = self.ping.take() {
+                    let _ = self.events.try_send(DataEvent::PingDone { token: job.token, report: job.report() });
+                }
+            }
         }
-        if job.sent.len() < count && job.last_sent.is_none_or(|at| now - at >= PING_INTERVAL) {
-            self.sequence = self.sequence.wrapping_add(1);
-            job.sent.insert(self.sequence, now);
-            job.last_sent = Some(now);
-            let packet = icmp::echo_request(job.ping.source, job.ping.target, self.sequence);
-            self.io.scratch[..packet.len()].copy_from_slice(&packet);
-            self.encapsulate_batched(Source::Scratch(packet.len()), now);
-            self.send_batch(now);
-        }
-    }
-}
-
-impl PingJob {
-    /// Records a reply to this ping; false if it is not ours.
-    fn reply(&mut self, sequence: u16, path: PathKind) -> bool {
-        let Some(sent) = self.sent.get(&sequence) else { return false };
-        let rtt = sent.elapsed();
-        self.replies.push(json!({ "seq": sequence, "rtt_ms": rtt.as_secs_f64() * 1000.0, "path": path_name(path) }));
-        true
     }
 }
 
@@ -695,50 +577,125 @@ enum Source {
     Scratch(usize),
 }
 
-/// Sends one transmit: on the socket connected to its destination if there is one, else on
-/// the shared socket. A connected socket that fails is closed and the shared one sends.
-/// Errors lose the datagrams, as any network may: the tunnel's timers and TCP recover.
-/// Logged without the destination (PRIV-01).
-fn send(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, connections: &mut Connections, transmit: &quinn_udp::Transmit<'_>, now: Instant) {
-    if let Some(slot) = connections.lookup(transmit.destination) {
-        match connections.send(slot, transmit.contents, transmit.segment_size, now) {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::debug!(%error, "connected data socket failed; the shared one takes over");
-                connections.close(slot);
+/// Everything that sends: the shared socket, the connected ones, and what waits for room in
+/// each.
+struct Outbound {
+    udp: std::net::UdpSocket,
+    udp_state: quinn_udp::UdpSocketState,
+    connections: Connections,
+    shared_queue: SendQueue,
+    /// By connected-socket slot; cleared when a slot's socket is opened.
+    queues: Vec<SendQueue>,
+}
+
+impl Outbound {
+    fn queue(&mut self, slot: usize) -> &mut SendQueue {
+        if self.queues.len() <= slot {
+            self.queues.resize_with(slot + 1, SendQueue::default);
+        }
+        &mut self.queues[slot]
+    }
+
+    /// Sends one transmit: on the socket connected to its destination if there is one, else
+    /// on the shared socket; behind what already waits there, if anything does. A connected
+    /// socket that fails is closed and the shared one sends. Errors lose the datagrams, as any
+    /// network may: the tunnel's timers and TCP recover. Logged without the destination
+    /// (PRIV-01).
+    fn send(&mut self, poller: &Poller, transmit: &quinn_udp::Transmit<'_>, now: Instant) {
+        if let Some(slot) = self.connections.lookup(transmit.destination) {
+            if !self.queue(slot).is_empty() {
+                self.queue(slot).push(transmit.destination, transmit.contents, transmit.segment_size);
+                return;
+            }
+            match self.connections.send(slot, transmit.contents, transmit.segment_size, now) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.queue(slot).push(transmit.destination, transmit.contents, transmit.segment_size);
+                    self.watch_slot(poller, slot, Interest::ReadWrite);
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "connected data socket failed; the shared one takes over");
+                    self.connections.close(slot);
+                    self.queue(slot).clear();
+                }
+            }
+        }
+        if !self.shared_queue.is_empty() {
+            self.shared_queue.push(transmit.destination, transmit.contents, transmit.segment_size);
+            return;
+        }
+        match send_shared(&self.udp, &self.udp_state, transmit.destination, transmit.contents, transmit.segment_size) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                self.shared_queue.push(transmit.destination, transmit.contents, transmit.segment_size);
+                let _ = poller.modify(self.udp.as_raw_fd(), UDP, Interest::ReadWrite);
+            }
+            Err(error) => tracing::trace!(%error, "send failed"),
+        }
+    }
+
+    /// The shared socket has room: send what waits, and stop watching for room once done.
+    fn flush_shared(&mut self, poller: &Poller) {
+        while let Some(item) = self.shared_queue.front() {
+            match send_shared(&self.udp, &self.udp_state, item.destination, &item.contents, item.segment_size) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                _ => self.shared_queue.pop(),
+            }
+        }
+        let _ = poller.modify(self.udp.as_raw_fd(), UDP, Interest::Read);
+    }
+
+    /// Connected socket `slot` has room: likewise.
+    fn flush_slot(&mut self, poller: &Poller, slot: usize, now: Instant) {
+        loop {
+            let Some(item) = self.queues.get(slot).and_then(SendQueue::front) else { break };
+            match self.connections.send(slot, &item.contents, item.segment_size, now) {
+                Ok(()) => self.queues[slot].pop(),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.connections.close(slot);
+                    self.queues[slot].clear();
+                    return;
+                }
+            }
+        }
+        self.watch_slot(poller, slot, Interest::Read);
+    }
+
+    fn watch_slot(&self, poller: &Poller, slot: usize, interest: Interest) {
+        if let Some(connected) = self.connections.get(slot) {
+            let _ = poller.modify(connected.socket.as_raw_fd(), CONNECTED + slot as u64, interest);
+        }
+    }
+
+    fn close_all(&mut self) {
+        self.connections.close_all();
+        self.queues.iter_mut().for_each(SendQueue::clear);
+    }
+
+    /// Drops what waits for sockets that have been closed (by the sweep, say).
+    fn forget_closed(&mut self) {
+        for (slot, queue) in self.queues.iter_mut().enumerate() {
+            if !queue.is_empty() && self.connections.get(slot).is_none() {
+                queue.clear();
             }
         }
     }
-    // A lone datagram goes out with a plain sendto: quinn-udp's sendmsg adds control
-    // messages (TOS) that cost the kernel measurably more per packet.
-    let result = with_send_wait(udp.as_fd().as_raw_fd(), || match transmit.segment_size {
-        None => udp.send_to(transmit.contents, transmit.destination).map(drop),
-        Some(_) => state.try_send(udp.into(), transmit),
-    });
-    if let Err(error) = result {
-        tracing::trace!(%error, "send failed");
+
+    fn queued_bytes(&self) -> usize {
+        self.shared_queue.bytes() + self.queues.iter().map(SendQueue::bytes).sum::<usize>()
     }
 }
 
-/// Runs `attempt`, and once more after waiting up to [`SEND_WAIT_MS`] for room if the socket
-/// buffer was full.
-pub(crate) fn with_send_wait(fd: RawFd, attempt: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
-    let result = attempt();
-    if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock) {
-        let mut poll = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut poll, 1, SEND_WAIT_MS) } > 0 {
-            return attempt();
+/// One send on the shared socket. A lone datagram goes out with a plain sendto: quinn-udp's
+/// sendmsg adds control messages (TOS) that cost the kernel measurably more per packet.
+fn send_shared(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, destination: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> std::io::Result<()> {
+    match segment_size {
+        None => udp.send_to(contents, destination).map(drop),
+        Some(_) => {
+            let transmit = quinn_udp::Transmit { destination, ecn: None, contents, segment_size, src_ip: None };
+            state.try_send(udp.into(), &transmit)
         }
-    }
-    result
-}
-
-/// How `status` and `ping` name a path.
-pub fn path_name(path: PathKind) -> &'static str {
-    match path {
-        PathKind::Direct => "direct",
-        PathKind::Relay => "relay",
-        PathKind::None => "none",
     }
 }

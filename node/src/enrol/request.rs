@@ -10,17 +10,16 @@
 //! log. The new device keeps the log only if it verifies and lists it, with its own keys, as an
 //! active member.
 
-use crate::codes;
-use crate::join::persist;
-use crate::messages::{Request, Response};
-use crate::runtime::build_swarm_for_join;
-use crate::statedir::StateDir;
+use super::codes;
+use crate::control::messages::{Request, Response};
+use crate::p2p::{self, EnrolEvent};
+use crate::statedir::{Identity, StateDir};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
-use membership::{DeviceStatus, Entry, Log};
+use membership::{DeviceStatus, Log, Role};
 use protocol::{DevicePublicKey, StaticPublic};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -81,34 +80,27 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Creates this device's keys, shows its request code through `show`, and waits until an admin
 /// delivers a log that lists it; returns the role it was given.
-pub async fn request(state: &StateDir, name: &str, listen: SocketAddr, show: impl FnOnce(&str)) -> Result<String> {
-    if !membership::entry::validate_name(name) {
-        bail!("{name:?} is not a valid device name: use letters, digits, '-', '_' or '.'");
-    }
-    if state.is_initialised() {
-        bail!("{} already holds a device; use another --state directory", state.root().display());
-    }
+pub async fn request(state: &StateDir, name: &str, listen: SocketAddr, show: impl FnOnce(&str)) -> Result<Role> {
+    super::check_new_device(state, name)?;
     let identity = state.create_identity()?;
     let outcome = tokio::time::timeout(REQUEST_TIMEOUT, wait_for_admin(state, &identity, name, listen, show)).await;
     let outcome = outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("no admin added this device within an hour; run `pal request` again")));
     if outcome.is_err() {
-        for file in ["device.key", "static.key", "libp2p.key", "membership.redb"] {
-            let _ = std::fs::remove_file(state.root().join(file));
-        }
+        super::discard(state);
     }
     outcome
 }
 
 async fn wait_for_admin(
     state: &StateDir,
-    identity: &crate::statedir::Identity,
+    identity: &Identity,
     name: &str,
     listen: SocketAddr,
     show: impl FnOnce(&str),
-) -> Result<String> {
-    let mut swarm = build_swarm_for_join(&identity.libp2p)?;
+) -> Result<Role> {
+    let mut swarm = p2p::build(&identity.libp2p, |_, _| p2p::enrol_behaviour())?;
     swarm
-        .listen_on(crate::runtime::socket_multiaddr(listen, false))
+        .listen_on(p2p::addr::socket_multiaddr(listen, false))
         .with_context(|| format!("cannot listen on {listen}: is a node running here?"))?;
     // Collect the listen addresses (one per interface) before printing the code.
     let mut addresses = Vec::new();
@@ -118,7 +110,7 @@ async fn wait_for_admin(
         tokio::select! {
             event = swarm.select_next_some() => {
                 if let SwarmEvent::NewListenAddr { address, .. } = event
-                    && crate::runtime::is_dialable(&address)
+                    && p2p::addr::is_dialable(&address)
                 {
                     addresses.push(address);
                 }
@@ -141,7 +133,7 @@ async fn wait_for_admin(
 
     let mut log: Option<Log> = None;
     loop {
-        let SwarmEvent::Behaviour(crate::runtime::JoinEvent::Control(request_response::Event::Message {
+        let SwarmEvent::Behaviour(EnrolEvent::Control(request_response::Event::Message {
             message: request_response::Message::Request { request: Request::Deliver { batch, more }, channel, .. },
             ..
         })) = swarm.select_next_some().await
@@ -149,7 +141,7 @@ async fn wait_for_admin(
             continue;
         };
         let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
-        let result = ingest(&mut log, &batch);
+        let result = super::ingest_batch(&mut log, &batch, None, "admin");
         let verdict = match (&result, more) {
             (Err(error), _) => Err(error.to_string()),
             (Ok(()), true) => Ok(false),
@@ -169,8 +161,8 @@ async fn wait_for_admin(
         match verdict {
             Ok(true) => {
                 let log = log.take().context("no log")?;
-                persist(state, &log)?;
-                let role = log.state().devices.get(&me.device_id()).map(|d| d.record.role.as_str().to_owned()).unwrap_or_default();
+                super::persist(state, &log)?;
+                let role = log.state().devices.get(&me.device_id()).map(|d| d.record.role).context("no role")?;
                 // Let the answer reach the admin before the swarm goes.
                 let _ = tokio::time::timeout(Duration::from_millis(300), async {
                     loop {
@@ -184,18 +176,6 @@ async fn wait_for_admin(
             Err(_) => log = None, // start over with the next delivery
         }
     }
-}
-
-fn ingest(log: &mut Option<Log>, batch: &[Vec<u8>]) -> Result<()> {
-    let mut rest = batch;
-    if log.is_none() {
-        let (first, tail) = rest.split_first().context("the admin sent an empty log")?;
-        let genesis = Entry::decode(first).context("the admin sent an invalid genesis")?;
-        *log = Some(Log::from_genesis(genesis).context("the admin sent an invalid genesis")?);
-        rest = tail;
-    }
-    log.as_mut().context("no log")?.ingest_encoded(rest).context("the admin sent an invalid log")?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -131,9 +131,9 @@ impl Connections {
     }
 
     /// Sends `contents` on the socket in `slot` (one datagram, or `segment_size`-byte
-    /// segments with GSO). A full socket buffer drops them after a short wait, as a congested
-    /// link would; any other error means the socket is no good and the caller should close it
-    /// and use the shared one.
+    /// segments with GSO). `WouldBlock` means the socket buffer is full: the caller queues
+    /// them until the socket is writable again; any other error means the socket is no good
+    /// and the caller should close it and use the shared one.
     pub fn send(&mut self, slot: usize, contents: &[u8], segment_size: Option<usize>, now: Instant) -> io::Result<()> {
         let Some(connected) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return Err(io::ErrorKind::NotFound.into());
@@ -142,10 +142,7 @@ impl Connections {
         connected.sent = true;
         let fd = connected.socket.as_raw_fd();
         let segment_size = segment_size.filter(|&size| size < contents.len());
-        match crate::dataplane::with_send_wait(fd, || send_connected_retrying(fd, contents, segment_size)) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            result => result,
-        }
+        send_connected_retrying(fd, contents, segment_size)
     }
 
     /// When [`Connections::sweep`] wants to run next.
@@ -241,7 +238,7 @@ fn open(local: SocketAddr, only_v6: bool, remote: SocketAddr) -> io::Result<(Udp
     socket.bind(&SockAddr::from(local))?;
     socket.connect(&SockAddr::from(reachable_from(local, remote)))?;
     let socket: UdpSocket = socket.into();
-    let state = crate::dataplane::open_udp(&socket)?;
+    let state = super::udp::open_udp(&socket)?;
     let source = socket.local_addr()?;
     Ok((socket, state, source))
 }

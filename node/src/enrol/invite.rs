@@ -8,7 +8,7 @@
 //! form fits a QR code's compact alphanumeric mode. The code is a secret: `Debug` redacts it
 //! and it is printed only where asked (INV-06).
 
-use crate::codes;
+use super::codes;
 use anyhow::{Result, bail};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};

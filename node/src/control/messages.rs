@@ -1,14 +1,12 @@
-//! Control-plane messages between nodes over libp2p request-response
-//! (`/cloudpal/control/1`): length-prefixed CBOR (minicbor), capped in size before anything is
+//! Control-plane messages between nodes (`/cloudpal/control/1` over libp2p request-response,
+//! framed by [`crate::p2p::codec`]): CBOR (minicbor), capped in size before anything is
 //! allocated (ROB-01). Data never rides these streams.
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use membership::SyncMessage;
 use minicbor::bytes::{ByteArray, ByteVec};
 use minicbor::{Decode, Encode};
 use std::io;
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/cloudpal/control/1");
 /// The largest message: one sync batch (1 MiB of entries) plus framing.
 pub const MAX_MESSAGE_LEN: usize = (1 << 20) + (64 << 10);
 /// Domain separator of the libp2p-identity binding signature.
@@ -42,8 +40,7 @@ pub struct PeerAddresses {
     pub peer_id: ByteVec,
     #[n(1)]
     pub multiaddrs: Vec<String>,
-    #[n(2)]
-    pub data_endpoint: Option<String>,
+    // Index 2 held a data endpoint nobody read; it stays unused so old nodes decode us.
     /// The member's device id, so that members we have no connection to (behind NATs) can be
     /// told apart.
     #[n(3)]
@@ -157,43 +154,6 @@ pub enum Response {
     Revoked,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
-
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
-    type Request = Request;
-    type Response = Response;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        decode(&read_frame(io).await?)
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        decode(&read_frame(io).await?)
-    }
-
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, request: Request) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &encode(&request)?).await
-    }
-
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, response: Response) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &encode(&response)?).await
-    }
-}
-
 pub fn encode<T: Encode<()>>(message: &T) -> io::Result<Vec<u8>> {
     minicbor::to_vec(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
@@ -202,54 +162,32 @@ pub fn decode<T: for<'b> Decode<'b, ()>>(bytes: &[u8]) -> io::Result<T> {
     minicbor::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut length = [0u8; 4];
-    io.read_exact(&mut length).await?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > MAX_MESSAGE_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "control message over the size cap"));
-    }
-    let mut buffer = vec![0u8; length];
-    io.read_exact(&mut buffer).await?;
-    Ok(buffer)
+/// A refusal with a reason the CLI can show as one line.
+pub fn refused(reason: &str) -> Response {
+    Response::Refused { reason: reason.to_owned() }
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "control message over the size cap"));
+/// A log summary in a message, if it is one.
+pub fn decode_summary(bytes: &[u8]) -> Option<membership::Summary> {
+    match SyncMessage::decode(bytes) {
+        Ok(SyncMessage::Summary(summary)) => Some(summary),
+        _ => None,
     }
-    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.close().await
+}
+
+/// A peer's text made safe to print or log: control characters (terminal escapes among them)
+/// become `?`, and it is cut at 200 characters.
+pub fn printable(text: &str) -> String {
+    text.chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::executor::block_on;
-    use libp2p::request_response::Codec as _;
 
     #[test]
-    fn messages_round_trip_through_the_codec() {
-        let request = Request::Announce { summary: vec![1, 2, 3].into() };
-        let mut wire = Vec::new();
-        block_on(Codec.write_request(&PROTOCOL, &mut futures::io::Cursor::new(&mut wire), request)).expect("write");
-        let read = block_on(Codec.read_request(&PROTOCOL, &mut futures::io::Cursor::new(&wire))).expect("read");
-        assert!(matches!(read, Request::Announce { summary } if summary.as_slice() == [1, 2, 3]));
-    }
-
-    #[test]
-    fn rob01_oversized_length_prefix_is_refused_before_allocating() {
-        let mut wire = (u32::MAX).to_be_bytes().to_vec();
-        wire.extend_from_slice(&[0; 16]);
-        let result = block_on(Codec.read_request(&PROTOCOL, &mut futures::io::Cursor::new(&wire)));
-        assert_eq!(result.err().map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
-    }
-
-    #[test]
-    fn rob01_truncated_cbor_is_a_typed_error() {
-        let mut wire = 3u32.to_be_bytes().to_vec();
-        wire.extend_from_slice(&[0x82, 0x00]);
-        assert!(block_on(Codec.read_request(&PROTOCOL, &mut futures::io::Cursor::new(&wire))).is_err());
+    fn peer_text_loses_terminal_escapes() {
+        assert_eq!(printable("ok\x1b[2Jgone\n"), "ok?[2Jgone?");
+        assert_eq!(printable(&"a".repeat(500)).len(), 200);
     }
 }

@@ -1,0 +1,268 @@
+//! `pal up`: the thin runtime shell. It builds the control core ([`crate::control`]), the
+//! swarm with its driver ([`crate::p2p`]) and the packet thread ([`crate::dataplane`]), serves
+//! the local control socket ([`crate::control_api`]), and runs one tokio loop that feeds the
+//! core the swarm's events, local requests, the data plane's answers and its timeouts, and
+//! carries out what the core asks. It reads the clocks ([`crate::clock`]) and OS randomness;
+//! nothing in it decides anything.
+
+use crate::clock;
+use crate::control::{Action, Config, Core, NewDevice, Time};
+use crate::control_api::socket::{self, Incoming};
+use crate::control_api::{ControlRequest, ControlResponse, InviteReply};
+use crate::dataplane::{self, DataCommand, DataEvent, DataSender, Token};
+use crate::enrol::invite::InviteCode;
+use crate::enrol::request::RequestCode;
+use crate::p2p::{self, Behaviour, Gate, driver::Driver};
+use crate::statedir::{StateDir, os_rng};
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use libp2p::{Multiaddr, Swarm};
+use membership::DeviceStatus;
+use protocol::{Device, DeviceConfig, WallClock};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The default data-plane port (UDP); libp2p listens on TCP of the same number and QUIC on
+/// the next one.
+pub const DEFAULT_PORT: u16 = 41641;
+/// Control requests waiting for the event loop; the CLI sends one at a time.
+const CONTROL_QUEUE: usize = 16;
+/// How often the core gets a fresh copy of the data plane's view (paths, reflexive addresses).
+const VIEW_INTERVAL: Duration = Duration::from_secs(1);
+/// The token of those periodic views; local queries count up from 1.
+const REFRESH: Token = 0;
+/// How long a stopping node waits for its connections to close.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The data-plane UDP address; libp2p uses TCP on the same port and QUIC on port + 1.
+    pub listen: SocketAddr,
+    pub bootstrap: Vec<Multiaddr>,
+    pub cloudpal: bool,
+    pub tun_name: String,
+    /// Segmentation offloads on the TUN interface, where the kernel has them.
+    pub offload: bool,
+}
+
+/// A local request waiting for the data plane or the network.
+#[derive(Debug)]
+enum Pending {
+    Status(oneshot::Sender<ControlResponse>),
+    Ping(oneshot::Sender<ControlResponse>),
+    Add(oneshot::Sender<ControlResponse>),
+}
+
+/// The shell's state besides the swarm: the core, the driver, the data plane's queue, and the
+/// local requests under way.
+struct App {
+    core: Core,
+    driver: Driver,
+    data: DataSender,
+    state: StateDir,
+    pending: HashMap<u64, Pending>,
+    next_token: u64,
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
+    let _lock = state.lock()?;
+    let identity = state.load_identity()?;
+    let store = state.open_store()?;
+    let me = identity.device.public_key().device_id();
+    let my_record = match store.log().state().devices.get(&me) {
+        Some(device) if device.status == DeviceStatus::Revoked => bail!("this device has been revoked from its network; to come back, join with a new invite in a fresh --state directory"),
+        Some(device) => device.record.clone(),
+        None => bail!("this device is not a member of the network in {}", state.root().display()),
+    };
+    let network = store.log().network();
+
+    let udp = dataplane::connected::bind_shared(options.listen)
+        .with_context(|| format!("cannot listen on {}: is another node using it?", options.listen))?;
+    let data_port = udp.local_addr()?.port();
+
+    let mut rng = os_rng()?;
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let start = clock::now();
+    let mut device = Device::new(
+        DeviceConfig {
+            static_secret: identity.static_secret.clone(),
+            psk: network.data_plane_psk(),
+            under_load_threshold: protocol::device::DEFAULT_UNDER_LOAD_THRESHOLD,
+            mtu: protocol::wire::DEFAULT_MTU,
+            clock: WallClock { anchor: start.now, unix_time_at_anchor: start.unix },
+        },
+        seed,
+    );
+    device.set_relay_server(options.cloudpal);
+    let gate = Gate::default();
+    let mut swarm = p2p::build(&identity.libp2p, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, &gate))?;
+    let tcp_address = p2p::addr::socket_multiaddr(options.listen, false);
+    let quic_address = p2p::addr::socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
+    swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
+    swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
+
+    let tun_config = dataplane::TunConfig { name: options.tun_name.clone(), ipv4: my_record.overlay_ipv4, ipv6: my_record.overlay_ipv6, offload: options.offload };
+    let (events_tx, mut events) = mpsc::channel(dataplane::EVENT_QUEUE);
+    let data = dataplane::spawn(device, udp, tun_config, events_tx).await?;
+
+    let mut bootstrap = options.bootstrap.clone();
+    bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
+    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap };
+    let core = Core::new(config, store, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
+
+    // The control socket comes last: a node that failed to start leaves none behind.
+    let listener = socket::bind(&state.socket_path())?;
+    let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(CONTROL_QUEUE);
+    tokio::spawn(socket::serve(listener, control_tx));
+
+    let mut app = App { core, driver: Driver::new(gate), data, state, pending: HashMap::new(), next_token: REFRESH + 1 };
+    app.drain(&mut swarm, clock::now());
+    tracing::info!(cloudpal = options.cloudpal, "node up");
+
+    let mut refresh = tokio::time::interval(VIEW_INTERVAL);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let deadline = app.core.poll_timeout().map(tokio::time::Instant::from_std);
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = swarm.select_next_some() => app.driver.handle_event(&mut app.core, &mut swarm, event, clock::now()),
+            Some((request, reply)) = control_rx.recv() => app.on_control(request, reply, clock::now()),
+            Some(event) = events.recv() => app.on_data_event(&mut swarm, event),
+            _ = timer => app.core.handle_timeout(clock::now()),
+            _ = refresh.tick() => app.command(DataCommand::QueryView(REFRESH)),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        app.drain(&mut swarm, clock::now());
+    }
+    let _ = std::fs::remove_file(app.state.socket_path());
+    // Say goodbye: closing the connections lets peers see us gone at once (a QUIC connection
+    // left to its idle timeout looks alive for seconds more, delaying their DHT lookups).
+    for peer in swarm.connected_peers().copied().collect::<Vec<_>>() {
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        while swarm.network_info().num_peers() > 0 {
+            swarm.select_next_some().await;
+        }
+    })
+    .await;
+    tracing::info!("node down");
+    Ok(())
+}
+
+impl App {
+    /// Carries out everything the core asked for.
+    fn drain(&mut self, swarm: &mut Swarm<Behaviour>, time: Time) {
+        while let Some(action) = self.core.poll_action() {
+            match self.driver.execute(&mut self.core, swarm, action, time) {
+                None => {}
+                Some(Action::Data(command)) => self.command(command),
+                Some(Action::CachePeers(addresses)) => {
+                    if let Err(error) = self.state.cache_peers(&addresses) {
+                        tracing::warn!(%error, "cannot write the peer cache");
+                    }
+                }
+                Some(Action::Finished { reply, result }) => {
+                    if let Some(Pending::Add(answer)) = self.pending.remove(&reply) {
+                        let _ = answer.send(ControlResponse::from_result(result));
+                    }
+                }
+                Some(other) => tracing::debug!(?other, "an action nobody carries out"),
+            }
+        }
+    }
+
+    /// Queues a command for the data plane. The queue holds more than a whole network's worth
+    /// of peers (512 devices), so a full membership refresh always fits; if it ever does not,
+    /// the next refresh repairs what was dropped.
+    fn command(&self, command: DataCommand) {
+        if self.data.try_send(command).is_err() {
+            tracing::warn!("data-plane command queue full; a peer update waits for the next refresh");
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Asks the data plane, and parks the local request until it answers.
+    fn ask_data(&mut self, command: impl FnOnce(Token) -> DataCommand, pending: impl FnOnce(oneshot::Sender<ControlResponse>) -> Pending, reply: oneshot::Sender<ControlResponse>) {
+        let token = self.token();
+        if self.data.try_send(command(token)).is_err() {
+            let _ = reply.send(ControlResponse::Error("the data plane is busy; try again".into()));
+            return;
+        }
+        self.pending.insert(token, pending(reply));
+    }
+
+    fn on_control(&mut self, request: ControlRequest, reply: oneshot::Sender<ControlResponse>, time: Time) {
+        let core = &mut self.core;
+        let response = match request {
+            ControlRequest::Status => return self.ask_data(DataCommand::QueryView, Pending::Status, reply),
+            ControlRequest::Ping { name, count } => match core.ping_target(&name) {
+                Ok((source, target)) => {
+                    let count = count.clamp(1, 100) as u16;
+                    return self.ask_data(|token| DataCommand::Ping { token, source, target, count }, Pending::Ping, reply);
+                }
+                Err(error) => ControlResponse::Error(error),
+            },
+            ControlRequest::DeviceList => ControlResponse::from_result(Ok(core.device_list())),
+            ControlRequest::Log => ControlResponse::from_result(Ok(core.log_entries())),
+            ControlRequest::Invite { name, role, ttl_seconds } => {
+                let made = core.invite(&name, role, Duration::from_secs(ttl_seconds), time);
+                ControlResponse::from_result(made.map(|made| {
+                    let code = InviteCode { network: core.network(), invite: made.invite, secret: made.secret, bootstrap: made.bootstrap };
+                    InviteReply { code: code.encode(), expires: made.expires, role: made.role }
+                }))
+            }
+            ControlRequest::Revoke { name } => ControlResponse::from_result(core.revoke(&name, time)),
+            ControlRequest::Add { code, role } => {
+                // Answered once the new device has the log (or cannot get it).
+                let id = self.token();
+                let added = RequestCode::decode(&code).map_err(|e| e.to_string()).and_then(|code| {
+                    let device = NewDevice { name: code.name, signing_key: code.signing_key, static_key: code.static_key, peer: code.peer, addresses: code.addresses };
+                    self.core.add_device(device, role, id, time)
+                });
+                match added {
+                    Ok(()) => {
+                        self.pending.insert(id, Pending::Add(reply));
+                        return;
+                    }
+                    Err(error) => ControlResponse::Error(error),
+                }
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    fn on_data_event(&mut self, swarm: &mut Swarm<Behaviour>, event: DataEvent) {
+        match event {
+            DataEvent::View { token: REFRESH, view } => self.core.handle_data_view(view),
+            DataEvent::View { token, view } => {
+                if let Some(Pending::Status(reply)) = self.pending.remove(&token) {
+                    let dht_peers = swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>();
+                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.status(&view.peers, dht_peers))));
+                }
+                self.core.handle_data_view(view);
+            }
+            DataEvent::PingDone { token, report } => {
+                if let Some(Pending::Ping(reply)) = self.pending.remove(&token) {
+                    let _ = reply.send(ControlResponse::from_result(Ok(report)));
+                }
+            }
+        }
+    }
+}

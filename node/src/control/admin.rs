@@ -1,0 +1,278 @@
+//! Admin operations and the local views: invite, add a device from its request code (and
+//! deliver the log to it), revoke; status, device list and log as the control API shows them.
+
+use super::messages::{Request, Response};
+use super::{Action, Core, Dial, DialWhen, REVOKED, Time};
+use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, RevokeReply, StatusReply};
+use crate::dataplane::commands::PeerView;
+use crate::p2p::addr::is_dialable;
+use libp2p::{Multiaddr, PeerId};
+use membership::{DeviceStatus, EntryHash, Operation, Role};
+use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, StaticPublic};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// How long `pal device add` tries to hand the log to the new device.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Names a local request that is answered later, through [`Action::Finished`].
+pub type ReplyId = u64;
+
+/// The device of a request code, as an admin adds it.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub name: String,
+    pub signing_key: DevicePublicKey,
+    pub static_key: StaticPublic,
+    pub peer: PeerId,
+    pub addresses: Vec<Multiaddr>,
+}
+
+/// A new invite: what its code must carry.
+#[derive(Debug)]
+pub struct InviteMade {
+    pub invite: EntryHash,
+    pub secret: DeviceSigningKey,
+    /// Where the new device can reach a member: this device first, then CloudPal (always on,
+    /// so the invite works while this device is off), then other members.
+    pub bootstrap: Vec<Multiaddr>,
+    pub expires: u64,
+    pub role: Role,
+}
+
+/// The log going to a device added from a request code.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    name: String,
+    role: Role,
+    batches: VecDeque<Vec<Vec<u8>>>,
+    started: Instant,
+    reply: ReplyId,
+}
+
+impl Core {
+    fn require_admin(&self) -> Result<(), String> {
+        match self.store.log().state().devices.get(&self.me) {
+            Some(device) if device.record.role == Role::Admin && device.status == DeviceStatus::Active => Ok(()),
+            _ => Err("only an admin device can do this".into()),
+        }
+    }
+
+    /// `pal device invite`: appends an `Invite` entry with a fresh one-time key.
+    pub fn invite(&mut self, name: &str, role: Role, ttl: Duration, time: Time) -> Result<InviteMade, String> {
+        self.require_admin()?;
+        membership::entry::check_name(name).map_err(|e| e.to_string())?;
+        let secret = DeviceSigningKey::generate(&mut self.rng);
+        let unix = time.unix_secs();
+        let expires = unix.saturating_add(ttl.as_secs());
+        let entry = self
+            .store
+            .append(Operation::Invite { invite_key: secret.public_key(), role, expires, name_hint: name.to_owned() }, &self.signing_key, None, unix)
+            .map_err(|e| format!("cannot invite: {e}"))?;
+        self.membership_changed();
+        let own = self.listen_addrs.iter().filter(|a| is_dialable(a)).filter_map(|a| a.clone().with_p2p(self.peer_id).ok());
+        let relay = self.relay.map(|(device, _)| device);
+        let mut others: Vec<(&DeviceId, PeerId, &super::Reach)> =
+            self.reach.iter().filter(|(id, _)| **id != self.me).filter_map(|(id, r)| Some((id, r.peer_id?, r))).collect();
+        others.sort_by_key(|(id, _, reach)| (Some(**id) != relay, !reach.connected));
+        let members = others
+            .into_iter()
+            .flat_map(|(_, peer, reach)| reach.multiaddrs.iter().filter_map(move |a| a.clone().with_p2p(peer).ok()));
+        let bootstrap = own.chain(members).collect();
+        Ok(InviteMade { invite: entry.hash(), secret, bootstrap, expires, role })
+    }
+
+    /// `pal device add CODE --role ROLE`: appends the requesting device and starts delivering
+    /// the log to it; answered through [`Action::Finished`] with `reply`.
+    pub fn add_device(&mut self, device: NewDevice, role: Role, reply: ReplyId, time: Time) -> Result<(), String> {
+        self.require_admin()?;
+        membership::entry::check_name(&device.name).map_err(|e| e.to_string())?;
+        let state = self.store.log().state();
+        let device_id = device.signing_key.device_id();
+        if state.devices.contains_key(&device_id) {
+            return Err(format!("{} is already in this network's log; see `pal device list`", device.name));
+        }
+        let founder = self.store.log().founder().ok_or("empty log")?;
+        let (overlay_ipv4, overlay_ipv6) = state.allocate_overlay(&founder, &device_id).ok_or("no free overlay address")?;
+        let record = membership::DeviceRecord {
+            name: device.name.clone(),
+            signing_key: device.signing_key,
+            static_key: device.static_key,
+            role,
+            overlay_ipv4,
+            overlay_ipv6,
+        };
+        self.store
+            .append(Operation::AddDevice { device: record }, &self.signing_key, None, time.unix_secs())
+            .map_err(|e| format!("cannot add {}: {e}", device.name))?;
+        self.membership_changed();
+        // Members reach it where its code says; it is dialled by who it is.
+        let reach = self.reach.entry(device_id).or_default();
+        reach.peer_id = Some(device.peer);
+        reach.multiaddrs.extend(device.addresses.iter().cloned());
+        let empty = membership::sync::Summary { network: self.network, heads: Vec::new(), sample: Vec::new() };
+        let batches = membership::missing_for(self.store.log(), &empty).into();
+        self.deliveries.insert(device.peer, Delivery { name: device.name, role, batches, started: time.now, reply });
+        if self.is_connected(&device.peer) {
+            self.deliver_next(device.peer);
+        } else {
+            self.push(Action::Dial(Dial { peer: Some(device.peer), addresses: device.addresses, when: DialWhen::Always }));
+        }
+        Ok(())
+    }
+
+    pub(super) fn deliver_next(&mut self, peer: PeerId) {
+        let Some(delivery) = self.deliveries.get_mut(&peer) else { return };
+        if let Some(batch) = delivery.batches.pop_front() {
+            let more = !delivery.batches.is_empty();
+            let request = Request::Deliver { batch: batch.into_iter().map(Into::into).collect(), more };
+            self.push(Action::Send { peer, request });
+        }
+    }
+
+    pub(super) fn delivery_answered(&mut self, peer: PeerId, response: Response) {
+        let result = match response {
+            Response::Accepted if self.deliveries.get(&peer).is_some_and(|d| !d.batches.is_empty()) => {
+                self.deliver_next(peer);
+                return;
+            }
+            Response::Accepted => None,
+            Response::Refused { reason } => Some(format!("the new device refused the log: {}", super::messages::printable(&reason))),
+            _ => return,
+        };
+        if let Some(delivery) = self.deliveries.remove(&peer) {
+            let result = match result {
+                None => Ok(AddReply { added: delivery.name, role: delivery.role }),
+                Some(error) => Err(error),
+            };
+            self.push(Action::Finished { reply: delivery.reply, result });
+        }
+    }
+
+    pub(super) fn next_delivery_expiry(&self) -> Option<Instant> {
+        self.deliveries.values().map(|d| d.started + DELIVERY_TIMEOUT).min()
+    }
+
+    /// Gives up on deliveries that got nowhere.
+    pub(super) fn expire_deliveries(&mut self, now: Instant) {
+        let mut stale: Vec<PeerId> = self.deliveries.iter().filter(|(_, d)| now >= d.started + DELIVERY_TIMEOUT).map(|(p, _)| *p).collect();
+        stale.sort();
+        for peer in stale {
+            if let Some(delivery) = self.deliveries.remove(&peer) {
+                let error = format!(
+                    "{} is in the log, but its log could not be delivered: is `pal request` still running there, and reachable at the addresses in its code?",
+                    delivery.name
+                );
+                self.push(Action::Finished { reply: delivery.reply, result: Err(error) });
+            }
+        }
+    }
+
+    /// `pal device revoke NAME`.
+    pub fn revoke(&mut self, name: &str, time: Time) -> Result<RevokeReply, String> {
+        self.require_admin()?;
+        let state = self.store.log().state();
+        let Some((id, _)) = state.active_devices().find(|(_, d)| d.record.name == name) else {
+            return Err(format!("no active device named {name:?}; see `pal device list`"));
+        };
+        let id = *id;
+        self.store
+            .append(Operation::RevokeDevice { device: id }, &self.signing_key, None, time.unix_secs())
+            .map_err(|e| format!("cannot revoke {name}: {e}"))?;
+        self.membership_changed();
+        Ok(RevokeReply { revoked: name.to_owned() })
+    }
+
+    /// Overlay source and target addresses for `pal ping NAME`.
+    pub fn ping_target(&self, name: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+        if self.revoked() {
+            return Err(REVOKED.into());
+        }
+        let state = self.store.log().state();
+        let Some((_, target)) = state.active_devices().find(|(id, d)| d.record.name == name && **id != self.me) else {
+            return Err(format!("no other active device named {name:?}; see `pal device list`"));
+        };
+        let source = state.devices.get(&self.me).map(|d| d.record.overlay_ipv4).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Ok((source, target.record.overlay_ipv4))
+    }
+
+    /// `pal status`: the membership state with the data plane's `views` of each peer.
+    pub fn status(&self, views: &BTreeMap<StaticPublic, PeerView>, dht_peers: usize) -> StatusReply {
+        let state = self.store.log().state();
+        let mine = state.devices.get(&self.me);
+        let peers = state
+            .active_devices()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, device)| {
+                let view = views.get(&device.record.static_key);
+                let stats = view.map(|v| v.stats).unwrap_or_default();
+                let reach = self.reach.get(id);
+                PeerStatus {
+                    name: device.record.name.clone(),
+                    id: id.to_hex(),
+                    overlay_ipv4: device.record.overlay_ipv4.to_string(),
+                    overlay_ipv6: device.record.overlay_ipv6.to_string(),
+                    path: view.map_or(PathName::None, |v| v.path.into()),
+                    endpoint: view.and_then(|v| v.endpoint).map(|e| e.to_string()),
+                    rtt_ms: reach.and_then(|r| r.rtt).map(|r| r.as_secs_f64() * 1000.0),
+                    control: self.control_link(reach.and_then(|r| r.peer_id)),
+                    rx_bytes: stats.rx_bytes,
+                    tx_bytes: stats.tx_bytes,
+                }
+            })
+            .collect();
+        StatusReply {
+            device: DeviceSummary {
+                name: mine.map(|d| d.record.name.clone()),
+                id: self.me.to_hex(),
+                overlay_ipv4: mine.map(|d| d.record.overlay_ipv4.to_string()),
+                overlay_ipv6: mine.map(|d| d.record.overlay_ipv6.to_string()),
+                status: if self.revoked() { DeviceStatus::Revoked.into() } else { DeviceStatus::Active.into() },
+            },
+            peers,
+            dht_peers,
+        }
+    }
+
+    /// `pal device list`.
+    pub fn device_list(&self) -> Vec<DeviceInfo> {
+        device_list(self.store.log().state())
+    }
+
+    /// `pal log`: the verified entries in fold order.
+    pub fn log_entries(&self) -> Vec<LogEntry> {
+        let log = self.store.log();
+        let state = log.state();
+        let name_of = |id: &DeviceId| state.devices.get(id).map(|d| d.record.name.clone()).unwrap_or_else(|| id.to_hex());
+        log.entries()
+            .map(|entry| {
+                let operation = match entry.operation() {
+                    Operation::Genesis { network_name, founder } => LogOperation::Genesis { network: network_name.clone(), founder: founder.name.clone() },
+                    Operation::AddDevice { device } => LogOperation::AddDevice { name: device.name.clone(), role: device.role },
+                    Operation::Invite { role, expires, name_hint, .. } => LogOperation::Invite { role: *role, expires: *expires, name_hint: name_hint.clone() },
+                    Operation::Join { device, .. } => LogOperation::Join { name: device.name.clone(), role: device.role },
+                    Operation::RevokeDevice { device } => LogOperation::RevokeDevice { name: name_of(device) },
+                    Operation::SetPolicy { .. } => LogOperation::SetPolicy {},
+                };
+                LogEntry { hash: entry.hash().to_hex(), author: name_of(&entry.author()), time: entry.contents().time, operation }
+            })
+            .collect()
+    }
+}
+
+/// Every device of `state`, as `pal device list` shows it.
+pub fn device_list(state: &membership::State) -> Vec<DeviceInfo> {
+    state
+        .devices
+        .iter()
+        .map(|(id, device)| DeviceInfo {
+            name: device.record.name.clone(),
+            id: id.to_hex(),
+            role: device.record.role,
+            status: device.status.into(),
+            overlay_ipv4: device.record.overlay_ipv4.to_string(),
+            overlay_ipv6: device.record.overlay_ipv6.to_string(),
+        })
+        .collect()
+}

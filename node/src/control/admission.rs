@@ -1,0 +1,135 @@
+//! Admission: who may use the members-only protocols. A member proves itself with a binding
+//! (its device key signs the network id and its libp2p peer id); a joiner proves it holds an
+//! invite's secret (the invite key signs the network id and its peer id), checked a few times
+//! per source and then slowly (INV-03); a join entry is admitted only if the log's rules say so.
+
+use super::messages::{self, Binding, InviteProof, Response};
+use super::{Core, Time};
+use libp2p::PeerId;
+use membership::{DeviceStatus, Entry, EntryHash, NetworkId};
+use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+pub const NOT_A_MEMBER: &str = "not a member of this network";
+/// Invite attempts per source: a burst (a join takes one per log batch), then one per interval.
+pub const INVITE_ATTEMPT_BURST: u32 = 10;
+pub const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
+
+pub(super) fn invite_limiter() -> protocol::ratelimit::RateLimiter {
+    protocol::ratelimit::RateLimiter::new(INVITE_ATTEMPT_INTERVAL, INVITE_ATTEMPT_BURST)
+}
+
+/// What a binding signs: the network id and the peer id of the connection.
+pub fn binding_message(network: &NetworkId, peer: &PeerId) -> Vec<u8> {
+    domain_message(messages::BINDING_DOMAIN, network, peer)
+}
+
+/// What an invite proof signs: the network id and the joiner's peer id.
+pub fn invite_proof_message(network: &NetworkId, peer: &PeerId) -> Vec<u8> {
+    domain_message(messages::INVITE_PROOF_DOMAIN, network, peer)
+}
+
+fn domain_message(domain: &[u8], network: &NetworkId, peer: &PeerId) -> Vec<u8> {
+    let mut message = domain.to_vec();
+    message.extend_from_slice(&network.0);
+    message.extend_from_slice(&peer.to_bytes());
+    message
+}
+
+/// Our binding: signed once at start-up (it covers only the network id and our own peer id).
+pub fn sign_binding(key: &DeviceSigningKey, network: &NetworkId, peer: &PeerId) -> Binding {
+    Binding {
+        device_key: (*key.public_key().as_bytes()).into(),
+        signature: (*key.sign(&binding_message(network, peer)).as_bytes()).into(),
+    }
+}
+
+/// A joiner's proof that it holds the invite `invite`'s secret.
+pub fn sign_invite_proof(secret: &DeviceSigningKey, invite: &EntryHash, network: &NetworkId, peer: &PeerId) -> InviteProof {
+    InviteProof { invite: invite.0.into(), signature: (*secret.sign(&invite_proof_message(network, peer)).as_bytes()).into() }
+}
+
+impl Core {
+    pub(super) fn hello_request(&self) -> messages::Request {
+        messages::Request::Hello {
+            binding: self.binding.clone(),
+            data_port: self.data_port,
+            summary: self.summary().into(),
+            candidates: self.own_candidates(),
+            relay: self.cloudpal,
+        }
+    }
+
+    /// A peer greets us: if it proves to be a member, learn where it is and answer in kind.
+    pub(super) fn on_hello(&mut self, peer: PeerId, binding: &Binding, data_port: u16, summary: &[u8], candidates: &[String], relay: bool) -> Response {
+        let device = match self.verify_signed_binding(&peer, binding) {
+            Some((device, DeviceStatus::Active)) => device,
+            Some((_, DeviceStatus::Revoked)) => return Response::Revoked,
+            None => return messages::refused(NOT_A_MEMBER),
+        };
+        self.learn_peer(peer, device, data_port);
+        self.learn_candidates(device, candidates, relay);
+        if relay {
+            self.listen_via_relay(peer, data_port);
+        }
+        self.pull_if_behind(peer, summary);
+        Response::Hello {
+            binding: self.binding.clone(),
+            data_port: self.data_port,
+            summary: self.summary().into(),
+            peers: self.known_peers(),
+            candidates: self.own_candidates(),
+            relay: self.cloudpal,
+        }
+    }
+
+    /// The current member `peer` proves to be, if it does.
+    pub(super) fn verify_binding(&self, peer: &PeerId, binding: &Binding) -> Option<DeviceId> {
+        self.verify_signed_binding(peer, binding).and_then(|(id, status)| (status == DeviceStatus::Active).then_some(id))
+    }
+
+    /// The device of the log, active or revoked, whose key signed `peer`'s binding.
+    pub(super) fn verify_signed_binding(&self, peer: &PeerId, binding: &Binding) -> Option<(DeviceId, DeviceStatus)> {
+        let key = DevicePublicKey::from_bytes(*binding.device_key);
+        let signature = protocol::Signature::from_bytes(*binding.signature);
+        key.verify(&binding_message(&self.network, peer), &signature).ok()?;
+        let id = key.device_id();
+        let device = self.store.log().state().devices.get(&id)?;
+        (device.record.signing_key == key).then_some((id, device.status))
+    }
+
+    /// INV-03: guessing is hopeless (256-bit secrets) and also slow: a few attempts per source,
+    /// then one every few seconds. Then the proof itself.
+    pub(super) fn check_invite_attempt(&mut self, peer: &PeerId, proof: &InviteProof, time: Time) -> Result<(), String> {
+        let source = self.connection_ips.get(peer).copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        if !self.invite_attempts.allow(source, time.now) {
+            return Err("too many invite attempts from this address; wait a minute and try again".into());
+        }
+        self.verify_invite_proof(peer, proof, time.unix_secs()).map_err(|e| e.to_string())
+    }
+
+    /// Whether `peer` holds the secret of a usable invite; the reason if not.
+    fn verify_invite_proof(&self, peer: &PeerId, proof: &InviteProof, unix: u64) -> Result<(), membership::InviteUnusable> {
+        let state = self.store.log().state();
+        let hash = EntryHash(*proof.invite);
+        let invite = state.invites.get(&hash).ok_or(membership::InviteUnusable::Unknown)?;
+        let signature = protocol::Signature::from_bytes(*proof.signature);
+        invite.key.verify(&invite_proof_message(&self.network, peer), &signature).map_err(|_| membership::InviteUnusable::Unknown)?;
+        state.usable_invite(&hash, unix).map(drop)
+    }
+
+    /// A joiner's `Join` entry: admitted if the log's rules accept it.
+    pub(super) fn admit_join(&mut self, entry: &[u8], time: Time) -> Response {
+        let result = Entry::decode(entry)
+            .map_err(|e| e.to_string())
+            .and_then(|entry| self.store.admit_join(entry, time.unix_secs()).map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => {
+                self.membership_changed();
+                Response::Accepted
+            }
+            Err(reason) => messages::refused(&format!("join refused: {reason}")),
+        }
+    }
+}

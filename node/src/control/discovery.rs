@@ -1,0 +1,206 @@
+//! Discovery: how members find each other. Each publishes a signed presence record in the
+//! network's own DHT and looks up the records of members it is not connected to; records put
+//! to us are stored only if they verify (DHT-01). Members we know are redialled on a plan
+//! (never-met ones sooner), addresses other members report are kept as candidates, the
+//! bootstrap addresses are dialled while no member is connected, and the addresses that
+//! worked go to the peer cache for the next start.
+
+use super::messages::PeerAddresses;
+use super::{Action, Core, Dial, DialWhen, Time, presence};
+use crate::p2p::addr::{circuit_address, is_dialable};
+use libp2p::{Multiaddr, PeerId};
+use membership::DeviceStatus;
+use protocol::DeviceId;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Redial a member at most this often.
+pub const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
+/// Redial interval for members never met yet.
+pub const FIRST_DIAL_INTERVAL: Duration = Duration::from_secs(1);
+/// Addresses remembered per candidate peer: bounds what a member can make us dial.
+pub const MAX_CANDIDATE_ADDRESSES: usize = 16;
+/// How often a node republishes its presence record.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a node looks up the records of members it is not connected to.
+pub const PRESENCE_LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Core {
+    /// Publishes this device's signed presence record: its peer id and listen addresses.
+    pub(super) fn publish_presence(&mut self, time: Time) {
+        let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| is_dialable(a)).cloned().collect();
+        let seq = u64::try_from(time.unix.as_millis()).unwrap_or(u64::MAX);
+        let (key, value) = presence::publish(&self.network, &self.signing_key, &self.peer_id, &addresses, seq, time.unix_secs());
+        self.push(Action::KadPut { key: key.to_vec(), value, ttl: presence::RECORD_TTL });
+    }
+
+    pub(super) fn look_up_absent_members(&mut self, time: Time) {
+        let state = self.store.log().state();
+        let keys: Vec<Vec<u8>> = state
+            .active_devices()
+            .filter(|(id, _)| **id != self.me && !self.reach.get(*id).is_some_and(|r| r.connected))
+            .map(|(id, _)| presence::key(&self.network, time.unix_secs(), id).to_vec())
+            .collect();
+        for key in keys {
+            self.push(Action::KadGet { key });
+        }
+    }
+
+    /// A record someone put to us, `held` the sequence number of the one stored under its key:
+    /// how long to keep it if a current member signed it for its own key and it is newer
+    /// (DHT-01); `None` drops it unseen.
+    pub fn handle_put_record(&self, key: &[u8], value: &[u8], held: Option<u64>, time: Time) -> Option<Duration> {
+        let unix = time.unix_secs();
+        match presence::verify(&self.network, self.store.log().state(), key, value, unix, held) {
+            Ok(presence) => Some(Duration::from_secs(presence.expires.saturating_sub(unix))),
+            Err(reason) => {
+                tracing::debug!(%reason, "dropped a DHT record");
+                None
+            }
+        }
+    }
+
+    /// A record a lookup found: dialled only if it verifies and is newer than the last one.
+    pub fn handle_found_record(&mut self, key: &[u8], value: &[u8], time: Time) {
+        let state = self.store.log().state();
+        let Ok(presence) = presence::verify(&self.network, state, key, value, time.unix_secs(), None) else { return };
+        if self.presence_seq.get(&presence.device).is_some_and(|held| presence.seq <= *held) {
+            return;
+        }
+        self.presence_seq.insert(presence.device, presence.seq);
+        if presence.device == self.me || presence.peer == self.peer_id || self.is_connected(&presence.peer) {
+            return;
+        }
+        let addresses: Vec<Multiaddr> = presence.addresses.into_iter().filter(is_dialable).collect();
+        self.remember_addresses(presence.peer, &addresses);
+        // Dialled even while another dial to the peer is under way: a redial to an old address
+        // must not swallow the news.
+        self.push(Action::Dial(Dial { peer: Some(presence.peer), addresses, when: DialWhen::Disconnected }));
+    }
+
+    /// Addresses of a member another member told us about: dial it now if we are not
+    /// connected, and keep them as candidates for the redials. Who it is gets proven by its
+    /// own Hello binding, never by what we were told.
+    pub(super) fn learn_addresses(&mut self, entry: PeerAddresses) {
+        let Ok(peer_id) = PeerId::from_bytes(&entry.peer_id) else { return };
+        if peer_id == self.peer_id {
+            return;
+        }
+        if let Some(device) = entry.device.map(|id| DeviceId::from_bytes(*id))
+            && device != self.me
+            && self.store.log().state().devices.get(&device).is_some_and(|d| d.status == DeviceStatus::Active)
+        {
+            let reported = self.reported.entry(device).or_default();
+            for candidate in entry.candidates.iter().filter_map(|c| c.parse::<SocketAddr>().ok()) {
+                if reported.len() < protocol::paths::MAX_CANDIDATES {
+                    reported.insert(candidate);
+                }
+            }
+            self.apply_candidates(device);
+        }
+        let addresses: Vec<Multiaddr> = entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
+        if let Some(device) = self.by_peer.get(&peer_id).copied() {
+            self.reach.entry(device).or_default().multiaddrs.extend(addresses.iter().cloned());
+        }
+        self.remember_addresses(peer_id, &addresses);
+        if !self.is_connected(&peer_id) {
+            self.push(Action::Dial(Dial { peer: Some(peer_id), addresses, when: DialWhen::Idle }));
+        }
+    }
+
+    /// Keeps `addresses` for the redials of `peer`, within the per-peer bound.
+    fn remember_addresses(&mut self, peer: PeerId, addresses: &[Multiaddr]) {
+        let candidates = self.candidates.entry(peer).or_default();
+        for address in addresses {
+            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
+                candidates.insert(address.clone());
+            }
+        }
+    }
+
+    fn redial_interval(met: bool) -> Duration {
+        if met { REDIAL_INTERVAL } else { FIRST_DIAL_INTERVAL }
+    }
+
+    /// When the next member redial is due.
+    pub(super) fn next_redial(&self) -> Option<Instant> {
+        if self.revoked() {
+            return None;
+        }
+        self.reach
+            .iter()
+            .filter(|(id, reach)| **id != self.me && !reach.connected && reach.peer_id.is_some())
+            .map(|(_, reach)| reach.last_dial.map(|at| at + Self::redial_interval(reach.met)))
+            .min_by_key(|due| *due)
+            .map(|due| due.unwrap_or_else(|| self.timers.started()))
+    }
+
+    /// Redials every member we are not connected to whose interval has passed. A member behind
+    /// a NAT is reachable through CloudPal's relay (where it holds a reservation): its circuit
+    /// address is derived, not learnt, so it is always tried.
+    pub(super) fn redial_members(&mut self, now: Instant) {
+        let circuit_base = self.relay_circuit_base();
+        let mut dials = Vec::new();
+        for (id, reach) in self.reach.iter_mut() {
+            let interval = Self::redial_interval(reach.met);
+            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
+                continue;
+            }
+            let Some(peer) = reach.peer_id else { continue };
+            reach.last_dial = Some(now);
+            let mut addresses: Vec<Multiaddr> = reach.multiaddrs.iter().cloned().collect();
+            if let Some(base) = circuit_base.as_ref().filter(|(relay, _)| *relay != peer) {
+                addresses.push(base.1.clone().with(libp2p::multiaddr::Protocol::P2p(peer)));
+            }
+            dials.push(Dial { peer: Some(peer), addresses, when: DialWhen::Idle });
+        }
+        for dial in dials {
+            self.push(Action::Dial(dial));
+        }
+    }
+
+    /// Candidates other members reported, and the bootstrap addresses while nobody is around.
+    pub(super) fn redial_candidates(&mut self) {
+        let dials: Vec<Dial> = self
+            .candidates
+            .iter()
+            .filter(|(peer, _)| !self.is_connected(peer))
+            .map(|(peer, addresses)| Dial { peer: Some(*peer), addresses: addresses.iter().cloned().collect(), when: DialWhen::Idle })
+            .collect();
+        for dial in dials {
+            self.push(Action::Dial(dial));
+        }
+        if self.by_peer.is_empty() {
+            for address in self.bootstrap.clone() {
+                self.push(Action::Dial(Dial { peer: None, addresses: vec![address], when: DialWhen::Idle }));
+            }
+        }
+    }
+
+    /// CloudPal's peer id and `/…/p2p/CLOUDPAL/p2p-circuit`, through which members that hold a
+    /// reservation there can be dialled; none without a relay or when we are it.
+    pub(super) fn relay_circuit_base(&self) -> Option<(PeerId, Multiaddr)> {
+        if self.cloudpal {
+            return None;
+        }
+        let (device, endpoint) = self.relay?;
+        let peer = self.reach.get(&device)?.peer_id?;
+        Some((peer, circuit_address(endpoint, peer)))
+    }
+
+    /// The members' addresses for the peer cache, written only when they change (an fsync per
+    /// check would wake the disk and the CPU for nothing).
+    pub(super) fn update_peer_cache(&mut self) {
+        let addresses: Vec<String> = self
+            .reach
+            .values()
+            .filter_map(|r| Some((r.peer_id?, r.multiaddrs.iter().next()?.clone())))
+            .filter_map(|(peer, address)| address.with_p2p(peer).ok())
+            .map(|a| a.to_string())
+            .collect();
+        if !addresses.is_empty() && addresses != self.cached_peers {
+            self.cached_peers = addresses.clone();
+            self.push(Action::CachePeers(addresses));
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Members: the membership state projected onto the data plane (every active member a peer
+//! with its overlay addresses as allowed IPs, every revoked one gone at once), and what the
+//! node does when the log changes or says this device is revoked.
+
+use super::{Action, Core, REVOKED};
+use crate::dataplane::commands::DataCommand;
+use libp2p::PeerId;
+use membership::DeviceStatus;
+use protocol::{DeviceId, IpPrefix, PeerConfig};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Keepalive towards the relay: holds the NAT mapping it forwards to open.
+pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(25);
+
+impl Core {
+    /// Makes the data plane match the membership state.
+    pub(super) fn apply_membership(&mut self) {
+        let state = self.store.log().state().clone();
+        let mut active = BTreeSet::new();
+        for (id, device) in &state.devices {
+            let key = device.record.static_key;
+            if device.status == DeviceStatus::Revoked {
+                self.command(DataCommand::RemovePeer(key));
+                self.reach.remove(id);
+                continue;
+            }
+            active.insert(key);
+            if *id == self.me {
+                continue;
+            }
+            self.command(DataCommand::UpsertPeer(PeerConfig {
+                static_public: key,
+                allowed_ips: vec![
+                    IpPrefix::host(IpAddr::V4(device.record.overlay_ipv4)),
+                    IpPrefix::host(IpAddr::V6(device.record.overlay_ipv6)),
+                ],
+                endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
+                persistent_keepalive: self.relay.filter(|(relay, _)| relay == id).map(|_| RELAY_KEEPALIVE),
+            }));
+            self.reach.entry(*id).or_default();
+        }
+        // Whose handshakes the data plane answers: current members only.
+        self.command(DataCommand::SetMembers(active));
+    }
+
+    /// After the log changed: refresh the data plane and tell every connected member.
+    pub(super) fn membership_changed(&mut self) {
+        self.apply_membership();
+        if self.revoked() {
+            if !self.said_revoked {
+                self.said_revoked = true;
+                tracing::warn!("{REVOKED}");
+            }
+            self.command(DataCommand::RemoveAll);
+            return;
+        }
+        // Push on append, to every connected device we knew as a member — including one just
+        // revoked, which then pulls the log up to its revocation and stops by itself.
+        self.announce();
+        let state = self.store.log().state();
+        self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
+        self.share_members();
+    }
+
+    /// Whether the log says this device has been revoked.
+    pub fn revoked(&self) -> bool {
+        self.store.log().state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked)
+    }
+
+    /// Publishes who the proven members are to the relay's gate.
+    pub(super) fn share_members(&mut self) {
+        let members = self.by_peer.keys().copied().collect();
+        self.push(Action::MemberPeers(members));
+    }
+
+    /// A peer proved to be member `device`: where its data plane listens, and (now that it is
+    /// known to be a member) its addresses go to Kademlia.
+    pub(super) fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
+        self.by_peer.insert(peer, device);
+        self.share_members();
+        self.admit_to_dht(peer);
+        let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
+        let reach = self.reach.entry(device).or_default();
+        reach.peer_id = Some(peer);
+        reach.connected = true;
+        reach.met = true;
+        if let Some(endpoint) = endpoint {
+            reach.data_endpoint = Some(endpoint);
+            if let Some(record) = self.store.log().state().devices.get(&device) {
+                let key = record.record.static_key;
+                self.command(DataCommand::SetEndpoint(key, endpoint));
+            }
+        }
+    }
+
+    /// Feeds a verified member's identify addresses to Kademlia (members only: the routing
+    /// table is how others find us, so outsiders stay out of it).
+    pub(super) fn admit_to_dht(&mut self, peer: PeerId) {
+        let Some(addresses) = self.identified.remove(&peer) else { return };
+        for address in &addresses {
+            self.push(Action::KadAddAddress { peer, address: address.clone() });
+        }
+        if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
+            reach.multiaddrs.extend(addresses);
+        }
+    }
+}

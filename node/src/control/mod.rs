@@ -1,0 +1,480 @@
+//! The sans-IO control core: everything a node decides on the control plane, with no swarm, no
+//! sockets, no tokio and no clock reads (quinn's and Firezone connlib's shape).
+//!
+//! Inputs are `handle_*(…, time)` calls — connection and identify news, control requests and
+//! responses from peers, DHT records, the data plane's view, local admin requests, timeouts —
+//! and outputs are [`Action`]s taken with [`Core::poll_action`] plus the deadline of
+//! [`Core::poll_timeout`]. The driver in [`crate::p2p`] maps libp2p's `SwarmEvent`s to inputs
+//! and actions to the swarm; the app ([`crate::app`]) hands data-plane actions to the packet
+//! thread. Several cores run in one process on virtual time in `node/tests/control_core.rs`.
+//!
+//! One idea per file: [`members`] (log → data-plane peers, revocation), [`sync`] (pull, push,
+//! anti-entropy), [`admission`] (bindings, invite proofs, rate limits), [`discovery`]
+//! (presence, redials, peer cache), [`signalling`] (path candidates, relay choice), [`admin`]
+//! (invite, add, revoke, local views), [`timers`] (the one timer table); [`messages`] and
+//! [`presence`] are the wire formats.
+
+pub mod admin;
+pub mod admission;
+pub mod discovery;
+pub mod members;
+pub mod messages;
+pub mod presence;
+pub mod signalling;
+pub mod sync;
+pub mod timers;
+
+use crate::dataplane::commands::{DataCommand, DataView};
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+use membership::{NetworkId, Store};
+use messages::{Binding, Request, Response};
+use protocol::{DeviceId, DeviceSigningKey};
+use rand_chacha::ChaCha20Rng;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use timers::{Timer, Timers};
+
+pub use admin::{NewDevice, ReplyId};
+
+/// What a revoked device answers to anything that needs the network.
+pub const REVOKED: &str = "this device has been revoked from the network; its tunnel is stopped";
+
+/// The two clocks, read once by the shell per input: monotonic for timers, wall time for the
+/// log (expiry, entry times) and presence records.
+#[derive(Debug, Clone, Copy)]
+pub struct Time {
+    pub now: Instant,
+    /// Since the Unix epoch.
+    pub unix: Duration,
+}
+
+impl Time {
+    pub fn unix_secs(&self) -> u64 {
+        self.unix.as_secs()
+    }
+
+    /// The same instant `by` later on both clocks (virtual time in tests).
+    pub fn advanced(self, by: Duration) -> Self {
+        Time { now: self.now + by, unix: self.unix + by }
+    }
+}
+
+/// Who this node is and what it does.
+#[derive(Debug)]
+pub struct Config {
+    pub signing_key: DeviceSigningKey,
+    pub peer_id: PeerId,
+    /// Where the data plane listens (UDP); peers learn it from our Hello.
+    pub data_port: u16,
+    /// Relay duty (`pal up --cloudpal`).
+    pub cloudpal: bool,
+    /// Addresses to dial while no member is connected: the invite's and the peer cache's.
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+/// A dial the swarm should make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    /// Who must answer (libp2p authenticates it); `None` for a bare bootstrap address.
+    pub peer: Option<PeerId>,
+    pub addresses: Vec<Multiaddr>,
+    pub when: DialWhen,
+}
+
+/// When a dial to a known peer goes ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialWhen {
+    /// Not connected and no dial under way (redials).
+    Idle,
+    /// Not connected, even while another dial is under way (fresh news of where it is must
+    /// not wait behind a dial to an old address).
+    Disconnected,
+    /// Always (a log delivery to a device whose old connection may be stale).
+    Always,
+}
+
+/// What the core asks of the shell.
+#[derive(Debug)]
+pub enum Action {
+    /// A control request to a peer; its response comes back through [`Core::handle_response`].
+    Send { peer: PeerId, request: Request },
+    Dial(Dial),
+    /// A proven member's address for the DHT's routing table.
+    KadAddAddress { peer: PeerId, address: Multiaddr },
+    /// Publish a record under `key`.
+    KadPut { key: Vec<u8>, value: Vec<u8>, ttl: Duration },
+    /// Look `key` up; what is found comes back through [`Core::handle_found_record`].
+    KadGet { key: Vec<u8> },
+    /// Listen for control connections through CloudPal's relay circuit.
+    ListenOnCircuit(Multiaddr),
+    /// An address others may dial us at (CloudPal's own, handed out by its relay).
+    AddExternalAddress(Multiaddr),
+    /// The peers proven to be members: the relay's gate admits only these.
+    MemberPeers(HashSet<PeerId>),
+    /// For the data plane.
+    Data(DataCommand),
+    /// Addresses for the peer cache file.
+    CachePeers(Vec<String>),
+    /// A local request answered later (`pal device add`).
+    Finished { reply: ReplyId, result: Result<crate::control_api::AddReply, String> },
+}
+
+/// What the node knows of one member's reachability.
+#[derive(Debug, Default, Clone)]
+pub struct Reach {
+    pub peer_id: Option<PeerId>,
+    pub multiaddrs: BTreeSet<Multiaddr>,
+    /// Its data-plane address as the control connection showed it.
+    pub data_endpoint: Option<SocketAddr>,
+    pub connected: bool,
+    /// Whether a connection to it ever verified: a member never met yet (one just added, as
+    /// a CloudPal that is about to come up) is redialled sooner.
+    pub met: bool,
+    pub rtt: Option<Duration>,
+    pub last_dial: Option<Instant>,
+}
+
+/// A new control connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub peer: PeerId,
+    pub id: ConnectionId,
+    /// The remote's address.
+    pub remote: Multiaddr,
+    /// We dialled (we greet first).
+    pub dialer: bool,
+    /// Through CloudPal's relay circuit.
+    pub relayed: bool,
+}
+
+pub struct Core {
+    signing_key: DeviceSigningKey,
+    me: DeviceId,
+    peer_id: PeerId,
+    network: NetworkId,
+    binding: Binding,
+    data_port: u16,
+    cloudpal: bool,
+    store: Store,
+    rng: ChaCha20Rng,
+    timers: Timers,
+    actions: VecDeque<Action>,
+
+    // Links: what the swarm told us of connections.
+    /// Open connections per peer.
+    connections: HashMap<PeerId, usize>,
+    /// Every control connection and whether it is relayed.
+    control_links: HashMap<ConnectionId, (PeerId, bool)>,
+    connection_ips: HashMap<PeerId, IpAddr>,
+    /// Identify's listen addresses of connected peers whose Hello binding has not verified
+    /// yet: identify often answers first, and its addresses must reach Kademlia once the peer
+    /// proves it is a member (identify sends them only once per connection).
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
+
+    // Members.
+    reach: BTreeMap<DeviceId, Reach>,
+    by_peer: HashMap<PeerId, DeviceId>,
+    said_revoked: bool,
+
+    // Admission.
+    /// Members that told us we are revoked and were asked for the log (once each).
+    revocation_checks: HashSet<PeerId>,
+    /// Invite proofs checked per source address (INV-03).
+    invite_attempts: protocol::ratelimit::RateLimiter,
+
+    // Discovery.
+    listen_addrs: BTreeSet<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    /// Peers other members told us about, not yet proven or connected: redialled.
+    candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
+    /// The newest presence record acted on per member (its sequence number).
+    presence_seq: HashMap<DeviceId, u64>,
+    /// What the peer cache holds, to write it only on change.
+    cached_peers: Vec<String>,
+
+    // Signalling.
+    /// The member doing relay duty for us, and its data address.
+    relay: Option<(DeviceId, SocketAddr)>,
+    /// Whether a circuit listener at the relay is asked for (cleared when it is refused or
+    /// lost, so that it is asked again).
+    relay_listen: bool,
+    /// Data-plane candidates each member announced for itself, and those others reported.
+    announced: BTreeMap<DeviceId, Vec<SocketAddr>>,
+    reported: BTreeMap<DeviceId, BTreeSet<SocketAddr>>,
+    /// The data plane's latest view (paths, reflexive addresses).
+    view: DataView,
+
+    // Admin.
+    deliveries: HashMap<PeerId, admin::Delivery>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("me", &self.me).field("members", &self.by_peer.len()).finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core for the member whose keys are in `config`, over its log in `store`; `rng` is
+    /// seeded by the caller (OS randomness in the app, a fixed seed in tests).
+    pub fn new(config: Config, store: Store, rng: ChaCha20Rng, time: Time) -> Result<Self, String> {
+        let me = config.signing_key.public_key().device_id();
+        match store.log().state().devices.get(&me) {
+            Some(device) if device.status == membership::DeviceStatus::Revoked => {
+                return Err("this device has been revoked from its network; to come back, join with a new invite in a fresh --state directory".into());
+            }
+            Some(_) => {}
+            None => return Err("this device is not a member of the network in its state directory".into()),
+        }
+        let network = store.log().network();
+        let binding = admission::sign_binding(&config.signing_key, &network, &config.peer_id);
+        let mut core = Core {
+            signing_key: config.signing_key,
+            me,
+            peer_id: config.peer_id,
+            network,
+            binding,
+            data_port: config.data_port,
+            cloudpal: config.cloudpal,
+            store,
+            rng,
+            timers: Timers::new(time.now),
+            actions: VecDeque::new(),
+            connections: HashMap::new(),
+            control_links: HashMap::new(),
+            connection_ips: HashMap::new(),
+            identified: HashMap::new(),
+            reach: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            said_revoked: false,
+            revocation_checks: HashSet::new(),
+            invite_attempts: admission::invite_limiter(),
+            listen_addrs: BTreeSet::new(),
+            bootstrap: config.bootstrap,
+            candidates: BTreeMap::new(),
+            presence_seq: HashMap::new(),
+            cached_peers: Vec::new(),
+            relay: None,
+            relay_listen: false,
+            announced: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            view: DataView::default(),
+            deliveries: HashMap::new(),
+        };
+        core.apply_membership();
+        for address in core.bootstrap.clone() {
+            core.push(Action::Dial(Dial { peer: None, addresses: vec![address], when: DialWhen::Idle }));
+        }
+        Ok(core)
+    }
+
+    /// The next thing for the shell to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.timers.next(), self.next_redial(), self.next_delivery_expiry()].into_iter().flatten().min()
+    }
+
+    /// Runs whatever is due at `time`.
+    pub fn handle_timeout(&mut self, time: Time) {
+        for timer in self.timers.take_due(time.now) {
+            if self.revoked() {
+                continue; // cut off: nothing to find, nobody to greet
+            }
+            match timer {
+                Timer::Paths => self.exchange_paths(),
+                Timer::Announce => self.anti_entropy(),
+                Timer::Presence => self.publish_presence(time),
+                Timer::Lookup => self.look_up_absent_members(time),
+                Timer::CandidateDial => self.redial_candidates(),
+            }
+        }
+        if self.revoked() {
+            return;
+        }
+        self.expire_deliveries(time.now);
+        self.redial_members(time.now);
+        self.update_peer_cache();
+    }
+
+    // ---- the swarm's news ------------------------------------------------------------------
+
+    pub fn handle_new_listen_addr(&mut self, address: Multiaddr) {
+        // CloudPal's public addresses are its external ones: the relay hands them to the
+        // members that reserve a circuit through it.
+        if self.cloudpal && crate::p2p::addr::is_dialable(&address) {
+            self.push(Action::AddExternalAddress(address.clone()));
+        }
+        self.listen_addrs.insert(address);
+    }
+
+    pub fn handle_connection_established(&mut self, connection: Connection) {
+        let peer = connection.peer;
+        *self.connections.entry(peer).or_default() += 1;
+        self.control_links.insert(connection.id, (peer, connection.relayed));
+        if self.deliveries.contains_key(&peer) {
+            self.deliver_next(peer);
+            return;
+        }
+        if let Some(ip) = crate::p2p::addr::multiaddr_ip(&connection.remote) {
+            self.connection_ips.insert(peer, ip);
+        }
+        if connection.dialer {
+            let hello = self.hello_request();
+            self.push(Action::Send { peer, request: hello });
+        }
+    }
+
+    pub fn handle_connection_closed(&mut self, peer: PeerId, id: ConnectionId) {
+        self.control_links.remove(&id);
+        let remaining = self.connections.get_mut(&peer).map(|count| {
+            *count = count.saturating_sub(1);
+            *count
+        });
+        if remaining.unwrap_or(0) == 0 {
+            self.connections.remove(&peer);
+            self.identified.remove(&peer);
+            if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
+                reach.connected = false;
+            }
+        }
+    }
+
+    /// Identify's listen addresses of `peer`.
+    pub fn handle_identify(&mut self, peer: PeerId, listen_addrs: Vec<Multiaddr>) {
+        let addresses: Vec<Multiaddr> =
+            listen_addrs.into_iter().filter(crate::p2p::addr::is_dialable).take(discovery::MAX_CANDIDATE_ADDRESSES).collect();
+        self.identified.insert(peer, addresses);
+        if self.by_peer.contains_key(&peer) {
+            self.admit_to_dht(peer);
+        }
+    }
+
+    pub fn handle_ping(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
+            reach.rtt = Some(rtt);
+        }
+    }
+
+    /// The circuit listener at the relay was refused or closed.
+    pub fn handle_relay_listener_closed(&mut self) {
+        self.relay_listen = false;
+    }
+
+    /// The data plane's current view (paths, endpoints, how peers see us).
+    pub fn handle_data_view(&mut self, view: DataView) {
+        self.view = view;
+    }
+
+    /// A control request from `peer`; the answer to send back.
+    pub fn handle_request(&mut self, peer: PeerId, request: Request, time: Time) -> Response {
+        match request {
+            Request::Hello { binding, data_port, summary, candidates, relay } => {
+                self.on_hello(peer, &binding, data_port, &summary, &candidates, relay)
+            }
+            Request::Deliver { .. } => messages::refused("this device already belongs to a network"),
+            Request::Paths { candidates } => {
+                let Some(device) = self.by_peer.get(&peer).copied() else {
+                    return messages::refused(admission::NOT_A_MEMBER);
+                };
+                self.learn_candidates(device, &candidates, false);
+                Response::Paths { peers: self.known_peers() }
+            }
+            Request::Sync { binding, invite, summary } => self.serve_sync(peer, binding, invite, &summary, time),
+            Request::Join { entry } => self.admit_join(&entry, time),
+            Request::Announce { summary } => {
+                if self.by_peer.contains_key(&peer) {
+                    self.pull_if_behind(peer, &summary);
+                }
+                Response::Accepted
+            }
+        }
+    }
+
+    /// A peer's answer to one of our requests.
+    pub fn handle_response(&mut self, peer: PeerId, response: Response) {
+        match response {
+            Response::Hello { binding, data_port, summary, peers, candidates, relay } => {
+                let Some(device) = self.verify_binding(&peer, &binding) else { return };
+                self.learn_peer(peer, device, data_port);
+                self.learn_candidates(device, &candidates, relay);
+                if relay {
+                    self.listen_via_relay(peer, data_port);
+                }
+                for entry in peers {
+                    self.learn_addresses(entry);
+                }
+                self.pull_if_behind(peer, &summary);
+            }
+            Response::Paths { peers } => {
+                if self.by_peer.contains_key(&peer) {
+                    for entry in peers {
+                        self.learn_addresses(entry);
+                    }
+                }
+            }
+            Response::Entries { batch, more } => self.ingest_batch(peer, batch, more),
+            Response::Accepted | Response::Refused { .. } if self.deliveries.contains_key(&peer) => {
+                self.delivery_answered(peer, response);
+            }
+            Response::Revoked => {
+                // A member says we are revoked: see for ourselves in the signed log, once.
+                if !self.revoked() && self.revocation_checks.insert(peer) {
+                    self.request_sync(peer);
+                }
+            }
+            Response::Refused { reason } => tracing::debug!(reason = %messages::printable(&reason), "a peer refused a request"),
+            Response::Accepted => {}
+        }
+    }
+
+    // ---- what the shell and the local API read -------------------------------------------
+
+    pub fn device_id(&self) -> DeviceId {
+        self.me
+    }
+
+    pub fn network(&self) -> NetworkId {
+        self.network
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn reach(&self, device: &DeviceId) -> Option<&Reach> {
+        self.reach.get(device)
+    }
+
+    /// The peers proven to be members, by peer id.
+    pub fn member_peers(&self) -> &HashMap<PeerId, DeviceId> {
+        &self.by_peer
+    }
+
+    /// Whether `peer` has an open control connection.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connections.contains_key(peer)
+    }
+
+    /// The member doing relay duty for us.
+    pub fn relay(&self) -> Option<(DeviceId, SocketAddr)> {
+        self.relay
+    }
+
+    fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    fn command(&mut self, command: DataCommand) {
+        self.push(Action::Data(command));
+    }
+}

@@ -1,0 +1,138 @@
+//! Signalling: data-plane path candidates and the relay. Members tell each other where their
+//! data planes can be reached (interface addresses at the data port, and the reflexive address
+//! a peer saw), relay what they know of the others, and pick the member doing relay duty
+//! (CloudPal) as the path of last resort, with a circuit reservation there for control traffic.
+
+use super::messages::{PeerAddresses, Request};
+use super::{Action, Core};
+use crate::control_api::ControlLink;
+use crate::dataplane::commands::DataCommand;
+use crate::p2p::addr::{circuit_address, multiaddr_ip};
+use libp2p::PeerId;
+use protocol::DeviceId;
+use protocol::paths::PathKind;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// How often members exchange path candidates.
+pub const PATHS_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Core {
+    /// Our data-plane candidates: the addresses of our interfaces (from libp2p's listen
+    /// addresses) at the data port, and how peers saw us (reflexive).
+    pub fn own_candidates(&self) -> Vec<String> {
+        let mut candidates: Vec<SocketAddr> = self
+            .listen_addrs
+            .iter()
+            .filter_map(multiaddr_ip)
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !self.is_overlay(*ip))
+            .map(|ip| SocketAddr::new(ip, self.data_port))
+            .chain(self.view.observed.iter().copied())
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        candidates.truncate(protocol::paths::MAX_CANDIDATES);
+        candidates.iter().map(ToString::to_string).collect()
+    }
+
+    /// Whether `ip` is a member's overlay address (libp2p lists the TUN interface among its
+    /// listen addresses; as a data-plane candidate it would route the tunnel through itself).
+    fn is_overlay(&self, ip: IpAddr) -> bool {
+        self.store.log().state().devices.values().any(|d| ip == IpAddr::V4(d.record.overlay_ipv4) || ip == IpAddr::V6(d.record.overlay_ipv6))
+    }
+
+    /// Every few seconds, our candidates to every connected member; the answers say what they
+    /// know of the others.
+    pub(super) fn exchange_paths(&mut self) {
+        let candidates = self.own_candidates();
+        let mut peers: Vec<PeerId> = self.by_peer.keys().copied().filter(|peer| self.is_connected(peer)).collect();
+        peers.sort();
+        for peer in peers {
+            self.push(Action::Send { peer, request: Request::Paths { candidates: candidates.clone() } });
+        }
+    }
+
+    /// What a member said of itself in a Hello or a path exchange.
+    pub(super) fn learn_candidates(&mut self, device: DeviceId, candidates: &[String], relay: bool) {
+        let parsed: Vec<SocketAddr> =
+            candidates.iter().filter_map(|c| c.parse().ok()).take(protocol::paths::MAX_CANDIDATES).collect();
+        self.announced.insert(device, parsed);
+        self.apply_candidates(device);
+        if relay && self.relay.is_none_or(|(current, _)| current == device) {
+            self.use_relay(device);
+        }
+    }
+
+    /// Tells the data plane every candidate we know for `device`.
+    pub(super) fn apply_candidates(&mut self, device: DeviceId) {
+        let Some(record) = self.store.log().state().devices.get(&device) else { return };
+        let key = record.record.static_key;
+        let mut all: Vec<SocketAddr> = self.reported.get(&device).into_iter().flatten().copied().collect();
+        all.extend(self.announced.get(&device).into_iter().flatten().copied());
+        all.sort();
+        all.dedup();
+        self.command(DataCommand::SetCandidates(key, all));
+        // The member is online: have a session ready. After this node restarts, the peer's
+        // old session is dead on our side, and it would otherwise take WireGuard's 15 s
+        // no-reply rule on its side to notice. A no-op while a session or handshake exists.
+        self.command(DataCommand::Connect(key));
+    }
+
+    /// Sends through `device` (a member doing relay duty) whenever no direct path works, and
+    /// keeps a session with it so that it always knows where we are.
+    fn use_relay(&mut self, device: DeviceId) {
+        let Some(endpoint) = self.reach.get(&device).and_then(|r| r.data_endpoint) else { return };
+        let Some(key) = self.store.log().state().devices.get(&device).map(|d| d.record.static_key) else { return };
+        if self.relay == Some((device, endpoint)) {
+            return;
+        }
+        self.relay = Some((device, endpoint));
+        self.command(DataCommand::SetRelay(Some((endpoint, key))));
+        self.apply_membership();
+        self.command(DataCommand::Connect(key));
+        tracing::info!("relay available");
+    }
+
+    /// Reserves a circuit at CloudPal (`relay`, listening for control traffic at `port`), so
+    /// that members which cannot reach us directly reach us through it, and DCUtR can then try
+    /// a direct connection. Once; CloudPal itself does not.
+    pub(super) fn listen_via_relay(&mut self, relay: PeerId, port: u16) {
+        if self.cloudpal || self.relay_listen {
+            return;
+        }
+        let Some(ip) = self.connection_ips.get(&relay).copied() else { return };
+        self.relay_listen = true;
+        self.push(Action::ListenOnCircuit(circuit_address(SocketAddr::new(ip, port), relay)));
+    }
+
+    /// What we know of every member's reachability, for a peer that asks.
+    pub(super) fn known_peers(&self) -> Vec<PeerAddresses> {
+        let state = self.store.log().state();
+        self.reach
+            .iter()
+            .filter_map(|(device, reach)| {
+                let key = state.devices.get(device)?.record.static_key;
+                // What it announced, and where our data plane last heard it from: behind a
+                // NAT, that is its reflexive address.
+                let heard = self.view.peers.get(&key).filter(|v| v.path == PathKind::Direct).and_then(|v| v.endpoint);
+                let mut candidates: Vec<String> = heard.iter().map(ToString::to_string).collect();
+                candidates.extend(self.announced.get(device).into_iter().flatten().map(ToString::to_string));
+                Some(PeerAddresses {
+                    peer_id: reach.peer_id?.to_bytes().into(),
+                    multiaddrs: reach.multiaddrs.iter().map(ToString::to_string).collect(),
+                    device: Some((*device.as_bytes()).into()),
+                    candidates,
+                })
+            })
+            .collect()
+    }
+
+    /// How the control plane reaches `peer`.
+    pub fn control_link(&self, peer: Option<PeerId>) -> ControlLink {
+        let mut links = self.control_links.values().filter(|(p, _)| Some(*p) == peer).map(|(_, relayed)| *relayed).peekable();
+        if links.peek().is_none() {
+            return ControlLink::None;
+        }
+        if links.any(|relayed| !relayed) { ControlLink::Direct } else { ControlLink::Relayed }
+    }
+}

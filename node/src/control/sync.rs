@@ -1,0 +1,100 @@
+//! Log sync between members: push on append (an `Announce` of our summary to every connected
+//! member), pull when a peer's summary shows something we lack (one batch per `Sync`, asked
+//! again while more follow), and anti-entropy (every few seconds each member shows its summary
+//! again, so a push or pull lost with a closing connection heals).
+
+use super::messages::{self, Binding, InviteProof, Request, Response};
+use super::{Action, Core, Time, admission};
+use libp2p::PeerId;
+use membership::sync::missing_for;
+use membership::{DeviceStatus, SyncMessage};
+use minicbor::bytes::ByteVec;
+use std::time::Duration;
+
+/// How often a node shows its log summary to its peers unasked (anti-entropy).
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Core {
+    pub(super) fn summary(&self) -> Vec<u8> {
+        SyncMessage::Summary(self.store.log().summary()).encode()
+    }
+
+    /// Shows this log's summary to every connected member; whoever lacks something pulls it.
+    pub(super) fn announce(&mut self) {
+        let summary: ByteVec = self.summary().into();
+        let mut peers: Vec<PeerId> = self.by_peer.keys().copied().collect();
+        peers.sort();
+        for peer in peers {
+            self.push(Action::Send { peer, request: Request::Announce { summary: summary.clone() } });
+        }
+    }
+
+    /// Anti-entropy, and a circuit reservation refused or lost is asked for again.
+    pub(super) fn anti_entropy(&mut self) {
+        self.announce();
+        if let Some((device, endpoint)) = self.relay
+            && let Some(peer) = self.reach.get(&device).and_then(|r| r.peer_id)
+            && self.is_connected(&peer)
+        {
+            self.listen_via_relay(peer, endpoint.port());
+        }
+    }
+
+    pub(super) fn pull_if_behind(&mut self, peer: PeerId, summary: &[u8]) {
+        if let Some(summary) = messages::decode_summary(summary)
+            && !membership::sync::has_everything_of(self.store.log(), &summary)
+        {
+            self.request_sync(peer);
+        }
+    }
+
+    pub(super) fn request_sync(&mut self, peer: PeerId) {
+        let request = Request::Sync { binding: Some(self.binding.clone()), invite: None, summary: self.summary().into() };
+        self.push(Action::Send { peer, request });
+    }
+
+    /// Members get everything; a revoked device gets the log up to its revocation (so it
+    /// learns it was cut off) and nothing newer; a joiner proves its invite.
+    pub(super) fn serve_sync(&mut self, peer: PeerId, binding: Option<Binding>, invite: Option<InviteProof>, summary: &[u8], time: Time) -> Response {
+        let mut horizon = None;
+        match binding.and_then(|b| self.verify_signed_binding(&peer, &b)) {
+            Some((_, DeviceStatus::Active)) => {}
+            Some((device, DeviceStatus::Revoked)) => {
+                horizon = self.store.log().revocation_of(&device);
+                if horizon.is_none() {
+                    return messages::refused(admission::NOT_A_MEMBER);
+                }
+            }
+            None => {
+                let Some(proof) = invite else { return messages::refused(admission::NOT_A_MEMBER) };
+                if let Err(reason) = self.check_invite_attempt(&peer, &proof, time) {
+                    return messages::refused(&reason);
+                }
+            }
+        }
+        let Some(summary) = messages::decode_summary(summary) else { return messages::refused("malformed summary") };
+        let batches = match horizon {
+            Some(horizon) => membership::sync::missing_up_to(self.store.log(), &summary, horizon),
+            None => missing_for(self.store.log(), &summary),
+        };
+        let mut batches = batches.into_iter();
+        let batch = batches.next().unwrap_or_default();
+        Response::Entries { batch: batch.into_iter().map(Into::into).collect(), more: batches.next().is_some() }
+    }
+
+    /// A batch a peer sent for our summary: verified atomically, and asked for again while
+    /// more follow.
+    pub(super) fn ingest_batch(&mut self, peer: PeerId, batch: Vec<ByteVec>, more: bool) {
+        let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
+        match self.store.ingest_encoded(&batch) {
+            Ok(0) => {}
+            Ok(_) => {
+                self.membership_changed();
+                if more {
+                    self.request_sync(peer);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "sync batch refused"),
+        }
+    }
+}

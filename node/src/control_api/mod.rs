@@ -1,0 +1,289 @@
+//! The local control API: typed requests and replies between `pal` subcommands and the running
+//! node, shared with `cli` through serde. On the wire (the Unix socket of [`socket`]) each is
+//! one JSON line; `--json` output of the CLI is the reply as it arrives.
+
+pub mod socket;
+
+use membership::Role;
+use serde::{Deserialize, Serialize};
+
+pub use socket::{MAX_REQUEST_LEN, call, serve};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    DeviceList,
+    Log,
+    Invite {
+        name: String,
+        #[serde(with = "role")]
+        role: Role,
+        ttl_seconds: u64,
+    },
+    Revoke {
+        name: String,
+    },
+    /// Add the device of a request code with `role` and deliver the log to it.
+    Add {
+        code: String,
+        #[serde(with = "role")]
+        role: Role,
+    },
+    Ping {
+        name: String,
+        count: u32,
+    },
+}
+
+/// The node's answer: a reply of the request's type, or one line saying what went wrong.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlResponse {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+impl ControlResponse {
+    /// A typed reply, or the error as it is.
+    pub fn from_result<T: Serialize>(result: Result<T, String>) -> Self {
+        match result.and_then(|reply| serde_json::to_value(reply).map_err(|e| e.to_string())) {
+            Ok(value) => ControlResponse::Ok(value),
+            Err(error) => ControlResponse::Error(error),
+        }
+    }
+}
+
+/// `pal status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub device: DeviceSummary,
+    pub peers: Vec<PeerStatus>,
+    /// Entries in this node's Kademlia routing table.
+    pub dht_peers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    pub name: Option<String>,
+    pub id: String,
+    pub overlay_ipv4: Option<String>,
+    pub overlay_ipv6: Option<String>,
+    pub status: DeviceStatusName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatusName {
+    Active,
+    Revoked,
+}
+
+impl From<membership::DeviceStatus> for DeviceStatusName {
+    fn from(status: membership::DeviceStatus) -> Self {
+        match status {
+            membership::DeviceStatus::Active => DeviceStatusName::Active,
+            membership::DeviceStatus::Revoked => DeviceStatusName::Revoked,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub id: String,
+    pub overlay_ipv4: String,
+    pub overlay_ipv6: String,
+    pub path: PathName,
+    pub endpoint: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub control: ControlLink,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The data path a peer's traffic takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathName {
+    Direct,
+    Relay,
+    None,
+}
+
+impl From<protocol::paths::PathKind> for PathName {
+    fn from(path: protocol::paths::PathKind) -> Self {
+        match path {
+            protocol::paths::PathKind::Direct => PathName::Direct,
+            protocol::paths::PathKind::Relay => PathName::Relay,
+            protocol::paths::PathKind::None => PathName::None,
+        }
+    }
+}
+
+impl std::fmt::Display for PathName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathName::Direct => "direct",
+            PathName::Relay => "relay",
+            PathName::None => "none",
+        })
+    }
+}
+
+/// How the control plane reaches a peer: directly, through CloudPal's relay, or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlLink {
+    Direct,
+    Relayed,
+    None,
+}
+
+/// One row of `pal device list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub id: String,
+    #[serde(with = "role")]
+    pub role: Role,
+    pub status: DeviceStatusName,
+    pub overlay_ipv4: String,
+    pub overlay_ipv6: String,
+}
+
+/// One entry of `pal log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub hash: String,
+    pub author: String,
+    pub time: u64,
+    pub operation: LogOperation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogOperation {
+    Genesis {
+        network: String,
+        founder: String,
+    },
+    AddDevice {
+        name: String,
+        #[serde(with = "role")]
+        role: Role,
+    },
+    Invite {
+        #[serde(with = "role")]
+        role: Role,
+        expires: u64,
+        name_hint: String,
+    },
+    Join {
+        name: String,
+        #[serde(with = "role")]
+        role: Role,
+    },
+    RevokeDevice {
+        name: String,
+    },
+    SetPolicy {},
+}
+
+impl std::fmt::Display for LogOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogOperation::Genesis { network, founder } => write!(f, "genesis of {network} by {founder}"),
+            LogOperation::AddDevice { name, role } => write!(f, "add {name} as {}", role.as_str()),
+            LogOperation::Invite { role, name_hint, .. } => write!(f, "invite {name_hint} as {}", role.as_str()),
+            LogOperation::Join { name, role } => write!(f, "join of {name} as {}", role.as_str()),
+            LogOperation::RevokeDevice { name } => write!(f, "revoke {name}"),
+            LogOperation::SetPolicy {} => f.write_str("set policy"),
+        }
+    }
+}
+
+/// `pal device invite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteReply {
+    pub code: String,
+    pub expires: u64,
+    #[serde(with = "role")]
+    pub role: Role,
+}
+
+/// `pal device add`: the device has the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddReply {
+    pub added: String,
+    #[serde(with = "role")]
+    pub role: Role,
+}
+
+/// `pal device revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeReply {
+    pub revoked: String,
+}
+
+/// `pal ping`: what was sent, and each reply with the path it came back on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub sent: usize,
+    pub received: usize,
+    pub replies: Vec<PingReply>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReply {
+    pub seq: u16,
+    pub rtt_ms: f64,
+    pub path: PathName,
+}
+
+/// Roles travel as their names (`member`, `admin`, `cloudpal`).
+mod role {
+    use membership::Role;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(role: &Role, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(role.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Role, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_keep_their_json_shape() {
+        let request = ControlRequest::Invite { name: "phone".into(), role: Role::CloudPal, ttl_seconds: 60 };
+        let text = serde_json::to_string(&request).expect("encodes");
+        assert_eq!(text, r#"{"command":"invite","name":"phone","role":"cloudpal","ttl_seconds":60}"#);
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"command":"invite","name":"x","role":"boss","ttl_seconds":1}"#).is_err());
+        let operation = serde_json::to_value(LogOperation::SetPolicy {}).expect("encodes");
+        assert_eq!(operation, serde_json::json!({ "set_policy": {} }));
+        let peer = PeerStatus {
+            name: "a".into(),
+            id: "00".into(),
+            overlay_ipv4: "100.64.0.1".into(),
+            overlay_ipv6: "fd00::1".into(),
+            path: PathName::Relay,
+            endpoint: None,
+            rtt_ms: None,
+            control: ControlLink::Relayed,
+            rx_bytes: 1,
+            tx_bytes: 2,
+        };
+        let value = serde_json::to_value(&peer).expect("encodes");
+        assert_eq!(value["path"], "relay");
+        assert_eq!(value["control"], "relayed");
+        assert!(value["rtt_ms"].is_null());
+        assert_eq!(serde_json::from_value::<PeerStatus>(value).expect("decodes"), peer);
+    }
+}

@@ -1,0 +1,66 @@
+//! Multiaddr helpers shared by the core and the shell.
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use std::net::{IpAddr, SocketAddr};
+
+/// `/ip4/ADDR/tcp/PORT` or, with `quic`, `/ip4/ADDR/udp/PORT/quic-v1` (likewise IPv6).
+pub fn socket_multiaddr(address: SocketAddr, quic: bool) -> Multiaddr {
+    let mut multiaddr = Multiaddr::empty();
+    multiaddr.push(match address.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    if quic {
+        multiaddr.push(Protocol::Udp(address.port()));
+        multiaddr.push(Protocol::QuicV1);
+    } else {
+        multiaddr.push(Protocol::Tcp(address.port()));
+    }
+    multiaddr
+}
+
+/// `/ip/ADDR/tcp/PORT/p2p/RELAY/p2p-circuit`: the relay's circuit, to listen on or to dial a
+/// member through (with its `/p2p/PEER` appended).
+pub fn circuit_address(relay_tcp: SocketAddr, relay: PeerId) -> Multiaddr {
+    socket_multiaddr(relay_tcp, false).with(Protocol::P2p(relay)).with(Protocol::P2pCircuit)
+}
+
+/// The IP address a multiaddr starts with.
+pub fn multiaddr_ip(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Addresses worth giving to others: not loopback, not unspecified, not in the overlay.
+pub fn is_dialable(address: &Multiaddr) -> bool {
+    multiaddr_ip(address).is_some_and(|ip| {
+        !ip.is_loopback()
+            && !ip.is_unspecified()
+            && !matches!(ip, IpAddr::V4(v4) if membership::overlay::is_overlay_ipv4(v4))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_loopback_and_unspecified_addresses_are_not_handed_out() {
+        for (address, dialable) in [
+            ("/ip4/192.0.2.7/tcp/41641", true),
+            ("/ip6/2001:db8::1/udp/41642/quic-v1", true),
+            ("/ip4/100.64.0.9/tcp/41641", false),
+            ("/ip4/100.127.255.1/tcp/41641", false),
+            ("/ip4/100.128.0.1/tcp/41641", true),
+            ("/ip4/127.0.0.1/tcp/41641", false),
+            ("/ip4/0.0.0.0/tcp/41641", false),
+        ] {
+            let address: Multiaddr = address.parse().expect("multiaddr");
+            assert_eq!(is_dialable(&address), dialable, "{address}");
+        }
+    }
+}

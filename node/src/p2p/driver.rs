@@ -1,0 +1,120 @@
+//! The driver: maps the swarm's events to the control core's inputs and the core's actions to
+//! the swarm. It holds no policy; what is not the swarm's (data-plane commands, the peer
+//! cache, answers to local requests) it hands back to the app.
+
+use super::{Behaviour, BehaviourEvent, Gate};
+use crate::control::{Action, Connection, Core, Dial, DialWhen, Time};
+use libp2p::core::transport::ListenerId;
+use libp2p::kad::store::RecordStore as _;
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Swarm, dcutr, identify, kad, ping, request_response};
+
+#[derive(Debug, Default)]
+pub struct Driver {
+    /// The circuit listener at CloudPal's relay, once asked for.
+    relay_listener: Option<ListenerId>,
+    gate: Gate,
+}
+
+impl Driver {
+    pub fn new(gate: Gate) -> Self {
+        Driver { relay_listener: None, gate }
+    }
+
+    /// Feeds one swarm event to the core.
+    pub fn handle_event(&mut self, core: &mut Core, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, time: Time) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => core.handle_new_listen_addr(address),
+            SwarmEvent::ListenerClosed { listener_id, .. } if self.relay_listener == Some(listener_id) => {
+                self.relay_listener = None;
+                core.handle_relay_listener_closed();
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                core.handle_connection_established(Connection {
+                    peer: peer_id,
+                    id: connection_id,
+                    remote: endpoint.get_remote_address().clone(),
+                    dialer: endpoint.is_dialer(),
+                    relayed: endpoint.is_relayed(),
+                });
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => core.handle_connection_closed(peer_id, connection_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                core.handle_identify(peer_id, info.listen_addrs);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { record: Some(mut record), .. },
+            })) => {
+                let store = swarm.behaviour_mut().kad.store_mut();
+                let held = store.get(&record.key).and_then(|r| crate::control::presence::seq_of(&r.value));
+                if let Some(ttl) = core.handle_put_record(record.key.as_ref(), &record.value, held, time) {
+                    record.expires = Some(time.now + ttl);
+                    let _ = store.put(record);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
+                ..
+            })) => core.handle_found_record(found.record.key.as_ref(), &found.record.value, time),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { result, .. })) => {
+                tracing::debug!(direct = result.is_ok(), "hole punch for a relayed control connection");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => core.handle_ping(peer, rtt),
+            SwarmEvent::Behaviour(BehaviourEvent::Control(request_response::Event::Message { peer, message, .. })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let response = core.handle_request(peer, request, time);
+                    let _ = swarm.behaviour_mut().control.send_response(channel, response);
+                }
+                request_response::Message::Response { response, .. } => core.handle_response(peer, response),
+            },
+            _ => {}
+        }
+    }
+
+    /// Carries out an action that is the swarm's; any other comes back for the app.
+    pub fn execute(&mut self, core: &mut Core, swarm: &mut Swarm<Behaviour>, action: Action, time: Time) -> Option<Action> {
+        match action {
+            Action::Send { peer, request } => {
+                swarm.behaviour_mut().control.send_request(&peer, request);
+            }
+            Action::Dial(dial) => dial_now(swarm, dial),
+            Action::KadAddAddress { peer, address } => {
+                swarm.behaviour_mut().kad.add_address(&peer, address);
+            }
+            Action::KadPut { key, value, ttl } => {
+                let record = kad::Record { key: kad::RecordKey::new(&key), value, publisher: None, expires: Some(time.now + ttl) };
+                let _ = swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One);
+            }
+            Action::KadGet { key } => {
+                swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
+            }
+            Action::ListenOnCircuit(address) => match swarm.listen_on(address) {
+                Ok(listener) => self.relay_listener = Some(listener),
+                Err(_) => core.handle_relay_listener_closed(),
+            },
+            Action::AddExternalAddress(address) => swarm.add_external_address(address),
+            Action::MemberPeers(members) => self.gate.set(members),
+            other => return Some(other),
+        }
+        None
+    }
+}
+
+fn dial_now(swarm: &mut Swarm<Behaviour>, dial: Dial) {
+    let options = match dial.peer {
+        None => match dial.addresses.into_iter().next() {
+            Some(address) => DialOpts::unknown_peer_id().address(address).build(),
+            None => return,
+        },
+        Some(peer) => {
+            let condition = match dial.when {
+                DialWhen::Idle => PeerCondition::DisconnectedAndNotDialing,
+                DialWhen::Disconnected => PeerCondition::Disconnected,
+                DialWhen::Always => PeerCondition::Always,
+            };
+            DialOpts::peer_id(peer).condition(condition).addresses(dial.addresses).build()
+        }
+    };
+    let _ = swarm.dial(options);
+}

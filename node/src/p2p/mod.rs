@@ -1,0 +1,142 @@
+//! The libp2p side of the shell: the one swarm builder (TCP + QUIC, Noise, Yamux, relay client
+//! transport, under the device's libp2p identity), the node's behaviour, the control protocol's
+//! codec, and the [`driver`] that maps `SwarmEvent`s to the control core's inputs and its
+//! actions to the swarm.
+
+pub mod addr;
+pub mod codec;
+pub mod driver;
+
+use anyhow::{Context, Result};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, identity, kad, noise, ping, relay, tcp, yamux};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The network's own Kademlia DHT (not the public IPFS one).
+pub const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cloudpal/kad/1.0.0");
+/// Tail latency under churn is set by the per-query timeout, not hop count.
+const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)] // libp2p's behaviours have no Debug
+pub struct Behaviour {
+    pub control: request_response::Behaviour<codec::Codec>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// CloudPal relays control connections between members that cannot reach each other
+    /// (members only; IP packets never ride it), and DCUtR upgrades them to direct ones.
+    pub relay: Toggle<relay::Behaviour>,
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+}
+
+/// The behaviour of `pal join` and `pal request`, before the device is a member: the control
+/// protocol only.
+#[derive(NetworkBehaviour)]
+#[allow(missing_debug_implementations)]
+pub struct Enrol {
+    pub control: request_response::Behaviour<codec::Codec>,
+}
+
+/// The peers that proved membership, as the relay's gate sees them. The driver alone writes
+/// it (from the core's [`crate::control::Action::MemberPeers`]); libp2p's relay reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<RwLock<HashSet<PeerId>>>);
+
+impl Gate {
+    pub fn set(&self, members: HashSet<PeerId>) {
+        if let Ok(mut current) = self.0.write() {
+            *current = members;
+        }
+    }
+}
+
+/// Reservations and circuits only for peers that proved membership (their Hello binding
+/// verified). Plugged in where libp2p puts its rate limiters.
+struct MembersOnly(Gate);
+
+impl relay::RateLimiter for MembersOnly {
+    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, _: std::time::Instant) -> bool {
+        self.0.0.read().is_ok_and(|members| members.contains(&peer))
+    }
+}
+
+/// The one transport stack, under the libp2p identity of `seed`, with whatever behaviour
+/// `make` builds (it also gets the relay client, which only a member's node uses).
+pub fn build<B: NetworkBehaviour>(seed: &[u8; 32], make: impl FnOnce(&identity::Keypair, relay::client::Behaviour) -> B) -> Result<Swarm<B>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(seed)?)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| make(key, relay_client))?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
+/// A member node's behaviour; `cloudpal` adds relay duty behind the members-only `gate`.
+pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Behaviour, cloudpal: bool, gate: &Gate) -> Behaviour {
+    let peer = key.public().to_peer_id();
+    let mut config = kad::Config::new(KAD_PROTOCOL);
+    config.set_query_timeout(KAD_QUERY_TIMEOUT);
+    // Nothing is stored unseen: a record put to us is checked first (DHT-01), and provider
+    // records, which nobody signs, are never stored at all.
+    config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    let store_config = kad::store::MemoryStoreConfig {
+        max_value_bytes: crate::control::presence::MAX_RECORD_LEN,
+        max_records: 4096,
+        max_providers_per_key: 0,
+        ..Default::default()
+    };
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::with_config(peer, store_config), config);
+    // Every node serves the network's own DHT: it is small, and a restarted device must find
+    // the others through any of them.
+    kad.set_mode(Some(kad::Mode::Server));
+    let relay = cloudpal.then(|| {
+        // Control traffic only: limits well above libp2p's defaults (2 min, 128 KiB per
+        // circuit), which suit strangers, not one owner's devices syncing their log.
+        let config = relay::Config {
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 64 << 20,
+            reservation_rate_limiters: vec![Box::new(MembersOnly(gate.clone()))],
+            circuit_src_rate_limiters: vec![Box::new(MembersOnly(gate.clone()))],
+            ..Default::default()
+        };
+        relay::Behaviour::new(peer, config)
+    });
+    Behaviour {
+        control: control_behaviour(),
+        identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public()).with_push_listen_addr_updates(true)),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        kad,
+        relay: relay.into(),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer),
+    }
+}
+
+pub fn enrol_behaviour() -> Enrol {
+    Enrol { control: control_behaviour() }
+}
+
+fn control_behaviour() -> request_response::Behaviour<codec::Codec> {
+    request_response::Behaviour::new([(codec::PROTOCOL, ProtocolSupport::Full)], request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT))
+}
+
+/// The libp2p identity of a 32-byte seed (the state directory's `libp2p.key`).
+pub fn keypair(seed: &[u8; 32]) -> Result<identity::Keypair> {
+    let mut bytes = *seed;
+    identity::Keypair::ed25519_from_bytes(&mut bytes).context("the libp2p key in the state directory is unusable; restore it from a backup or join again")
+}
+
+/// The peer id of a 32-byte seed.
+pub fn peer_id(seed: &[u8; 32]) -> Result<PeerId> {
+    Ok(keypair(seed)?.public().to_peer_id())
+}
