@@ -16,7 +16,7 @@ pub const INVITE_PROOF_DOMAIN: &[u8] = b"cloudpal/invite-proof/v1\0";
 
 /// Proof that the libp2p peer speaking is this device: the device key signs the network id
 /// and the peer id of the connection.
-#[derive(Debug, Clone, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Binding {
     #[n(0)]
     pub device_key: ByteArray<32>,
@@ -25,7 +25,7 @@ pub struct Binding {
 }
 
 /// Proof that a not-yet-member holds an invite's secret (signs network id and peer id).
-#[derive(Debug, Clone, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct InviteProof {
     #[n(0)]
     pub invite: ByteArray<32>,
@@ -34,7 +34,7 @@ pub struct InviteProof {
 }
 
 /// A member's reachable addresses, as another member saw them.
-#[derive(Debug, Clone, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct PeerAddresses {
     #[n(0)]
     pub peer_id: ByteVec,
@@ -51,7 +51,7 @@ pub struct PeerAddresses {
     pub candidates: Vec<String>,
 }
 
-#[derive(Debug, Clone, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Request {
     /// First message on a connection between members: who I am, my data-plane port, my log.
     #[n(0)]
@@ -110,7 +110,7 @@ pub enum Request {
     },
 }
 
-#[derive(Debug, Clone, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Response {
     #[n(0)]
     Hello {

@@ -1,0 +1,532 @@
+//! The control core on virtual time: several cores wired together in one process (no root,
+//! no namespaces), each test a behaviour the end-to-end suite also relies on.
+
+mod sim;
+
+use membership::testkit::Network;
+use membership::{DeviceStatus, Role};
+use node::control::messages::{Request, Response};
+use node::control::{Dial, DialWhen, NewDevice, REVOKED};
+use node::control_api::ControlLink;
+use node::dataplane::DataCommand;
+use node::enrol::invite::InviteCode;
+use node::statedir::Identity;
+use protocol::{DeviceSigningKey, StaticSecret};
+use sim::{Sim, network, peer_of};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A network of `names` (the first is the founder, an admin), one core each, all connected
+/// to the first.
+fn star(names: &[(&str, Role)]) -> (Sim, Network) {
+    let (network, members) = network(7, names);
+    let mut sim = Sim::new();
+    for member in &members {
+        sim.add(member, &network.log, member.record.role == Role::CloudPal);
+    }
+    for index in 1..members.len() {
+        sim.connect(index, 0);
+    }
+    sim.settle();
+    (sim, network)
+}
+
+fn key_of(sim: &Sim, index: usize) -> protocol::StaticPublic {
+    let id = sim.nodes[index].key.public_key().device_id();
+    sim.nodes[0].log().state().devices[&id].record.static_key
+}
+
+fn joiner_identity(seed: u8) -> Identity {
+    Identity { device: DeviceSigningKey::from_bytes(&[seed; 32]), static_secret: StaticSecret::from_bytes([seed ^ 0x55; 32]), libp2p: [seed; 32] }
+}
+
+/// Invites a device on node `admin`; the code a joiner would hold.
+fn invite(sim: &mut Sim, admin: usize, ttl: Duration) -> InviteCode {
+    let time = sim.time;
+    let made = sim.nodes[admin].core.invite("tablet", Role::Member, ttl, time).expect("an admin invites");
+    sim.settle();
+    InviteCode { network: sim.nodes[admin].core.network(), invite: made.invite, secret: made.secret, bootstrap: made.bootstrap }
+}
+
+/// A joiner's Sync with an invite proof for `code`, as `peer`.
+fn invite_sync(sim: &Sim, code: &InviteCode, peer: &libp2p::PeerId, secret: &DeviceSigningKey) -> Request {
+    let proof = node::control::admission::sign_invite_proof(secret, &code.invite, &code.network, peer);
+    let summary = membership::sync::Summary { network: code.network, heads: Vec::new(), sample: Vec::new() };
+    let _ = sim;
+    Request::Sync { binding: None, invite: Some(proof), summary: membership::SyncMessage::Summary(summary).encode().into() }
+}
+
+fn refusal(response: &Response) -> String {
+    match response {
+        Response::Refused { reason } => reason.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Joins through node `to`: pulls the log with the invite, signs the join, hands it over.
+fn join_through(sim: &mut Sim, to: usize, code: &InviteCode, joiner: &Identity, name: &str) -> Response {
+    let peer = node::p2p::peer_id(&joiner.libp2p).expect("peer");
+    let response = sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), to, invite_sync(sim, code, &peer, &code.secret));
+    let Response::Entries { batch, more: false } = response else { panic!("expected the whole log, got {response:?}") };
+    let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
+    let mut entries = batch.iter();
+    let genesis = membership::Entry::decode(entries.next().expect("genesis")).expect("genesis decodes");
+    let mut log = membership::Log::from_genesis(genesis).expect("genesis");
+    log.ingest_encoded(&batch[1..]).expect("the log verifies");
+    let entry = node::enrol::join::make_join(&log, joiner, code, name, sim.time.unix_secs()).expect("a join");
+    sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), to, Request::Join { entry: entry.encoded().to_vec().into() })
+}
+
+#[test]
+fn members_greet_each_other_and_their_data_planes_learn_where_they_are() {
+    let (sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let (laptop, phone) = (&sim.nodes[0], &sim.nodes[1]);
+    assert_eq!(laptop.core.member_peers().get(&phone.peer), Some(&phone.key.public_key().device_id()));
+    assert_eq!(phone.core.member_peers().get(&laptop.peer), Some(&laptop.key.public_key().device_id()));
+    assert!(laptop.member_peers.contains(&phone.peer), "the relay's gate learns the proven member");
+    let phone_key = key_of(&sim, 1);
+    let expected = std::net::SocketAddr::new(phone.ip, sim::DATA_PORT);
+    assert!(laptop.data.contains(&DataCommand::SetEndpoint(phone_key, expected)), "{:?}", laptop.data);
+    assert!(laptop.data.iter().any(|c| matches!(c, DataCommand::UpsertPeer(p) if p.static_public == phone_key)));
+    assert!(laptop.data.iter().any(|c| matches!(c, DataCommand::SetMembers(keys) if keys.contains(&phone_key))));
+}
+
+#[test]
+fn an_outsider_is_refused_and_never_reaches_the_dht() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let (other, other_members) = network(99, &[("stranger", Role::Admin)]);
+    let outsider = peer_of(200);
+    let binding = node::control::admission::sign_binding(&other_members[0].key, &other.log.network(), &outsider);
+    sim.nodes[0].core.handle_identify(outsider, vec!["/ip4/203.0.113.5/tcp/41641".parse().expect("addr")]);
+    let hello = Request::Hello { binding, data_port: 1, summary: vec![].into(), candidates: vec![], relay: false };
+    let response = sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 5), 0, hello);
+    assert_eq!(refusal(&response), "not a member of this network");
+    assert!(!sim.nodes[0].core.member_peers().contains_key(&outsider));
+    assert!(sim.nodes[0].kad_addresses.iter().all(|(peer, _)| *peer != outsider), "an outsider's addresses stay out of Kademlia");
+    let sync = Request::Sync { binding: None, invite: None, summary: vec![].into() };
+    assert_eq!(refusal(&sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 5), 0, sync)), "not a member of this network");
+}
+
+#[test]
+fn identify_addresses_reach_the_dht_only_once_the_hello_verifies() {
+    let (network, members) = network(3, &[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let mut sim = Sim::new();
+    sim.add(&members[0], &network.log, false);
+    sim.add(&members[1], &network.log, false);
+    let phone = sim.nodes[1].peer;
+    let address: libp2p::Multiaddr = "/ip4/192.0.2.2/tcp/41641".parse().expect("addr");
+    // Identify first (it often answers before the Hello): held back.
+    sim.nodes[0].core.handle_identify(phone, vec![address.clone(), "/ip4/127.0.0.1/tcp/41641".parse().expect("addr")]);
+    sim.settle();
+    assert!(sim.nodes[0].kad_addresses.is_empty());
+    sim.connect(1, 0);
+    sim.settle();
+    assert_eq!(sim.nodes[0].kad_addresses, vec![(phone, address)], "only the dialable address, only after the Hello");
+}
+
+#[test]
+fn a_joiner_is_admitted_by_any_member_holding_the_invite() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    // The push carried the invite entry to CloudPal; the laptop may now be off.
+    assert!(sim.nodes[1].log().contains(&code.invite));
+    sim.disconnect(1, 0);
+    let joiner = joiner_identity(40);
+    assert_eq!(join_through(&mut sim, 1, &code, &joiner, "tablet"), Response::Accepted);
+    let id = joiner.device.public_key().device_id();
+    assert_eq!(sim.nodes[1].log().state().devices[&id].status, DeviceStatus::Active);
+    sim.connect(1, 0);
+    sim.settle();
+    assert!(sim.nodes[0].log().state().devices.contains_key(&id), "the laptop learns of the join when it is back");
+}
+
+#[test]
+fn a_wrong_invite_secret_is_refused() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    let guesser = peer_of(201);
+    let wrong = DeviceSigningKey::from_bytes(&[0x5e; 32]);
+    let response = sim.ask_as(guesser, Ipv4Addr::new(198, 51, 100, 20), 1, invite_sync(&sim, &code, &guesser, &wrong));
+    assert_eq!(refusal(&response), "this invite code is not valid for this network");
+}
+
+#[test]
+fn a_spent_invite_is_refused_even_at_another_member() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    assert_eq!(join_through(&mut sim, 0, &code, &joiner_identity(41), "tablet"), Response::Accepted);
+    sim.settle();
+    let second = peer_of(202);
+    let response = sim.ask_as(second, Ipv4Addr::new(198, 51, 100, 21), 1, invite_sync(&sim, &code, &second, &code.secret));
+    assert_eq!(refusal(&response), "this invite code has already been used");
+}
+
+#[test]
+fn an_expired_invite_is_refused() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(60));
+    sim.run_for(Duration::from_secs(61));
+    let late = peer_of(203);
+    let response = sim.ask_as(late, Ipv4Addr::new(198, 51, 100, 22), 0, invite_sync(&sim, &code, &late, &code.secret));
+    assert_eq!(refusal(&response), "this invite code has expired; ask for a new one");
+}
+
+#[test]
+fn inv03_invite_guessing_is_slowed_per_source_not_for_others() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    let wrong = DeviceSigningKey::from_bytes(&[0x5f; 32]);
+    let guesser = peer_of(204);
+    let reasons: Vec<String> =
+        (0..11).map(|_| refusal(&sim.ask_as(guesser, Ipv4Addr::new(198, 51, 100, 30), 0, invite_sync(&sim, &code, &guesser, &wrong)))).collect();
+    assert!(reasons[..10].iter().all(|r| r == "this invite code is not valid for this network"), "{reasons:?}");
+    assert!(reasons[10].starts_with("too many invite attempts"), "{reasons:?}");
+    // Another address is not locked out, and the guesser gets one try per 6 s again.
+    let honest = peer_of(205);
+    assert!(matches!(sim.ask_as(honest, Ipv4Addr::new(198, 51, 100, 31), 0, invite_sync(&sim, &code, &honest, &code.secret)), Response::Entries { .. }));
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(refusal(&sim.ask_as(guesser, Ipv4Addr::new(198, 51, 100, 30), 0, invite_sync(&sim, &code, &guesser, &wrong))), "this invite code is not valid for this network");
+}
+
+#[test]
+fn both_sides_of_a_partition_append_and_converge_when_it_heals() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("desktop", Role::Admin), ("phone", Role::Member)]);
+    sim.connect(2, 1);
+    sim.settle();
+    sim.partition(&[0], &[1, 2]);
+    let time = sim.time;
+    sim.nodes[0].core.invite("a", Role::Member, Duration::from_secs(600), time).expect("invite a");
+    sim.nodes[1].core.invite("b", Role::Member, Duration::from_secs(600), time).expect("invite b");
+    sim.run_for(10 * SECOND);
+    assert_eq!(sim.distinct_heads().len(), 2, "each side holds only its own entry");
+    sim.heal();
+    sim.run_for(10 * SECOND);
+    assert_eq!(sim.distinct_heads().len(), 1, "one log after healing");
+    let states: Vec<Vec<u8>> = sim.nodes.iter().map(|n| n.log().state().encode()).collect();
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "byte-identical state");
+    assert_eq!(sim.nodes[2].log().state().invites.len(), 2, "no entry lost");
+}
+
+#[test]
+fn anti_entropy_heals_a_lost_push_within_one_interval() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    sim.drop_requests(0, 1, |request| matches!(request, Request::Announce { .. }));
+    let code = invite(&mut sim, 0, Duration::from_secs(600));
+    sim.stop_dropping();
+    assert!(!sim.nodes[1].log().contains(&code.invite), "the push was lost");
+    let before = sim.elapsed();
+    sim.run_for(6 * SECOND);
+    assert!(sim.nodes[1].log().contains(&code.invite), "anti-entropy delivered it");
+    let announced = sim.nodes[0].sent.iter().filter(|(at, _, r)| matches!(r, Request::Announce { .. }) && *at - sim.start > before).count();
+    assert!(announced >= 1);
+}
+
+#[test]
+fn a_revocation_reaches_every_core_and_leaves_every_data_plane_at_once() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("desktop", Role::Member), ("car", Role::Member)]);
+    let car = key_of(&sim, 3);
+    for index in 0..4 {
+        sim.nodes[index].take_data();
+    }
+    let time = sim.time;
+    sim.nodes[0].core.revoke("car", time).expect("revoke");
+    sim.settle();
+    for index in 0..3 {
+        assert!(sim.nodes[index].take_data().contains(&DataCommand::RemovePeer(car)), "{} still has the car", sim.nodes[index].name);
+        assert!(!sim.nodes[index].core.member_peers().values().any(|d| *d == sim.nodes[3].key.public_key().device_id()));
+    }
+    assert!(sim.nodes[3].core.revoked(), "the car heard of its own revocation");
+    assert!(sim.nodes[3].take_data().contains(&DataCommand::RemoveAll), "the car's tunnel stops");
+    assert_eq!(sim.nodes[3].core.ping_target("laptop"), Err(REVOKED.to_owned()));
+}
+
+#[test]
+fn a_revoked_core_is_served_the_log_up_to_its_revocation_and_nothing_newer() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("car", Role::Member)]);
+    sim.partition(&[2], &[0, 1]);
+    let time = sim.time;
+    sim.nodes[0].core.revoke("car", time).expect("revoke");
+    let later = invite(&mut sim, 0, Duration::from_secs(600));
+    sim.heal();
+    sim.connect(2, 1);
+    sim.settle();
+    let car = &sim.nodes[2];
+    assert!(car.core.revoked(), "told on reconnect, it pulled the log up to its revocation");
+    assert!(!car.log().contains(&later.invite), "nothing after the revocation reaches a revoked device");
+    // Its Hello is answered with Revoked, not a member's answer.
+    let phone = &sim.nodes[1];
+    let hello_answers: Vec<_> = car.sent.iter().filter(|(_, p, r)| *p == phone.peer && matches!(r, Request::Sync { .. })).collect();
+    assert_eq!(hello_answers.len(), 1, "the revocation is checked once per member that says so");
+}
+
+#[test]
+fn a_revoked_device_gets_revoked_for_a_hello_and_nothing_else() {
+    let (mut sim, network) = star(&[("laptop", Role::Admin), ("car", Role::Member)]);
+    let time = sim.time;
+    sim.nodes[0].core.revoke("car", time).expect("revoke");
+    sim.settle();
+    let car_key = &sim.nodes[1].key.clone();
+    let imposter = peer_of(230);
+    let binding = node::control::admission::sign_binding(car_key, &network.log.network(), &imposter);
+    let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false };
+    assert_eq!(sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, hello), Response::Revoked);
+    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()] };
+    assert_eq!(refusal(&sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, paths)), "not a member of this network");
+}
+
+#[test]
+fn a_never_met_member_is_redialled_every_second_and_a_met_one_every_three() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    sim.auto_dial = false;
+    // The phone was met: after it goes, redials come every 3 s.
+    sim.disconnect(1, 0);
+    let phone = sim.nodes[1].peer;
+    sim.nodes[0].dials.clear();
+    sim.run_for(Duration::from_millis(9_500));
+    let redials: Vec<u64> = sim.nodes[0].dials.iter().filter(|(_, d)| d.peer == Some(phone)).map(|(at, _)| (*at - sim.start).as_secs()).collect();
+    assert_eq!(redials.len(), 4, "{redials:?}");
+    assert!(redials.windows(2).all(|w| w[1] - w[0] == 3), "{redials:?}");
+    // A device just added from a request code has never been met: every second.
+    let time = sim.time;
+    let fresh = NewDevice {
+        name: "cloudpal".into(),
+        signing_key: DeviceSigningKey::from_bytes(&[0x21; 32]).public_key(),
+        static_key: StaticSecret::from_bytes([0x22; 32]).public_key(),
+        peer: peer_of(240),
+        addresses: vec!["/ip4/203.0.113.10/tcp/41641".parse().expect("addr")],
+    };
+    sim.nodes[0].core.add_device(fresh, Role::CloudPal, 1, time).expect("add");
+    sim.nodes[0].dials.clear();
+    sim.run_for(Duration::from_millis(4_500));
+    let fresh: Vec<&Dial> = sim.nodes[0].dials.iter().map(|(_, d)| d).filter(|d| d.peer == Some(peer_of(240))).collect();
+    assert_eq!(fresh.iter().filter(|d| d.when == DialWhen::Always).count(), 1, "the delivery's own dial");
+    assert_eq!(fresh.iter().filter(|d| d.when == DialWhen::Idle).count(), 5, "then at once and every second: {fresh:?}");
+}
+
+#[test]
+fn presence_is_published_every_30_s_and_only_absent_members_are_looked_up() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("car", Role::Member)]);
+    sim.auto_dial = false;
+    sim.disconnect(2, 0);
+    sim.nodes[0].kad_puts.clear();
+    sim.nodes[0].kad_gets.clear();
+    sim.run_for(Duration::from_secs(61));
+    assert_eq!(sim.nodes[0].kad_puts.len(), 3, "one publication at once, then every 30 s");
+    let car_id = sim.nodes[2].key.public_key().device_id();
+    let network = sim.nodes[0].core.network();
+    let car_key = node::control::presence::key(&network, sim.time.unix_secs(), &car_id).to_vec();
+    let gets = &sim.nodes[0].kad_gets;
+    assert_eq!(gets.len(), 13, "one lookup at once, then every 5 s");
+    assert!(gets.iter().all(|(_, key)| *key == car_key), "only the absent car is looked up");
+}
+
+#[test]
+fn dht01_put_records_are_stored_only_when_a_member_signed_them_and_newer() {
+    let (sim, network) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let time = sim.time;
+    let net = network.log.network();
+    let phone = &sim.nodes[1];
+    let addresses = vec![phone.address()];
+    let (key, value) = node::control::presence::publish(&net, &phone.key, &phone.peer, &addresses, 10, time.unix_secs());
+    let laptop = &sim.nodes[0].core;
+    let kept = laptop.handle_put_record(key.as_ref(), &value, None, time).expect("a member's record is kept");
+    assert!(kept <= node::control::presence::RECORD_TTL && kept > Duration::from_secs(3500));
+    assert!(laptop.handle_put_record(key.as_ref(), &value, Some(10), time).is_none(), "not newer than the one held");
+    let outsider = DeviceSigningKey::from_bytes(&[0x33; 32]);
+    let (bad_key, bad_value) = node::control::presence::publish(&net, &outsider, &phone.peer, &addresses, 11, time.unix_secs());
+    assert!(laptop.handle_put_record(bad_key.as_ref(), &bad_value, None, time).is_none(), "an outsider's record is dropped");
+    assert!(laptop.handle_put_record(key.as_ref(), &bad_value, None, time).is_none(), "an outsider's value under a member's key");
+}
+
+#[test]
+fn a_found_record_is_dialled_once_per_sequence_number() {
+    let (mut sim, network) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    sim.auto_dial = false;
+    sim.disconnect(1, 0);
+    sim.nodes[0].dials.clear();
+    let time = sim.time;
+    let phone = &sim.nodes[1];
+    let moved: libp2p::Multiaddr = "/ip4/203.0.113.77/tcp/41641".parse().expect("addr");
+    let (key, value) = node::control::presence::publish(&network.log.network(), &phone.key, &phone.peer, std::slice::from_ref(&moved), 5, time.unix_secs());
+    let peer = phone.peer;
+    for _ in 0..3 {
+        sim.nodes[0].core.handle_found_record(key.as_ref(), &value, time);
+    }
+    sim.settle();
+    let dials: Vec<&Dial> = sim.nodes[0].dials.iter().map(|(_, d)| d).filter(|d| d.addresses.contains(&moved)).collect();
+    assert_eq!(dials.len(), 1, "{dials:?}");
+    assert_eq!(dials[0].peer, Some(peer));
+    assert_eq!(dials[0].when, DialWhen::Disconnected, "fresh news does not wait behind a dial to an old address");
+}
+
+#[test]
+fn candidates_reach_the_data_plane_and_paths_are_exchanged_every_two_seconds() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let phone_key = key_of(&sim, 1);
+    let phone_ip = sim.nodes[1].ip;
+    let expected = vec![std::net::SocketAddr::new(phone_ip, sim::DATA_PORT)];
+    assert!(sim.nodes[0].data.contains(&DataCommand::SetCandidates(phone_key, expected.clone())), "{:?}", sim.nodes[0].data);
+    assert!(sim.nodes[0].data.contains(&DataCommand::Connect(phone_key)));
+    // Overlay and loopback listen addresses are never candidates.
+    let overlay = sim.nodes[1].log().state().devices[&sim.nodes[1].key.public_key().device_id()].record.overlay_ipv4;
+    sim.nodes[1].core.handle_new_listen_addr(format!("/ip4/{overlay}/tcp/41641").parse().expect("addr"));
+    sim.nodes[1].core.handle_new_listen_addr("/ip4/127.0.0.1/tcp/41641".parse().expect("addr"));
+    assert_eq!(sim.nodes[1].core.own_candidates(), vec![format!("{phone_ip}:{}", sim::DATA_PORT)]);
+    let before = sim.nodes[1].sent.len();
+    sim.run_for(Duration::from_millis(6_500));
+    let paths = sim.nodes[1].sent[before..].iter().filter(|(_, _, r)| matches!(r, Request::Paths { .. })).count();
+    assert_eq!(paths, 4, "one path exchange at once, then every 2 s");
+}
+
+#[test]
+fn cloudpal_becomes_the_relay_and_a_circuit_is_reserved_once_and_again_when_lost() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
+    let cloudpal_key = key_of(&sim, 1);
+    let relay_endpoint = std::net::SocketAddr::new(sim.nodes[1].ip, sim::DATA_PORT);
+    assert!(sim.nodes[0].data.contains(&DataCommand::SetRelay(Some((relay_endpoint, cloudpal_key)))));
+    assert!(sim.nodes[0].data.iter().any(|c| matches!(c, DataCommand::UpsertPeer(p) if p.static_public == cloudpal_key && p.persistent_keepalive.is_some())), "a keepalive holds the NAT towards the relay open");
+    assert_eq!(sim.nodes[0].circuits.len(), 1);
+    assert!(sim.nodes[0].circuits[0].to_string().ends_with("/p2p-circuit"));
+    assert!(sim.nodes[1].circuits.is_empty(), "CloudPal does not reserve at itself");
+    assert!(!sim.nodes[1].external.is_empty(), "CloudPal's listen address is its external one");
+    sim.run_for(6 * SECOND);
+    assert_eq!(sim.nodes[0].circuits.len(), 1, "not asked again while held");
+    sim.nodes[0].core.handle_relay_listener_closed();
+    sim.run_for(6 * SECOND);
+    assert_eq!(sim.nodes[0].circuits.len(), 2, "asked again once lost");
+}
+
+#[test]
+fn a_device_added_from_a_request_code_is_delivered_the_whole_log() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let requester = peer_of(250);
+    let signing = DeviceSigningKey::from_bytes(&[0x44; 32]);
+    let device = NewDevice {
+        name: "cloudpal".into(),
+        signing_key: signing.public_key(),
+        static_key: StaticSecret::from_bytes([0x45; 32]).public_key(),
+        peer: requester,
+        addresses: vec!["/ip4/203.0.113.10/tcp/41641".parse().expect("addr")],
+    };
+    let time = sim.time;
+    sim.nodes[0].core.add_device(device, Role::CloudPal, 77, time).expect("added");
+    sim.settle();
+    assert!(sim.nodes[0].dials.iter().any(|(_, d)| d.peer == Some(requester) && d.when == DialWhen::Always));
+    assert!(sim.nodes[1].log().state().devices.contains_key(&signing.public_key().device_id()), "members learn of it at once");
+    // The requester answers the dial: the log goes to it batch by batch.
+    sim.ask_as(requester, Ipv4Addr::new(203, 0, 113, 10), 0, Request::Announce { summary: vec![].into() });
+    let deliveries: Vec<_> = sim.nodes[0].sent.iter().filter(|(_, p, r)| *p == requester && matches!(r, Request::Deliver { .. })).collect();
+    assert_eq!(deliveries.len(), 1);
+    let Request::Deliver { batch, more: false } = &deliveries[0].2 else { panic!("one batch") };
+    assert_eq!(batch.len(), sim.nodes[0].log().len());
+    sim.nodes[0].core.handle_response(requester, Response::Accepted);
+    sim.settle();
+    let (reply, result) = sim.nodes[0].finished.pop().expect("answered");
+    assert_eq!(reply, 77);
+    let added = result.expect("delivered");
+    assert_eq!((added.added.as_str(), added.role), ("cloudpal", Role::CloudPal));
+}
+
+#[test]
+fn an_undeliverable_log_times_out_with_one_clear_line() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin)]);
+    sim.auto_dial = false;
+    let device = NewDevice {
+        name: "far".into(),
+        signing_key: DeviceSigningKey::from_bytes(&[0x46; 32]).public_key(),
+        static_key: StaticSecret::from_bytes([0x47; 32]).public_key(),
+        peer: peer_of(251),
+        addresses: vec![],
+    };
+    let time = sim.time;
+    sim.nodes[0].core.add_device(device, Role::Member, 5, time).expect("added");
+    sim.run_for(Duration::from_secs(19));
+    assert!(sim.nodes[0].finished.is_empty());
+    sim.run_for(Duration::from_secs(2));
+    let (reply, result) = sim.nodes[0].finished.pop().expect("given up");
+    assert_eq!(reply, 5);
+    let error = result.expect_err("not delivered");
+    assert!(error.starts_with("far is in the log, but its log could not be delivered") && !error.contains('\n'), "{error}");
+}
+
+#[test]
+fn only_an_admin_invites_adds_and_revokes() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("cloudpal", Role::CloudPal)]);
+    let time = sim.time;
+    for index in [1, 2] {
+        let core = &mut sim.nodes[index].core;
+        assert_eq!(core.invite("x", Role::Member, SECOND, time).map(drop), Err("only an admin device can do this".into()));
+        assert_eq!(core.revoke("laptop", time).map(drop), Err("only an admin device can do this".into()));
+    }
+    let core = &mut sim.nodes[0].core;
+    assert!(core.invite("bad name!", Role::Member, SECOND, time).is_err_and(|e| e.contains("not a valid device name")));
+    assert!(core.revoke("nobody", time).is_err_and(|e| e.contains("no active device named")));
+    // A huge TTL saturates instead of wrapping.
+    let made = core.invite("forever", Role::Member, Duration::from_secs(u64::MAX), time).expect("invite");
+    assert_eq!(made.expires, u64::MAX);
+}
+
+#[test]
+fn the_peer_cache_is_written_only_when_it_changes() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let phone = sim.nodes[1].peer;
+    sim.nodes[0].core.handle_identify(phone, vec!["/ip4/192.0.2.2/tcp/41641".parse().expect("addr")]);
+    sim.run_for(Duration::from_secs(30));
+    let writes = &sim.nodes[0].cached;
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0], vec![format!("/ip4/192.0.2.2/tcp/41641/p2p/{phone}")]);
+}
+
+#[test]
+fn bootstrap_addresses_are_dialled_at_start_and_while_nobody_is_connected() {
+    let (network, members) = network(11, &[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let mut sim = Sim::new();
+    sim.auto_dial = false;
+    sim.add(&members[0], &network.log, false);
+    let bootstrap: libp2p::Multiaddr = "/ip4/192.0.2.1/tcp/41641".parse().expect("addr");
+    sim.add_with_bootstrap(&members[1], &network.log, false, vec![bootstrap.clone()]);
+    sim.run_for(Duration::ZERO);
+    let bare = |sim: &Sim| sim.nodes[1].dials.iter().filter(|(_, d)| d.peer.is_none() && d.addresses == vec![bootstrap.clone()]).count();
+    assert_eq!(bare(&sim), 2, "at start and at the first candidate round");
+    sim.run_for(Duration::from_millis(3_500));
+    assert_eq!(bare(&sim), 3, "again while nobody answered");
+    sim.connect(1, 0);
+    sim.run_for(Duration::from_secs(9));
+    assert_eq!(bare(&sim), 3, "not once a member is connected");
+}
+
+#[test]
+fn nothing_runs_before_the_deadline_poll_timeout_names() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    sim.run_for(Duration::from_millis(100));
+    let deadline = sim.nodes[0].core.poll_timeout().expect("periodic jobs");
+    assert!(deadline > sim.time.now);
+    let sent = sim.nodes[0].sent.len();
+    let just_before = sim.time.advanced(deadline - sim.time.now - Duration::from_millis(1));
+    sim.nodes[0].core.handle_timeout(just_before);
+    sim.settle();
+    assert_eq!(sim.nodes[0].sent.len(), sent, "an early wakeup does nothing");
+    let at = sim.time.advanced(deadline - sim.time.now);
+    sim.nodes[0].core.handle_timeout(at);
+    sim.settle();
+    assert!(sim.nodes[0].sent.len() > sent, "the due job ran");
+}
+
+#[test]
+fn status_shows_each_peer_its_path_and_control_link() {
+    let (sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("car", Role::Member)]);
+    let phone_key = key_of(&sim, 1);
+    let mut views = std::collections::BTreeMap::new();
+    let stats = protocol::TunnelStats { rx_bytes: 5, tx_bytes: 6, ..Default::default() };
+    views.insert(phone_key, node::dataplane::PeerView { stats, endpoint: None, path: protocol::paths::PathKind::Direct });
+    let status = sim.nodes[0].core.status(&views, 2);
+    assert_eq!(status.device.name.as_deref(), Some(sim.nodes[0].name.as_str()));
+    assert_eq!(status.peers.len(), 2);
+    let phone = status.peers.iter().find(|p| p.name == "phone").expect("phone");
+    assert_eq!((phone.path, phone.control, phone.rx_bytes), (node::control_api::PathName::Direct, ControlLink::Direct, 5));
+    let car = status.peers.iter().find(|p| p.name == "car").expect("car");
+    assert_eq!(car.path, node::control_api::PathName::None);
+    assert_eq!(status.dht_peers, 2);
+}
