@@ -14,7 +14,7 @@ use crate::handshake::ReceivedInitiation;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
 use crate::paths::{PathKind, Paths, Route};
 use crate::relay::{self, Envelope, HopKey, RELAY_HEADER_LEN, ShortId};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, TokenBucket};
 use crate::time::WallClock;
 use crate::tunnel::{Decapsulated, Encapsulated, IndexChange, Tunnel, TunnelConfig, TunnelStats};
 use crate::wire::{self, COOKIE_REPLY_LEN, Message};
@@ -160,32 +160,6 @@ const MAX_QUEUED_CONTROL: usize = 1024;
 pub const RELAY_RATE_BYTES_PER_SECOND: u64 = 12_500_000;
 pub const RELAY_BURST_BYTES: u64 = 4 << 20;
 
-/// A byte budget refilled over time.
-#[derive(Debug, Clone)]
-struct TokenBucket {
-    tokens: u64,
-    updated: Option<Instant>,
-}
-
-impl TokenBucket {
-    fn full() -> Self {
-        TokenBucket { tokens: RELAY_BURST_BYTES, updated: None }
-    }
-
-    fn take(&mut self, bytes: u64, now: Instant) -> bool {
-        if let Some(updated) = self.updated {
-            let earned = now.saturating_duration_since(updated).as_micros() as u64 * RELAY_RATE_BYTES_PER_SECOND / 1_000_000;
-            self.tokens = (self.tokens + earned).min(RELAY_BURST_BYTES);
-        }
-        self.updated = Some(now);
-        if self.tokens < bytes {
-            return false;
-        }
-        self.tokens -= bytes;
-        true
-    }
-}
-
 /// Handshake messages counted per one-second window; "under load" lasts into the next window.
 #[derive(Debug, Default)]
 struct LoadMeter {
@@ -259,7 +233,7 @@ impl Device {
         );
         let hop = HopKey::between(&self.static_secret, &key);
         let paths = Paths::with_endpoint(config.endpoint);
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_quota: TokenBucket::full(), stalled: false });
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_quota: TokenBucket::per_second(RELAY_RATE_BYTES_PER_SECOND, RELAY_BURST_BYTES), stalled: false });
         // Two keys sharing a short id could not be told apart on the relay: the second one
         // is simply not reachable through it (2^-64 per pair).
         self.short_ids.entry(ShortId::of(&key)).or_insert(key);
@@ -375,9 +349,6 @@ impl Device {
         self.peers.get(key).is_some_and(|p| p.tunnel.has_session(now))
     }
 
-    pub fn peer_last_handshake(&self, key: &StaticPublic) -> Option<Instant> {
-        self.peers.get(key).and_then(|p| p.tunnel.last_handshake())
-    }
 
     pub fn stats(&self) -> DeviceStats {
         self.stats

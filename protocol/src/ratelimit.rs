@@ -24,20 +24,63 @@ enum SourceKey {
     V6Prefix([u8; 8]),
 }
 
+/// A budget refilled over time: `burst` units at most, one more every `per_unit`. Kept in
+/// nanoseconds of refill (u128), so no rate or idle time overflows it. The one bucket behind
+/// the per-source limiter and the relay's per-member byte quota.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Tokens scaled by `TOKEN_SCALE` so refill needs no floating point.
-    tokens: u64,
-    last: Instant,
+pub struct TokenBucket {
+    level: u128,
+    capacity: u128,
+    unit: u128,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` units, refilled one per `per_unit`.
+    pub fn new(per_unit: Duration, burst: u64) -> Self {
+        let unit = per_unit.as_nanos().max(1);
+        let capacity = unit.saturating_mul(u128::from(burst.max(1)));
+        TokenBucket { level: capacity, capacity, unit, last: None }
+    }
+
+    /// A full bucket refilled at `rate` units per second.
+    pub fn per_second(rate: u64, burst: u64) -> Self {
+        Self::new(Duration::from_nanos(1_000_000_000 / rate.max(1)), burst)
+    }
+
+    /// Takes `units` if the bucket holds them at `now`.
+    pub fn take(&mut self, units: u64, now: Instant) -> bool {
+        self.refill(now);
+        let cost = self.unit.saturating_mul(u128::from(units));
+        if self.level < cost {
+            return false;
+        }
+        self.level -= cost;
+        true
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            self.level = self.level.saturating_add(now.saturating_duration_since(last).as_nanos()).min(self.capacity);
+        }
+        self.last = Some(now);
+    }
+
+    /// How long an untouched bucket takes to fill from empty.
+    pub fn fill_time(&self) -> Duration {
+        Duration::from_nanos(u64::try_from(self.capacity).unwrap_or(u64::MAX))
+    }
+
+    fn idle_since(&self, now: Instant) -> Duration {
+        self.last.map_or(Duration::MAX, |last| now.saturating_duration_since(last))
+    }
 }
 
 #[derive(Debug)]
 pub struct RateLimiter {
-    buckets: HashMap<SourceKey, Bucket>,
+    buckets: HashMap<SourceKey, TokenBucket>,
     last_sweep: Option<Instant>,
-    /// One token, in nanoseconds of refill time.
-    token_cost_nanos: u64,
-    capacity_nanos: u64,
+    template: TokenBucket,
 }
 
 impl Default for RateLimiter {
@@ -50,13 +93,12 @@ impl Default for RateLimiter {
 impl RateLimiter {
     /// One token per `interval` per source, at most `burst` saved up.
     pub fn new(interval: Duration, burst: u32) -> Self {
-        let token_cost_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Self { buckets: HashMap::new(), last_sweep: None, token_cost_nanos, capacity_nanos: token_cost_nanos.saturating_mul(u64::from(burst.max(1))) }
+        Self { buckets: HashMap::new(), last_sweep: None, template: TokenBucket::new(interval, u64::from(burst)) }
     }
 
     /// How long a quiet bucket takes to fill: idle longer, it carries no information.
     fn idle_expiry(&self) -> Duration {
-        Duration::from_nanos(self.capacity_nanos).max(Duration::from_secs(1))
+        self.template.fill_time().max(Duration::from_secs(1))
     }
 
     /// Takes one token from `source`'s bucket; `false` means drop the initiation.
@@ -66,19 +108,7 @@ impl RateLimiter {
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_TRACKED_SOURCES {
             return false;
         }
-        let bucket = self
-            .buckets
-            .entry(key)
-            .or_insert(Bucket { tokens: self.capacity_nanos, last: now });
-        let refill = now.saturating_duration_since(bucket.last).as_nanos();
-        bucket.tokens = (u128::from(bucket.tokens) + refill).min(u128::from(self.capacity_nanos)) as u64;
-        bucket.last = now;
-        if bucket.tokens >= self.token_cost_nanos {
-            bucket.tokens -= self.token_cost_nanos;
-            true
-        } else {
-            false
-        }
+        self.buckets.entry(key).or_insert(self.template).take(1, now)
     }
 
     pub fn tracked_sources(&self) -> usize {
@@ -92,7 +122,7 @@ impl RateLimiter {
             return;
         }
         self.last_sweep = Some(now);
-        self.buckets.retain(|_, bucket| now.saturating_duration_since(bucket.last) < expiry);
+        self.buckets.retain(|_, bucket| bucket.idle_since(now) < expiry);
     }
 }
 
@@ -159,6 +189,19 @@ mod tests {
         assert_eq!(spent, INITIATION_BURST as usize);
         assert!(!limiter.allow("2001:db8::ffff".parse().expect("ip"), now));
         assert!(limiter.allow("2001:db8:0:1::1".parse().expect("ip"), now), "another /64");
+    }
+
+    #[test]
+    fn a_byte_quota_neither_overflows_nor_refills_past_its_burst_after_a_long_idle() {
+        let mut bucket = TokenBucket::per_second(12_500_000, 4 << 20);
+        let now = Instant::now();
+        assert!(bucket.take(4 << 20, now));
+        assert!(!bucket.take(1, now));
+        assert!(bucket.take(12_500, now + Duration::from_millis(1)), "1 ms refills 12.5 kB");
+        // Idle for a year: full again, never more than the burst, no overflow.
+        let later = now + Duration::from_secs(365 * 24 * 3600);
+        assert!(bucket.take(4 << 20, later));
+        assert!(!bucket.take(1, later));
     }
 
     #[test]

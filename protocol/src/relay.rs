@@ -16,12 +16,12 @@
 //! destination's tag and replay checks (RL-01, RL-02).
 
 use crate::keys::{StaticPublic, StaticSecret};
+pub use crate::wire::RELAY_HEADER_LEN;
 use crate::wire::KIND_RELAY_ENVELOPE;
 use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 
-pub const RELAY_HEADER_LEN: usize = 36;
 const TAG_AT: usize = 20;
 const TAG_LEN: usize = 16;
 /// The smallest inner message is a cookie reply or keepalive (32 bytes).

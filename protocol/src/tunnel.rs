@@ -143,7 +143,6 @@ pub struct Tunnel {
     /// When we last accepted an initiation from the peer (DP-10).
     last_initiation_consumed: Option<Instant>,
     last_initiation_sent: Option<Instant>,
-    last_handshake: Option<Instant>,
 
     keepalive_due: Option<Instant>,
     new_handshake_due: Option<Instant>,
@@ -174,7 +173,6 @@ impl Tunnel {
             last_initiation_timestamp: None,
             last_initiation_consumed: None,
             last_initiation_sent: None,
-            last_handshake: None,
             keepalive_due: None,
             new_handshake_due: None,
             zero_keys_due: None,
@@ -194,10 +192,6 @@ impl Tunnel {
 
     pub fn stats(&self) -> TunnelStats {
         self.stats
-    }
-
-    pub fn last_handshake(&self) -> Option<Instant> {
-        self.last_handshake
     }
 
     /// Whether a confirmed session can carry packets now.
@@ -659,7 +653,6 @@ impl Tunnel {
 
     fn handshake_completed(&mut self, now: Instant) {
         self.stats.handshakes_completed += 1;
-        self.last_handshake = Some(now);
         self.zero_keys_due = Some(now + ZERO_KEYS_AFTER);
     }
 

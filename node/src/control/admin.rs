@@ -5,7 +5,7 @@ use super::messages::{Request, Response};
 use super::{Action, Core, Dial, DialWhen, REVOKED, Time};
 use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, RevokeReply, StatusReply};
 use crate::dataplane::commands::PeerView;
-use crate::p2p::addr::is_dialable;
+use crate::control::addr::is_dialable;
 use libp2p::{Multiaddr, PeerId};
 use membership::{DeviceStatus, EntryHash, Operation, Role};
 use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, StaticPublic};

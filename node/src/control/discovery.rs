@@ -7,7 +7,7 @@
 
 use super::messages::PeerAddresses;
 use super::{Action, Core, Dial, DialWhen, Time, presence};
-use crate::p2p::addr::{circuit_address, is_dialable};
+use crate::control::addr::{circuit_address, is_dialable};
 use libp2p::{Multiaddr, PeerId};
 use membership::DeviceStatus;
 use protocol::DeviceId;

@@ -14,6 +14,7 @@
 //! (invite, add, revoke, local views), [`timers`] (the one timer table); [`messages`] and
 //! [`presence`] are the wire formats.
 
+pub mod addr;
 pub mod admin;
 pub mod admission;
 pub mod discovery;
@@ -307,7 +308,7 @@ impl Core {
     pub fn handle_new_listen_addr(&mut self, address: Multiaddr) {
         // CloudPal's public addresses are its external ones: the relay hands them to the
         // members that reserve a circuit through it.
-        if self.cloudpal && crate::p2p::addr::is_dialable(&address) {
+        if self.cloudpal && crate::control::addr::is_dialable(&address) {
             self.push(Action::AddExternalAddress(address.clone()));
         }
         self.listen_addrs.insert(address);
@@ -321,7 +322,7 @@ impl Core {
             self.deliver_next(peer);
             return;
         }
-        if let Some(ip) = crate::p2p::addr::multiaddr_ip(&connection.remote) {
+        if let Some(ip) = crate::control::addr::multiaddr_ip(&connection.remote) {
             self.connection_ips.insert(peer, ip);
         }
         if connection.dialer {
@@ -348,7 +349,7 @@ impl Core {
     /// Identify's listen addresses of `peer`.
     pub fn handle_identify(&mut self, peer: PeerId, listen_addrs: Vec<Multiaddr>) {
         let addresses: Vec<Multiaddr> =
-            listen_addrs.into_iter().filter(crate::p2p::addr::is_dialable).take(discovery::MAX_CANDIDATE_ADDRESSES).collect();
+            listen_addrs.into_iter().filter(crate::control::addr::is_dialable).take(discovery::MAX_CANDIDATE_ADDRESSES).collect();
         self.identified.insert(peer, addresses);
         if self.by_peer.contains_key(&peer) {
             self.admit_to_dht(peer);

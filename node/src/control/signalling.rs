@@ -7,7 +7,7 @@ use super::messages::{PeerAddresses, Request};
 use super::{Action, Core};
 use crate::control_api::ControlLink;
 use crate::dataplane::commands::DataCommand;
-use crate::p2p::addr::{circuit_address, multiaddr_ip};
+use crate::control::addr::{circuit_address, multiaddr_ip};
 use libp2p::PeerId;
 use protocol::DeviceId;
 use protocol::paths::PathKind;

@@ -100,7 +100,7 @@ async fn wait_for_admin(
 ) -> Result<Role> {
     let mut swarm = p2p::build(&identity.libp2p, |_, _| p2p::enrol_behaviour())?;
     swarm
-        .listen_on(p2p::addr::socket_multiaddr(listen, false))
+        .listen_on(crate::control::addr::socket_multiaddr(listen, false))
         .with_context(|| format!("cannot listen on {listen}: is a node running here?"))?;
     // Collect the listen addresses (one per interface) before printing the code.
     let mut addresses = Vec::new();
@@ -110,7 +110,7 @@ async fn wait_for_admin(
         tokio::select! {
             event = swarm.select_next_some() => {
                 if let SwarmEvent::NewListenAddr { address, .. } = event
-                    && p2p::addr::is_dialable(&address)
+                    && crate::control::addr::is_dialable(&address)
                 {
                     addresses.push(address);
                 }

@@ -3,7 +3,6 @@
 //! codec, and the [`driver`] that maps `SwarmEvent`s to the control core's inputs and its
 //! actions to the swarm.
 
-pub mod addr;
 pub mod codec;
 pub mod driver;
 

@@ -42,7 +42,7 @@ pub struct Node {
 
 impl Node {
     pub fn address(&self) -> Multiaddr {
-        node::p2p::addr::socket_multiaddr(SocketAddr::new(self.ip, DATA_PORT), false)
+        node::control::addr::socket_multiaddr(SocketAddr::new(self.ip, DATA_PORT), false)
     }
 
     pub fn log(&self) -> &Log {
@@ -163,7 +163,7 @@ impl Sim {
     }
 
     fn index_at(&self, address: &Multiaddr) -> Option<usize> {
-        let ip = node::p2p::addr::multiaddr_ip(address)?;
+        let ip = node::control::addr::multiaddr_ip(address)?;
         self.nodes.iter().position(|n| n.ip == ip)
     }
 
@@ -341,7 +341,7 @@ impl Sim {
     pub fn ask_as(&mut self, peer: PeerId, ip: Ipv4Addr, to: usize, request: Request) -> Response {
         let id = ConnectionId::new_unchecked(self.next_connection);
         self.next_connection += 1;
-        let remote = node::p2p::addr::socket_multiaddr(SocketAddr::from((ip, DATA_PORT)), false);
+        let remote = node::control::addr::socket_multiaddr(SocketAddr::from((ip, DATA_PORT)), false);
         self.nodes[to].core.handle_connection_established(Connection { peer, id, remote, dialer: false, relayed: false });
         let time = self.time;
         let response = self.nodes[to].core.handle_request(peer, request, time);
