@@ -648,8 +648,7 @@ impl Outbound {
 
     /// Connected socket `slot` has room: likewise.
     fn flush_slot(&mut self, poller: &Poller, slot: usize, now: Instant) {
-        loop {
-            let Some(item) = self.queues.get(slot).and_then(SendQueue::front) else { break };
+        while let Some(item) = self.queues.get(slot).and_then(SendQueue::front) {
             match self.connections.send(slot, &item.contents, item.segment_size, now) {
                 Ok(()) => self.queues[slot].pop(),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,

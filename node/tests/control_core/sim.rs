@@ -71,11 +71,14 @@ pub struct Sim {
     /// Pairs that cannot reach each other.
     cut: HashSet<(usize, usize)>,
     queue: VecDeque<Message>,
-    /// Requests the network loses: (from, to, which) — `which` picks the requests to lose.
-    drops: Vec<(usize, usize, fn(&Request) -> bool)>,
+    /// Requests the network loses.
+    drops: Vec<Drop>,
     /// Whether dials are carried out (off: the test reads them).
     pub auto_dial: bool,
 }
+
+/// Requests from `.0` to `.1` that `.2` picks are lost.
+type Drop = (usize, usize, fn(&Request) -> bool);
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
