@@ -145,6 +145,11 @@ impl Entry {
         author: &DeviceSigningKey,
         invite: Option<&DeviceSigningKey>,
     ) -> Result<Self, EntryError> {
+        // What no node could decode is never made (more parents than the decoder takes, or
+        // out of order): such an entry would be stored here and refused everywhere else.
+        if contents.parents.len() > MAX_PARENTS || contents.parents.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(EntryError::BadParents);
+        }
         let signed = encode_contents(&contents);
         let mut signatures = vec![author.sign(&signing_message(SIGNATURE_DOMAIN, &signed))];
         if let Some(invite) = invite {

@@ -17,7 +17,7 @@
 //! on two partitions keeps exactly the join that sorts first (INV-05), and any two nodes with
 //! the same entries compute byte-identical state, whatever order they received them in (ML-06).
 
-use crate::entry::{Entry, EntryError, EntryHash, NetworkId, Operation};
+use crate::entry::{Entry, EntryError, EntryHash, MAX_PARENTS, NetworkId, Operation};
 use crate::state::{RuleError, State};
 use protocol::{DeviceId, DeviceSigningKey};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -132,9 +132,10 @@ impl Log {
         invite: Option<&DeviceSigningKey>,
         now: u64,
     ) -> Result<Entry, LogError> {
+        let parents = self.parents_for(&author.public_key().device_id(), &operation);
         let contents = crate::entry::EntryContents {
             network: Some(self.network),
-            parents: self.heads.iter().copied().collect(),
+            parents,
             author: author.public_key(),
             time: now,
             operation,
@@ -142,6 +143,47 @@ impl Log {
         let entry = Entry::sign(contents, author, invite)?;
         self.ingest(vec![entry.clone()])?;
         Ok(entry)
+    }
+
+    /// The parents of a new entry: every head while there are at most [`MAX_PARENTS`]; beyond
+    /// that (forks, say a stolen admin's siblings), the heads the operation needs in its causal
+    /// past first — the author's admission, a revocation's target's, a join's invite — then
+    /// the newest in fold order. Each append so merges up to `MAX_PARENTS` heads into one, and
+    /// the entry always decodes everywhere.
+    pub fn parents_for(&self, author: &DeviceId, operation: &Operation) -> Vec<EntryHash> {
+        if self.heads.len() <= MAX_PARENTS {
+            return self.heads.iter().copied().collect();
+        }
+        let position: BTreeMap<EntryHash, usize> = self.order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+        let mut heads: Vec<EntryHash> = self.heads.iter().copied().collect();
+        heads.sort_by_key(|h| std::cmp::Reverse(position.get(h).copied().unwrap_or(0)));
+        let admission = |device: &DeviceId| self.state.devices.get(device).map(|d| d.admitted_by);
+        let mut needed: Vec<EntryHash> = admission(author).into_iter().collect();
+        match operation {
+            Operation::RevokeDevice { device } => needed.extend(admission(device)),
+            Operation::Join { invite, .. } => needed.push(*invite),
+            _ => {}
+        }
+        let mut chosen: Vec<EntryHash> = Vec::new();
+        for need in needed {
+            if chosen.iter().any(|head| self.is_ancestor(&need, head)) {
+                continue;
+            }
+            if let Some(head) = heads.iter().find(|head| !chosen.contains(head) && self.is_ancestor(&need, head)) {
+                chosen.push(*head);
+            }
+        }
+        for head in heads {
+            if chosen.len() == MAX_PARENTS {
+                break;
+            }
+            if !chosen.contains(&head) {
+                chosen.push(head);
+            }
+        }
+        chosen.truncate(MAX_PARENTS);
+        chosen.sort();
+        chosen
     }
 
     /// Ingests a batch atomically: either every new entry is accepted, or none is and the log

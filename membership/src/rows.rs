@@ -90,8 +90,15 @@ fn ml03_unknown_or_unordered_parents_are_rejected() {
     assert_eq!(net.log.ingest(vec![orphan]).map_err(unwrap_batch), Err(LogError::UnknownParent));
     let head = *net.log.heads().first().expect("head");
     contents.parents = vec![head, head];
-    let duplicate = Entry::sign(contents, &founder, None).expect("signs");
-    assert_eq!(Entry::decode(duplicate.encoded()), Err(EntryError::BadParents));
+    // Unordered or duplicate parents are never even signed (nor decoded: see entry.rs).
+    assert_eq!(Entry::sign(contents.clone(), &founder, None).err(), Some(EntryError::BadParents));
+    // Nor more parents than any decoder takes.
+    contents.parents = (0..=membership_max_parents()).map(|i| EntryHash([i as u8; 32])).collect();
+    assert_eq!(Entry::sign(contents, &founder, None).err(), Some(EntryError::BadParents));
+}
+
+fn membership_max_parents() -> usize {
+    crate::entry::MAX_PARENTS
 }
 
 #[test]

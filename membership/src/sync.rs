@@ -51,7 +51,14 @@ impl Log {
         {
             sample.push(*genesis);
         }
-        Summary { network: self.network(), heads: self.heads().iter().copied().collect(), sample }
+        // At most MAX_HEADS heads, the newest first (the decoder takes no more): a log forked
+        // wider than that still syncs, because a full list makes the peer pull (below).
+        let position: std::collections::BTreeMap<EntryHash, usize> = order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+        let mut heads: Vec<EntryHash> = self.heads().iter().copied().collect();
+        heads.sort_by_key(|h| std::cmp::Reverse(position.get(h).copied().unwrap_or(0)));
+        heads.truncate(MAX_HEADS);
+        heads.sort();
+        Summary { network: self.network(), heads, sample }
     }
 }
 
@@ -90,9 +97,10 @@ fn missing_within(log: &Log, peer: &Summary, within: Option<&BTreeSet<EntryHash>
     batches
 }
 
-/// Whether every head of `peer` is already in `log` (nothing to fetch).
+/// Whether every head of `peer` is already in `log` (nothing to fetch). A full list of heads
+/// may have been cut short, so it never says so.
 pub fn has_everything_of(log: &Log, peer: &Summary) -> bool {
-    peer.heads.iter().all(|h| log.contains(h))
+    peer.heads.len() < MAX_HEADS && peer.heads.iter().all(|h| log.contains(h))
 }
 
 impl SyncMessage {

@@ -96,12 +96,13 @@ impl Network {
         (entry.hash(), secret)
     }
 
-    /// A signed entry on top of `log`'s heads, not ingested.
+    /// A signed entry on top of `log`'s heads (as many as an entry takes), not ingested.
     pub fn entry_on(log: &Log, author: &DeviceSigningKey, operation: Operation, time: u64, invite: Option<&DeviceSigningKey>) -> Entry {
+        let parents = log.parents_for(&author.public_key().device_id(), &operation);
         Entry::sign(
             EntryContents {
                 network: Some(log.network()),
-                parents: log.heads().iter().copied().collect(),
+                parents,
                 author: author.public_key(),
                 time,
                 operation,

@@ -83,8 +83,13 @@ impl Core {
     }
 
     /// A batch a peer sent for our summary: verified atomically, and asked for again while
-    /// more follow.
+    /// more follow. Only from a proven, current member (or one that told us we are revoked
+    /// and was asked to show it): a revoked device cannot push its forks into our log.
     pub(super) fn ingest_batch(&mut self, peer: PeerId, batch: Vec<ByteVec>, more: bool) {
+        if !self.by_peer.contains_key(&peer) && !self.revocation_checks.contains(&peer) {
+            tracing::debug!("log entries from a peer that is not a proven member dropped");
+            return;
+        }
         let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
         match self.store.ingest_encoded(&batch) {
             Ok(0) => {}

@@ -530,3 +530,24 @@ fn status_shows_each_peer_its_path_and_control_link() {
     assert_eq!(car.path, node::control_api::PathName::None);
     assert_eq!(status.dht_peers, 2);
 }
+
+#[test]
+fn log_entries_are_taken_from_proven_members_only() {
+    let (mut sim, network) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let founder = network.founder.key.clone();
+    let entry = Network::entry_on(
+        sim.nodes[1].log(),
+        &founder,
+        membership::Operation::Invite { invite_key: DeviceSigningKey::from_bytes(&[0x61; 32]).public_key(), role: Role::Member, expires: u64::MAX, name_hint: "x".into() },
+        sim.time.unix_secs(),
+        None,
+    );
+    let batch = vec![entry.encoded().to_vec().into()];
+    // A stranger (a revoked device, say) answers with a perfectly signed entry: dropped.
+    sim.nodes[1].core.handle_response(peer_of(220), Response::Entries { batch: batch.clone(), more: false });
+    assert!(!sim.nodes[1].log().contains(&entry.hash()));
+    // The same from the laptop, a proven member: taken.
+    let laptop = sim.nodes[0].peer;
+    sim.nodes[1].core.handle_response(laptop, Response::Entries { batch, more: false });
+    assert!(sim.nodes[1].log().contains(&entry.hash()));
+}
