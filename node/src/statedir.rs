@@ -102,8 +102,23 @@ impl StateDir {
     }
 
     pub fn open_store(&self) -> Result<Store> {
+        // The log holds the network id: owner-only, also in a directory made before this rule.
+        let _ = std::fs::set_permissions(self.store_path(), std::fs::Permissions::from_mode(0o600));
         Store::open(&self.store_path())
             .map_err(|e| anyhow::anyhow!("cannot open the membership log in {}: {e}", self.root.display()))
+    }
+
+    /// A new store holding `genesis`, created owner-only (0600) whatever the umask: the file
+    /// exists with its mode before redb writes anything into it.
+    pub fn create_store(&self, genesis: membership::Entry) -> Result<Store> {
+        let path = self.store_path();
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create the membership log in {}", self.root.display()))?;
+        Store::create(&path, genesis).map_err(|e| anyhow::anyhow!("cannot create the membership log: {e}"))
     }
 
     /// Takes the run lock; fails if another `pal up` holds it.

@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+/// The longest an invite may stay valid (an invite code is a secret; Tailscale's auth keys
+/// stop at 90 days, ours sooner).
+pub const MAX_INVITE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long `pal device add` tries to hand the log to the new device.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -63,9 +66,12 @@ impl Core {
     pub fn invite(&mut self, name: &str, role: Role, ttl: Duration, time: Time) -> Result<InviteMade, String> {
         self.require_admin()?;
         membership::entry::check_name(name).map_err(|e| e.to_string())?;
+        if ttl > MAX_INVITE_TTL || ttl.is_zero() {
+            return Err("an invite is valid for 30 days at most; pass a --ttl such as 1h or 7d".into());
+        }
         let secret = DeviceSigningKey::generate(&mut self.rng);
         let unix = time.unix_secs();
-        let expires = unix.saturating_add(ttl.as_secs());
+        let expires = unix + ttl.as_secs();
         let entry = self
             .store
             .append(Operation::Invite { invite_key: secret.public_key(), role, expires, name_hint: name.to_owned() }, &self.signing_key, None, unix)
@@ -172,6 +178,7 @@ impl Core {
     /// `pal device revoke NAME`.
     pub fn revoke(&mut self, name: &str, time: Time) -> Result<RevokeReply, String> {
         self.require_admin()?;
+        self.last_now = self.last_now.max(time.now);
         let state = self.store.log().state();
         let Some((id, _)) = state.active_devices().find(|(_, d)| d.record.name == name) else {
             return Err(format!("no active device named {name:?}; see `pal device list`"));

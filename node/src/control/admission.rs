@@ -70,7 +70,7 @@ impl Core {
         };
         self.learn_peer(peer, device, data_port);
         self.learn_candidates(device, candidates, relay);
-        if relay {
+        if relay && self.relay.is_some_and(|(relay, _)| relay == device) {
             self.listen_via_relay(peer, data_port);
         }
         self.pull_if_behind(peer, summary);

@@ -72,7 +72,7 @@ impl Core {
             return;
         }
         let addresses: Vec<Multiaddr> = presence.addresses.into_iter().filter(is_dialable).collect();
-        self.remember_addresses(presence.peer, &addresses);
+        let _ = self.remember_addresses(presence.peer, &addresses);
         // Dialled even while another dial to the peer is under way: a redial to an old address
         // must not swallow the news.
         self.push(Action::Dial(Dial { peer: Some(presence.peer), addresses, when: DialWhen::Disconnected }));
@@ -98,24 +98,35 @@ impl Core {
             }
             self.apply_candidates(device);
         }
-        let addresses: Vec<Multiaddr> = entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).collect();
+        let addresses: Vec<Multiaddr> =
+            entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).take(MAX_CANDIDATE_ADDRESSES).collect();
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
-            self.reach.entry(device).or_default().multiaddrs.extend(addresses.iter().cloned());
+            let known = &mut self.reach.entry(device).or_default().multiaddrs;
+            for address in &addresses {
+                if known.len() < MAX_CANDIDATE_ADDRESSES {
+                    known.insert(address.clone());
+                }
+            }
         }
-        self.remember_addresses(peer_id, &addresses);
-        if !self.is_connected(&peer_id) {
+        let kept = self.remember_addresses(peer_id, &addresses);
+        if kept && !self.is_connected(&peer_id) {
             self.push(Action::Dial(Dial { peer: Some(peer_id), addresses, when: DialWhen::Idle }));
         }
     }
 
-    /// Keeps `addresses` for the redials of `peer`, within the per-peer bound.
-    fn remember_addresses(&mut self, peer: PeerId, addresses: &[Multiaddr]) {
+    /// Keeps `addresses` for the redials of `peer`, within the per-peer bound; false if `peer`
+    /// is beyond the bound on candidate peers (no more than a network has devices).
+    fn remember_addresses(&mut self, peer: PeerId, addresses: &[Multiaddr]) -> bool {
+        if !self.candidates.contains_key(&peer) && self.candidates.len() >= membership::state::MAX_DEVICES {
+            return self.by_peer.contains_key(&peer);
+        }
         let candidates = self.candidates.entry(peer).or_default();
         for address in addresses {
             if candidates.len() < MAX_CANDIDATE_ADDRESSES {
                 candidates.insert(address.clone());
             }
         }
+        true
     }
 
     fn redial_interval(met: bool) -> Duration {

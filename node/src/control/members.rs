@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// Keepalive towards the relay: holds the NAT mapping it forwards to open.
 pub const RELAY_KEEPALIVE: Duration = Duration::from_secs(25);
+/// How long a just-revoked device stays connected: enough to pull its own revocation.
+pub const REVOKED_GRACE: Duration = Duration::from_secs(10);
 
 impl Core {
     /// Makes the data plane match the membership state.
@@ -59,9 +61,31 @@ impl Core {
         // Push on append, to every connected device we knew as a member — including one just
         // revoked, which then pulls the log up to its revocation and stops by itself.
         self.announce();
+        // A revoked device is cut off on the control plane too: out of the relay's gate and
+        // the candidates at once, never redialled, and its connections closed (with its DHT
+        // entries) once it has had a moment to pull the log up to its own revocation.
         let state = self.store.log().state();
+        let revoked: Vec<PeerId> =
+            self.by_peer.iter().filter(|(_, device)| !state.devices.get(*device).is_some_and(|d| d.status == DeviceStatus::Active)).map(|(peer, _)| *peer).collect();
         self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
+        for peer in revoked {
+            self.candidates.remove(&peer);
+            self.cut_off.insert(peer, self.last_now + REVOKED_GRACE);
+        }
         self.share_members();
+    }
+
+    pub(super) fn next_cut_off(&self) -> Option<std::time::Instant> {
+        self.cut_off.values().min().copied()
+    }
+
+    /// Closes the connections of revoked devices whose grace is over.
+    pub(super) fn cut_off_revoked(&mut self, now: std::time::Instant) {
+        let due: Vec<PeerId> = self.cut_off.iter().filter(|(_, at)| **at <= now).map(|(peer, _)| *peer).collect();
+        for peer in due {
+            self.cut_off.remove(&peer);
+            self.push(Action::Disconnect(peer));
+        }
     }
 
     /// Whether the log says this device has been revoked.
@@ -79,6 +103,8 @@ impl Core {
     /// known to be a member) its addresses go to Kademlia.
     pub(super) fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
         self.by_peer.insert(peer, device);
+        // Proven: redialled through its reach from now on, not as a reported candidate.
+        self.candidates.remove(&peer);
         self.share_members();
         self.admit_to_dht(peer);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));

@@ -114,6 +114,8 @@ pub enum Action {
     AddExternalAddress(Multiaddr),
     /// The peers proven to be members: the relay's gate admits only these.
     MemberPeers(HashSet<PeerId>),
+    /// Close every connection to `peer` and forget it in the DHT (a revoked device).
+    Disconnect(PeerId),
     /// For the data plane.
     Data(DataCommand),
     /// Addresses for the peer cache file.
@@ -209,6 +211,10 @@ pub struct Core {
 
     // Admin.
     deliveries: HashMap<PeerId, admin::Delivery>,
+    /// Revoked devices' peers and when their connections are closed.
+    cut_off: BTreeMap<PeerId, Instant>,
+    /// The latest time an input carried (for deadlines set outside a timed input).
+    last_now: Instant,
 }
 
 impl std::fmt::Debug for Core {
@@ -263,6 +269,8 @@ impl Core {
             reported: BTreeMap::new(),
             view: DataView::default(),
             deliveries: HashMap::new(),
+            cut_off: BTreeMap::new(),
+            last_now: time.now,
         };
         core.apply_membership();
         for address in core.bootstrap.clone() {
@@ -278,11 +286,13 @@ impl Core {
 
     /// When [`Core::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.timers.next(), self.next_redial(), self.next_delivery_expiry()].into_iter().flatten().min()
+        [self.timers.next(), self.next_redial(), self.next_delivery_expiry(), self.next_cut_off()].into_iter().flatten().min()
     }
 
     /// Runs whatever is due at `time`.
     pub fn handle_timeout(&mut self, time: Time) {
+        self.last_now = time.now;
+        self.cut_off_revoked(time.now);
         for timer in self.timers.take_due(time.now) {
             if self.revoked() {
                 continue; // cut off: nothing to find, nobody to greet
@@ -338,8 +348,11 @@ impl Core {
             *count
         });
         if remaining.unwrap_or(0) == 0 {
+            // Nothing per connection outlives the peer's last connection.
             self.connections.remove(&peer);
             self.identified.remove(&peer);
+            self.connection_ips.remove(&peer);
+            self.revocation_checks.remove(&peer);
             if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                 reach.connected = false;
             }
@@ -374,6 +387,7 @@ impl Core {
 
     /// A control request from `peer`; the answer to send back.
     pub fn handle_request(&mut self, peer: PeerId, request: Request, time: Time) -> Response {
+        self.last_now = self.last_now.max(time.now);
         match request {
             Request::Hello { binding, data_port, summary, candidates, relay } => {
                 self.on_hello(peer, &binding, data_port, &summary, &candidates, relay)
@@ -398,13 +412,14 @@ impl Core {
     }
 
     /// A peer's answer to one of our requests.
-    pub fn handle_response(&mut self, peer: PeerId, response: Response) {
+    pub fn handle_response(&mut self, peer: PeerId, response: Response, time: Time) {
+        self.last_now = self.last_now.max(time.now);
         match response {
             Response::Hello { binding, data_port, summary, peers, candidates, relay } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
                 self.learn_peer(peer, device, data_port);
                 self.learn_candidates(device, &candidates, relay);
-                if relay {
+                if relay && self.relay.is_some_and(|(relay, _)| relay == device) {
                     self.listen_via_relay(peer, data_port);
                 }
                 for entry in peers {

@@ -58,7 +58,9 @@ impl Core {
             candidates.iter().filter_map(|c| c.parse().ok()).take(protocol::paths::MAX_CANDIDATES).collect();
         self.announced.insert(device, parsed);
         self.apply_candidates(device);
-        if relay && self.relay.is_none_or(|(current, _)| current == device) {
+        // Relay duty is CloudPal's: a member that merely claims it is not believed.
+        let cloudpal = self.store.log().state().devices.get(&device).is_some_and(|d| d.record.role == membership::Role::CloudPal);
+        if relay && cloudpal && self.relay.is_none_or(|(current, _)| current == device) {
             self.use_relay(device);
         }
     }

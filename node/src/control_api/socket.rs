@@ -49,7 +49,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Accepts control connections and forwards each request to the event loop.
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Incoming>) {
+    // SAFETY: geteuid has no preconditions.
+    let owner = unsafe { libc::geteuid() };
     while let Ok((stream, _)) = listener.accept().await {
+        // The socket is 0600 already; this also holds if its mode is ever loosened.
+        if !stream.peer_cred().is_ok_and(|cred| cred.uid() == owner || cred.uid() == 0) {
+            continue;
+        }
         let requests = requests.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();

@@ -10,7 +10,7 @@ pub mod request;
 
 use crate::statedir::StateDir;
 use anyhow::{Context, Result, bail};
-use membership::{DeviceRecord, Entry, EntryContents, Log, Operation, Role, Store, overlay};
+use membership::{DeviceRecord, Entry, EntryContents, Log, Operation, Role, overlay};
 use serde::{Deserialize, Serialize};
 
 /// What `pal init` made.
@@ -47,7 +47,7 @@ pub fn init(state: &StateDir, name: &str, unix: u64) -> Result<Founded> {
         &identity.device,
         None,
     )?;
-    Store::create(&state.store_path(), genesis).map_err(|e| anyhow::anyhow!("cannot create the log: {e}"))?;
+    state.create_store(genesis)?;
     Ok(Founded { name: name.to_owned(), id: me.to_hex(), overlay_ipv4: overlay_ipv4.to_string(), overlay_ipv6: overlay_ipv6.to_string() })
 }
 
@@ -73,7 +73,7 @@ pub(crate) fn discard(state: &StateDir) {
 pub(crate) fn persist(state: &StateDir, log: &Log) -> Result<()> {
     let mut entries = log.entries().cloned();
     let genesis = entries.next().context("empty log")?;
-    let mut store = Store::create(&state.store_path(), genesis).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut store = state.create_store(genesis)?;
     let rest: Vec<Entry> = entries.collect();
     for chunk in rest.chunks(membership::log::MAX_BATCH_ENTRIES) {
         store.ingest(chunk.to_vec()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -97,4 +97,28 @@ pub(crate) fn ingest_batch(log: &mut Option<Log>, batch: &[Vec<u8>], network: Op
     }
     log.as_mut().context("no log")?.ingest_encoded(rest).with_context(|| format!("the {who} sent an invalid log"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The log holds the network id: owner-only whatever the umask (issue #12).
+    #[test]
+    fn the_membership_log_is_created_owner_only() {
+        let root = std::env::temp_dir().join(format!("pal-enrol-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // SAFETY: umask only changes this process's file-creation mask; restored below.
+        let old = unsafe { libc::umask(0o022) };
+        let founded = init(&StateDir::new(&root), "laptop", 1_800_000_000);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        founded.expect("init");
+        let mode = std::fs::metadata(root.join("membership.redb")).expect("log").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = init(&StateDir::new(&root), "laptop", 1_800_000_000).expect_err("a second init");
+        assert!(again.to_string().contains("already holds a device"), "{again}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

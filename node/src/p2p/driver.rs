@@ -66,7 +66,7 @@ impl Driver {
                     let response = core.handle_request(peer, request, time);
                     let _ = swarm.behaviour_mut().control.send_response(channel, response);
                 }
-                request_response::Message::Response { response, .. } => core.handle_response(peer, response),
+                request_response::Message::Response { response, .. } => core.handle_response(peer, response, time),
             },
             _ => {}
         }
@@ -95,6 +95,10 @@ impl Driver {
             },
             Action::AddExternalAddress(address) => swarm.add_external_address(address),
             Action::MemberPeers(members) => self.gate.set(members),
+            Action::Disconnect(peer) => {
+                let _ = swarm.disconnect_peer_id(peer);
+                swarm.behaviour_mut().kad.remove_peer(&peer);
+            }
             other => return Some(other),
         }
         None

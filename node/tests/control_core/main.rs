@@ -421,7 +421,8 @@ fn a_device_added_from_a_request_code_is_delivered_the_whole_log() {
     assert_eq!(deliveries.len(), 1);
     let Request::Deliver { batch, more: false } = &deliveries[0].2 else { panic!("one batch") };
     assert_eq!(batch.len(), sim.nodes[0].log().len());
-    sim.nodes[0].core.handle_response(requester, Response::Accepted);
+    let time = sim.time;
+    sim.nodes[0].core.handle_response(requester, Response::Accepted, time);
     sim.settle();
     let (reply, result) = sim.nodes[0].finished.pop().expect("answered");
     assert_eq!(reply, 77);
@@ -463,9 +464,10 @@ fn only_an_admin_invites_adds_and_revokes() {
     let core = &mut sim.nodes[0].core;
     assert!(core.invite("bad name!", Role::Member, SECOND, time).is_err_and(|e| e.contains("not a valid device name")));
     assert!(core.revoke("nobody", time).is_err_and(|e| e.contains("no active device named")));
-    // A huge TTL saturates instead of wrapping.
-    let made = core.invite("forever", Role::Member, Duration::from_secs(u64::MAX), time).expect("invite");
-    assert_eq!(made.expires, u64::MAX);
+    // An invite code is a secret: it cannot live forever (nor overflow the clock).
+    assert!(core.invite("forever", Role::Member, Duration::from_secs(u64::MAX), time).is_err_and(|e| e.contains("30 days at most")));
+    let made = core.invite("month", Role::Member, node::control::admin::MAX_INVITE_TTL, time).expect("30 days is fine");
+    assert_eq!(made.expires, time.unix_secs() + 30 * 24 * 3600);
 }
 
 #[test]
@@ -544,10 +546,69 @@ fn log_entries_are_taken_from_proven_members_only() {
     );
     let batch = vec![entry.encoded().to_vec().into()];
     // A stranger (a revoked device, say) answers with a perfectly signed entry: dropped.
-    sim.nodes[1].core.handle_response(peer_of(220), Response::Entries { batch: batch.clone(), more: false });
+    let time = sim.time;
+    sim.nodes[1].core.handle_response(peer_of(220), Response::Entries { batch: batch.clone(), more: false }, time);
     assert!(!sim.nodes[1].log().contains(&entry.hash()));
     // The same from the laptop, a proven member: taken.
     let laptop = sim.nodes[0].peer;
-    sim.nodes[1].core.handle_response(laptop, Response::Entries { batch, more: false });
+    sim.nodes[1].core.handle_response(laptop, Response::Entries { batch, more: false }, time);
     assert!(sim.nodes[1].log().contains(&entry.hash()));
+}
+
+#[test]
+fn a_member_claiming_relay_duty_is_not_believed() {
+    let (network, members) = network(12, &[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let mut sim = Sim::new();
+    sim.add(&members[0], &network.log, false);
+    sim.add(&members[1], &network.log, true); // `pal up --cloudpal` on a mere member
+    sim.connect(1, 0);
+    sim.run_for(6 * SECOND);
+    assert!(!sim.nodes[0].data.iter().any(|c| matches!(c, DataCommand::SetRelay(Some(_)))), "only a device with the cloudpal role relays");
+    assert!(sim.nodes[0].circuits.is_empty());
+    assert_eq!(sim.nodes[0].core.relay(), None);
+}
+
+#[test]
+fn a_revoked_device_is_cut_off_once_it_could_pull_its_revocation_and_never_redialled() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("car", Role::Member)]);
+    let car = sim.nodes[2].peer;
+    let time = sim.time;
+    sim.nodes[0].core.revoke("car", time).expect("revoke");
+    sim.settle();
+    assert!(sim.nodes[2].core.revoked(), "the car pulled its revocation over the still open connection");
+    assert!(!sim.nodes[0].member_peers.contains(&car), "out of the relay's gate at once");
+    assert!(sim.is_connected(0, 2));
+    sim.run_for(Duration::from_secs(11));
+    assert!(sim.nodes[0].disconnected.contains(&car), "closed after the grace");
+    assert!(!sim.is_connected(0, 2));
+    sim.nodes[0].dials.clear();
+    sim.run_for(Duration::from_secs(30));
+    assert!(sim.nodes[0].dials.iter().all(|(_, d)| d.peer != Some(car)), "a revoked device is never redialled");
+}
+
+#[test]
+fn what_members_report_cannot_grow_without_bound() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    sim.auto_dial = false;
+    let phone = sim.nodes[1].peer;
+    // The phone (a member, perhaps a compromised one) reports 600 made-up peers.
+    let peers: Vec<node::control::messages::PeerAddresses> = (0..600u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            node::control::messages::PeerAddresses {
+                peer_id: node::p2p::peer_id(&seed).expect("peer").to_bytes().into(),
+                multiaddrs: (0..40).map(|port| format!("/ip4/203.0.113.1/tcp/{}", 1000 + port)).collect(),
+                device: None,
+                candidates: vec![],
+            }
+        })
+        .collect();
+    let time = sim.time;
+    sim.nodes[0].core.handle_response(phone, Response::Paths { peers }, time);
+    sim.run_for(Duration::from_secs(7));
+    let dials: Vec<&Dial> = sim.nodes[0].dials.iter().map(|(_, d)| d).filter(|d| d.peer.is_some_and(|p| p != phone)).collect();
+    let peers: std::collections::BTreeSet<_> = dials.iter().filter_map(|d| d.peer).collect();
+    assert_eq!(peers.len(), membership::state::MAX_DEVICES, "candidate peers are capped");
+    assert!(dials.iter().all(|d| d.addresses.len() <= node::control::discovery::MAX_CANDIDATE_ADDRESSES));
 }

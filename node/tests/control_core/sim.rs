@@ -35,6 +35,7 @@ pub struct Node {
     pub kad_store: HashMap<Vec<u8>, Vec<u8>>,
     pub circuits: Vec<Multiaddr>,
     pub member_peers: HashSet<PeerId>,
+    pub disconnected: Vec<PeerId>,
     pub cached: Vec<Vec<String>>,
     pub finished: Vec<(u64, Result<AddReply, String>)>,
     pub external: Vec<Multiaddr>,
@@ -152,6 +153,7 @@ impl Sim {
             kad_store: HashMap::new(),
             circuits: Vec::new(),
             member_peers: HashSet::new(),
+            disconnected: Vec::new(),
             cached: Vec::new(),
             finished: Vec::new(),
             external: Vec::new(),
@@ -313,6 +315,12 @@ impl Sim {
             Action::ListenOnCircuit(address) => self.nodes[index].circuits.push(address),
             Action::AddExternalAddress(address) => self.nodes[index].external.push(address),
             Action::MemberPeers(members) => self.nodes[index].member_peers = members,
+            Action::Disconnect(peer) => {
+                self.nodes[index].disconnected.push(peer);
+                if let Some(other) = self.index_of(&peer) {
+                    self.disconnect(index, other);
+                }
+            }
             Action::Data(command) => self.nodes[index].data.push(command),
             Action::CachePeers(addresses) => self.nodes[index].cached.push(addresses),
             Action::Finished { reply, result } => self.nodes[index].finished.push((reply, result)),
@@ -333,7 +341,7 @@ impl Sim {
             Message::Response { from, to, response } => {
                 if self.is_connected(from, to) {
                     let peer = self.nodes[from].peer;
-                    self.nodes[to].core.handle_response(peer, response);
+                    self.nodes[to].core.handle_response(peer, response, time);
                 }
             }
         }
