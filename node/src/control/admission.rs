@@ -12,6 +12,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 pub const NOT_A_MEMBER: &str = "not a member of this network";
+/// How long a connected peer has to prove membership (a Hello binding) or a usable invite
+/// before it is disconnected: outsiders get no lasting connection to query the DHT over.
+pub const PROVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Invite attempts per source: a burst (a join takes one per log batch), then one per interval.
 pub const INVITE_ATTEMPT_BURST: u32 = 10;
 pub const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
@@ -106,7 +109,23 @@ impl Core {
         if !self.invite_attempts.allow(source, time.now) {
             return Err("too many invite attempts from this address; wait a minute and try again".into());
         }
-        self.verify_invite_proof(peer, proof, time.unix_secs()).map_err(|e| e.to_string())
+        self.verify_invite_proof(peer, proof, time.unix_secs()).map_err(|e| e.to_string())?;
+        // A joiner with a usable invite may finish its join (pulling the log in batches).
+        self.unproven.remove(peer);
+        Ok(())
+    }
+
+    /// Disconnects peers that did not prove membership in time (not one we are delivering a
+    /// log to: a device added from a request code is not in our peer table until it greets).
+    pub(super) fn cut_off_unproven(&mut self, now: std::time::Instant) {
+        let due: Vec<PeerId> = self.unproven.iter().filter(|(_, at)| **at <= now).map(|(peer, _)| *peer).collect();
+        for peer in due {
+            self.unproven.remove(&peer);
+            if !self.by_peer.contains_key(&peer) && !self.deliveries.contains_key(&peer) {
+                tracing::debug!("closed a connection that did not prove membership");
+                self.push(super::Action::Disconnect(peer));
+            }
+        }
     }
 
     /// Whether `peer` holds the secret of a usable invite; the reason if not.

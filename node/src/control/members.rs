@@ -66,7 +66,7 @@ impl Core {
         // entries) once it has had a moment to pull the log up to its own revocation.
         let state = self.store.log().state();
         let revoked: Vec<PeerId> =
-            self.by_peer.iter().filter(|(_, device)| !state.devices.get(*device).is_some_and(|d| d.status == DeviceStatus::Active)).map(|(peer, _)| *peer).collect();
+            self.by_peer.iter().filter(|(_, device)| state.devices.get(*device).is_none_or(|d| d.status != DeviceStatus::Active)).map(|(peer, _)| *peer).collect();
         self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
         for peer in revoked {
             self.candidates.remove(&peer);
@@ -103,6 +103,7 @@ impl Core {
     /// known to be a member) its addresses go to Kademlia.
     pub(super) fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
         self.by_peer.insert(peer, device);
+        self.unproven.remove(&peer);
         // Proven: redialled through its reach from now on, not as a reported candidate.
         self.candidates.remove(&peer);
         self.share_members();

@@ -213,6 +213,8 @@ pub struct Core {
     deliveries: HashMap<PeerId, admin::Delivery>,
     /// Revoked devices' peers and when their connections are closed.
     cut_off: BTreeMap<PeerId, Instant>,
+    /// Connected peers that have not proven membership yet, and when they are disconnected.
+    unproven: BTreeMap<PeerId, Instant>,
     /// The latest time an input carried (for deadlines set outside a timed input).
     last_now: Instant,
 }
@@ -270,6 +272,7 @@ impl Core {
             view: DataView::default(),
             deliveries: HashMap::new(),
             cut_off: BTreeMap::new(),
+            unproven: BTreeMap::new(),
             last_now: time.now,
         };
         core.apply_membership();
@@ -286,13 +289,14 @@ impl Core {
 
     /// When [`Core::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.timers.next(), self.next_redial(), self.next_delivery_expiry(), self.next_cut_off()].into_iter().flatten().min()
+        [self.timers.next(), self.next_redial(), self.next_delivery_expiry(), self.next_cut_off(), self.unproven.values().min().copied()].into_iter().flatten().min()
     }
 
     /// Runs whatever is due at `time`.
     pub fn handle_timeout(&mut self, time: Time) {
         self.last_now = time.now;
         self.cut_off_revoked(time.now);
+        self.cut_off_unproven(time.now);
         for timer in self.timers.take_due(time.now) {
             if self.revoked() {
                 continue; // cut off: nothing to find, nobody to greet
@@ -324,8 +328,9 @@ impl Core {
         self.listen_addrs.insert(address);
     }
 
-    pub fn handle_connection_established(&mut self, connection: Connection) {
+    pub fn handle_connection_established(&mut self, connection: Connection, time: Time) {
         let peer = connection.peer;
+        self.last_now = self.last_now.max(time.now);
         *self.connections.entry(peer).or_default() += 1;
         self.control_links.insert(connection.id, (peer, connection.relayed));
         if self.deliveries.contains_key(&peer) {
@@ -334,6 +339,11 @@ impl Core {
         }
         if let Some(ip) = crate::control::addr::multiaddr_ip(&connection.remote) {
             self.connection_ips.insert(peer, ip);
+        }
+        // Outsiders learn nothing: a peer that has not proven membership (or shown a usable
+        // invite) by then is disconnected.
+        if !self.by_peer.contains_key(&peer) {
+            self.unproven.entry(peer).or_insert(time.now + admission::PROVE_WITHIN);
         }
         if connection.dialer {
             let hello = self.hello_request();
@@ -353,6 +363,7 @@ impl Core {
             self.identified.remove(&peer);
             self.connection_ips.remove(&peer);
             self.revocation_checks.remove(&peer);
+            self.unproven.remove(&peer);
             if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                 reach.connected = false;
             }

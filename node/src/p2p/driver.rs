@@ -37,7 +37,7 @@ impl Driver {
                     remote: endpoint.get_remote_address().clone(),
                     dialer: endpoint.is_dialer(),
                     relayed: endpoint.is_relayed(),
-                });
+                }, time);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => core.handle_connection_closed(peer_id, connection_id),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {

@@ -612,3 +612,18 @@ fn what_members_report_cannot_grow_without_bound() {
     assert_eq!(peers.len(), membership::state::MAX_DEVICES, "candidate peers are capped");
     assert!(dials.iter().all(|d| d.addresses.len() <= node::control::discovery::MAX_CANDIDATE_ADDRESSES));
 }
+
+#[test]
+fn an_outsider_is_disconnected_unless_it_proves_membership_or_an_invite() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    let outsider = peer_of(210);
+    let joiner = peer_of(211);
+    let hello = Request::Announce { summary: vec![].into() };
+    sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 50), 0, hello);
+    assert!(matches!(sim.ask_as(joiner, Ipv4Addr::new(198, 51, 100, 51), 0, invite_sync(&sim, &code, &joiner, &code.secret)), Response::Entries { .. }));
+    sim.run_for(Duration::from_secs(9));
+    assert!(sim.nodes[0].disconnected.is_empty(), "not before the grace");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.nodes[0].disconnected, vec![outsider], "the outsider is closed; the joiner and the member stay");
+}

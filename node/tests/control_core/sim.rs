@@ -186,8 +186,9 @@ impl Sim {
         self.connections.insert(pair(a, b), id);
         let (peer_a, peer_b) = (self.nodes[a].peer, self.nodes[b].peer);
         let (address_a, address_b) = (self.nodes[a].address(), self.nodes[b].address());
-        self.nodes[a].core.handle_connection_established(Connection { peer: peer_b, id, remote: address_b, dialer: true, relayed: false });
-        self.nodes[b].core.handle_connection_established(Connection { peer: peer_a, id, remote: address_a, dialer: false, relayed: false });
+        let time = self.time;
+        self.nodes[a].core.handle_connection_established(Connection { peer: peer_b, id, remote: address_b, dialer: true, relayed: false }, time);
+        self.nodes[b].core.handle_connection_established(Connection { peer: peer_a, id, remote: address_a, dialer: false, relayed: false }, time);
     }
 
     pub fn disconnect(&mut self, a: usize, b: usize) {
@@ -353,8 +354,8 @@ impl Sim {
         let id = ConnectionId::new_unchecked(self.next_connection);
         self.next_connection += 1;
         let remote = node::control::addr::socket_multiaddr(SocketAddr::from((ip, DATA_PORT)), false);
-        self.nodes[to].core.handle_connection_established(Connection { peer, id, remote, dialer: false, relayed: false });
         let time = self.time;
+        self.nodes[to].core.handle_connection_established(Connection { peer, id, remote, dialer: false, relayed: false }, time);
         let response = self.nodes[to].core.handle_request(peer, request, time);
         self.settle();
         response
