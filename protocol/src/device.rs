@@ -13,7 +13,8 @@ use crate::cookie::MacChecker;
 use crate::handshake::ReceivedInitiation;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
 use crate::paths::{PathKind, Paths, Route};
-use crate::relay::{self, Envelope, HopKey, RELAY_HEADER_LEN, ShortId};
+use crate::relay::{self, HopKey, RELAY_HEADER_LEN, ShortId};
+use crate::replay::ReplayWindow;
 use crate::ratelimit::{RateLimiter, TokenBucket};
 use crate::time::WallClock;
 use crate::tunnel::{Decapsulated, Encapsulated, IndexChange, Tunnel, TunnelConfig, TunnelStats};
@@ -85,6 +86,8 @@ pub struct DeviceStats {
     pub relay_refused: u64,
     /// Envelopes dropped because their sender was over its relay quota.
     pub relay_over_quota: u64,
+    /// Envelopes dropped as replays (a number already seen on their hop).
+    pub relay_replayed: u64,
     pub relay_forwarded: u64,
 }
 
@@ -108,8 +111,15 @@ pub struct Device {
     wants_transmit: BTreeSet<StaticPublic>,
     cookie_replies: VecDeque<(SocketAddr, [u8; COOKIE_REPLY_LEN])>,
     stats: DeviceStats,
-    short_id: ShortId,
+    /// Peers by the first 8 bytes of their static key: how a masked destination is found.
     short_ids: HashMap<ShortId, StaticPublic>,
+    /// Relay duty: each peer's hourly sender ids (the last, this and the next hour's, for
+    /// clocks on either side of the hour), and the hour they were made for.
+    relay_ids: HashMap<ShortId, StaticPublic>,
+    relay_ids_epoch: Option<u64>,
+    /// The number of the next envelope this device seals, on any hop: starts at the wall
+    /// clock in microseconds, so a restarted device never reuses a number.
+    envelope_counter: u64,
     /// The relay this device may send through (the owner's CloudPal), if any.
     relay: Option<RelayConfig>,
     /// Relay duty (CloudPal): forward envelopes between members.
@@ -128,6 +138,8 @@ struct Peer {
     paths: Paths,
     /// The MAC key for relay envelopes exchanged with this peer directly.
     hop: HopKey,
+    /// Relay duty: envelopes from this peer seen (replays refused).
+    relay_seen: ReplayWindow,
     relay_quota: TokenBucket,
     /// A handshake message was dropped for want of any route: it is sent again the moment
     /// one appears instead of after the 5 s retry timer.
@@ -139,6 +151,8 @@ struct RelayConfig {
     address: SocketAddr,
     key: StaticPublic,
     hop: HopKey,
+    /// Envelopes from the relay seen (replays refused).
+    seen: ReplayWindow,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -188,8 +202,10 @@ impl Device {
             wants_transmit: BTreeSet::new(),
             cookie_replies: VecDeque::new(),
             stats: DeviceStats::default(),
-            short_id: ShortId::of(&static_public),
             short_ids: HashMap::new(),
+            relay_ids: HashMap::new(),
+            relay_ids_epoch: None,
+            envelope_counter: u64::try_from(config.clock.unix_time_at_anchor.as_micros()).unwrap_or(u64::MAX / 2),
             relay: None,
             relay_server: false,
             control: VecDeque::new(),
@@ -233,7 +249,13 @@ impl Device {
         );
         let hop = HopKey::between(&self.static_secret, &key);
         let paths = Paths::with_endpoint(config.endpoint);
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_quota: TokenBucket::per_second(RELAY_RATE_BYTES_PER_SECOND, RELAY_BURST_BYTES), stalled: false });
+        if let Some(epoch) = self.relay_ids_epoch {
+            for epoch in epoch.saturating_sub(1)..=epoch + 1 {
+                self.relay_ids.entry(hop.id(epoch)).or_insert(key);
+            }
+        }
+        let relay_quota = TokenBucket::per_second(RELAY_RATE_BYTES_PER_SECOND, RELAY_BURST_BYTES);
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_seen: ReplayWindow::default(), relay_quota, stalled: false });
         // Two keys sharing a short id could not be told apart on the relay: the second one
         // is simply not reachable through it (2^-64 per pair).
         self.short_ids.entry(ShortId::of(&key)).or_insert(key);
@@ -259,6 +281,7 @@ impl Device {
         if self.short_ids.get(&ShortId::of(key)) == Some(key) {
             self.short_ids.remove(&ShortId::of(key));
         }
+        self.relay_ids.retain(|_, peer| peer != key);
         self.control.retain(|(peer, _, _)| peer != key);
         self.observed.remove(key);
         true
@@ -299,7 +322,11 @@ impl Device {
     /// Sends through the relay at `address` (CloudPal, itself a peer with `key`) whenever no
     /// direct path is trusted; `None` for direct paths only.
     pub fn set_relay(&mut self, relay: Option<(SocketAddr, StaticPublic)>, now: Instant) {
-        self.relay = relay.map(|(address, key)| RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key) });
+        self.relay = relay.map(|(address, key)| {
+            // The same relay again keeps its replay window.
+            let seen = self.relay.as_ref().filter(|old| old.key == key).map(|old| old.seen.clone()).unwrap_or_default();
+            RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key), seen }
+        });
         let stalled: Vec<StaticPublic> = self.peers.iter().filter(|(_, p)| p.stalled).map(|(k, _)| *k).collect();
         for key in stalled {
             self.unstall(&key, now);
@@ -392,7 +419,7 @@ impl Device {
         let result = peer.tunnel.encapsulate(packet, inner_buffer(route, out)?, now);
         self.sync_peer(&key, now);
         match result? {
-            Encapsulated::Datagram(len) => self.wrap(route, &key, out, len).map(Some).ok_or(Error::NoRelay),
+            Encapsulated::Datagram(len) => self.wrap(route, &key, out, len, now).map(Some).ok_or(Error::NoRelay),
             Encapsulated::Queued => Ok(None),
         }
     }
@@ -400,16 +427,43 @@ impl Device {
     /// Turns `len` bytes of WireGuard message, written where [`inner_buffer`] said, into a
     /// transmit: as is for a direct route, in a sealed envelope to the relay otherwise
     /// (`None` only if the relay went away in between, which `route` rules out).
-    fn wrap(&self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize) -> Option<Transmit> {
+    fn wrap(&mut self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize, now: Instant) -> Option<Transmit> {
         match route {
             Route::Direct(destination) => Some(Transmit { destination, len }),
             Route::Relay => {
+                let counter = self.next_envelope();
+                let epoch = self.id_epoch(now);
                 let relay = self.relay.as_ref()?;
-                let envelope = Envelope { destination: ShortId::of(key), sender: self.short_id };
-                relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, envelope, &relay.hop);
+                relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, Some(ShortId::of(key)), counter, epoch, &relay.hop);
                 Some(Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len })
             }
         }
+    }
+
+    fn next_envelope(&mut self) -> u64 {
+        self.envelope_counter = self.envelope_counter.wrapping_add(1);
+        self.envelope_counter
+    }
+
+    /// The relay-id epoch at `now`, by this device's wall clock.
+    fn id_epoch(&self, now: Instant) -> u64 {
+        let unix = self.clock.unix_time_at_anchor + now.saturating_duration_since(self.clock.anchor);
+        relay::epoch_of(unix.as_secs())
+    }
+
+    /// Relay duty: the peer whose sender id `id` is, remaking the table when the hour turned.
+    fn relay_sender(&mut self, id: &ShortId, now: Instant) -> Option<StaticPublic> {
+        let epoch = self.id_epoch(now);
+        if self.relay_ids_epoch != Some(epoch) {
+            self.relay_ids.clear();
+            for (key, peer) in &self.peers {
+                for epoch in epoch.saturating_sub(1)..=epoch + 1 {
+                    self.relay_ids.entry(peer.hop.id(epoch)).or_insert(*key);
+                }
+            }
+            self.relay_ids_epoch = Some(epoch);
+        }
+        self.relay_ids.get(id).copied()
     }
 
     /// Consumes one datagram that arrived from `source`.
@@ -429,20 +483,31 @@ impl Device {
     /// An envelope: for us from our relay, or (relay duty) for another member.
     fn receive_envelope(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8], now: Instant) -> Result<Received, Error> {
         let refused = |stats: &mut DeviceStats| stats.relay_refused += 1;
-        let envelope = relay::parse(datagram).inspect_err(|_| refused(&mut self.stats))?;
-        if envelope.destination == self.short_id {
-            let relay = self.relay.as_ref().ok_or(Error::NoRelay).inspect_err(|_| refused(&mut self.stats))?;
-            relay::verify(datagram, &relay.hop).inspect_err(|_| refused(&mut self.stats))?;
+        let header = relay::parse(datagram).inspect_err(|_| refused(&mut self.stats))?;
+        if !self.relay_server {
+            // From our relay: its tag, then a number not seen before on this hop.
+            let relay = self.relay.as_mut().ok_or(Error::NoRelay).inspect_err(|_| self.stats.relay_refused += 1)?;
+            relay.seen.check(header.counter).inspect_err(|_| self.stats.relay_refused += 1)?;
+            relay::verify(datagram, &relay.hop).inspect_err(|_| self.stats.relay_refused += 1)?;
+            relay.seen.accept(header.counter)?;
             return self.receive(source, Via::Relay, &datagram[RELAY_HEADER_LEN..], out, now);
         }
-        if !self.relay_server {
-            refused(&mut self.stats);
-            return Err(Error::NoRelay);
-        }
         // Relay duty. The sender must be a current member we share a hop key with (RL-03).
-        let sender = self.short_ids.get(&envelope.sender).copied();
-        let destination = self.short_ids.get(&envelope.destination).copied();
-        let (Some(sender), Some(destination)) = (sender, destination) else {
+        let Some(sender) = self.relay_sender(&header.sender, now) else {
+            refused(&mut self.stats);
+            return Err(Error::UnknownPeer);
+        };
+        let Some(from) = self.peers.get_mut(&sender) else { return Err(Error::UnknownPeer) };
+        if let Err(error) = from.relay_seen.check(header.counter) {
+            self.stats.relay_replayed += 1;
+            return Err(error.into());
+        }
+        if relay::verify(datagram, &from.hop).is_err() {
+            refused(&mut self.stats);
+            return Err(Error::Relay(relay::EnvelopeError::BadTag));
+        }
+        let destination = self.short_ids.get(&header.destination(&from.hop)).copied();
+        let Some(destination) = destination.filter(|d| *d != sender) else {
             refused(&mut self.stats);
             return Err(Error::UnknownPeer);
         };
@@ -450,19 +515,26 @@ impl Device {
             refused(&mut self.stats);
             return Err(Error::NotAuthorized);
         }
+        // Charged before anything moves: an over-quota member's envelopes change nothing.
         let Some(from) = self.peers.get_mut(&sender) else { return Err(Error::UnknownPeer) };
-        relay::verify(datagram, &from.hop).inspect_err(|_| refused(&mut self.stats))?;
-        // Authenticated: this is where the sender is now.
-        from.paths.heard_direct(source, now);
         if !from.relay_quota.take(datagram.len() as u64, now) {
             self.stats.relay_over_quota += 1;
             return Err(Error::RelayQuota);
         }
+        // Authenticated and fresh: this is where the sender is now — but only an envelope newer
+        // than all before may move it (a delayed one arriving late from an old address may not).
+        let newest = from.relay_seen.is_newest(header.counter);
+        from.relay_seen.accept(header.counter)?;
+        if newest {
+            from.paths.heard_direct(source, now);
+        }
+        let counter = self.next_envelope();
+        let epoch = self.id_epoch(now);
         let to = self.peers.get(&destination).ok_or(Error::UnknownPeer)?;
         let target = to.paths.direct().ok_or(Error::NoEndpoint)?;
         let forwarded = out.get_mut(..datagram.len()).ok_or(Error::BufferTooSmall)?;
-        forwarded.copy_from_slice(datagram);
-        relay::retag(forwarded, &to.hop);
+        forwarded[RELAY_HEADER_LEN..].copy_from_slice(&datagram[RELAY_HEADER_LEN..]);
+        relay::seal(forwarded, None, counter, epoch, &to.hop);
         self.stats.relay_forwarded += 1;
         Ok(Received::Forward(Transmit { destination: target, len: datagram.len() }))
     }
@@ -585,7 +657,7 @@ impl Device {
             let Some(peer) = self.peers.get_mut(&key) else { continue };
             let Ok(buffer) = inner_buffer(route, out) else { continue };
             if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now)
-                && let Some(transmit) = self.wrap(route, &key, out, sealed)
+                && let Some(transmit) = self.wrap(route, &key, out, sealed, now)
             {
                 return Some(transmit);
             }
@@ -610,7 +682,7 @@ impl Device {
             match (peer.tunnel.poll_transmit(buffer, now), route) {
                 (Some(len), Some(route)) => {
                     self.sync_peer(&key, now);
-                    if let Some(transmit) = self.wrap(route, &key, out, len) {
+                    if let Some(transmit) = self.wrap(route, &key, out, len, now) {
                         return Some(transmit);
                     }
                 }

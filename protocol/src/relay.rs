@@ -2,18 +2,25 @@
 //! direct path works (DESIGN.md "Relay"; DERP-like, but UDP).
 //!
 //! ```text
-//! 0      1        4              12             20                 36
-//! | kind | 0 0 0  | destination  | sender       | tag (16)         | WireGuard message… |
+//! 0      1        4             12                20          28          44
+//! | kind | 0 0 0  | sender id (8) | destination (8) | counter (8) | tag (16) | WireGuard message… |
 //! ```
 //!
-//! Devices are named by [`ShortId`]s: the first 8 bytes of their static public key. The tag
-//! is a keyed BLAKE2s MAC over the header before it and the whole inner message, keyed by a
-//! pairwise secret between the hop's two ends (X25519 of their static keys, hashed with a
-//! domain label). So the relay authenticates the sender (a member it shares a key with), and
-//! the destination authenticates the relay; nobody else can inject or redirect envelopes. The
+//! Each hop (a device and its relay) has a pairwise secret, the [`HopKey`] (X25519 of their
+//! static keys, hashed with a domain label). The tag is a keyed BLAKE2s MAC over the header
+//! before it and the whole inner message, so the relay authenticates the sender and the
+//! destination authenticates the relay; nobody else can inject or redirect envelopes. The
 //! relay reads the destination and the sender and nothing else: the inner message is the
 //! end-to-end Noise transport, so a relay that alters or replays it is caught by the
 //! destination's tag and replay checks (RL-01, RL-02).
+//!
+//! Replays on a hop: each sender numbers its envelopes per hop (starting from its clock, so a
+//! restart never goes back) and each receiver keeps a replay window per hop, moved only after
+//! the tag verified; a relay moves a member's endpoint only for an envelope newer than any
+//! before (issue #12). Nothing in clear names a device for an on-path observer: the sender id
+//! is derived from the hop key and the hour (it changes every hour and differs per hop), and
+//! the destination's id is masked with a keystream of the hop key and the counter (it differs
+//! in every envelope); only the relay, which holds the hop key, reads either (DP-17).
 
 use crate::keys::{StaticPublic, StaticSecret};
 pub use crate::wire::RELAY_HEADER_LEN;
@@ -22,12 +29,18 @@ use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 
-const TAG_AT: usize = 20;
+const SENDER_AT: usize = 4;
+const DESTINATION_AT: usize = 12;
+const COUNTER_AT: usize = 20;
+const TAG_AT: usize = 28;
 const TAG_LEN: usize = 16;
 /// The smallest inner message is a cookie reply or keepalive (32 bytes).
 pub const MIN_ENVELOPE_LEN: usize = RELAY_HEADER_LEN + 32;
+/// How long a sender id holds: an hour, so a relay's table of ids is rebuilt hourly.
+pub const ID_EPOCH_SECONDS: u64 = 3600;
 
-/// A device's name on the relay.
+/// A device's name on the relay: the first 8 bytes of its static key. It never appears in
+/// clear in an envelope (see the module's notes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShortId(pub [u8; 8]);
 
@@ -37,6 +50,11 @@ impl ShortId {
         id.copy_from_slice(&key.as_bytes()[..8]);
         ShortId(id)
     }
+}
+
+/// The id epoch of a wall-clock time (Unix seconds).
+pub fn epoch_of(unix_seconds: u64) -> u64 {
+    unix_seconds / ID_EPOCH_SECONDS
 }
 
 /// The MAC key of one hop, the same from both ends.
@@ -53,11 +71,35 @@ impl HopKey {
         HopKey(hasher.finalize().into())
     }
 
-    fn tag(&self, envelope: &[u8]) -> [u8; TAG_LEN] {
+    /// The sender id of this hop in `epoch`.
+    pub fn id(&self, epoch: u64) -> ShortId {
+        let digest = self.derive(b"cloudpal/relay-id/v1", epoch);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        ShortId(id)
+    }
+
+    /// The keystream that masks the destination of envelope `counter` on this hop.
+    fn mask(&self, counter: u64) -> [u8; 8] {
+        let digest = self.derive(b"cloudpal/relay-destination/v1", counter);
+        let mut mask = [0u8; 8];
+        mask.copy_from_slice(&digest[..8]);
+        mask
+    }
+
+    fn derive(&self, label: &[u8], value: u64) -> [u8; 32] {
+        let mut hasher = Blake2s256::new();
+        hasher.update(label);
+        hasher.update(self.0);
+        hasher.update(value.to_be_bytes());
+        hasher.finalize().into()
+    }
+
+    fn mac(&self, envelope: &[u8]) -> Blake2sMac<U16> {
         let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(&self.0).expect("32-byte key fits BLAKE2s");
         mac.update(&envelope[..TAG_AT]);
         mac.update(&envelope[RELAY_HEADER_LEN..]);
-        mac.finalize().into_bytes().into()
+        mac
     }
 }
 
@@ -67,11 +109,20 @@ impl core::fmt::Debug for HopKey {
     }
 }
 
-/// The fields of a well-formed envelope (its tag not yet checked).
+/// The fields of a well-formed envelope (its tag not yet checked, its destination masked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Envelope {
-    pub destination: ShortId,
+pub struct Header {
     pub sender: ShortId,
+    masked_destination: [u8; 8],
+    pub counter: u64,
+}
+
+impl Header {
+    /// The destination, unmasked with the key of the hop it arrived on.
+    pub fn destination(&self, key: &HopKey) -> ShortId {
+        let mask = key.mask(self.counter);
+        ShortId(std::array::from_fn(|i| self.masked_destination[i] ^ mask[i]))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -88,41 +139,39 @@ pub fn is_envelope(datagram: &[u8]) -> bool {
 }
 
 /// Reads the header of an envelope.
-pub fn parse(datagram: &[u8]) -> Result<Envelope, EnvelopeError> {
-    if datagram.len() < MIN_ENVELOPE_LEN || !is_envelope(datagram) || datagram[1..4] != [0, 0, 0] {
+pub fn parse(datagram: &[u8]) -> Result<Header, EnvelopeError> {
+    if datagram.len() < MIN_ENVELOPE_LEN || !is_envelope(datagram) || datagram[1..SENDER_AT] != [0, 0, 0] {
         return Err(EnvelopeError::Malformed);
     }
-    let id = |at: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&datagram[at..at + 8]);
-        ShortId(bytes)
-    };
-    Ok(Envelope { destination: id(4), sender: id(12) })
+    let field = |at: usize| -> [u8; 8] { datagram[at..at + 8].try_into().unwrap_or_default() };
+    Ok(Header { sender: ShortId(field(SENDER_AT)), masked_destination: field(DESTINATION_AT), counter: u64::from_be_bytes(field(COUNTER_AT)) })
 }
 
 /// Checks the tag with the hop's key (constant time).
 pub fn verify(datagram: &[u8], key: &HopKey) -> Result<(), EnvelopeError> {
     parse(datagram)?;
-    let mut mac = <Blake2sMac<U16> as KeyInit>::new_from_slice(&key.0).expect("32-byte key fits BLAKE2s");
-    mac.update(&datagram[..TAG_AT]);
-    mac.update(&datagram[RELAY_HEADER_LEN..]);
-    mac.verify_slice(&datagram[TAG_AT..RELAY_HEADER_LEN]).map_err(|_| EnvelopeError::BadTag)
+    key.mac(datagram).verify_slice(&datagram[TAG_AT..RELAY_HEADER_LEN]).map_err(|_| EnvelopeError::BadTag)
 }
 
-/// Writes the header in front of the inner message already at `buffer[RELAY_HEADER_LEN..]`
-/// and tags the whole with the hop's key.
-pub fn seal(buffer: &mut [u8], envelope: Envelope, key: &HopKey) {
+/// Writes the header in front of the inner message already at `buffer[RELAY_HEADER_LEN..]`:
+/// this hop's sender id for `epoch`, `destination` masked (none on the relay's last hop: the
+/// destination is whoever holds the hop key), envelope number `counter`; then tags the whole.
+pub fn seal(buffer: &mut [u8], destination: Option<ShortId>, counter: u64, epoch: u64, key: &HopKey) {
     buffer[0] = KIND_RELAY_ENVELOPE;
-    buffer[1..4].fill(0);
-    buffer[4..12].copy_from_slice(&envelope.destination.0);
-    buffer[12..20].copy_from_slice(&envelope.sender.0);
-    let tag = key.tag(buffer);
-    buffer[TAG_AT..RELAY_HEADER_LEN].copy_from_slice(&tag);
+    buffer[1..SENDER_AT].fill(0);
+    buffer[SENDER_AT..DESTINATION_AT].copy_from_slice(&key.id(epoch).0);
+    let mask = key.mask(counter);
+    let destination = destination.map_or([0; 8], |d| d.0);
+    for i in 0..8 {
+        buffer[DESTINATION_AT + i] = destination[i] ^ mask[i];
+    }
+    buffer[COUNTER_AT..TAG_AT].copy_from_slice(&counter.to_be_bytes());
+    retag(buffer, key);
 }
 
-/// Re-tags an envelope for its next hop (the relay forwarding it), header otherwise kept.
+/// Re-tags an envelope with its header as it is (a tampering relay in tests).
 pub fn retag(buffer: &mut [u8], key: &HopKey) {
-    let tag = key.tag(buffer);
+    let tag: [u8; TAG_LEN] = key.mac(buffer).finalize().into_bytes().into();
     buffer[TAG_AT..RELAY_HEADER_LEN].copy_from_slice(&tag);
 }
 
@@ -134,10 +183,10 @@ mod tests {
         (StaticSecret::from_bytes([1; 32]), StaticSecret::from_bytes([2; 32]))
     }
 
-    fn envelope(inner: &[u8], key: &HopKey) -> Vec<u8> {
+    fn envelope(inner: &[u8], key: &HopKey, counter: u64) -> Vec<u8> {
         let mut buffer = vec![0u8; RELAY_HEADER_LEN + inner.len()];
         buffer[RELAY_HEADER_LEN..].copy_from_slice(inner);
-        seal(&mut buffer, Envelope { destination: ShortId([7; 8]), sender: ShortId([9; 8]) }, key);
+        seal(&mut buffer, Some(ShortId([7; 8])), counter, 5, key);
         buffer
     }
 
@@ -148,22 +197,49 @@ mod tests {
         let ab = HopKey::between(&a, &b.public_key());
         let ba = HopKey::between(&b, &a.public_key());
         let cb = HopKey::between(&c, &b.public_key());
-        let sealed = envelope(&[4; 64], &ab);
+        let sealed = envelope(&[4; 64], &ab, 9);
         assert_eq!(verify(&sealed, &ba), Ok(()));
         assert_eq!(verify(&sealed, &cb), Err(EnvelopeError::BadTag));
-        assert_eq!(parse(&sealed), Ok(Envelope { destination: ShortId([7; 8]), sender: ShortId([9; 8]) }));
+        let header = parse(&sealed).expect("parses");
+        assert_eq!((header.sender, header.counter), (ba.id(5), 9));
+        assert_eq!(header.destination(&ba), ShortId([7; 8]));
+        assert_ne!(header.destination(&cb), ShortId([7; 8]), "only the hop's ends unmask it");
     }
 
     #[test]
     fn any_changed_byte_fails_the_tag() {
         let (a, b) = keys();
         let key = HopKey::between(&a, &b.public_key());
-        let sealed = envelope(&[4; 48], &key);
+        let sealed = envelope(&[4; 48], &key, 1);
         for at in 0..sealed.len() {
             let mut altered = sealed.clone();
             altered[at] ^= 0x01;
             assert!(verify(&altered, &key).is_err(), "byte {at} changed unnoticed");
         }
+    }
+
+    /// DP-17: nothing in an envelope's header stays the same from one envelope to the next
+    /// but the hourly sender id, and no 8-byte prefix of a static key appears in clear.
+    #[test]
+    fn dp17_headers_name_no_device_in_clear() {
+        let (a, b) = keys();
+        let key = HopKey::between(&a, &b.public_key());
+        let destination = ShortId::of(&StaticSecret::from_bytes([4; 32]).public_key());
+        let sealed: Vec<Vec<u8>> = (0..4)
+            .map(|counter| {
+                let mut buffer = vec![0u8; RELAY_HEADER_LEN + 32];
+                seal(&mut buffer, Some(destination), 1000 + counter, 7, &key);
+                buffer
+            })
+            .collect();
+        let fields: std::collections::BTreeSet<&[u8]> = sealed.iter().map(|s| &s[DESTINATION_AT..COUNTER_AT]).collect();
+        assert_eq!(fields.len(), 4, "the destination field differs in every envelope");
+        for header in &sealed {
+            for key in [a.public_key(), b.public_key(), StaticSecret::from_bytes([4; 32]).public_key()] {
+                assert!(!header[..RELAY_HEADER_LEN].windows(8).any(|w| w == &key.as_bytes()[..8]), "a key prefix in clear");
+            }
+        }
+        assert_ne!(key.id(7), key.id(8), "the sender id changes every epoch");
     }
 
     #[test]
@@ -172,7 +248,7 @@ mod tests {
         let c = StaticSecret::from_bytes([3; 32]);
         let first = HopKey::between(&a, &b.public_key());
         let second = HopKey::between(&b, &c.public_key());
-        let mut sealed = envelope(&[4; 48], &first);
+        let mut sealed = envelope(&[4; 48], &first, 1);
         retag(&mut sealed, &second);
         assert_eq!(verify(&sealed, &HopKey::between(&c, &b.public_key())), Ok(()));
         assert!(verify(&sealed, &first).is_err());

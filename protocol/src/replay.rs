@@ -57,6 +57,11 @@ impl ReplayWindow {
         Ok(())
     }
 
+    /// Whether `counter` is newer than every counter accepted so far.
+    pub fn is_newest(&self, counter: u64) -> bool {
+        !self.any_seen || counter > self.last
+    }
+
     /// Records `counter` as received, moving the window forward if it is the newest. Call only
     /// after the packet authenticated. Returns the same verdict as [`Self::check`] would have.
     pub fn accept(&mut self, counter: u64) -> Result<(), ReplayError> {

@@ -246,12 +246,12 @@ pub const fn padded_len(len: usize, mtu: usize) -> usize {
 }
 
 /// The overlay MTU: a full packet fits a 1500-byte underlay link even in the worst case, relayed
-/// over IPv6 — 40 (IPv6) + 8 (UDP) + 36 (relay envelope) + 32 (data overhead) + 1384 = 1500 —
+/// over IPv6 — 40 (IPv6) + 8 (UDP) + 44 (relay envelope) + 32 (data overhead) + 1376 = 1500 —
 /// so nothing is ever fragmented on the way (many NATs and firewalls drop fragments).
 /// WireGuard's 1420 leaves no room for the relay envelope.
 pub const DEFAULT_MTU: usize = 1500 - 40 - 8 - RELAY_HEADER_LEN - DATA_OVERHEAD;
-/// A relay envelope's header: kind, destination and source short ids, tag (see `relay`).
-pub const RELAY_HEADER_LEN: usize = 36;
+/// A relay envelope's header: kind, sender id, masked destination, counter, tag (see `relay`).
+pub const RELAY_HEADER_LEN: usize = 44;
 
 /// The length of the IP packet at the start of a decrypted, padded plaintext, read from its
 /// header; `None` if the plaintext does not start with a complete IPv4 or IPv6 packet.

@@ -39,6 +39,8 @@ struct Net {
     tamper: Option<Tamper>,
     /// Forwarded envelopes, as they left the relay.
     forwarded: Vec<Vec<u8>>,
+    /// Envelopes members sent to the relay, as they left the member.
+    to_relay: Vec<Vec<u8>>,
     delivered: Vec<Vec<Vec<u8>>>,
     errors: Vec<Vec<Error>>,
 }
@@ -92,6 +94,7 @@ impl Net {
             direct: false,
             tamper: None,
             forwarded: Vec::new(),
+            to_relay: Vec::new(),
             delivered: vec![Vec::new(); 3],
             errors: vec![Vec::new(); 3],
         }
@@ -102,6 +105,9 @@ impl Net {
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, bytes: Vec<u8>) {
+        if from != R && to == self.addresses[R] && relay::is_envelope(&bytes) {
+            self.to_relay.push(bytes.clone());
+        }
         let link_ok = match (from, self.index_of(to)) {
             (A, Some(B)) | (B, Some(A)) => self.direct,
             _ => true,
@@ -330,12 +336,13 @@ fn rl03_a_non_member_cannot_use_the_relay() {
     let genuine = net.forwarded.last().expect("forwarded").clone();
     let refused_before = net.devices[R].stats().relay_refused;
     let forwarded_before = net.devices[R].stats().relay_forwarded;
-    // An outsider claims to be A (A's short id), but cannot make A's tag.
-    let mut forged = genuine.clone();
-    forged[20..36].fill(0x55);
+    // An outsider claims to be A (A's sender id), but cannot make A's tag.
+    let mut forged = net.to_relay.last().expect("A's envelope").clone();
+    forged[20..28].copy_from_slice(&u64::MAX.to_be_bytes());
+    forged[28..44].fill(0x55);
     // An outsider with its own id, unknown to the relay.
     let mut stranger = genuine;
-    stranger[12..20].fill(0x77);
+    stranger[4..12].fill(0x77);
     let relay = net.addresses[R];
     for bytes in [forged, stranger] {
         net.in_flight.push_back(Datagram { at: net.now, from: "192.0.2.99:1".parse().expect("addr"), to: relay, bytes });
@@ -360,4 +367,49 @@ fn members_over_their_relay_quota_are_dropped() {
     // The budget refills: later traffic flows again.
     net.run_for(Duration::from_secs(1));
     assert!(net.a_to_b(b"later"));
+}
+
+/// Issue #12: a captured envelope replayed from elsewhere (the relay hop has no other
+/// protection against it) is neither forwarded again nor allowed to move the sender's endpoint
+/// at CloudPal, and costs the sender none of its quota.
+#[test]
+fn dp14_a_replayed_envelope_neither_moves_the_sender_nor_is_forwarded() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"captured"));
+    let captured = net.to_relay.last().expect("an envelope to the relay").clone();
+    let forwarded_before = net.devices[R].stats().relay_forwarded;
+    let attacker: SocketAddr = "192.0.2.66:4444".parse().expect("addr");
+    for _ in 0..3 {
+        net.in_flight.push_back(Datagram { at: net.now, from: attacker, to: net.addresses[R], bytes: captured.clone() });
+    }
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.devices[R].stats().relay_forwarded, forwarded_before, "a replay was forwarded");
+    assert_eq!(net.devices[R].stats().relay_replayed, 3);
+    assert_eq!(net.devices[R].peer_endpoint(&net.keys[A]), Some(net.addresses[A]), "a replay moved A's endpoint at CloudPal");
+    // A, still where it was, keeps getting through, both ways.
+    assert!(net.a_to_b(b"after the replay"));
+    net.send_ip(B, A, b"reply");
+    net.run_for(Duration::from_millis(50));
+    assert!(net.delivered[A].iter().any(|p| p.ends_with(b"reply")));
+}
+
+/// An envelope that arrives late from an old address (reordered behind a newer one, say
+/// after a roam) is still forwarded, but the sender's endpoint stays where the newest came from.
+#[test]
+fn only_the_newest_envelope_moves_an_endpoint() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"warm up"));
+    net.send_ip(A, B, b"late");
+    let relay = net.addresses[R];
+    let position = net.in_flight.iter().rposition(|d| d.to == relay).expect("in flight to the relay");
+    let late = net.in_flight.remove(position).expect("present");
+    assert!(net.a_to_b(b"newer"));
+    let forwarded_before = net.devices[R].stats().relay_forwarded;
+    let old_address: SocketAddr = "192.0.2.77:41641".parse().expect("addr");
+    net.in_flight.push_back(Datagram { at: net.now, from: old_address, to: relay, bytes: late.bytes });
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.devices[R].stats().relay_forwarded, forwarded_before + 1, "a late envelope still goes on");
+    assert_eq!(net.devices[R].peer_endpoint(&net.keys[A]), Some(net.addresses[A]), "but does not move A");
 }
