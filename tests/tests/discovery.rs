@@ -41,9 +41,10 @@ enum Step {
     Get(kad::RecordKey),
 }
 
-/// A Kademlia client speaking the network's DHT protocol from `namespace`, talking only to
+/// A Kademlia client that knows the network id (so it can name the DHT's protocol; an outsider
+/// cannot) speaking it from `namespace`, talking only to
 /// `nodes`; runs `steps` in order, returning what each `Get` found.
-fn rogue_dht(namespace: &str, nodes: Vec<(PeerId, Multiaddr)>, steps: Vec<Step>) -> Vec<Vec<Vec<u8>>> {
+fn rogue_dht(namespace: &str, network: membership::NetworkId, nodes: Vec<(PeerId, Multiaddr)>, steps: Vec<Step>) -> Vec<Vec<Vec<u8>>> {
     let namespace = namespace.to_owned();
     std::thread::spawn(move || {
         tests::enter_namespace(&namespace);
@@ -51,7 +52,7 @@ fn rogue_dht(namespace: &str, nodes: Vec<(PeerId, Multiaddr)>, steps: Vec<Step>)
         runtime.block_on(async move {
             let mut swarm = node::p2p::build(&[0x77; 32], |key, _relay| {
                 let peer = key.public().to_peer_id();
-                let mut config = kad::Config::new(node::p2p::KAD_PROTOCOL);
+                let mut config = kad::Config::new(node::p2p::kad_protocol(&network));
                 config.set_query_timeout(Duration::from_secs(5));
                 let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), config);
                 kad.set_mode(Some(kad::Mode::Client));
@@ -147,6 +148,7 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     let (desktop_key, desktop_value) = node::control::presence::publish(&network, &desktop_signer, &peer_of(net.node("desktop")), &[desktop_address], seq, now());
     let found = rogue_dht(
         &attacker_ns.name,
+        network,
         dht_nodes.clone(),
         vec![
             Step::Put(spoofed),
@@ -172,7 +174,7 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     let phone_address: Multiaddr = format!("/ip4/{}/tcp/41641", net.node("phone").address).parse().expect("multiaddr");
     let seq = seq + 60_000;
     let (key, value) = node::control::presence::publish(&network, &signer_of(net.node("phone")), &peer_of(net.node("phone")), &[trap, phone_address], seq, now());
-    rogue_dht(&attacker_ns.name, dht_nodes, vec![Step::Put(vec![record(key, value)])]);
+    rogue_dht(&attacker_ns.name, network, dht_nodes, vec![Step::Put(vec![record(key, value)])]);
     let lured = wait_until(Duration::from_secs(12), || listener.accept().is_ok());
     assert!(lured, "the signed record was not acted on (the laptop never dialled its first address): {}", net.node("laptop").log());
     net.node_mut("phone").up();

@@ -101,7 +101,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     );
     device.set_relay_server(options.cloudpal);
     let gate = Gate::default();
-    let mut swarm = p2p::build(&identity.libp2p, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, &gate))?;
+    let mut swarm = p2p::build(&identity.libp2p, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, &gate, &network))?;
     let tcp_address = crate::control::addr::socket_multiaddr(options.listen, false);
     let quic_address = crate::control::addr::socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
     swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;

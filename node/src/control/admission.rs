@@ -14,7 +14,7 @@ use std::time::Duration;
 pub const NOT_A_MEMBER: &str = "not a member of this network";
 /// How long a connected peer has to prove membership (a Hello binding) or a usable invite
 /// before it is disconnected: outsiders get no lasting connection to query the DHT over.
-pub const PROVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+pub const PROVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Invite attempts per source: a burst (a join takes one per log batch), then one per interval.
 pub const INVITE_ATTEMPT_BURST: u32 = 10;
 pub const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
@@ -53,6 +53,17 @@ pub fn sign_invite_proof(secret: &DeviceSigningKey, invite: &EntryHash, network:
     InviteProof { invite: invite.0.into(), signature: (*secret.sign(&invite_proof_message(network, peer)).as_bytes()).into() }
 }
 
+/// What a Hello says, borrowed from the request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hello<'a> {
+    pub binding: &'a Binding,
+    pub data_port: u16,
+    pub summary: &'a [u8],
+    pub candidates: &'a [String],
+    pub relay: bool,
+    pub listen: &'a [String],
+}
+
 impl Core {
     pub(super) fn hello_request(&self) -> messages::Request {
         messages::Request::Hello {
@@ -61,17 +72,19 @@ impl Core {
             summary: self.summary().into(),
             candidates: self.own_candidates(),
             relay: self.cloudpal,
+            listen: self.own_listen_addresses(),
         }
     }
 
     /// A peer greets us: if it proves to be a member, learn where it is and answer in kind.
-    pub(super) fn on_hello(&mut self, peer: PeerId, binding: &Binding, data_port: u16, summary: &[u8], candidates: &[String], relay: bool) -> Response {
+    pub(super) fn on_hello(&mut self, peer: PeerId, hello: Hello<'_>) -> Response {
+        let Hello { binding, data_port, summary, candidates, relay, listen } = hello;
         let device = match self.verify_signed_binding(&peer, binding) {
             Some((device, DeviceStatus::Active)) => device,
             Some((_, DeviceStatus::Revoked)) => return Response::Revoked,
             None => return messages::refused(NOT_A_MEMBER),
         };
-        self.learn_peer(peer, device, data_port);
+        self.learn_peer(peer, device, data_port, listen);
         self.learn_candidates(device, candidates, relay);
         if relay && self.relay.is_some_and(|(relay, _)| relay == device) {
             self.listen_via_relay(peer, data_port);
@@ -84,6 +97,7 @@ impl Core {
             peers: self.known_peers(),
             candidates: self.own_candidates(),
             relay: self.cloudpal,
+            listen: self.own_listen_addresses(),
         }
     }
 

@@ -6,6 +6,7 @@ use super::{Action, Core, REVOKED};
 use crate::dataplane::commands::DataCommand;
 use libp2p::PeerId;
 use membership::DeviceStatus;
+use libp2p::Multiaddr;
 use protocol::{DeviceId, IpPrefix, PeerConfig};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -100,14 +101,14 @@ impl Core {
     }
 
     /// A peer proved to be member `device`: where its data plane listens, and (now that it is
-    /// known to be a member) its addresses go to Kademlia.
-    pub(super) fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16) {
+    /// known to be a member) its control-plane addresses go to Kademlia.
+    pub(super) fn learn_peer(&mut self, peer: PeerId, device: DeviceId, data_port: u16, listen: &[String]) {
         self.by_peer.insert(peer, device);
         self.unproven.remove(&peer);
         // Proven: redialled through its reach from now on, not as a reported candidate.
         self.candidates.remove(&peer);
         self.share_members();
-        self.admit_to_dht(peer);
+        self.admit_to_dht(peer, device, listen);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
         let reach = self.reach.entry(device).or_default();
         reach.peer_id = Some(peer);
@@ -122,15 +123,33 @@ impl Core {
         }
     }
 
-    /// Feeds a verified member's identify addresses to Kademlia (members only: the routing
-    /// table is how others find us, so outsiders stay out of it).
-    pub(super) fn admit_to_dht(&mut self, peer: PeerId) {
-        let Some(addresses) = self.identified.remove(&peer) else { return };
+    /// Feeds a verified member's listen addresses (from its Hello) to Kademlia and to its
+    /// reach (members only: the routing table is how others find us, so outsiders stay out).
+    fn admit_to_dht(&mut self, peer: PeerId, device: DeviceId, listen: &[String]) {
+        let addresses: Vec<Multiaddr> = listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .filter(crate::control::addr::is_dialable)
+            .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
+            .collect();
+        let known = &mut self.reach.entry(device).or_default().multiaddrs;
         for address in &addresses {
-            self.push(Action::KadAddAddress { peer, address: address.clone() });
+            if known.len() < super::discovery::MAX_CANDIDATE_ADDRESSES {
+                known.insert(address.clone());
+            }
         }
-        if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
-            reach.multiaddrs.extend(addresses);
+        for address in addresses {
+            self.push(Action::KadAddAddress { peer, address });
         }
+    }
+
+    /// Our own control-plane addresses worth handing to members.
+    pub(super) fn own_listen_addresses(&self) -> Vec<String> {
+        self.listen_addrs
+            .iter()
+            .filter(|a| crate::control::addr::is_dialable(a))
+            .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
+            .map(ToString::to_string)
+            .collect()
     }
 }

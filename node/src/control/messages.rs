@@ -68,6 +68,10 @@ pub enum Request {
         /// The sender does relay duty (CloudPal).
         #[n(4)]
         relay: bool,
+        /// Where the sender's control plane listens (multiaddrs): members learn it here, and
+        /// only members (there is no identify protocol for outsiders to ask).
+        #[cbor(n(5), default)]
+        listen: Vec<String>,
     },
     /// Send me what my summary lacks (one batch per request). Members show a binding; a
     /// joining device shows an invite proof instead.
@@ -126,6 +130,8 @@ pub enum Response {
         candidates: Vec<String>,
         #[n(5)]
         relay: bool,
+        #[cbor(n(6), default)]
+        listen: Vec<String>,
     },
     /// A batch of entries, and whether more follow for the same summary.
     #[n(1)]

@@ -1,7 +1,7 @@
 //! The sans-IO control core: everything a node decides on the control plane, with no swarm, no
 //! sockets, no tokio and no clock reads (quinn's and Firezone connlib's shape).
 //!
-//! Inputs are `handle_*(…, time)` calls — connection and identify news, control requests and
+//! Inputs are `handle_*(…, time)` calls — connection news, control requests and
 //! responses from peers, DHT records, the data plane's view, local admin requests, timeouts —
 //! and outputs are [`Action`]s taken with [`Core::poll_action`] plus the deadline of
 //! [`Core::poll_timeout`]. The driver in [`crate::p2p`] maps libp2p's `SwarmEvent`s to inputs
@@ -171,10 +171,6 @@ pub struct Core {
     /// Every control connection and whether it is relayed.
     control_links: HashMap<ConnectionId, (PeerId, bool)>,
     connection_ips: HashMap<PeerId, IpAddr>,
-    /// Identify's listen addresses of connected peers whose Hello binding has not verified
-    /// yet: identify often answers first, and its addresses must reach Kademlia once the peer
-    /// proves it is a member (identify sends them only once per connection).
-    identified: HashMap<PeerId, Vec<Multiaddr>>,
 
     // Members.
     reach: BTreeMap<DeviceId, Reach>,
@@ -254,7 +250,6 @@ impl Core {
             connections: HashMap::new(),
             control_links: HashMap::new(),
             connection_ips: HashMap::new(),
-            identified: HashMap::new(),
             reach: BTreeMap::new(),
             by_peer: HashMap::new(),
             said_revoked: false,
@@ -360,23 +355,12 @@ impl Core {
         if remaining.unwrap_or(0) == 0 {
             // Nothing per connection outlives the peer's last connection.
             self.connections.remove(&peer);
-            self.identified.remove(&peer);
             self.connection_ips.remove(&peer);
             self.revocation_checks.remove(&peer);
             self.unproven.remove(&peer);
             if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                 reach.connected = false;
             }
-        }
-    }
-
-    /// Identify's listen addresses of `peer`.
-    pub fn handle_identify(&mut self, peer: PeerId, listen_addrs: Vec<Multiaddr>) {
-        let addresses: Vec<Multiaddr> =
-            listen_addrs.into_iter().filter(crate::control::addr::is_dialable).take(discovery::MAX_CANDIDATE_ADDRESSES).collect();
-        self.identified.insert(peer, addresses);
-        if self.by_peer.contains_key(&peer) {
-            self.admit_to_dht(peer);
         }
     }
 
@@ -400,8 +384,8 @@ impl Core {
     pub fn handle_request(&mut self, peer: PeerId, request: Request, time: Time) -> Response {
         self.last_now = self.last_now.max(time.now);
         match request {
-            Request::Hello { binding, data_port, summary, candidates, relay } => {
-                self.on_hello(peer, &binding, data_port, &summary, &candidates, relay)
+            Request::Hello { binding, data_port, summary, candidates, relay, listen } => {
+                self.on_hello(peer, admission::Hello { binding: &binding, data_port, summary: &summary, candidates: &candidates, relay, listen: &listen })
             }
             Request::Deliver { .. } => messages::refused("this device already belongs to a network"),
             Request::Paths { candidates } => {
@@ -426,9 +410,9 @@ impl Core {
     pub fn handle_response(&mut self, peer: PeerId, response: Response, time: Time) {
         self.last_now = self.last_now.max(time.now);
         match response {
-            Response::Hello { binding, data_port, summary, peers, candidates, relay } => {
+            Response::Hello { binding, data_port, summary, peers, candidates, relay, listen } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
-                self.learn_peer(peer, device, data_port);
+                self.learn_peer(peer, device, data_port, &listen);
                 self.learn_candidates(device, &candidates, relay);
                 if relay && self.relay.is_some_and(|(relay, _)| relay == device) {
                     self.listen_via_relay(peer, data_port);

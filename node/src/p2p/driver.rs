@@ -8,7 +8,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::kad::store::RecordStore as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Swarm, dcutr, identify, kad, ping, request_response};
+use libp2p::{Swarm, dcutr, kad, ping, request_response};
 
 #[derive(Debug, Default)]
 pub struct Driver {
@@ -40,9 +40,6 @@ impl Driver {
                 }, time);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => core.handle_connection_closed(peer_id, connection_id),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                core.handle_identify(peer_id, info.listen_addrs);
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { record: Some(mut record), .. },
             })) => {

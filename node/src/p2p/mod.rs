@@ -10,13 +10,25 @@ use anyhow::{Context, Result};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, identity, kad, noise, ping, relay, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identity, kad, noise, ping, relay, tcp, yamux};
+use membership::NetworkId;
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// The network's own Kademlia DHT (not the public IPFS one).
-pub const KAD_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/cloudpal/kad/1.0.0");
+/// The network's own Kademlia DHT (not the public IPFS one), under a protocol name only
+/// members can compute: an outsider who connects cannot even open a DHT stream, so it can
+/// neither list members nor read records (issue #12). There is no identify protocol either
+/// (members exchange addresses in their Hello), so nothing names the protocol to outsiders.
+pub fn kad_protocol(network: &NetworkId) -> libp2p::StreamProtocol {
+    use blake2::{Blake2s256, Digest};
+    let mut hasher = Blake2s256::new();
+    hasher.update(b"cloudpal/kad-protocol/v1");
+    hasher.update(network.0);
+    let digest = hasher.finalize();
+    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    libp2p::StreamProtocol::try_from_owned(format!("/cloudpal/kad/{name}/1.0.0")).expect("a valid protocol name")
+}
 /// Tail latency under churn is set by the per-query timeout, not hop count.
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -26,7 +38,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[allow(missing_debug_implementations)] // libp2p's behaviours have no Debug
 pub struct Behaviour {
     pub control: request_response::Behaviour<codec::Codec>,
-    pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// CloudPal relays control connections between members that cannot reach each other
@@ -81,9 +92,9 @@ pub fn build<B: NetworkBehaviour>(seed: &[u8; 32], make: impl FnOnce(&identity::
 }
 
 /// A member node's behaviour; `cloudpal` adds relay duty behind the members-only `gate`.
-pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Behaviour, cloudpal: bool, gate: &Gate) -> Behaviour {
+pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Behaviour, cloudpal: bool, gate: &Gate, network: &NetworkId) -> Behaviour {
     let peer = key.public().to_peer_id();
-    let mut config = kad::Config::new(KAD_PROTOCOL);
+    let mut config = kad::Config::new(kad_protocol(network));
     config.set_query_timeout(KAD_QUERY_TIMEOUT);
     // Nothing is stored unseen: a record put to us is checked first (DHT-01), and provider
     // records, which nobody signs, are never stored at all.
@@ -112,7 +123,6 @@ pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Beha
     });
     Behaviour {
         control: control_behaviour(),
-        identify: identify::Behaviour::new(identify::Config::new("/cloudpal/1".into(), key.public()).with_push_listen_addr_updates(true)),
         ping: ping::Behaviour::new(ping::Config::new()),
         kad,
         relay: relay.into(),

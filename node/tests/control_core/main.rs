@@ -99,8 +99,7 @@ fn an_outsider_is_refused_and_never_reaches_the_dht() {
     let (other, other_members) = network(99, &[("stranger", Role::Admin)]);
     let outsider = peer_of(200);
     let binding = node::control::admission::sign_binding(&other_members[0].key, &other.log.network(), &outsider);
-    sim.nodes[0].core.handle_identify(outsider, vec!["/ip4/203.0.113.5/tcp/41641".parse().expect("addr")]);
-    let hello = Request::Hello { binding, data_port: 1, summary: vec![].into(), candidates: vec![], relay: false };
+    let hello = Request::Hello { binding, data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec!["/ip4/203.0.113.5/tcp/41641".into()] };
     let response = sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 5), 0, hello);
     assert_eq!(refusal(&response), "not a member of this network");
     assert!(!sim.nodes[0].core.member_peers().contains_key(&outsider));
@@ -110,20 +109,21 @@ fn an_outsider_is_refused_and_never_reaches_the_dht() {
 }
 
 #[test]
-fn identify_addresses_reach_the_dht_only_once_the_hello_verifies() {
+fn listen_addresses_travel_in_the_hello_and_only_a_members_reach_the_dht() {
     let (network, members) = network(3, &[("laptop", Role::Admin), ("phone", Role::Member)]);
     let mut sim = Sim::new();
     sim.add(&members[0], &network.log, false);
     sim.add(&members[1], &network.log, false);
     let phone = sim.nodes[1].peer;
-    let address: libp2p::Multiaddr = "/ip4/192.0.2.2/tcp/41641".parse().expect("addr");
-    // Identify first (it often answers before the Hello): held back.
-    sim.nodes[0].core.handle_identify(phone, vec![address.clone(), "/ip4/127.0.0.1/tcp/41641".parse().expect("addr")]);
-    sim.settle();
-    assert!(sim.nodes[0].kad_addresses.is_empty());
+    sim.nodes[1].core.handle_new_listen_addr("/ip4/127.0.0.1/tcp/41641".parse().expect("addr"));
     sim.connect(1, 0);
     sim.settle();
-    assert_eq!(sim.nodes[0].kad_addresses, vec![(phone, address)], "only the dialable address, only after the Hello");
+    let phone_address = sim.nodes[1].address();
+    assert_eq!(sim.nodes[0].kad_addresses, vec![(phone, phone_address.clone())], "only the dialable address, only after the Hello verified");
+    let laptop = sim.nodes[0].peer;
+    assert_eq!(sim.nodes[1].kad_addresses, vec![(laptop, sim.nodes[0].address())], "and the answer carries the laptop's");
+    let id = sim.nodes[1].key.public_key().device_id();
+    assert!(sim.nodes[0].core.reach(&id).expect("reach").multiaddrs.contains(&phone_address));
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn a_revoked_device_gets_revoked_for_a_hello_and_nothing_else() {
     let car_key = &sim.nodes[1].key.clone();
     let imposter = peer_of(230);
     let binding = node::control::admission::sign_binding(car_key, &network.log.network(), &imposter);
-    let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false };
+    let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec![] };
     assert_eq!(sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, hello), Response::Revoked);
     let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()] };
     assert_eq!(refusal(&sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, paths)), "not a member of this network");
@@ -474,7 +474,6 @@ fn only_an_admin_invites_adds_and_revokes() {
 fn the_peer_cache_is_written_only_when_it_changes() {
     let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
     let phone = sim.nodes[1].peer;
-    sim.nodes[0].core.handle_identify(phone, vec!["/ip4/192.0.2.2/tcp/41641".parse().expect("addr")]);
     sim.run_for(Duration::from_secs(30));
     let writes = &sim.nodes[0].cached;
     assert_eq!(writes.len(), 1, "{writes:?}");
@@ -622,7 +621,7 @@ fn an_outsider_is_disconnected_unless_it_proves_membership_or_an_invite() {
     let hello = Request::Announce { summary: vec![].into() };
     sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 50), 0, hello);
     assert!(matches!(sim.ask_as(joiner, Ipv4Addr::new(198, 51, 100, 51), 0, invite_sync(&sim, &code, &joiner, &code.secret)), Response::Entries { .. }));
-    sim.run_for(Duration::from_secs(9));
+    sim.run_for(Duration::from_secs(4));
     assert!(sim.nodes[0].disconnected.is_empty(), "not before the grace");
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.nodes[0].disconnected, vec![outsider], "the outsider is closed; the joiner and the member stay");
