@@ -84,6 +84,20 @@ pub enum Operation {
     Join { invite: EntryHash, invite_key: DevicePublicKey, device: DeviceRecord },
     RevokeDevice { device: DeviceId },
     SetPolicy { policy: Policy },
+    /// Mixes fresh randomness into the network secret (see [`crate::State::secret`]). An admin
+    /// appends one right after each revocation, as its child: a revoked device is served the
+    /// log only up to its revocation, so it never learns the secret that follows.
+    RotateSecret { secret: RotationSecret },
+}
+
+/// The randomness of a [`Operation::RotateSecret`]; redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RotationSecret(pub [u8; 32]);
+
+impl core::fmt::Debug for RotationSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RotationSecret(<redacted>)")
+    }
 }
 
 /// What an entry's signatures cover.
@@ -268,6 +282,7 @@ const OP_INVITE: u64 = 2;
 const OP_JOIN: u64 = 3;
 const OP_REVOKE_DEVICE: u64 = 4;
 const OP_SET_POLICY: u64 = 5;
+const OP_ROTATE_SECRET: u64 = 6;
 
 pub(crate) fn encode_contents(contents: &EntryContents) -> Vec<u8> {
     let mut w = Writer::new();
@@ -320,6 +335,11 @@ pub(crate) fn encode_contents(contents: &EntryContents) -> Vec<u8> {
             w.u64(OP_SET_POLICY);
             policy.encode(&mut w);
         }
+        Operation::RotateSecret { secret } => {
+            w.array(2);
+            w.u64(OP_ROTATE_SECRET);
+            w.bytes(&secret.0);
+        }
     }
     w.finish()
 }
@@ -360,7 +380,8 @@ fn decode_contents(bytes: &[u8]) -> Result<EntryContents, EntryError> {
         },
         (OP_REVOKE_DEVICE, 2) => Operation::RevokeDevice { device: DeviceId::from_bytes(r.fixed_bytes::<16>()?) },
         (OP_SET_POLICY, 2) => Operation::SetPolicy { policy: Policy::decode(&mut r)? },
-        (OP_GENESIS..=OP_SET_POLICY, _) => return Err(cbor::CborError::UnexpectedLength.into()),
+        (OP_ROTATE_SECRET, 2) => Operation::RotateSecret { secret: RotationSecret(r.fixed_bytes::<32>()?) },
+        (OP_GENESIS..=OP_ROTATE_SECRET, _) => return Err(cbor::CborError::UnexpectedLength.into()),
         (other, _) => return Err(EntryError::UnknownOperation(other)),
     };
     r.finish()?;

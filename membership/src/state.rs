@@ -23,6 +23,35 @@ pub struct State {
     /// Signing and static keys of revoked devices: never admitted again.
     pub revoked_keys: BTreeSet<[u8; 32]>,
     pub policy: Policy,
+    /// What only current members know: the network id hashed, then each rotation (appended
+    /// after a revocation) mixed in. Presence records are keyed and encrypted under it.
+    pub secret: NetworkSecret,
+}
+
+/// The network secret of [`State::secret`]; redacted in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NetworkSecret(pub [u8; 32]);
+
+impl core::fmt::Debug for NetworkSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("NetworkSecret(<redacted>)")
+    }
+}
+
+impl NetworkSecret {
+    /// The secret of a network before any rotation: its id hashed.
+    pub fn genesis(network: &NetworkId) -> Self {
+        NetworkSecret::default().mixed(b"cloudpal/network-secret/v1", &network.0)
+    }
+
+    fn mixed(&self, label: &[u8], input: &[u8]) -> Self {
+        use blake2::{Blake2s256, Digest};
+        let mut hasher = Blake2s256::new();
+        hasher.update(label);
+        hasher.update(self.0);
+        hasher.update(input);
+        NetworkSecret(hasher.finalize().into())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +224,7 @@ impl State {
             Operation::SetPolicy { policy } => {
                 if policy.is_within_limits() { Ok(()) } else { Err(RuleError::PolicyTooLarge) }
             }
-            Operation::Genesis { .. } | Operation::Join { .. } => Ok(()),
+            Operation::Genesis { .. } | Operation::Join { .. } | Operation::RotateSecret { .. } => Ok(()),
         }
     }
 
@@ -206,6 +235,7 @@ impl State {
         match entry.operation() {
             Operation::Genesis { network_name, founder } => {
                 self.network = Some(NetworkId::from(hash));
+                self.secret = NetworkSecret::genesis(&NetworkId::from(hash));
                 self.network_name = network_name.clone();
                 self.admit(founder, hash);
             }
@@ -237,6 +267,7 @@ impl State {
                 }
             }
             Operation::SetPolicy { policy } => self.policy = policy.clone(),
+            Operation::RotateSecret { secret } => self.secret = self.secret.mixed(b"cloudpal/network-secret/rotate/v1", &secret.0),
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ fn vectors() -> Vec<(&'static str, Entry)> {
     policy.dns.blocklists.push("ads.example".into());
     let set_policy = net.append(&founder, Operation::SetPolicy { policy });
     let revoke = net.append(&founder, Operation::RevokeDevice { device: laptop.key.public_key().device_id() });
+    let rotate = net.append(&founder, Operation::RotateSecret { secret: membership::entry::RotationSecret([0x2a; 32]) });
     vec![
         ("genesis", genesis),
         ("add_device", add),
@@ -27,6 +28,7 @@ fn vectors() -> Vec<(&'static str, Entry)> {
         ("join", join),
         ("set_policy", set_policy),
         ("revoke_device", revoke),
+        ("rotate_secret", rotate),
     ]
 }
 
@@ -38,6 +40,7 @@ const GOLDEN: &[(&str, &str, &str)] = &[
     ("join", "43bf8520c7c4328eb13383908bf1fea2900262e71a2cbc5c00025f6fc3c285b1", "bfa5444a8b36be300d176dca6d20b943af3e125b1bdd1b29166832ba374dc250"),
     ("set_policy", "2d617e5df68fe1f6fe20765268ffbde73d0b36cd698206df46c56c832cef9a16", "a88798df8a752f6f2827dc900c987577ae42ce5a1740c40a92e6040d7c5b6844"),
     ("revoke_device", "0e0b68a632456266e5eafd5bf808b260daa774b9dd9ebcea215ab6bae05967d0", "6cd33a9eecb35759bc3e390ab68e20162c6253a2e933143cc51f8885b1b03560"),
+    ("rotate_secret", "3dd7af7ddbded4a942926d5d4e819e00e05310cc8f929cb9e424331b163b65cc", "3d9cca0c0f83f9a27f0e3e7a6588c3de639b53aae0e33e46585442add4616d8b"),
 ];
 
 #[test]

@@ -131,10 +131,11 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     // DHT-01: under the phone's key, garbage; a record an outsider signed claiming to be the
     // phone; and the outsider's own record — all pointing at the trap.
     let phone_device = signer_of(net.node("phone")).public_key().device_id();
-    let phone_key = node::control::presence::key(&network, now(), &phone_device);
+    let secret = membership::state::NetworkSecret::genesis(&network);
+    let phone_key = node::control::presence::key(&secret, now(), &phone_device);
     let outsider = DeviceSigningKey::from_bytes(&[0x13; 32]);
     let rogue_peer = node::p2p::peer_id(&[0x77; 32]).expect("peer id");
-    let (outsider_key, outsider_value) = node::control::presence::publish(&network, &outsider, &rogue_peer, std::slice::from_ref(&trap), u64::MAX - 1, now());
+    let (outsider_key, outsider_value) = node::control::presence::publish(&secret, &outsider, &rogue_peer, std::slice::from_ref(&trap), u64::MAX - 1, now(), [1; 24]);
     let garbage = vec![0xa5; 300];
     let spoofed = vec![
         record(phone_key.clone(), garbage.clone()),
@@ -145,7 +146,7 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     let desktop_signer = signer_of(net.node("desktop"));
     let desktop_address: Multiaddr = format!("/ip4/{}/tcp/41641", net.node("desktop").address).parse().expect("multiaddr");
     let seq = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64 + 60_000;
-    let (desktop_key, desktop_value) = node::control::presence::publish(&network, &desktop_signer, &peer_of(net.node("desktop")), &[desktop_address], seq, now());
+    let (desktop_key, desktop_value) = node::control::presence::publish(&secret, &desktop_signer, &peer_of(net.node("desktop")), &[desktop_address], seq, now(), [2; 24]);
     let found = rogue_dht(
         &attacker_ns.name,
         network,
@@ -173,7 +174,7 @@ fn dht01_dht02_unsigned_or_foreign_records_are_never_stored_or_dialled() {
     // phone's key — and reaches the phone where it really is once it is back.
     let phone_address: Multiaddr = format!("/ip4/{}/tcp/41641", net.node("phone").address).parse().expect("multiaddr");
     let seq = seq + 60_000;
-    let (key, value) = node::control::presence::publish(&network, &signer_of(net.node("phone")), &peer_of(net.node("phone")), &[trap, phone_address], seq, now());
+    let (key, value) = node::control::presence::publish(&membership::state::NetworkSecret::genesis(&network), &signer_of(net.node("phone")), &peer_of(net.node("phone")), &[trap, phone_address], seq, now(), [3; 24]);
     rogue_dht(&attacker_ns.name, network, dht_nodes, vec![Step::Put(vec![record(key, value)])]);
     let lured = wait_until(Duration::from_secs(12), || listener.accept().is_ok());
     assert!(lured, "the signed record was not acted on (the laptop never dialled its first address): {}", net.node("laptop").log());

@@ -187,6 +187,14 @@ impl Core {
         self.store
             .append(Operation::RevokeDevice { device: id }, &self.signing_key, None, time.unix_secs())
             .map_err(|e| format!("cannot revoke {name}: {e}"))?;
+        // The revoked device is served the log up to its revocation and never this child of
+        // it: the network secret (presence keys) moves on without it.
+        let mut secret = [0u8; 32];
+        rand_core::Rng::fill_bytes(&mut self.rng, &mut secret);
+        let rotation = Operation::RotateSecret { secret: membership::entry::RotationSecret(secret) };
+        if let Err(error) = self.store.append(rotation, &self.signing_key, None, time.unix_secs()) {
+            tracing::warn!(%error, "the network secret was not rotated after a revocation");
+        }
         self.membership_changed();
         Ok(RevokeReply { revoked: name.to_owned() })
     }
@@ -261,6 +269,7 @@ impl Core {
                     Operation::Join { device, .. } => LogOperation::Join { name: device.name.clone(), role: device.role },
                     Operation::RevokeDevice { device } => LogOperation::RevokeDevice { name: name_of(device) },
                     Operation::SetPolicy { .. } => LogOperation::SetPolicy {},
+                    Operation::RotateSecret { .. } => LogOperation::RotateSecret {},
                 };
                 LogEntry { hash: entry.hash().to_hex(), author: name_of(&entry.author()), time: entry.contents().time, operation }
             })

@@ -30,7 +30,10 @@ impl Core {
     pub(super) fn publish_presence(&mut self, time: Time) {
         let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| is_dialable(a)).cloned().collect();
         let seq = u64::try_from(time.unix.as_millis()).unwrap_or(u64::MAX);
-        let (key, value) = presence::publish(&self.network, &self.signing_key, &self.peer_id, &addresses, seq, time.unix_secs());
+        let mut nonce = [0u8; presence::NONCE_LEN];
+        rand_core::Rng::fill_bytes(&mut self.rng, &mut nonce);
+        let secret = &self.store.log().state().secret;
+        let (key, value) = presence::publish(secret, &self.signing_key, &self.peer_id, &addresses, seq, time.unix_secs(), nonce);
         self.push(Action::KadPut { key: key.to_vec(), value, ttl: presence::RECORD_TTL });
     }
 
@@ -39,7 +42,7 @@ impl Core {
         let keys: Vec<Vec<u8>> = state
             .active_devices()
             .filter(|(id, _)| **id != self.me && !self.reach.get(*id).is_some_and(|r| r.connected))
-            .map(|(id, _)| presence::key(&self.network, time.unix_secs(), id).to_vec())
+            .map(|(id, _)| presence::key(&state.secret, time.unix_secs(), id).to_vec())
             .collect();
         for key in keys {
             self.push(Action::KadGet { key });
@@ -51,7 +54,7 @@ impl Core {
     /// (DHT-01); `None` drops it unseen.
     pub fn handle_put_record(&self, key: &[u8], value: &[u8], held: Option<u64>, time: Time) -> Option<Duration> {
         let unix = time.unix_secs();
-        match presence::verify(&self.network, self.store.log().state(), key, value, unix, held) {
+        match presence::verify(self.store.log().state(), key, value, unix, held) {
             Ok(presence) => Some(Duration::from_secs(presence.expires.saturating_sub(unix))),
             Err(reason) => {
                 tracing::debug!(%reason, "dropped a DHT record");
@@ -60,10 +63,15 @@ impl Core {
         }
     }
 
+    /// The sequence number of a stored record, if it opens with the network secret.
+    pub fn record_seq(&self, key: &[u8], value: &[u8]) -> Option<u64> {
+        presence::seq_of(&self.store.log().state().secret, key, value)
+    }
+
     /// A record a lookup found: dialled only if it verifies and is newer than the last one.
     pub fn handle_found_record(&mut self, key: &[u8], value: &[u8], time: Time) {
         let state = self.store.log().state();
-        let Ok(presence) = presence::verify(&self.network, state, key, value, time.unix_secs(), None) else { return };
+        let Ok(presence) = presence::verify(state, key, value, time.unix_secs(), None) else { return };
         if self.presence_seq.get(&presence.device).is_some_and(|held| presence.seq <= *held) {
             return;
         }

@@ -188,6 +188,8 @@ pub enum LogOperation {
         name: String,
     },
     SetPolicy {},
+    /// The network secret moved on (after a revocation); the secret itself is never shown.
+    RotateSecret {},
 }
 
 impl std::fmt::Display for LogOperation {
@@ -199,6 +201,7 @@ impl std::fmt::Display for LogOperation {
             LogOperation::Join { name, role } => write!(f, "join of {name} as {}", role.as_str()),
             LogOperation::RevokeDevice { name } => write!(f, "revoke {name}"),
             LogOperation::SetPolicy {} => f.write_str("set policy"),
+            LogOperation::RotateSecret {} => f.write_str("rotate the network secret"),
         }
     }
 }

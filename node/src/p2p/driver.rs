@@ -44,7 +44,7 @@ impl Driver {
                 request: kad::InboundRequest::PutRecord { record: Some(mut record), .. },
             })) => {
                 let store = swarm.behaviour_mut().kad.store_mut();
-                let held = store.get(&record.key).and_then(|r| crate::control::presence::seq_of(&r.value));
+                let held = store.get(&record.key).and_then(|r| core.record_seq(r.key.as_ref(), &r.value));
                 if let Some(ttl) = core.handle_put_record(record.key.as_ref(), &record.value, held, time) {
                     record.expires = Some(time.now + ttl);
                     let _ = store.put(record);

@@ -315,8 +315,8 @@ fn presence_is_published_every_30_s_and_only_absent_members_are_looked_up() {
     sim.run_for(Duration::from_secs(61));
     assert_eq!(sim.nodes[0].kad_puts.len(), 3, "one publication at once, then every 30 s");
     let car_id = sim.nodes[2].key.public_key().device_id();
-    let network = sim.nodes[0].core.network();
-    let car_key = node::control::presence::key(&network, sim.time.unix_secs(), &car_id).to_vec();
+    let secret = sim.nodes[0].log().state().secret.clone();
+    let car_key = node::control::presence::key(&secret, sim.time.unix_secs(), &car_id).to_vec();
     let gets = &sim.nodes[0].kad_gets;
     assert_eq!(gets.len(), 13, "one lookup at once, then every 5 s");
     assert!(gets.iter().all(|(_, key)| *key == car_key), "only the absent car is looked up");
@@ -326,16 +326,17 @@ fn presence_is_published_every_30_s_and_only_absent_members_are_looked_up() {
 fn dht01_put_records_are_stored_only_when_a_member_signed_them_and_newer() {
     let (sim, network) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
     let time = sim.time;
-    let net = network.log.network();
+    let _ = network;
+    let secret = sim.nodes[0].log().state().secret.clone();
     let phone = &sim.nodes[1];
     let addresses = vec![phone.address()];
-    let (key, value) = node::control::presence::publish(&net, &phone.key, &phone.peer, &addresses, 10, time.unix_secs());
+    let (key, value) = node::control::presence::publish(&secret, &phone.key, &phone.peer, &addresses, 10, time.unix_secs(), [1; 24]);
     let laptop = &sim.nodes[0].core;
     let kept = laptop.handle_put_record(key.as_ref(), &value, None, time).expect("a member's record is kept");
     assert!(kept <= node::control::presence::RECORD_TTL && kept > Duration::from_secs(3500));
     assert!(laptop.handle_put_record(key.as_ref(), &value, Some(10), time).is_none(), "not newer than the one held");
     let outsider = DeviceSigningKey::from_bytes(&[0x33; 32]);
-    let (bad_key, bad_value) = node::control::presence::publish(&net, &outsider, &phone.peer, &addresses, 11, time.unix_secs());
+    let (bad_key, bad_value) = node::control::presence::publish(&secret, &outsider, &phone.peer, &addresses, 11, time.unix_secs(), [2; 24]);
     assert!(laptop.handle_put_record(bad_key.as_ref(), &bad_value, None, time).is_none(), "an outsider's record is dropped");
     assert!(laptop.handle_put_record(key.as_ref(), &bad_value, None, time).is_none(), "an outsider's value under a member's key");
 }
@@ -349,7 +350,9 @@ fn a_found_record_is_dialled_once_per_sequence_number() {
     let time = sim.time;
     let phone = &sim.nodes[1];
     let moved: libp2p::Multiaddr = "/ip4/203.0.113.77/tcp/41641".parse().expect("addr");
-    let (key, value) = node::control::presence::publish(&network.log.network(), &phone.key, &phone.peer, std::slice::from_ref(&moved), 5, time.unix_secs());
+    let _ = network;
+    let secret = sim.nodes[0].log().state().secret.clone();
+    let (key, value) = node::control::presence::publish(&secret, &phone.key, &phone.peer, std::slice::from_ref(&moved), 5, time.unix_secs(), [3; 24]);
     let peer = phone.peer;
     for _ in 0..3 {
         sim.nodes[0].core.handle_found_record(key.as_ref(), &value, time);
@@ -625,4 +628,26 @@ fn an_outsider_is_disconnected_unless_it_proves_membership_or_an_invite() {
     assert!(sim.nodes[0].disconnected.is_empty(), "not before the grace");
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.nodes[0].disconnected, vec![outsider], "the outsider is closed; the joiner and the member stay");
+}
+
+#[test]
+fn a_revocation_rotates_the_network_secret_beyond_the_revoked_devices_reach() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("car", Role::Member)]);
+    let before = sim.nodes[0].log().state().secret.clone();
+    let time = sim.time;
+    sim.nodes[0].core.revoke("car", time).expect("revoke");
+    sim.settle();
+    let laptop = sim.nodes[0].log().state().secret.clone();
+    assert_ne!(laptop, before, "the secret moved on");
+    assert_eq!(sim.nodes[1].log().state().secret, laptop, "every member follows");
+    assert!(sim.nodes[2].core.revoked());
+    assert_eq!(sim.nodes[2].log().state().secret, before, "the revoked car never sees the rotation");
+    // Presence published from now on is keyed and sealed under the new secret.
+    sim.run_for(Duration::from_secs(31));
+    let phone_id = sim.nodes[1].key.public_key().device_id();
+    let key = node::control::presence::key(&laptop, sim.time.unix_secs(), &phone_id).to_vec();
+    assert!(sim.nodes[1].kad_store.contains_key(&key), "the phone publishes under the rotated key");
+    let old_key = node::control::presence::key(&before, sim.time.unix_secs(), &phone_id).to_vec();
+    let stored = sim.nodes[1].kad_store.get(&key).expect("record");
+    assert!(node::control::presence::seq_of(&before, &old_key, stored).is_none() && node::control::presence::seq_of(&before, &key, stored).is_none());
 }

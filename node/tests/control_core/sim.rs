@@ -296,7 +296,7 @@ impl Sim {
                 for other in 0..self.nodes.len() {
                     if other != index && self.is_connected(index, other) {
                         let node = &mut self.nodes[other];
-                        let held = node.kad_store.get(&key).and_then(|v| node::control::presence::seq_of(v));
+                        let held = node.kad_store.get(&key).and_then(|v| node.core.record_seq(&key, v));
                         if node.core.handle_put_record(&key, &value, held, time).is_some() {
                             node.kad_store.insert(key.clone(), value.clone());
                         }
