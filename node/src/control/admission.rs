@@ -15,7 +15,7 @@ pub const NOT_A_MEMBER: &str = "not a member of this network";
 /// How long a connected peer has to prove membership (a Hello binding) or a usable invite
 /// before it is disconnected: outsiders get no lasting connection to query the DHT over.
 pub const PROVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
-/// Invite attempts per source: a burst (a join takes one per log batch), then one per interval.
+/// Invite attempts per source: a burst (a join takes one), then one per interval.
 pub const INVITE_ATTEMPT_BURST: u32 = 10;
 pub const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
 
@@ -150,6 +150,35 @@ impl Core {
         let signature = protocol::Signature::from_bytes(*proof.signature);
         invite.key.verify(&invite_proof_message(&self.network, peer), &signature).map_err(|_| membership::InviteUnusable::Unknown)?;
         state.usable_invite(&hash, unix).map(drop)
+    }
+
+    /// A joiner proved an invite: what its `Join` must say, and no more of the log.
+    pub(super) fn enrol(&mut self, peer: PeerId, proof: &InviteProof, name: String, signing_key: [u8; 32], static_key: [u8; 32], time: Time) -> Response {
+        if let Err(reason) = self.check_invite_attempt(&peer, proof, time) {
+            return messages::refused(&reason);
+        }
+        if let Err(error) = membership::entry::check_name(&name) {
+            return messages::refused(&error.to_string());
+        }
+        let log = self.store.log();
+        let state = log.state();
+        let hash = EntryHash(*proof.invite);
+        let Some(invite) = state.invites.get(&hash) else { return messages::refused(membership::InviteUnusable::Unknown.to_string().as_str()) };
+        let signing_key = DevicePublicKey::from_bytes(signing_key);
+        let device = signing_key.device_id();
+        let Some(founder) = log.founder() else { return messages::refused("empty log") };
+        let Some((overlay_ipv4, overlay_ipv6)) = state.allocate_overlay(&founder, &device) else {
+            return messages::refused("no free overlay address");
+        };
+        let record = membership::DeviceRecord { name, signing_key, static_key: protocol::StaticPublic::from_bytes(static_key), role: invite.role, overlay_ipv4, overlay_ipv6 };
+        let operation = membership::Operation::Join { invite: hash, invite_key: invite.key, device: record };
+        let parents = log.parents_for(&device, &operation);
+        Response::Template {
+            parents: parents.iter().map(|p| p.0.into()).collect(),
+            role: invite.role.as_str().to_owned(),
+            overlay_ipv4: overlay_ipv4.octets().into(),
+            overlay_ipv6: overlay_ipv6.octets().into(),
+        }
     }
 
     /// A joiner's `Join` entry: admitted if the log's rules accept it.

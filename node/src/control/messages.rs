@@ -112,6 +112,19 @@ pub enum Request {
         #[n(1)]
         more: bool,
     },
+    /// A joiner that proves it holds an invite asks what its `Join` must say — and learns
+    /// nothing more of the log until it has joined (issue #12).
+    #[n(6)]
+    Enrol {
+        #[n(0)]
+        proof: InviteProof,
+        #[n(1)]
+        name: String,
+        #[n(2)]
+        signing_key: ByteArray<32>,
+        #[n(3)]
+        static_key: ByteArray<32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -158,6 +171,19 @@ pub enum Response {
     /// nothing newer) to see that for itself. Unauthenticated, so only a hint to sync.
     #[n(5)]
     Revoked,
+    /// What a joiner's `Join` says: its parents (the member's heads), the role of the invite
+    /// and the overlay addresses the member found free.
+    #[n(6)]
+    Template {
+        #[n(0)]
+        parents: Vec<ByteArray<32>>,
+        #[n(1)]
+        role: String,
+        #[n(2)]
+        overlay_ipv4: ByteArray<4>,
+        #[n(3)]
+        overlay_ipv6: ByteArray<16>,
+    },
 }
 
 pub fn encode<T: Encode<()>>(message: &T) -> io::Result<Vec<u8>> {

@@ -395,7 +395,8 @@ impl Core {
                 self.learn_candidates(device, &candidates, false);
                 Response::Paths { peers: self.known_peers() }
             }
-            Request::Sync { binding, invite, summary } => self.serve_sync(peer, binding, invite, &summary, time),
+            Request::Sync { binding, summary, .. } => self.serve_sync(peer, binding, &summary),
+            Request::Enrol { proof, name, signing_key, static_key } => self.enrol(peer, &proof, name, *signing_key, *static_key, time),
             Request::Join { entry } => self.admit_join(&entry, time),
             Request::Announce { summary } => {
                 if self.by_peer.contains_key(&peer) {
@@ -433,6 +434,7 @@ impl Core {
             Response::Accepted | Response::Refused { .. } if self.deliveries.contains_key(&peer) => {
                 self.delivery_answered(peer, response);
             }
+            Response::Template { .. } => {}
             Response::Revoked => {
                 // A member says we are revoked: see for ourselves in the signed log, once.
                 if !self.revoked() && self.revocation_checks.insert(peer) {

@@ -3,8 +3,8 @@
 //! again while more follow), and anti-entropy (every few seconds each member shows its summary
 //! again, so a push or pull lost with a closing connection heals).
 
-use super::messages::{self, Binding, InviteProof, Request, Response};
-use super::{Action, Core, Time, admission};
+use super::messages::{self, Binding, Request, Response};
+use super::{Action, Core, admission};
 use libp2p::PeerId;
 use membership::sync::missing_for;
 use membership::{DeviceStatus, SyncMessage};
@@ -54,8 +54,9 @@ impl Core {
     }
 
     /// Members get everything; a revoked device gets the log up to its revocation (so it
-    /// learns it was cut off) and nothing newer; a joiner proves its invite.
-    pub(super) fn serve_sync(&mut self, peer: PeerId, binding: Option<Binding>, invite: Option<InviteProof>, summary: &[u8], time: Time) -> Response {
+    /// learns it was cut off) and nothing newer; anyone else nothing — a joiner reads the log
+    /// once it has joined.
+    pub(super) fn serve_sync(&mut self, peer: PeerId, binding: Option<Binding>, summary: &[u8]) -> Response {
         let mut horizon = None;
         match binding.and_then(|b| self.verify_signed_binding(&peer, &b)) {
             Some((_, DeviceStatus::Active)) => {}
@@ -65,12 +66,7 @@ impl Core {
                     return messages::refused(admission::NOT_A_MEMBER);
                 }
             }
-            None => {
-                let Some(proof) = invite else { return messages::refused(admission::NOT_A_MEMBER) };
-                if let Err(reason) = self.check_invite_attempt(&peer, &proof, time) {
-                    return messages::refused(&reason);
-                }
-            }
+            None => return messages::refused(admission::NOT_A_MEMBER),
         }
         let Some(summary) = messages::decode_summary(summary) else { return messages::refused("malformed summary") };
         let batches = match horizon {

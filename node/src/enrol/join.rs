@@ -1,9 +1,12 @@
 //! `pal join CODE`: a new device reaches a member named in the invite code, proves it holds the
-//! invite's secret, pulls and verifies the whole log, signs its `Join` with its own key and the
-//! invite's, and hands it to the member. Nothing is kept unless the member accepted.
+//! invite's secret and is told what its `Join` must carry (parents, role, free overlay
+//! addresses) — nothing more of the log: an invite holder who never joins learns nothing of the
+//! network. It signs its `Join` with its own key and the invite's, hands it to the member and,
+//! once a member, pulls and verifies the whole log. Nothing is kept unless the log it receives
+//! lists it.
 
 use super::invite::InviteCode;
-use crate::control::admission::sign_invite_proof;
+use crate::control::admission::{sign_binding, sign_invite_proof};
 use crate::control::messages::{Request, Response};
 use crate::p2p::{self, EnrolEvent};
 use crate::statedir::{Identity, StateDir};
@@ -12,7 +15,9 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, request_response};
 use membership::sync::Summary;
-use membership::{DeviceRecord, Entry, EntryContents, Log, Operation, SyncMessage};
+use membership::{DeviceRecord, Entry, EntryContents, EntryHash, Log, Operation, Role, SyncMessage};
+use minicbor::bytes::ByteArray;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// How long `pal join` tries before giving up.
@@ -33,6 +38,33 @@ pub async fn join(state: &StateDir, code: &str, name: &str) -> Result<()> {
     outcome
 }
 
+/// What a member said our `Join` must carry.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub parents: Vec<EntryHash>,
+    pub role: Role,
+    pub overlay_ipv4: Ipv4Addr,
+    pub overlay_ipv6: Ipv6Addr,
+}
+
+impl Template {
+    fn from_response(parents: Vec<ByteArray<32>>, role: &str, overlay_ipv4: [u8; 4], overlay_ipv6: [u8; 16]) -> Result<Self> {
+        let role = role.parse().map_err(|_| anyhow::anyhow!("the member sent an unknown role; update pal"))?;
+        Ok(Template { parents: parents.into_iter().map(|p| EntryHash(*p)).collect(), role, overlay_ipv4: overlay_ipv4.into(), overlay_ipv6: overlay_ipv6.into() })
+    }
+}
+
+/// The two steps after a member answered: our join, then (as a member) the log.
+#[derive(Debug)]
+enum Step {
+    /// Asked a member for the template.
+    Enrolling,
+    /// Sent our `Join`.
+    Joining,
+    /// Joined; pulling the log.
+    Syncing,
+}
+
 async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name: &str) -> Result<()> {
     let mut swarm = p2p::build(&identity.libp2p, |_, _| p2p::enrol_behaviour())?;
     let local_peer = *swarm.local_peer_id();
@@ -40,26 +72,34 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
         let _ = swarm.dial(address.clone());
     }
     let proof = sign_invite_proof(&code.secret, &code.invite, &code.network, &local_peer);
-    // Any member holding the invite entry can admit us, so the first that answers is asked;
-    // if it refuses (say, it has not yet heard of the invite), the next connected one is.
-    let mut member: Option<PeerId> = None;
-    let mut waiting: Vec<PeerId> = Vec::new();
-    let mut log: Option<Log> = None;
-    let mut join_entry: Option<Entry> = None;
+    let enrol = Request::Enrol {
+        proof,
+        name: name.to_owned(),
+        signing_key: (*identity.device.public_key().as_bytes()).into(),
+        static_key: (*identity.static_secret.public_key().as_bytes()).into(),
+    };
+    let binding = sign_binding(&identity.device, &code.network, &local_peer);
     let sync_request = |log: &Option<Log>| {
         let summary = match log {
             Some(log) => log.summary(),
             None => Summary { network: code.network, heads: Vec::new(), sample: Vec::new() },
         };
-        Request::Sync { binding: None, invite: Some(proof.clone()), summary: SyncMessage::Summary(summary).encode().into() }
+        Request::Sync { binding: Some(binding.clone()), invite: None, summary: SyncMessage::Summary(summary).encode().into() }
     };
+    // Any member holding the invite entry can admit us, so the first that answers is asked;
+    // if it refuses (say, it has not yet heard of the invite), the next connected one is.
+    let mut member: Option<PeerId> = None;
+    let mut waiting: Vec<PeerId> = Vec::new();
+    let mut step = Step::Enrolling;
+    let mut log: Option<Log> = None;
+    let me = identity.device.public_key().device_id();
     loop {
         let event = swarm.select_next_some().await;
         let failure = match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 if member.is_none() {
                     member = Some(peer_id);
-                    swarm.behaviour_mut().control.send_request(&peer_id, sync_request(&log));
+                    swarm.behaviour_mut().control.send_request(&peer_id, enrol.clone());
                 } else if member != Some(peer_id) && !waiting.contains(&peer_id) {
                     waiting.push(peer_id);
                 }
@@ -69,29 +109,37 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
                 peer,
                 message: request_response::Message::Response { response, .. },
                 ..
-            })) => match response {
-                Response::Entries { batch, more } => {
+            })) => match (&step, response) {
+                (Step::Enrolling, Response::Template { parents, role, overlay_ipv4, overlay_ipv6 }) => {
+                    let template = Template::from_response(parents, &role, *overlay_ipv4, *overlay_ipv6)?;
+                    let entry = make_join(&template, identity, code, name, crate::clock::unix_secs())?;
+                    swarm.behaviour_mut().control.send_request(&peer, Request::Join { entry: entry.encoded().to_vec().into() });
+                    step = Step::Joining;
+                    None
+                }
+                (Step::Joining, Response::Accepted) => {
+                    // We are a member now: the log is ours to read.
+                    step = Step::Syncing;
+                    swarm.behaviour_mut().control.send_request(&peer, sync_request(&log));
+                    None
+                }
+                (Step::Syncing, Response::Entries { batch, more }) => {
                     let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
                     super::ingest_batch(&mut log, &batch, Some(code.network), "member")?;
                     if more {
                         swarm.behaviour_mut().control.send_request(&peer, sync_request(&log));
                         continue;
                     }
-                    let current = log.as_ref().context("log")?;
-                    let entry = make_join(current, identity, code, name, crate::clock::unix_secs())?;
-                    swarm.behaviour_mut().control.send_request(&peer, Request::Join { entry: entry.encoded().to_vec().into() });
-                    join_entry = Some(entry);
-                    None
-                }
-                Response::Accepted => {
-                    let (Some(mut log), Some(entry)) = (log.take(), join_entry.take()) else { continue };
-                    log.ingest(vec![entry]).context("our own join does not verify")?;
+                    let log = log.take().context("the member sent no log")?;
+                    if log.state().devices.get(&me).is_none_or(|d| d.status != membership::DeviceStatus::Active) {
+                        bail!("the member accepted the join but its log does not list this device; ask for a new invite");
+                    }
                     super::persist(state, &log)?;
                     state.cache_peers(&code.bootstrap.iter().map(ToString::to_string).collect::<Vec<_>>())?;
                     return Ok(());
                 }
-                Response::Refused { reason } => Some(crate::control::messages::printable(&reason)),
-                Response::Hello { .. } | Response::Paths { .. } | Response::Revoked => None,
+                (_, Response::Refused { reason }) => Some(crate::control::messages::printable(&reason)),
+                _ => None,
             },
             SwarmEvent::Behaviour(EnrolEvent::Control(request_response::Event::OutboundFailure { error, .. })) => {
                 Some(format!("the member did not answer: {error}"))
@@ -99,47 +147,40 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
             _ => None,
         };
         if let Some(reason) = failure {
+            // Once joined, only the log is missing: any member can serve it.
             if waiting.is_empty() {
                 bail!("{reason}");
             }
             let next = waiting.remove(0);
             member = Some(next);
-            join_entry = None;
-            swarm.behaviour_mut().control.send_request(&next, sync_request(&log));
+            let request = match step {
+                Step::Syncing => sync_request(&log),
+                _ => {
+                    step = Step::Enrolling;
+                    enrol.clone()
+                }
+            };
+            swarm.behaviour_mut().control.send_request(&next, request);
         }
     }
 }
 
-/// Our `Join`, signed with our device key and the invite's: checked against the log as every
-/// member will check it.
-pub fn make_join(log: &Log, identity: &Identity, code: &InviteCode, name: &str, unix: u64) -> Result<Entry> {
-    let state = log.state();
-    let invite = state.usable_invite(&code.invite, unix).map_err(|error| match error {
-        membership::InviteUnusable::Unknown => anyhow::anyhow!("this invite is not in the network's log"),
-        other => anyhow::anyhow!("{other}"),
-    })?;
-    if invite.key != code.secret.public_key() {
-        bail!("this invite code is garbled; copy it again from `pal device invite`");
-    }
-    let founder = log.founder().context("empty log")?;
-    let me = identity.device.public_key().device_id();
-    let (overlay_ipv4, overlay_ipv6) = state.allocate_overlay(&founder, &me).context("no free overlay address")?;
+/// Our `Join` on the member's `template`, signed with our device key and the invite's.
+pub fn make_join(template: &Template, identity: &Identity, code: &InviteCode, name: &str, unix: u64) -> Result<Entry> {
     let device = DeviceRecord {
         name: name.to_owned(),
         signing_key: identity.device.public_key(),
         static_key: identity.static_secret.public_key(),
-        role: invite.role,
-        overlay_ipv4,
-        overlay_ipv6,
+        role: template.role,
+        overlay_ipv4: template.overlay_ipv4,
+        overlay_ipv6: template.overlay_ipv6,
     };
     let contents = EntryContents {
-        network: Some(log.network()),
-        parents: log.heads().iter().copied().collect(),
+        network: Some(code.network),
+        parents: template.parents.clone(),
         author: identity.device.public_key(),
         time: unix,
         operation: Operation::Join { invite: code.invite, invite_key: code.secret.public_key(), device },
     };
-    let entry = Entry::sign(contents, &identity.device, Some(&code.secret)).context("cannot sign the join")?;
-    log.state().check(&entry).map_err(|e| anyhow::anyhow!("cannot join: {e}"))?;
-    Ok(entry)
+    Entry::sign(contents, &identity.device, Some(&code.secret)).context("the member sent parents no entry can carry")
 }

@@ -50,12 +50,17 @@ fn invite(sim: &mut Sim, admin: usize, ttl: Duration) -> InviteCode {
     InviteCode { network: sim.nodes[admin].core.network(), invite: made.invite, secret: made.secret, bootstrap: made.bootstrap }
 }
 
-/// A joiner's Sync with an invite proof for `code`, as `peer`.
+/// A joiner's enrolment with an invite proof for `code`, as `peer`.
 fn invite_sync(sim: &Sim, code: &InviteCode, peer: &libp2p::PeerId, secret: &DeviceSigningKey) -> Request {
     let proof = node::control::admission::sign_invite_proof(secret, &code.invite, &code.network, peer);
-    let summary = membership::sync::Summary { network: code.network, heads: Vec::new(), sample: Vec::new() };
     let _ = sim;
-    Request::Sync { binding: None, invite: Some(proof), summary: membership::SyncMessage::Summary(summary).encode().into() }
+    let device = DeviceSigningKey::from_bytes(&[0x70; 32]);
+    Request::Enrol {
+        proof,
+        name: "tablet".into(),
+        signing_key: (*device.public_key().as_bytes()).into(),
+        static_key: (*StaticSecret::from_bytes([0x71; 32]).public_key().as_bytes()).into(),
+    }
 }
 
 fn refusal(response: &Response) -> String {
@@ -65,17 +70,26 @@ fn refusal(response: &Response) -> String {
     }
 }
 
-/// Joins through node `to`: pulls the log with the invite, signs the join, hands it over.
+/// Joins through node `to` as the joiner does: enrols with the invite, signs the join on the
+/// template, hands it over; the answer to the join.
 fn join_through(sim: &mut Sim, to: usize, code: &InviteCode, joiner: &Identity, name: &str) -> Response {
     let peer = node::p2p::peer_id(&joiner.libp2p).expect("peer");
-    let response = sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), to, invite_sync(sim, code, &peer, &code.secret));
-    let Response::Entries { batch, more: false } = response else { panic!("expected the whole log, got {response:?}") };
-    let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
-    let mut entries = batch.iter();
-    let genesis = membership::Entry::decode(entries.next().expect("genesis")).expect("genesis decodes");
-    let mut log = membership::Log::from_genesis(genesis).expect("genesis");
-    log.ingest_encoded(&batch[1..]).expect("the log verifies");
-    let entry = node::enrol::join::make_join(&log, joiner, code, name, sim.time.unix_secs()).expect("a join");
+    let proof = node::control::admission::sign_invite_proof(&code.secret, &code.invite, &code.network, &peer);
+    let enrol = Request::Enrol {
+        proof,
+        name: name.into(),
+        signing_key: (*joiner.device.public_key().as_bytes()).into(),
+        static_key: (*joiner.static_secret.public_key().as_bytes()).into(),
+    };
+    let response = sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), to, enrol);
+    let Response::Template { parents, role, overlay_ipv4, overlay_ipv6 } = response else { panic!("expected a template, got {response:?}") };
+    let template = node::enrol::join::Template {
+        parents: parents.into_iter().map(|p| membership::EntryHash(*p)).collect(),
+        role: role.parse().expect("role"),
+        overlay_ipv4: (*overlay_ipv4).into(),
+        overlay_ipv6: (*overlay_ipv6).into(),
+    };
+    let entry = node::enrol::join::make_join(&template, joiner, code, name, sim.time.unix_secs()).expect("a join");
     sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), to, Request::Join { entry: entry.encoded().to_vec().into() })
 }
 
@@ -185,7 +199,7 @@ fn inv03_invite_guessing_is_slowed_per_source_not_for_others() {
     assert!(reasons[10].starts_with("too many invite attempts"), "{reasons:?}");
     // Another address is not locked out, and the guesser gets one try per 6 s again.
     let honest = peer_of(205);
-    assert!(matches!(sim.ask_as(honest, Ipv4Addr::new(198, 51, 100, 31), 0, invite_sync(&sim, &code, &honest, &code.secret)), Response::Entries { .. }));
+    assert!(matches!(sim.ask_as(honest, Ipv4Addr::new(198, 51, 100, 31), 0, invite_sync(&sim, &code, &honest, &code.secret)), Response::Template { .. }));
     sim.run_for(Duration::from_secs(6));
     assert_eq!(refusal(&sim.ask_as(guesser, Ipv4Addr::new(198, 51, 100, 30), 0, invite_sync(&sim, &code, &guesser, &wrong))), "this invite code is not valid for this network");
 }
@@ -623,7 +637,7 @@ fn an_outsider_is_disconnected_unless_it_proves_membership_or_an_invite() {
     let joiner = peer_of(211);
     let hello = Request::Announce { summary: vec![].into() };
     sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 50), 0, hello);
-    assert!(matches!(sim.ask_as(joiner, Ipv4Addr::new(198, 51, 100, 51), 0, invite_sync(&sim, &code, &joiner, &code.secret)), Response::Entries { .. }));
+    assert!(matches!(sim.ask_as(joiner, Ipv4Addr::new(198, 51, 100, 51), 0, invite_sync(&sim, &code, &joiner, &code.secret)), Response::Template { .. }));
     sim.run_for(Duration::from_secs(4));
     assert!(sim.nodes[0].disconnected.is_empty(), "not before the grace");
     sim.run_for(Duration::from_secs(2));
@@ -650,4 +664,30 @@ fn a_revocation_rotates_the_network_secret_beyond_the_revoked_devices_reach() {
     let old_key = node::control::presence::key(&before, sim.time.unix_secs(), &phone_id).to_vec();
     let stored = sim.nodes[1].kad_store.get(&key).expect("record");
     assert!(node::control::presence::seq_of(&before, &old_key, stored).is_none() && node::control::presence::seq_of(&before, &key, stored).is_none());
+}
+
+#[test]
+fn an_invite_holder_learns_nothing_of_the_log_until_it_has_joined() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    let holder = peer_of(212);
+    let proof = node::control::admission::sign_invite_proof(&code.secret, &code.invite, &code.network, &holder);
+    let summary = membership::sync::Summary { network: code.network, heads: Vec::new(), sample: Vec::new() };
+    let sync = Request::Sync { binding: None, invite: Some(proof), summary: membership::SyncMessage::Summary(summary).encode().into() };
+    assert_eq!(refusal(&sim.ask_as(holder, Ipv4Addr::new(198, 51, 100, 60), 0, sync)), "not a member of this network");
+    // What enrolment tells it is what its join must say, nothing about the other devices.
+    let Response::Template { parents, role, .. } = sim.ask_as(holder, Ipv4Addr::new(198, 51, 100, 60), 0, invite_sync(&sim, &code, &holder, &code.secret)) else {
+        panic!("a template")
+    };
+    assert_eq!(role, "member");
+    assert!(parents.len() <= membership::entry::MAX_PARENTS);
+    // After joining it is a member, and its binding gets the log.
+    let joiner = joiner_identity(42);
+    assert_eq!(join_through(&mut sim, 0, &code, &joiner, "tablet"), Response::Accepted);
+    let peer = node::p2p::peer_id(&joiner.libp2p).expect("peer");
+    let binding = node::control::admission::sign_binding(&joiner.device, &code.network, &peer);
+    let summary = membership::sync::Summary { network: code.network, heads: Vec::new(), sample: Vec::new() };
+    let sync = Request::Sync { binding: Some(binding), invite: None, summary: membership::SyncMessage::Summary(summary).encode().into() };
+    let Response::Entries { batch, .. } = sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), 0, sync) else { panic!("entries") };
+    assert_eq!(batch.len(), sim.nodes[0].log().len());
 }
