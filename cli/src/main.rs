@@ -55,6 +55,10 @@ enum Command {
     Request {
         #[arg(long)]
         name: String,
+        /// The fingerprint of the network to accept (from `pal status` on an admin): the device
+        /// refuses a log of any other network.
+        #[arg(long, value_name = "FINGERPRINT")]
+        network: String,
         /// Where to wait for the admin: TCP on this port (by default the node's, 41641).
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<String>,
@@ -120,7 +124,7 @@ fn main() -> ExitCode {
             DeviceCommand::Revoke { name } => commands::device::revoke(&state, name),
         },
         Command::Join { code, name } => commands::join::run(&state, &code, &name),
-        Command::Request { name, listen } => commands::request::run(&state, &name, listen),
+        Command::Request { name, network, listen } => commands::request::run(&state, &name, &network, listen),
         Command::Status { json } => commands::status::run(&state, json),
         Command::Ping { name, count } => commands::ping::run(&state, name, count),
         Command::Log { json } => commands::log::run(&state, json),

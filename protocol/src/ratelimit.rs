@@ -19,7 +19,7 @@ pub const MAX_TRACKED_SOURCES: usize = 65_536;
 
 /// The bucket key: IPv4 address, or the top 64 bits of an IPv6 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SourceKey {
+pub enum SourceKey {
     V4([u8; 4]),
     V6Prefix([u8; 8]),
 }
@@ -76,9 +76,11 @@ impl TokenBucket {
     }
 }
 
+/// Token buckets by key, bounded, idle ones forgotten: the per-source limiter is one over
+/// [`SourceKey`]s; a caller may key by more (a source and what it asks for, say).
 #[derive(Debug)]
-pub struct RateLimiter {
-    buckets: HashMap<SourceKey, TokenBucket>,
+pub struct RateLimiter<K = SourceKey> {
+    buckets: HashMap<K, TokenBucket>,
     last_sweep: Option<Instant>,
     template: TokenBucket,
 }
@@ -91,7 +93,14 @@ impl Default for RateLimiter {
 }
 
 impl RateLimiter {
-    /// One token per `interval` per source, at most `burst` saved up.
+    /// Takes one token from `source`'s bucket; `false` means drop the initiation.
+    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        self.allow_key(SourceKey::from(source), now)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
+    /// One token per `interval` per key, at most `burst` saved up.
     pub fn new(interval: Duration, burst: u32) -> Self {
         Self { buckets: HashMap::new(), last_sweep: None, template: TokenBucket::new(interval, u64::from(burst)) }
     }
@@ -101,10 +110,9 @@ impl RateLimiter {
         self.template.fill_time().max(Duration::from_secs(1))
     }
 
-    /// Takes one token from `source`'s bucket; `false` means drop the initiation.
-    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+    /// Takes one token from `key`'s bucket; `false` means refuse.
+    pub fn allow_key(&mut self, key: K, now: Instant) -> bool {
         self.sweep(now);
-        let key = SourceKey::from(source);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_TRACKED_SOURCES {
             return false;
         }

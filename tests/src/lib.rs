@@ -395,11 +395,12 @@ impl PalNode {
     }
 
     /// Starts `pal request --name NAME` (a fresh device asking to be added); its request code.
-    pub fn request(&mut self) -> String {
+    /// `pal request` for the network whose fingerprint `network` is; the request code.
+    pub fn request(&mut self, network: &str) -> String {
         assert!(self.process.is_none(), "{} is already running", self.name);
         let pal = pal_binary();
         let state = self.state.to_str().expect("utf-8 path").to_owned();
-        let args = ["--state", state.as_str(), "request", "--name", self.name.as_str()];
+        let args = ["--state", state.as_str(), "request", "--name", self.name.as_str(), "--network", network];
         self.process = Some(self.netns.spawn(pal.to_str().expect("utf-8 path"), &args, &self.log_path()));
         let mut code = String::new();
         let printed = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
@@ -408,6 +409,11 @@ impl PalNode {
         });
         assert!(printed, "{}: no request code: {}", self.name, self.log());
         code
+    }
+
+    /// The network's fingerprint, as `pal status` shows it.
+    pub fn network_fingerprint(&self) -> String {
+        self.status()["device"]["network"].as_str().expect("a network fingerprint").to_owned()
     }
 
     /// Waits for `pal request` to end after an admin added the device; panics if it failed.
@@ -593,8 +599,10 @@ impl NatNetwork {
         let (netns, address) = internet.host("cpal");
         let mut cloudpal = PalNode::new("cloudpal", netns, address);
         narrate(&format!("cloudpal: a fresh server on the internet at {}", cloudpal.address));
-        let code = cloudpal.request();
-        narrate(&format!("cloudpal$ pal request --name cloudpal    -> {}…", &code[..code.len().min(16)]));
+        let network = laptop.network_fingerprint();
+        narrate(&format!("laptop$ pal status    -> network {network}"));
+        let code = cloudpal.request(&network);
+        narrate(&format!("cloudpal$ pal request --name cloudpal --network {network}    -> {}…", &code[..code.len().min(16)]));
         narrate("laptop$ pal device add palr1… --role cloudpal    (the laptop dials CloudPal and hands it the log)");
         laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
         cloudpal.finish_request();

@@ -20,7 +20,20 @@ fn a_fresh_cloudpal_is_added_by_an_admin_behind_a_nat_and_admits_others() {
     // CloudPal: a fresh machine on a public address asks to be added.
     let (netns, address) = internet.host("cpal");
     let mut cloudpal = PalNode::new("cloudpal", netns, address);
-    let code = cloudpal.request();
+    let code = cloudpal.request(&laptop.network_fingerprint());
+
+    // Issue #12 (request-code hijack): a stranger who saw the code — an admin of another
+    // network — tries to capture the fresh CloudPal first. It refuses that log, says why at the
+    // stranger's end, and keeps waiting for its owner.
+    let (netns, address) = internet.host("strg");
+    let mut stranger = PalNode::new("stranger", netns, address);
+    stranger.pal_ok(&["init", "--name", "stranger"]);
+    stranger.up();
+    let captured = stranger.pal(&["device", "add", &code, "--role", "cloudpal"]);
+    let said = String::from_utf8_lossy(&captured.stderr).into_owned();
+    assert!(!captured.status.success(), "a stranger's network captured the fresh CloudPal");
+    assert!(said.contains("expects another network") && said.trim().lines().count() == 1, "{said}");
+    stranger.down();
 
     // The admin behind the NAT adds it; the log reaches it and `pal request` ends.
     let added = laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);

@@ -15,10 +15,11 @@ pub fn run(state: &StateDir, json: bool) -> anyhow::Result<()> {
         anyhow::bail!("{REVOKED}");
     }
     println!(
-        "{} {} {}",
+        "{} {} {}  network {}",
         device.name.as_deref().unwrap_or("?"),
         device.overlay_ipv4.as_deref().unwrap_or(""),
-        device.overlay_ipv6.as_deref().unwrap_or("")
+        device.overlay_ipv6.as_deref().unwrap_or(""),
+        device.network
     );
     for peer in &status.peers {
         let rtt = peer.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());

@@ -241,6 +241,7 @@ impl Core {
             device: DeviceSummary {
                 name: mine.map(|d| d.record.name.clone()),
                 id: self.me.to_hex(),
+                network: super::admission::fingerprint(&self.network),
                 overlay_ipv4: mine.map(|d| d.record.overlay_ipv4.to_string()),
                 overlay_ipv6: mine.map(|d| d.record.overlay_ipv6.to_string()),
                 status: if self.revoked() { DeviceStatus::Revoked.into() } else { DeviceStatus::Active.into() },

@@ -19,8 +19,13 @@ pub const PROVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub const INVITE_ATTEMPT_BURST: u32 = 10;
 pub const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
 
-pub(super) fn invite_limiter() -> protocol::ratelimit::RateLimiter {
-    protocol::ratelimit::RateLimiter::new(INVITE_ATTEMPT_INTERVAL, INVITE_ATTEMPT_BURST)
+/// Invite attempts are counted per source *and* invite: someone guessing the secret of one
+/// invite behind a carrier NAT (or through the relay, where every source looks the same)
+/// slows only guesses at that invite from there, never other joiners with their own invites.
+pub(super) type InviteLimiter = protocol::ratelimit::RateLimiter<(protocol::ratelimit::SourceKey, [u8; 32])>;
+
+pub(super) fn invite_limiter() -> InviteLimiter {
+    InviteLimiter::new(INVITE_ATTEMPT_INTERVAL, INVITE_ATTEMPT_BURST)
 }
 
 /// What a binding signs: the network id and the peer id of the connection.
@@ -62,6 +67,27 @@ pub(super) struct Hello<'a> {
     pub candidates: &'a [String],
     pub relay: bool,
     pub listen: &'a [String],
+}
+
+/// A network's fingerprint: 80 bits of a hash of its id, as four groups of four base32
+/// characters (`k3m9-x2pq-…`). Shown by `pal init` and `pal status`; `pal request --network`
+/// takes it, so that a fresh device accepts only its owner's network. It does not reveal the
+/// network id.
+pub fn fingerprint(network: &membership::NetworkId) -> String {
+    use blake2::{Blake2s256, Digest};
+    let digest = Blake2s256::new().chain_update(b"cloudpal/network-fingerprint/v1").chain_update(network.0).finalize();
+    let text = data_encoding::BASE32_NOPAD.encode(&digest[..10]).to_ascii_lowercase();
+    text.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("-")
+}
+
+/// A fingerprint as a user typed it: either case, with or without dashes and spaces.
+pub fn parse_fingerprint(text: &str) -> anyhow::Result<String> {
+    let bare: String = text.chars().filter(|c| !matches!(c, '-' | ' ')).collect::<String>().to_ascii_lowercase();
+    let valid = bare.len() == 16 && data_encoding::BASE32_NOPAD.decode(bare.to_ascii_uppercase().as_bytes()).is_ok();
+    if !valid {
+        anyhow::bail!("--network {text:?} is not a network fingerprint; copy it from `pal status` on an admin device");
+    }
+    Ok(bare.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("-"))
 }
 
 impl Core {
@@ -120,7 +146,7 @@ impl Core {
     /// then one every few seconds. Then the proof itself.
     pub(super) fn check_invite_attempt(&mut self, peer: &PeerId, proof: &InviteProof, time: Time) -> Result<(), String> {
         let source = self.connection_ips.get(peer).copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        if !self.invite_attempts.allow(source, time.now) {
+        if !self.invite_attempts.allow_key((source.into(), *proof.invite), time.now) {
             return Err("too many invite attempts from this address; wait a minute and try again".into());
         }
         self.verify_invite_proof(peer, proof, time.unix_secs()).map_err(|e| e.to_string())?;

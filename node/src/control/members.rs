@@ -108,7 +108,7 @@ impl Core {
         // Proven: redialled through its reach from now on, not as a reported candidate.
         self.candidates.remove(&peer);
         self.share_members();
-        self.admit_to_dht(peer, device, listen);
+        self.admit_to_dht(peer, device, listen, true);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
         let reach = self.reach.entry(device).or_default();
         reach.peer_id = Some(peer);
@@ -125,7 +125,9 @@ impl Core {
 
     /// Feeds a verified member's listen addresses (from its Hello) to Kademlia and to its
     /// reach (members only: the routing table is how others find us, so outsiders stay out).
-    fn admit_to_dht(&mut self, peer: PeerId, device: DeviceId, listen: &[String]) {
+    /// `listen` comes in a Hello (all of it goes to Kademlia) or a path exchange (only what
+    /// is new does).
+    pub(super) fn admit_to_dht(&mut self, peer: PeerId, device: DeviceId, listen: &[String], hello: bool) {
         let addresses: Vec<Multiaddr> = listen
             .iter()
             .filter_map(|a| a.parse().ok())
@@ -133,12 +135,14 @@ impl Core {
             .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
             .collect();
         let known = &mut self.reach.entry(device).or_default().multiaddrs;
-        for address in &addresses {
-            if known.len() < super::discovery::MAX_CANDIDATE_ADDRESSES {
-                known.insert(address.clone());
+        let mut new = Vec::new();
+        for address in addresses {
+            let fresh = known.len() < super::discovery::MAX_CANDIDATE_ADDRESSES && known.insert(address.clone());
+            if fresh || hello {
+                new.push(address);
             }
         }
-        for address in addresses {
+        for address in new {
             self.push(Action::KadAddAddress { peer, address });
         }
     }

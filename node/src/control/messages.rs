@@ -102,6 +102,10 @@ pub enum Request {
     Paths {
         #[n(0)]
         candidates: Vec<String>,
+        /// The sender's control-plane addresses now (a circuit at the relay appears after the
+        /// Hello): what identify's pushes were, members only.
+        #[cbor(n(1), default)]
+        listen: Vec<String>,
     },
     /// An admin delivers the log to a device it just added from a request code (`pal device
     /// add`): one batch per request, in fold order, the first starting at genesis.

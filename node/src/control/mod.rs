@@ -181,7 +181,7 @@ pub struct Core {
     /// Members that told us we are revoked and were asked for the log (once each).
     revocation_checks: HashSet<PeerId>,
     /// Invite proofs checked per source address (INV-03).
-    invite_attempts: protocol::ratelimit::RateLimiter,
+    invite_attempts: admission::InviteLimiter,
 
     // Discovery.
     listen_addrs: BTreeSet<Multiaddr>,
@@ -388,11 +388,12 @@ impl Core {
                 self.on_hello(peer, admission::Hello { binding: &binding, data_port, summary: &summary, candidates: &candidates, relay, listen: &listen })
             }
             Request::Deliver { .. } => messages::refused("this device already belongs to a network"),
-            Request::Paths { candidates } => {
+            Request::Paths { candidates, listen } => {
                 let Some(device) = self.by_peer.get(&peer).copied() else {
                     return messages::refused(admission::NOT_A_MEMBER);
                 };
                 self.learn_candidates(device, &candidates, false);
+                self.admit_to_dht(peer, device, &listen, false);
                 Response::Paths { peers: self.known_peers() }
             }
             Request::Sync { binding, summary, .. } => self.serve_sync(peer, binding, &summary),

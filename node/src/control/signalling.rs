@@ -45,10 +45,11 @@ impl Core {
     /// know of the others.
     pub(super) fn exchange_paths(&mut self) {
         let candidates = self.own_candidates();
+        let listen = self.own_listen_addresses();
         let mut peers: Vec<PeerId> = self.by_peer.keys().copied().filter(|peer| self.is_connected(peer)).collect();
         peers.sort();
         for peer in peers {
-            self.push(Action::Send { peer, request: Request::Paths { candidates: candidates.clone() } });
+            self.push(Action::Send { peer, request: Request::Paths { candidates: candidates.clone(), listen: listen.clone() } });
         }
     }
 

@@ -67,6 +67,8 @@ pub struct StatusReply {
 pub struct DeviceSummary {
     pub name: Option<String>,
     pub id: String,
+    /// The network's fingerprint (`pal request --network` takes it).
+    pub network: String,
     pub overlay_ipv4: Option<String>,
     pub overlay_ipv6: Option<String>,
     pub status: DeviceStatusName,

@@ -13,11 +13,15 @@ use anyhow::{Context, Result, bail};
 use membership::{DeviceRecord, Entry, EntryContents, Log, Operation, Role, overlay};
 use serde::{Deserialize, Serialize};
 
+pub use crate::control::admission::{fingerprint, parse_fingerprint};
+
 /// What `pal init` made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Founded {
     pub name: String,
     pub id: String,
+    /// The network's fingerprint, for `pal request --network` on a device to be added.
+    pub network: String,
     pub overlay_ipv4: String,
     pub overlay_ipv6: String,
 }
@@ -47,8 +51,10 @@ pub fn init(state: &StateDir, name: &str, unix: u64) -> Result<Founded> {
         &identity.device,
         None,
     )?;
+    let genesis_hash = genesis.hash().0;
     state.create_store(genesis)?;
-    Ok(Founded { name: name.to_owned(), id: me.to_hex(), overlay_ipv4: overlay_ipv4.to_string(), overlay_ipv6: overlay_ipv6.to_string() })
+    let network = membership::NetworkId(genesis_hash);
+    Ok(Founded { name: name.to_owned(), id: me.to_hex(), network: fingerprint(&network), overlay_ipv4: overlay_ipv4.to_string(), overlay_ipv6: overlay_ipv6.to_string() })
 }
 
 /// The one check before a device is made: a valid name, and a state directory that holds no
@@ -117,6 +123,9 @@ mod tests {
         founded.expect("init");
         let mode = std::fs::metadata(root.join("membership.redb")).expect("log").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let founded = init(&StateDir::new(&root.join("second")), "desktop", 1_800_000_000).expect("another network");
+        assert_eq!(parse_fingerprint(&founded.network.to_ascii_uppercase().replace('-', "")).expect("parses"), founded.network);
+        assert!(parse_fingerprint("not-a-fingerprint").is_err());
         let again = init(&StateDir::new(&root), "laptop", 1_800_000_000).expect_err("a second init");
         assert!(again.to_string().contains("already holds a device"), "{again}");
         let _ = std::fs::remove_dir_all(&root);

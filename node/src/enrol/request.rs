@@ -79,11 +79,14 @@ impl RequestCode {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Creates this device's keys, shows its request code through `show`, and waits until an admin
-/// delivers a log that lists it; returns the role it was given.
-pub async fn request(state: &StateDir, name: &str, listen: SocketAddr, show: impl FnOnce(&str)) -> Result<Role> {
+/// of the network with fingerprint `expected` (see [`super::fingerprint`]) delivers a log that
+/// lists it; returns the role it was given. A log of any other network is refused, and once
+/// an admin's delivery has begun nobody else can interrupt it (issue #12).
+pub async fn request(state: &StateDir, name: &str, listen: SocketAddr, expected: &str, show: impl FnOnce(&str)) -> Result<Role> {
     super::check_new_device(state, name)?;
+    let expected = super::parse_fingerprint(expected)?;
     let identity = state.create_identity()?;
-    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, wait_for_admin(state, &identity, name, listen, show)).await;
+    let outcome = tokio::time::timeout(REQUEST_TIMEOUT, wait_for_admin(state, &identity, name, listen, &expected, show)).await;
     let outcome = outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("no admin added this device within an hour; run `pal request` again")));
     if outcome.is_err() {
         super::discard(state);
@@ -96,6 +99,7 @@ async fn wait_for_admin(
     identity: &Identity,
     name: &str,
     listen: SocketAddr,
+    expected: &str,
     show: impl FnOnce(&str),
 ) -> Result<Role> {
     let mut swarm = p2p::build(&identity.libp2p, |_, _| p2p::enrol_behaviour())?;
@@ -132,15 +136,34 @@ async fn wait_for_admin(
     show(&code.encode());
 
     let mut log: Option<Log> = None;
+    // The admin whose delivery is under way: nobody else may reset or interleave it.
+    let mut deliverer: Option<libp2p::PeerId> = None;
     loop {
         let SwarmEvent::Behaviour(EnrolEvent::Control(request_response::Event::Message {
+            peer,
             message: request_response::Message::Request { request: Request::Deliver { batch, more }, channel, .. },
             ..
         })) = swarm.select_next_some().await
         else {
             continue;
         };
+        if deliverer.is_some_and(|d| d != peer) {
+            let busy = Response::Refused { reason: "another admin is delivering this device's log".into() };
+            let _ = swarm.behaviour_mut().control.send_response(channel, busy);
+            continue;
+        }
         let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
+        // A delivery starts with the genesis, which names the network: only the expected one.
+        if log.is_none() {
+            let network = batch.first().and_then(|genesis| membership::Entry::decode(genesis).ok()).map(|genesis| membership::NetworkId(genesis.hash().0));
+            if network.map(|n| super::fingerprint(&n)).as_deref() != Some(expected) {
+                tracing::warn!("refused a log from another network than the one this device expects");
+                let wrong = Response::Refused { reason: "this device expects another network; check the fingerprint given to `pal request --network`".into() };
+                let _ = swarm.behaviour_mut().control.send_response(channel, wrong);
+                continue;
+            }
+            deliverer = Some(peer);
+        }
         let result = super::ingest_batch(&mut log, &batch, None, "admin");
         let verdict = match (&result, more) {
             (Err(error), _) => Err(error.to_string()),
@@ -173,7 +196,11 @@ async fn wait_for_admin(
                 return Ok(role);
             }
             Ok(false) => {}
-            Err(_) => log = None, // start over with the next delivery
+            Err(_) => {
+                // Start over with the next delivery, from whichever admin.
+                log = None;
+                deliverer = None;
+            }
         }
     }
 }

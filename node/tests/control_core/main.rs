@@ -197,6 +197,11 @@ fn inv03_invite_guessing_is_slowed_per_source_not_for_others() {
         (0..11).map(|_| refusal(&sim.ask_as(guesser, Ipv4Addr::new(198, 51, 100, 30), 0, invite_sync(&sim, &code, &guesser, &wrong)))).collect();
     assert!(reasons[..10].iter().all(|r| r == "this invite code is not valid for this network"), "{reasons:?}");
     assert!(reasons[10].starts_with("too many invite attempts"), "{reasons:?}");
+    // The same address with another invite (a joiner behind the same carrier NAT) is not
+    // locked out either.
+    let other = invite(&mut sim, 0, Duration::from_secs(3600));
+    let neighbour = peer_of(206);
+    assert!(matches!(sim.ask_as(neighbour, Ipv4Addr::new(198, 51, 100, 30), 0, invite_sync(&sim, &other, &neighbour, &other.secret)), Response::Template { .. }));
     // Another address is not locked out, and the guesser gets one try per 6 s again.
     let honest = peer_of(205);
     assert!(matches!(sim.ask_as(honest, Ipv4Addr::new(198, 51, 100, 31), 0, invite_sync(&sim, &code, &honest, &code.secret)), Response::Template { .. }));
@@ -286,7 +291,7 @@ fn a_revoked_device_gets_revoked_for_a_hello_and_nothing_else() {
     let binding = node::control::admission::sign_binding(car_key, &network.log.network(), &imposter);
     let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec![] };
     assert_eq!(sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, hello), Response::Revoked);
-    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()] };
+    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()], listen: vec![] };
     assert_eq!(refusal(&sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, paths)), "not a member of this network");
 }
 
@@ -690,4 +695,17 @@ fn an_invite_holder_learns_nothing_of_the_log_until_it_has_joined() {
     let sync = Request::Sync { binding: Some(binding), invite: None, summary: membership::SyncMessage::Summary(summary).encode().into() };
     let Response::Entries { batch, .. } = sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), 0, sync) else { panic!("entries") };
     assert_eq!(batch.len(), sim.nodes[0].log().len());
+}
+
+#[test]
+fn a_listen_address_that_appears_later_reaches_members_with_the_next_path_exchange() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal), ("desktop", Role::Member)]);
+    sim.run_for(Duration::from_secs(1));
+    // The desktop's circuit at CloudPal's relay comes up after its Hellos went out.
+    let circuit: libp2p::Multiaddr = format!("/ip4/{}/tcp/41641/p2p/{}/p2p-circuit", sim.nodes[1].ip, sim.nodes[1].peer).parse().expect("addr");
+    sim.nodes[2].core.handle_new_listen_addr(circuit.clone());
+    let desktop = sim.nodes[2].key.public_key().device_id();
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.nodes[0].core.reach(&desktop).expect("reach").multiaddrs.contains(&circuit), "the laptop learns the desktop's circuit");
+    assert!(sim.nodes[0].kad_addresses.iter().any(|(peer, address)| *peer == sim.nodes[2].peer && *address == circuit));
 }
