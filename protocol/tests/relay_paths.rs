@@ -37,6 +37,8 @@ struct Net {
     direct: bool,
     /// Applied to every envelope the relay forwards.
     tamper: Option<Tamper>,
+    /// The relay forwards nothing (it drops every envelope).
+    relay_drops: bool,
     /// Forwarded envelopes, as they left the relay.
     forwarded: Vec<Vec<u8>>,
     /// Envelopes members sent to the relay, as they left the member.
@@ -93,6 +95,7 @@ impl Net {
             in_flight: VecDeque::new(),
             direct: false,
             tamper: None,
+            relay_drops: false,
             forwarded: Vec::new(),
             to_relay: Vec::new(),
             delivered: vec![Vec::new(); 3],
@@ -148,6 +151,7 @@ impl Net {
         let mut out = vec![0u8; 65_536];
         match self.devices[to].decapsulate(datagram.from, &datagram.bytes, &mut out, self.now) {
             Ok(Received::Packet { len, .. }) => self.delivered[to].push(out[..len].to_vec()),
+            Ok(Received::Forward(_)) if self.relay_drops => {}
             Ok(Received::Forward(transmit)) => {
                 let mut bytes = out[..transmit.len].to_vec();
                 if let Some(tamper) = self.tamper.as_mut() {
@@ -412,4 +416,39 @@ fn only_the_newest_envelope_moves_an_endpoint() {
     net.run_for(Duration::from_millis(10));
     assert_eq!(net.devices[R].stats().relay_forwarded, forwarded_before + 1, "a late envelope still goes on");
     assert_eq!(net.devices[R].peer_endpoint(&net.keys[A]), Some(net.addresses[A]), "but does not move A");
+}
+
+/// RL-04: a relay that drops (or delays) everything costs availability and nothing else: the
+/// session survives, no key or path is given up to it, the direct path carries the traffic
+/// where there is one, and relayed traffic resumes when the relay forwards again.
+#[test]
+fn rl04_a_relay_that_drops_everything_degrades_availability_only() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"through the relay"));
+    let sessions = net.handshakes(A, B);
+    net.relay_drops = true;
+    assert!(!net.a_to_b(b"dropped"), "a dropping relay delivered");
+    // Where a direct path exists, probes find it and traffic flows without the relay.
+    let (a_address, b_address) = (net.addresses[A], net.addresses[B]);
+    net.devices[A].set_peer_candidates(&net.keys[B].clone(), &[b_address], net.now);
+    net.devices[B].set_peer_candidates(&net.keys[A].clone(), &[a_address], net.now);
+    net.direct = true;
+    net.run_for(PROBE_INTERVAL * 2);
+    assert!(net.a_to_b(b"direct now"), "no direct fallback: {:?}", net.errors);
+    assert_eq!(net.path(A, B), PathKind::Direct);
+    // The relay forwards again and the direct path goes: relayed traffic resumes, same session.
+    net.relay_drops = false;
+    net.direct = false;
+    let mut resumed = false;
+    for i in 0..200 {
+        net.send_ip(A, B, format!("again {i}").as_bytes());
+        net.run_for(Duration::from_millis(20));
+        if net.delivered[B].last().is_some_and(|p| p.ends_with(format!("again {i}").as_bytes())) {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "relayed traffic never resumed");
+    assert_eq!(net.handshakes(A, B), sessions, "the session survived the dropping relay");
 }

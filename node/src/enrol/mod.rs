@@ -123,7 +123,7 @@ mod tests {
         founded.expect("init");
         let mode = std::fs::metadata(root.join("membership.redb")).expect("log").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let founded = init(&StateDir::new(&root.join("second")), "desktop", 1_800_000_000).expect("another network");
+        let founded = init(&StateDir::new(root.join("second")), "desktop", 1_800_000_000).expect("another network");
         assert_eq!(parse_fingerprint(&founded.network.to_ascii_uppercase().replace('-', "")).expect("parses"), founded.network);
         assert!(parse_fingerprint("not-a-fingerprint").is_err());
         let again = init(&StateDir::new(&root), "laptop", 1_800_000_000).expect_err("a second init");
