@@ -709,3 +709,24 @@ fn a_listen_address_that_appears_later_reaches_members_with_the_next_path_exchan
     assert!(sim.nodes[0].core.reach(&desktop).expect("reach").multiaddrs.contains(&circuit), "the laptop learns the desktop's circuit");
     assert!(sim.nodes[0].kad_addresses.iter().any(|(peer, address)| *peer == sim.nodes[2].peer && *address == circuit));
 }
+
+/// DHT-03: Sybils own the DHT (every lookup answers garbage, every put vanishes): members who
+/// lose their connection still find each other again through what they already know — the
+/// redial plan, and the addresses other members (CloudPal) report — within seconds.
+#[test]
+fn dht03_an_eclipsed_dht_does_not_keep_members_apart() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal), ("phone", Role::Member)]);
+    sim.connect(2, 1);
+    sim.settle();
+    sim.eclipse = true;
+    sim.auto_dial = false;
+    sim.disconnect(2, 0);
+    let cut = sim.time.now;
+    sim.run_for(Duration::from_secs(6));
+    assert!(sim.nodes[0].kad_gets.iter().any(|(at, _)| *at > cut), "the laptop looked the phone up (and got garbage)");
+    let members: Vec<libp2p::PeerId> = sim.nodes.iter().map(|n| n.peer).collect();
+    assert!(sim.nodes[0].dials.iter().all(|(_, d)| d.peer.is_none_or(|p| members.contains(&p))), "only known members were dialled");
+    sim.auto_dial = true;
+    sim.run_for(Duration::from_secs(4));
+    assert!(sim.is_connected(0, 2), "the laptop and the phone did not find each other again without the DHT");
+}

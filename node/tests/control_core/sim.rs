@@ -76,6 +76,8 @@ pub struct Sim {
     drops: Vec<Drop>,
     /// Whether dials are carried out (off: the test reads them).
     pub auto_dial: bool,
+    /// DHT-03: Sybils own the DHT: puts vanish and every lookup finds garbage.
+    pub eclipse: bool,
 }
 
 /// Requests from `.0` to `.1` that `.2` picks are lost.
@@ -124,6 +126,7 @@ impl Sim {
             queue: VecDeque::new(),
             drops: Vec::new(),
             auto_dial: true,
+            eclipse: false,
         }
     }
 
@@ -289,6 +292,12 @@ impl Sim {
                 }
             }
             Action::KadAddAddress { peer, address } => self.nodes[index].kad_addresses.push((peer, address)),
+            Action::KadPut { .. } if self.eclipse => self.nodes[index].kad_puts.push(now),
+            Action::KadGet { key } if self.eclipse => {
+                self.nodes[index].kad_gets.push((now, key.clone()));
+                let time = self.time;
+                self.nodes[index].core.handle_found_record(&key, &[0xa5; 300], time);
+            }
             Action::KadPut { key, value, .. } => {
                 self.nodes[index].kad_puts.push(now);
                 self.nodes[index].kad_store.insert(key.clone(), value.clone());
