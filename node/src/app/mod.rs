@@ -101,11 +101,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     );
     device.set_relay_server(options.cloudpal);
     let gate = Gate::default();
-    let mut swarm = p2p::build(&identity.libp2p, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, &gate, &network))?;
-    let tcp_address = crate::control::addr::socket_multiaddr(options.listen, false);
-    let quic_address = crate::control::addr::socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
-    swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
-    swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
+    let mut epoch = p2p::identity_epoch(clock::unix_secs());
+    let mut swarm = node_swarm(&identity.libp2p, epoch, &options, &gate, &network)?;
 
     let tun_config = dataplane::TunConfig { name: options.tun_name.clone(), ipv4: my_record.overlay_ipv4, ipv6: my_record.overlay_ipv6, offload: options.offload };
     let (events_tx, mut events) = mpsc::channel(dataplane::EVENT_QUEUE);
@@ -121,13 +118,15 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(CONTROL_QUEUE);
     tokio::spawn(socket::serve(listener, control_tx));
 
-    let mut app = App { core, driver: Driver::new(gate), data, state, pending: HashMap::new(), next_token: REFRESH + 1 };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1 };
     app.drain(&mut swarm, clock::now());
     tracing::info!(cloudpal = options.cloudpal, "node up");
 
     let mut refresh = tokio::time::interval(VIEW_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        let rotate_in = Duration::from_secs(p2p::identity_epoch_end(epoch).saturating_sub(clock::unix_secs()));
+        let rotation = tokio::time::sleep(rotate_in);
         let deadline = app.core.poll_timeout().map(tokio::time::Instant::from_std);
         let timer = async {
             match deadline {
@@ -141,14 +140,54 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
             Some(event) = events.recv() => app.on_data_event(&mut swarm, event),
             _ = timer => app.core.handle_timeout(clock::now()),
             _ = refresh.tick() => app.command(DataCommand::QueryView(REFRESH)),
+            _ = rotation => {
+                // A new identity epoch: a new libp2p identity, so a new swarm.
+                epoch = p2p::identity_epoch(clock::unix_secs()).max(epoch + 1);
+                say_goodbye(&mut swarm).await;
+                drop(swarm);
+                swarm = rebuild_swarm(&identity.libp2p, epoch, &options, &gate, &network).await?;
+                app.driver = Driver::new(gate.clone());
+                app.core.handle_identity_changed(*swarm.local_peer_id(), clock::now());
+                tracing::info!("control-plane identity rotated");
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
         app.drain(&mut swarm, clock::now());
     }
     let _ = std::fs::remove_file(app.state.socket_path());
-    // Say goodbye: closing the connections lets peers see us gone at once (a QUIC connection
-    // left to its idle timeout looks alive for seconds more, delaying their DHT lookups).
+    say_goodbye(&mut swarm).await;
+    tracing::info!("node down");
+    Ok(())
+}
+
+/// The node's swarm for identity epoch `epoch`, listening on TCP at the data port and QUIC
+/// on the next.
+fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
+    let mut swarm = p2p::build_for_epoch(seed, epoch, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, gate, network))?;
+    let tcp_address = crate::control::addr::socket_multiaddr(options.listen, false);
+    let quic_address = crate::control::addr::socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
+    swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
+    swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
+    Ok(swarm)
+}
+
+/// A new swarm on the same ports, once the old one has let go of them.
+async fn rebuild_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
+    let mut last = None;
+    for _ in 0..50 {
+        match node_swarm(seed, epoch, options, gate, network) {
+            Ok(swarm) => return Ok(swarm),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("cannot listen for the control plane")))
+}
+
+/// Closing the connections lets peers see us gone at once (a QUIC connection left to its idle
+/// timeout looks alive for seconds more, delaying their DHT lookups).
+async fn say_goodbye(swarm: &mut Swarm<Behaviour>) {
     for peer in swarm.connected_peers().copied().collect::<Vec<_>>() {
         let _ = swarm.disconnect_peer_id(peer);
     }
@@ -158,8 +197,6 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         }
     })
     .await;
-    tracing::info!("node down");
-    Ok(())
 }
 
 impl App {

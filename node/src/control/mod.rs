@@ -370,6 +370,41 @@ impl Core {
         }
     }
 
+    /// Our libp2p identity rotated (a new identity epoch, [`crate::p2p::keypair`]): the old
+    /// swarm and every connection went with it. The members' identities rotated too, so they
+    /// are found again by the addresses we knew them at (dialled without a peer id), by the
+    /// bootstrap addresses and by their fresh presence records, and prove themselves anew.
+    pub fn handle_identity_changed(&mut self, peer_id: PeerId, time: Time) {
+        self.last_now = self.last_now.max(time.now);
+        self.peer_id = peer_id;
+        self.binding = admission::sign_binding(&self.signing_key, &self.network, &peer_id);
+        self.connections.clear();
+        self.control_links.clear();
+        self.connection_ips.clear();
+        self.unproven.clear();
+        self.revocation_checks.clear();
+        self.by_peer.clear();
+        self.candidates.clear();
+        self.presence_seq.clear();
+        self.listen_addrs.clear();
+        self.relay_listen = false;
+        self.share_members();
+        let mut addresses: Vec<Multiaddr> = Vec::new();
+        for reach in self.reach.values_mut() {
+            reach.connected = false;
+            reach.peer_id = None;
+            reach.last_dial = None;
+            addresses.extend(reach.multiaddrs.iter().filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))).take(2).cloned());
+        }
+        addresses.extend(self.bootstrap.iter().cloned());
+        addresses.sort();
+        addresses.dedup();
+        for address in addresses {
+            self.push(Action::Dial(Dial { peer: None, addresses: vec![address], when: DialWhen::Idle }));
+        }
+        self.timers = Timers::new(time.now);
+    }
+
     /// The circuit listener at the relay was refused or closed.
     pub fn handle_relay_listener_closed(&mut self) {
         self.relay_listen = false;

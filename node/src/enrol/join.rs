@@ -68,8 +68,14 @@ enum Step {
 async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name: &str) -> Result<()> {
     let mut swarm = p2p::build(&identity.libp2p, |_, _| p2p::enrol_behaviour())?;
     let local_peer = *swarm.local_peer_id();
+    // Dialled by address alone: the code may name a member's PeerId of an earlier identity
+    // epoch; whoever answers proves its network by the log, whose genesis is the code's.
     for address in &code.bootstrap {
-        let _ = swarm.dial(address.clone());
+        let mut address = address.clone();
+        if matches!(address.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            address.pop();
+        }
+        let _ = swarm.dial(address);
     }
     let proof = sign_invite_proof(&code.secret, &code.invite, &code.network, &local_peer);
     let enrol = Request::Enrol {

@@ -78,10 +78,16 @@ impl relay::RateLimiter for MembersOnly {
     }
 }
 
-/// The one transport stack, under the libp2p identity of `seed`, with whatever behaviour
-/// `make` builds (it also gets the relay client, which only a member's node uses).
+/// The one transport stack, under the libp2p identity of `seed` in the current identity epoch
+/// ([`identity_epoch`]), with whatever behaviour `make` builds (it also gets the relay
+/// client, which only a member's node uses).
 pub fn build<B: NetworkBehaviour>(seed: &[u8; 32], make: impl FnOnce(&identity::Keypair, relay::client::Behaviour) -> B) -> Result<Swarm<B>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(seed)?)
+    build_for_epoch(seed, identity_epoch(crate::clock::unix_secs()), make)
+}
+
+/// As [`build`], for identity epoch `epoch`.
+pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, make: impl FnOnce(&identity::Keypair, relay::client::Behaviour) -> B) -> Result<Swarm<B>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(seed, epoch)?)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_quic()
@@ -139,13 +145,54 @@ fn control_behaviour() -> request_response::Behaviour<codec::Codec> {
     request_response::Behaviour::new([(codec::PROTOCOL, ProtocolSupport::Full)], request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT))
 }
 
-/// The libp2p identity of a 32-byte seed (the state directory's `libp2p.key`).
-pub fn keypair(seed: &[u8; 32]) -> Result<identity::Keypair> {
-    let mut bytes = *seed;
+/// How long one libp2p identity lasts: a day, like the DHT keys (`PAL_IDENTITY_EPOCH`
+/// seconds where a test wants to see a rotation).
+pub fn identity_epoch_length() -> u64 {
+    std::env::var("PAL_IDENTITY_EPOCH").ok().and_then(|s| s.parse().ok()).filter(|s: &u64| *s >= 5).unwrap_or(86_400)
+}
+
+/// The identity epoch of a wall-clock time (Unix seconds).
+pub fn identity_epoch(unix: u64) -> u64 {
+    unix / identity_epoch_length()
+}
+
+/// When identity epoch `epoch` ends (Unix seconds).
+pub fn identity_epoch_end(epoch: u64) -> u64 {
+    (epoch + 1) * identity_epoch_length()
+}
+
+/// The libp2p identity of a 32-byte seed (the state directory's `libp2p.key`) in identity
+/// epoch `epoch`: a fresh key every epoch, so nobody outside the network can follow a device
+/// from one day to the next by its PeerId (DHT-05); members learn each day's from the Hello,
+/// which the device key signs.
+pub fn keypair(seed: &[u8; 32], epoch: u64) -> Result<identity::Keypair> {
+    use blake2::{Blake2s256, Digest};
+    let mut bytes: [u8; 32] = Blake2s256::new().chain_update(b"cloudpal/libp2p-identity/v1").chain_update(seed).chain_update(epoch.to_be_bytes()).finalize().into();
     identity::Keypair::ed25519_from_bytes(&mut bytes).context("the libp2p key in the state directory is unusable; restore it from a backup or join again")
 }
 
-/// The peer id of a 32-byte seed.
+/// The peer id a node with `seed` has now.
 pub fn peer_id(seed: &[u8; 32]) -> Result<PeerId> {
-    Ok(keypair(seed)?.public().to_peer_id())
+    peer_id_in(seed, identity_epoch(crate::clock::unix_secs()))
+}
+
+/// The peer id a node with `seed` has in identity epoch `epoch`.
+pub fn peer_id_in(seed: &[u8; 32], epoch: u64) -> Result<PeerId> {
+    Ok(keypair(seed, epoch)?.public().to_peer_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DHT-05: no PeerId lasts beyond its epoch, and the next cannot be told from a stranger's.
+    #[test]
+    fn dht05_the_peer_id_changes_every_epoch() {
+        let seed = [7u8; 32];
+        let ids: Vec<PeerId> = (100..104).map(|epoch| peer_id_in(&seed, epoch).expect("peer id")).collect();
+        let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert_eq!(peer_id_in(&seed, 101).expect("id"), ids[1], "the same epoch gives the same id");
+        assert_ne!(peer_id_in(&[8u8; 32], 100).expect("id"), ids[0]);
+    }
 }

@@ -730,3 +730,23 @@ fn dht03_an_eclipsed_dht_does_not_keep_members_apart() {
     sim.run_for(Duration::from_secs(4));
     assert!(sim.is_connected(0, 2), "the laptop and the phone did not find each other again without the DHT");
 }
+
+/// DHT-05 on the control plane: when the identity epoch turns, every node's PeerId changes;
+/// members find each other again by the addresses they knew (dialled without the stale id),
+/// prove themselves with fresh bindings, and the log keeps flowing.
+#[test]
+fn members_find_each_other_again_after_their_identities_rotate() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("desktop", Role::Member)]);
+    let old: Vec<libp2p::PeerId> = sim.nodes.iter().map(|n| n.peer).collect();
+    sim.rotate_identities(100);
+    assert!(sim.nodes.iter().zip(&old).all(|(n, old)| n.peer != *old), "every PeerId changed");
+    sim.run_for(Duration::from_secs(4));
+    for index in 1..3 {
+        assert!(sim.is_connected(index, 0), "{} did not reconnect", sim.nodes[index].name);
+        let laptop = sim.nodes[0].peer;
+        assert!(sim.nodes[index].core.member_peers().contains_key(&laptop), "the laptop's new identity is proven to {}", sim.nodes[index].name);
+    }
+    let code = invite(&mut sim, 0, Duration::from_secs(600));
+    assert!(sim.nodes[1].log().contains(&code.invite) && sim.nodes[2].log().contains(&code.invite), "the log flows over the new connections");
+    assert!(old.iter().all(|peer| !sim.nodes[0].member_peers.contains(peer)), "stale identities are out of the relay gate");
+}

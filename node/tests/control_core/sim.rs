@@ -370,6 +370,19 @@ impl Sim {
         response
     }
 
+    /// Every node's libp2p identity rotates at once (a new identity epoch): every connection
+    /// goes with the old swarms; each core is told its new peer id.
+    pub fn rotate_identities(&mut self, salt: u8) {
+        self.connections.clear();
+        let time = self.time;
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            node.peer = peer_of((index as u8 + 1).wrapping_add(salt));
+            node.core.handle_identity_changed(node.peer, time);
+            let address = node.address();
+            node.core.handle_new_listen_addr(address);
+        }
+    }
+
     /// The distinct logs (by heads) the nodes hold.
     pub fn distinct_heads(&self) -> BTreeSet<Vec<membership::EntryHash>> {
         self.nodes.iter().map(|n| n.log().heads().iter().copied().collect()).collect()
