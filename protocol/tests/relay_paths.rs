@@ -43,6 +43,8 @@ struct Net {
     forwarded: Vec<Vec<u8>>,
     /// Envelopes members sent to the relay, as they left the member.
     to_relay: Vec<Vec<u8>>,
+    /// Every datagram sent: by whom, to where.
+    sent: Vec<(usize, SocketAddr)>,
     delivered: Vec<Vec<Vec<u8>>>,
     errors: Vec<Vec<Error>>,
 }
@@ -98,6 +100,7 @@ impl Net {
             relay_drops: false,
             forwarded: Vec::new(),
             to_relay: Vec::new(),
+            sent: Vec::new(),
             delivered: vec![Vec::new(); 3],
             errors: vec![Vec::new(); 3],
         }
@@ -108,6 +111,7 @@ impl Net {
     }
 
     fn send(&mut self, from: usize, to: SocketAddr, bytes: Vec<u8>) {
+        self.sent.push((from, to));
         if from != R && to == self.addresses[R] && relay::is_envelope(&bytes) {
             self.to_relay.push(bytes.clone());
         }
@@ -451,4 +455,30 @@ fn rl04_a_relay_that_drops_everything_degrades_availability_only() {
     }
     assert!(resumed, "relayed traffic never resumed");
     assert_eq!(net.handshakes(A, B), sessions, "the session survived the dropping relay");
+}
+
+/// RL-05 for our own path signalling (the data plane's DCUtR): a member that hands out bogus
+/// or third parties' addresses as candidates costs at most a bounded number of probes per
+/// round, and nothing answering at them — an impostor replaying a genuine datagram, say — can
+/// move the path there: only a packet of the peer's own session can.
+#[test]
+fn rl05_bogus_candidates_cost_bounded_probes_and_win_no_path() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"warm up"));
+    let bogus: Vec<SocketAddr> = (1..=50u16).map(|i| SocketAddr::from(([192, 0, 2, 200], 1000 + i))).collect();
+    net.devices[A].set_peer_candidates(&net.keys[B].clone(), &bogus, net.now);
+    let before = net.sent.len();
+    net.send_ip(A, B, b"keep the peer active");
+    net.run_for(PROBE_INTERVAL * 4);
+    let probes: std::collections::BTreeSet<SocketAddr> = net.sent[before..].iter().filter(|(from, to)| *from == A && bogus.contains(to)).map(|(_, to)| *to).collect();
+    assert!(!probes.is_empty(), "the candidates were never probed");
+    assert!(probes.len() <= protocol::paths::MAX_CANDIDATES, "{} bogus addresses probed", probes.len());
+    // An impostor at a bogus address answers with a datagram it captured on the relay's link.
+    let captured = net.forwarded.last().expect("a forwarded datagram").clone();
+    let impostor = *probes.iter().next().expect("probed");
+    net.in_flight.push_back(Datagram { at: net.now, from: impostor, to: net.addresses[A], bytes: captured });
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.path(A, B), PathKind::Relay, "an impostor's address became the path");
+    assert!(net.a_to_b(b"still through the relay"));
 }

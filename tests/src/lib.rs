@@ -394,8 +394,8 @@ impl PalNode {
         assert!(ready, "{} did not come up: {}", self.name, self.log());
     }
 
-    /// Starts `pal request --name NAME` (a fresh device asking to be added); its request code.
-    /// `pal request` for the network whose fingerprint `network` is; the request code.
+    /// Starts `pal request --name NAME --network FINGERPRINT` (a fresh device asking to be
+    /// added to the network of that fingerprint); its request code.
     pub fn request(&mut self, network: &str) -> String {
         assert!(self.process.is_none(), "{} is already running", self.name);
         let pal = pal_binary();

@@ -6,8 +6,7 @@ use node::statedir::StateDir;
 use std::net::SocketAddr;
 
 pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: Vec<String>, offload: bool) -> anyhow::Result<()> {
-    // Lifecycle lines only by default; never peers, endpoints or destinations (PRIV-01).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAL_LOG").unwrap_or_else(|_| "info,libp2p=warn,quinn=warn,quinn_udp=off".into());
+    let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("PAL_LOG").ok().as_deref()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
     let listen: SocketAddr = match listen {
@@ -22,4 +21,33 @@ pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: V
     // The control plane is light: one thread. The data plane starts its own (node::dataplane).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))
+}
+
+/// The log filter for `PAL_LOG`. Lifecycle lines only by default, never peers, endpoints or
+/// destinations (PRIV-01). A bare level (`PAL_LOG=debug`) applies to pal's own code only —
+/// which logs no addresses, names or keys at any level (PRIV-02) — while the libraries stay at
+/// warnings (libp2p's own debug lines name peers and addresses); full directives
+/// (`PAL_LOG=libp2p_swarm=debug,…`) are taken as they are, for whoever needs them.
+fn log_filter(setting: Option<&str>) -> String {
+    const OURS: [&str; 4] = ["pal", "node", "protocol", "membership"];
+    match setting.map(str::trim).filter(|s| !s.is_empty()) {
+        None => "warn,pal=info,node=info,protocol=info,membership=info".into(),
+        Some(level) if ["error", "warn", "info", "debug", "trace"].contains(&level) => {
+            let ours: Vec<String> = OURS.iter().map(|target| format!("{target}={level}")).collect();
+            format!("warn,{}", ours.join(","))
+        }
+        Some(directives) => directives.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_bare_level_raises_only_pals_own_code() {
+        assert_eq!(log_filter(Some("debug")), "warn,pal=debug,node=debug,protocol=debug,membership=debug");
+        assert_eq!(log_filter(None), "warn,pal=info,node=info,protocol=info,membership=info");
+        assert_eq!(log_filter(Some("libp2p_swarm=debug")), "libp2p_swarm=debug");
+    }
 }

@@ -216,7 +216,8 @@ impl App {
                         let _ = answer.send(ControlResponse::from_result(result));
                     }
                 }
-                Some(other) => tracing::debug!(?other, "an action nobody carries out"),
+                // (Not printed: actions carry addresses and peer ids, PRIV-02.)
+                Some(_) => tracing::debug!("an action nobody carries out"),
             }
         }
     }
