@@ -135,9 +135,7 @@ async fn wait_for_admin(
     };
     show(&code.encode());
 
-    let mut log: Option<Log> = None;
-    // The admin whose delivery is under way: nobody else may reset or interleave it.
-    let mut deliverer: Option<libp2p::PeerId> = None;
+    let mut requester = Requester::new(expected, me, code.static_key);
     loop {
         let SwarmEvent::Behaviour(EnrolEvent::Control(request_response::Event::Message {
             peer,
@@ -147,61 +145,84 @@ async fn wait_for_admin(
         else {
             continue;
         };
-        if deliverer.is_some_and(|d| d != peer) {
-            let busy = Response::Refused { reason: "another admin is delivering this device's log".into() };
-            let _ = swarm.behaviour_mut().control.send_response(channel, busy);
-            continue;
-        }
         let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
-        // A delivery starts with the genesis, which names the network: only the expected one.
-        if log.is_none() {
-            let network = batch.first().and_then(|genesis| membership::Entry::decode(genesis).ok()).map(|genesis| membership::NetworkId(genesis.hash().0));
-            if network.map(|n| super::fingerprint(&n)).as_deref() != Some(expected) {
-                tracing::warn!("refused a log from another network than the one this device expects");
-                let wrong = Response::Refused { reason: "this device expects another network; check the fingerprint given to `pal request --network`".into() };
-                let _ = swarm.behaviour_mut().control.send_response(channel, wrong);
-                continue;
-            }
-            deliverer = Some(peer);
+        let verdict = requester.on_deliver(peer, &batch, more);
+        let response = match &verdict {
+            Verdict::More | Verdict::Done(_) => Response::Accepted,
+            Verdict::Refused(reason) => Response::Refused { reason: reason.clone() },
+        };
+        let _ = swarm.behaviour_mut().control.send_response(channel, response);
+        if let Verdict::Done(log) = verdict {
+            super::persist(state, &log)?;
+            let role = log.state().devices.get(&me.device_id()).map(|d| d.record.role).context("no role")?;
+            // Let the answer reach the admin before the swarm goes.
+            let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            })
+            .await;
+            return Ok(role);
         }
-        let result = super::ingest_batch(&mut log, &batch, None, "admin");
-        let verdict = match (&result, more) {
-            (Err(error), _) => Err(error.to_string()),
-            (Ok(()), true) => Ok(false),
-            (Ok(()), false) => {
-                let current = log.as_ref().context("no log")?;
-                match current.state().devices.get(&me.device_id()) {
-                    Some(d) if d.status == DeviceStatus::Active && d.record.static_key == code.static_key => Ok(true),
-                    _ => Err("the delivered log does not list this device; add it with `pal device add`".to_owned()),
+    }
+}
+
+/// What `pal request` makes of each delivery, apart from the sockets: only a log of the
+/// expected network, from one admin at a time, that lists this device with its keys.
+#[derive(Debug)]
+pub(crate) struct Requester {
+    expected: String,
+    me: DevicePublicKey,
+    static_key: StaticPublic,
+    log: Option<Log>,
+    /// The admin whose delivery is under way: nobody else may reset or interleave it.
+    deliverer: Option<PeerId>,
+}
+
+/// The answer to one delivered batch.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    More,
+    Done(Log),
+    Refused(String),
+}
+
+impl Requester {
+    pub(crate) fn new(expected: &str, me: DevicePublicKey, static_key: StaticPublic) -> Self {
+        Requester { expected: expected.to_owned(), me, static_key, log: None, deliverer: None }
+    }
+
+    pub(crate) fn on_deliver(&mut self, peer: PeerId, batch: &[Vec<u8>], more: bool) -> Verdict {
+        if self.deliverer.is_some_and(|d| d != peer) {
+            return Verdict::Refused("another admin is delivering this device's log".into());
+        }
+        // A delivery starts with the genesis, which names the network: only the expected one.
+        if self.log.is_none() {
+            let network = batch.first().and_then(|genesis| membership::Entry::decode(genesis).ok()).map(|genesis| membership::NetworkId(genesis.hash().0));
+            if network.map(|n| super::fingerprint(&n)).as_deref() != Some(self.expected.as_str()) {
+                tracing::warn!("refused a log from another network than the one this device expects");
+                return Verdict::Refused("this device expects another network; check the fingerprint given to `pal request --network`".into());
+            }
+            self.deliverer = Some(peer);
+        }
+        let verdict = match super::ingest_batch(&mut self.log, batch, None, "admin") {
+            Err(error) => Verdict::Refused(error.to_string()),
+            Ok(()) if more => return Verdict::More,
+            Ok(()) => {
+                let listed = self.log.as_ref().and_then(|log| log.state().devices.get(&self.me.device_id()));
+                match listed {
+                    Some(d) if d.status == DeviceStatus::Active && d.record.static_key == self.static_key => match self.log.take() {
+                        Some(log) => return Verdict::Done(log),
+                        None => Verdict::Refused("no log".into()),
+                    },
+                    _ => Verdict::Refused("the delivered log does not list this device; add it with `pal device add`".into()),
                 }
             }
         };
-        let response = match &verdict {
-            Ok(_) => Response::Accepted,
-            Err(reason) => Response::Refused { reason: reason.clone() },
-        };
-        let _ = swarm.behaviour_mut().control.send_response(channel, response);
-        match verdict {
-            Ok(true) => {
-                let log = log.take().context("no log")?;
-                super::persist(state, &log)?;
-                let role = log.state().devices.get(&me.device_id()).map(|d| d.record.role).context("no role")?;
-                // Let the answer reach the admin before the swarm goes.
-                let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                    loop {
-                        swarm.select_next_some().await;
-                    }
-                })
-                .await;
-                return Ok(role);
-            }
-            Ok(false) => {}
-            Err(_) => {
-                // Start over with the next delivery, from whichever admin.
-                log = None;
-                deliverer = None;
-            }
-        }
+        // The deliverer's own bad delivery: start over, from whichever admin comes next.
+        self.log = None;
+        self.deliverer = None;
+        verdict
     }
 }
 
@@ -216,6 +237,33 @@ mod tests {
             static_key: StaticPublic::from_bytes([2; 32]),
             peer: libp2p::identity::Keypair::ed25519_from_bytes([3; 32]).expect("key").public().to_peer_id(),
             addresses: vec!["/ip4/203.0.113.10/tcp/41641".parse().expect("addr"), "/ip4/203.0.113.10/udp/41642/quic-v1".parse().expect("addr")],
+        }
+    }
+
+    fn delivery(network: &membership::testkit::Network) -> Vec<Vec<u8>> {
+        network.log.entries().map(|e| e.encoded().to_vec()).collect()
+    }
+
+    /// Issue #12: a stranger's network is refused, and a delivery in progress cannot be reset
+    /// or interleaved by anyone else; the owner's goes through.
+    #[test]
+    fn a_requester_takes_only_its_network_from_one_admin() {
+        use membership::Role;
+        use membership::testkit::Network;
+        let mut owner = Network::new(31);
+        let member = owner.add("cloudpal", Role::CloudPal);
+        let stranger = Network::new(32);
+        let expected = crate::control::admission::fingerprint(&owner.log.network());
+        let (admin, thief) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let mut requester = Requester::new(&expected, member.key.public_key(), member.static_secret.public_key());
+        assert!(matches!(requester.on_deliver(thief, &delivery(&stranger), false), Verdict::Refused(r) if r.contains("expects another network")));
+        let batch = delivery(&owner);
+        assert!(matches!(requester.on_deliver(admin, &batch[..1], true), Verdict::More));
+        assert!(matches!(requester.on_deliver(thief, &[vec![0xff; 10]], false), Verdict::Refused(r) if r.contains("another admin")));
+        assert!(matches!(requester.on_deliver(thief, &delivery(&owner), false), Verdict::Refused(_)), "not even the right log from another peer");
+        match requester.on_deliver(admin, &batch[1..], false) {
+            Verdict::Done(log) => assert!(log.state().devices.contains_key(&member.key.public_key().device_id())),
+            other => panic!("the owner's delivery failed: {other:?}"),
         }
     }
 

@@ -53,10 +53,18 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
     if length > MAX_MESSAGE_LEN {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "control message over the size cap"));
     }
-    let mut buffer = vec![0u8; length];
-    io.read_exact(&mut buffer).await?;
+    // Memory grows with what actually arrives, not with what the prefix claims: a peer that
+    // announces a megabyte and sends nothing holds a few bytes of ours, not a megabyte.
+    let mut buffer = Vec::with_capacity(length.min(INITIAL_READ));
+    io.take(length as u64).read_to_end(&mut buffer).await?;
+    if buffer.len() != length {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "control message cut short"));
+    }
     Ok(buffer)
 }
+
+/// What a frame's buffer starts at before its bytes arrive.
+const INITIAL_READ: usize = 4096;
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     if bytes.len() > MAX_MESSAGE_LEN {
@@ -89,6 +97,15 @@ mod tests {
         wire.extend_from_slice(&[0; 16]);
         let result = block_on(Codec.read_request(&PROTOCOL, &mut futures::io::Cursor::new(&wire)));
         assert_eq!(result.err().map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+    }
+
+    #[test]
+    fn rob01_a_large_prefix_with_a_short_body_allocates_only_what_arrived() {
+        let mut wire = ((MAX_MESSAGE_LEN - 1) as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[0xa0; 10]);
+        let mut cursor = futures::io::Cursor::new(&wire);
+        let result = block_on(read_frame(&mut cursor));
+        assert_eq!(result.err().map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof));
     }
 
     #[test]

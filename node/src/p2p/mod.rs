@@ -33,10 +33,19 @@ pub fn kad_protocol(network: &NetworkId) -> libp2p::StreamProtocol {
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control streams one connection may have open at once (libp2p's default is 100, each able
+/// to hold a message of up to a megabyte).
+const MAX_CONTROL_STREAMS: usize = 16;
+/// Connections: a network has at most 512 devices, CloudPal is connected to all of them.
+const MAX_ESTABLISHED_INCOMING: u32 = 640;
+const MAX_PENDING_INCOMING: u32 = 64;
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 
 #[derive(NetworkBehaviour)]
 #[allow(missing_debug_implementations)] // libp2p's behaviours have no Debug
 pub struct Behaviour {
+    /// Bounds on connections (issue #12): per peer, pending and established inbound.
+    pub limits: libp2p::connection_limits::Behaviour,
     pub control: request_response::Behaviour<codec::Codec>,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -93,7 +102,7 @@ pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, make: i
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| make(key, relay_client))?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT).with_max_negotiating_inbound_streams(MAX_CONTROL_STREAMS))
         .build())
 }
 
@@ -127,7 +136,12 @@ pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Beha
         };
         relay::Behaviour::new(peer, config)
     });
+    let limits = libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER));
     Behaviour {
+        limits: libp2p::connection_limits::Behaviour::new(limits),
         control: control_behaviour(),
         ping: ping::Behaviour::new(ping::Config::new()),
         kad,
@@ -142,7 +156,8 @@ pub fn enrol_behaviour() -> Enrol {
 }
 
 fn control_behaviour() -> request_response::Behaviour<codec::Codec> {
-    request_response::Behaviour::new([(codec::PROTOCOL, ProtocolSupport::Full)], request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT))
+    let config = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(MAX_CONTROL_STREAMS);
+    request_response::Behaviour::new([(codec::PROTOCOL, ProtocolSupport::Full)], config)
 }
 
 /// How long one libp2p identity lasts: a day, like the DHT keys (`PAL_IDENTITY_EPOCH`
