@@ -183,7 +183,7 @@ pub(crate) struct Requester {
 #[derive(Debug)]
 pub(crate) enum Verdict {
     More,
-    Done(Log),
+    Done(Box<Log>),
     Refused(String),
 }
 
@@ -212,7 +212,7 @@ impl Requester {
                 let listed = self.log.as_ref().and_then(|log| log.state().devices.get(&self.me.device_id()));
                 match listed {
                     Some(d) if d.status == DeviceStatus::Active && d.record.static_key == self.static_key => match self.log.take() {
-                        Some(log) => return Verdict::Done(log),
+                        Some(log) => return Verdict::Done(Box::new(log)),
                         None => Verdict::Refused("no log".into()),
                     },
                     _ => Verdict::Refused("the delivered log does not list this device; add it with `pal device add`".into()),
