@@ -9,6 +9,7 @@
 //! reply, no state (DP-07, DP-12). On CloudPal it also does relay duty: forwarding envelopes
 //! between members ([`crate::relay`]).
 
+mod relaying;
 use crate::cookie::MacChecker;
 use crate::handshake::ReceivedInitiation;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
@@ -424,48 +425,6 @@ impl Device {
         }
     }
 
-    /// Turns `len` bytes of WireGuard message, written where [`inner_buffer`] said, into a
-    /// transmit: as is for a direct route, in a sealed envelope to the relay otherwise
-    /// (`None` only if the relay went away in between, which `route` rules out).
-    fn wrap(&mut self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize, now: Instant) -> Option<Transmit> {
-        match route {
-            Route::Direct(destination) => Some(Transmit { destination, len }),
-            Route::Relay => {
-                let counter = self.next_envelope();
-                let epoch = self.id_epoch(now);
-                let relay = self.relay.as_ref()?;
-                relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, Some(ShortId::of(key)), counter, epoch, &relay.hop);
-                Some(Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len })
-            }
-        }
-    }
-
-    fn next_envelope(&mut self) -> u64 {
-        self.envelope_counter = self.envelope_counter.wrapping_add(1);
-        self.envelope_counter
-    }
-
-    /// The relay-id epoch at `now`, by this device's wall clock.
-    fn id_epoch(&self, now: Instant) -> u64 {
-        let unix = self.clock.unix_time_at_anchor + now.saturating_duration_since(self.clock.anchor);
-        relay::epoch_of(unix.as_secs())
-    }
-
-    /// Relay duty: the peer whose sender id `id` is, remaking the table when the hour turned.
-    fn relay_sender(&mut self, id: &ShortId, now: Instant) -> Option<StaticPublic> {
-        let epoch = self.id_epoch(now);
-        if self.relay_ids_epoch != Some(epoch) {
-            self.relay_ids.clear();
-            for (key, peer) in &self.peers {
-                for epoch in epoch.saturating_sub(1)..=epoch + 1 {
-                    self.relay_ids.entry(peer.hop.id(epoch)).or_insert(*key);
-                }
-            }
-            self.relay_ids_epoch = Some(epoch);
-        }
-        self.relay_ids.get(id).copied()
-    }
-
     /// Consumes one datagram that arrived from `source`.
     pub fn decapsulate(
         &mut self,
@@ -478,65 +437,6 @@ impl Device {
             return self.receive_envelope(source, datagram, out, now);
         }
         self.receive(source, Via::Direct, datagram, out, now)
-    }
-
-    /// An envelope: for us from our relay, or (relay duty) for another member.
-    fn receive_envelope(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8], now: Instant) -> Result<Received, Error> {
-        let refused = |stats: &mut DeviceStats| stats.relay_refused += 1;
-        let header = relay::parse(datagram).inspect_err(|_| refused(&mut self.stats))?;
-        if !self.relay_server {
-            // From our relay: its tag, then a number not seen before on this hop.
-            let relay = self.relay.as_mut().ok_or(Error::NoRelay).inspect_err(|_| self.stats.relay_refused += 1)?;
-            relay.seen.check(header.counter).inspect_err(|_| self.stats.relay_refused += 1)?;
-            relay::verify(datagram, &relay.hop).inspect_err(|_| self.stats.relay_refused += 1)?;
-            relay.seen.accept(header.counter)?;
-            return self.receive(source, Via::Relay, &datagram[RELAY_HEADER_LEN..], out, now);
-        }
-        // Relay duty. The sender must be a current member we share a hop key with (RL-03).
-        let Some(sender) = self.relay_sender(&header.sender, now) else {
-            refused(&mut self.stats);
-            return Err(Error::UnknownPeer);
-        };
-        let Some(from) = self.peers.get_mut(&sender) else { return Err(Error::UnknownPeer) };
-        if let Err(error) = from.relay_seen.check(header.counter) {
-            self.stats.relay_replayed += 1;
-            return Err(error.into());
-        }
-        if relay::verify(datagram, &from.hop).is_err() {
-            refused(&mut self.stats);
-            return Err(Error::Relay(relay::EnvelopeError::BadTag));
-        }
-        let destination = self.short_ids.get(&header.destination(&from.hop)).copied();
-        let Some(destination) = destination.filter(|d| *d != sender) else {
-            refused(&mut self.stats);
-            return Err(Error::UnknownPeer);
-        };
-        if !(self.authorize)(&sender) || !(self.authorize)(&destination) {
-            refused(&mut self.stats);
-            return Err(Error::NotAuthorized);
-        }
-        // Charged before anything moves: an over-quota member's envelopes change nothing.
-        let Some(from) = self.peers.get_mut(&sender) else { return Err(Error::UnknownPeer) };
-        if !from.relay_quota.take(datagram.len() as u64, now) {
-            self.stats.relay_over_quota += 1;
-            return Err(Error::RelayQuota);
-        }
-        // Authenticated and fresh: this is where the sender is now — but only an envelope newer
-        // than all before may move it (a delayed one arriving late from an old address may not).
-        let newest = from.relay_seen.is_newest(header.counter);
-        from.relay_seen.accept(header.counter)?;
-        if newest {
-            from.paths.heard_direct(source, now);
-        }
-        let counter = self.next_envelope();
-        let epoch = self.id_epoch(now);
-        let to = self.peers.get(&destination).ok_or(Error::UnknownPeer)?;
-        let target = to.paths.direct().ok_or(Error::NoEndpoint)?;
-        let forwarded = out.get_mut(..datagram.len()).ok_or(Error::BufferTooSmall)?;
-        forwarded[RELAY_HEADER_LEN..].copy_from_slice(&datagram[RELAY_HEADER_LEN..]);
-        relay::seal(forwarded, None, counter, epoch, &to.hop);
-        self.stats.relay_forwarded += 1;
-        Ok(Received::Forward(Transmit { destination: target, len: datagram.len() }))
     }
 
     /// One WireGuard message that arrived `via` a path, from `source` (the relay's address
