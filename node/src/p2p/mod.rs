@@ -39,7 +39,7 @@ const MAX_CONTROL_STREAMS: usize = 16;
 /// Connections: a network has at most 512 devices, CloudPal is connected to all of them.
 const MAX_ESTABLISHED_INCOMING: u32 = 640;
 const MAX_PENDING_INCOMING: u32 = 64;
-const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+const MAX_CONNECTIONS_PER_PEER: u32 = 8;
 
 #[derive(NetworkBehaviour)]
 #[allow(missing_debug_implementations)] // libp2p's behaviours have no Debug
