@@ -26,6 +26,15 @@ pub fn circuit_address(relay_tcp: SocketAddr, relay: PeerId) -> Multiaddr {
     socket_multiaddr(relay_tcp, false).with(Protocol::P2p(relay)).with(Protocol::P2pCircuit)
 }
 
+/// `address` without a trailing `/p2p/PEER`: to dial whoever answers there (the PeerId in a
+/// cached or an invite's address may be an earlier identity epoch's).
+pub fn without_peer_id(mut address: Multiaddr) -> Multiaddr {
+    if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
+        address.pop();
+    }
+    address
+}
+
 /// The IP address a multiaddr starts with.
 pub fn multiaddr_ip(address: &Multiaddr) -> Option<IpAddr> {
     address.iter().find_map(|p| match p {

@@ -77,7 +77,12 @@ pub fn fingerprint(network: &membership::NetworkId) -> String {
     use blake2::{Blake2s256, Digest};
     let digest = Blake2s256::new().chain_update(b"cloudpal/network-fingerprint/v1").chain_update(network.0).finalize();
     let text = data_encoding::BASE32_NOPAD.encode(&digest[..10]).to_ascii_lowercase();
-    text.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("-")
+    grouped(&text)
+}
+
+/// `abcdefgh…` as `abcd-efgh-…`.
+fn grouped(bare: &str) -> String {
+    bare.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("-")
 }
 
 /// A fingerprint as a user typed it: either case, with or without dashes and spaces.
@@ -87,7 +92,7 @@ pub fn parse_fingerprint(text: &str) -> anyhow::Result<String> {
     if !valid {
         anyhow::bail!("--network {text:?} is not a network fingerprint; copy it from `pal status` on an admin device");
     }
-    Ok(bare.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("-"))
+    Ok(grouped(&bare))
 }
 
 impl Core {

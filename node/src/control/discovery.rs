@@ -111,9 +111,7 @@ impl Core {
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
             let known = &mut self.reach.entry(device).or_default().multiaddrs;
             for address in &addresses {
-                if known.len() < MAX_CANDIDATE_ADDRESSES {
-                    known.insert(address.clone());
-                }
+                Self::remember_bounded(known, address);
             }
         }
         let kept = self.remember_addresses(peer_id, &addresses);
@@ -130,11 +128,15 @@ impl Core {
         }
         let candidates = self.candidates.entry(peer).or_default();
         for address in addresses {
-            if candidates.len() < MAX_CANDIDATE_ADDRESSES {
-                candidates.insert(address.clone());
-            }
+            Self::remember_bounded(candidates, address);
         }
         true
+    }
+
+    /// Adds `address` to `known` unless that holds [`MAX_CANDIDATE_ADDRESSES`] already; whether
+    /// it is new there.
+    pub(super) fn remember_bounded(known: &mut std::collections::BTreeSet<Multiaddr>, address: &Multiaddr) -> bool {
+        known.len() < MAX_CANDIDATE_ADDRESSES && known.insert(address.clone())
     }
 
     fn redial_interval(met: bool) -> Duration {

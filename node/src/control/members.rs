@@ -137,8 +137,7 @@ impl Core {
         let known = &mut self.reach.entry(device).or_default().multiaddrs;
         let mut new = Vec::new();
         for address in addresses {
-            let fresh = known.len() < super::discovery::MAX_CANDIDATE_ADDRESSES && known.insert(address.clone());
-            if fresh || hello {
+            if Self::remember_bounded(known, &address) || hello {
                 new.push(address);
             }
         }

@@ -71,11 +71,7 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
     // Dialled by address alone: the code may name a member's PeerId of an earlier identity
     // epoch; whoever answers proves its network by the log, whose genesis is the code's.
     for address in &code.bootstrap {
-        let mut address = address.clone();
-        if matches!(address.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-            address.pop();
-        }
-        let _ = swarm.dial(address);
+        let _ = swarm.dial(crate::control::addr::without_peer_id(address.clone()));
     }
     let proof = sign_invite_proof(&code.secret, &code.invite, &code.network, &local_peer);
     let enrol = Request::Enrol {

@@ -107,12 +107,7 @@ fn dial_now(swarm: &mut Swarm<Behaviour>, dial: Dial) {
         // A bare address: whoever answers there proves itself in its Hello. A `/p2p/…` suffix
         // (a cached or an invite's address) may name last epoch's identity, so it goes.
         None => match dial.addresses.into_iter().next() {
-            Some(mut address) => {
-                if matches!(address.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-                    address.pop();
-                }
-                DialOpts::unknown_peer_id().address(address).build()
-            }
+            Some(address) => DialOpts::unknown_peer_id().address(crate::control::addr::without_peer_id(address)).build(),
             None => return,
         },
         Some(peer) => {
