@@ -22,7 +22,7 @@ use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, Signature, StaticPub
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Format version carried in every entry.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 /// Entries are small; anything larger is an attack or a bug (ML-10).
 pub const MAX_ENTRY_LEN: usize = 4096;
 /// Merges of more than eight branches at once are never needed by honest nodes.

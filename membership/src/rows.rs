@@ -152,7 +152,7 @@ fn stolen_admin_fork(seed: u64, depth: usize, revocation_first: bool) -> (Log, M
     let accomplice = attacker.member("evil", Role::Admin);
     attacker.append(&stolen.key, Operation::AddDevice { device: accomplice.record.clone() });
     for i in 0..depth {
-        attacker.append(&stolen.key, Operation::SetPolicy { policy: Policy { exit: crate::policy::ExitPolicy { enabled: i % 2 == 0, logging: true }, ..Policy::default() } });
+        attacker.append(&stolen.key, Operation::SetPolicy { policy: Policy { exit: crate::policy::ExitPolicy { rotate_egress: i % 2 == 0, logging: true, ..Default::default() }, ..Policy::default() } });
     }
     attacker.append(&accomplice.key, revoke(id(&net.founder)));
     // The owner's branch.
@@ -321,7 +321,7 @@ fn ml13_resource_limits_hold() {
     let entry = Network::entry_on(&net.log, &founder, Operation::AddDevice { device: one_more.record }, net.now, None);
     assert_eq!(rule(net.log.ingest(vec![entry])), RuleError::TooManyDevices);
     let mut big = Policy::default();
-    big.firewall.deny = (0..65).map(|i| format!("{i}.example")).collect();
+    big.firewall.deny = (0..65).map(|i| crate::policy::Rule::Domain(format!("d{i}.example"))).collect();
     let too_big = Network::entry_on(&net.log, &founder, Operation::SetPolicy { policy: big }, net.now, None);
     assert!(Entry::decode(too_big.encoded()).is_err(), "a policy over its limits does not even decode");
     let long_name = "x".repeat(65);

@@ -16,7 +16,8 @@ fn vectors() -> Vec<(&'static str, Entry)> {
     let join = Network::join_entry(&net.log, (invite_hash, &secret), &cloudpal, net.now);
     net.log.ingest(vec![join.clone()]).expect("join");
     let mut policy = Policy::default();
-    policy.exit.enabled = true;
+    policy.exit.rotate_egress = true;
+    policy.firewall.deny.push("ads.example.com".parse().expect("a rule"));
     policy.dns.blocklists.push("ads.example".into());
     let set_policy = net.append(&founder, Operation::SetPolicy { policy });
     let revoke = net.append(&founder, Operation::RevokeDevice { device: laptop.key.public_key().device_id() });
@@ -34,13 +35,13 @@ fn vectors() -> Vec<(&'static str, Entry)> {
 
 /// (name, entry hash, BLAKE2s of the encoded bytes as a compact fingerprint of the encoding)
 const GOLDEN: &[(&str, &str, &str)] = &[
-    ("genesis", "6e0fd8eb5bc32c535b3aa18d33919dad2bd578f71aef2c8123e298bb8128ed14", "173f97c689670b146e440848c7cebdcfac746bda5c9daabe6799f64381f10ac1"),
-    ("add_device", "7cd1a8421ee7ad49950534c4c744ba2dacb8e09e24edfb2cc54328bef1372cc4", "851a305e6e76dbf5a2f0c851eb24731e4133b83a4fa760cb1aab73e45b38f75d"),
-    ("invite", "b10c98de46d81f2f5ef1a60b828115432f36b12d0763d37fd85bb06ea5e4b045", "5829b43949b145f4df9e829a993b08cbcd6535df42b371b5a43049495547dd5f"),
-    ("join", "43bf8520c7c4328eb13383908bf1fea2900262e71a2cbc5c00025f6fc3c285b1", "bfa5444a8b36be300d176dca6d20b943af3e125b1bdd1b29166832ba374dc250"),
-    ("set_policy", "2d617e5df68fe1f6fe20765268ffbde73d0b36cd698206df46c56c832cef9a16", "a88798df8a752f6f2827dc900c987577ae42ce5a1740c40a92e6040d7c5b6844"),
-    ("revoke_device", "0e0b68a632456266e5eafd5bf808b260daa774b9dd9ebcea215ab6bae05967d0", "6cd33a9eecb35759bc3e390ab68e20162c6253a2e933143cc51f8885b1b03560"),
-    ("rotate_secret", "3dd7af7ddbded4a942926d5d4e819e00e05310cc8f929cb9e424331b163b65cc", "3d9cca0c0f83f9a27f0e3e7a6588c3de639b53aae0e33e46585442add4616d8b"),
+    ("genesis", "4f1b6a20916ed603dc55e1038ee1e25d1baf5fcdcbbaad4e479a086a9d81551c", "4816f55c0a96bc3c29fd9e811059567ffbae754dee7f8fa576822df60f8f89ea"),
+    ("add_device", "d27d8e01502af211828acb536117ed5a405fb1db3cc476e1f65982e1b13afddf", "aa1e99628fc6a7424ffe75d681afb5b4720f1a7773b3362ad509c22121573d3b"),
+    ("invite", "1cf8ce4dd30527a137ad81798959a1f1a4ff812d960451350b2ee3dd04f9c7de", "1d4c32b1f844eccdad21f1b9fcb6f8eaa059ec9cc2c22f9e498c69beb57f8a10"),
+    ("join", "90bfc527204716644fb4cc2cd80c748e8af0eb3d7355b24d2797739cf0999e22", "941adb0c78cf2b9c39fc318fa406c241d5498b7ddad1bbedb05743c37a0dfa91"),
+    ("set_policy", "1f7658ad5f9591ea98d4f66a6468a8ba7a68ba50325b2c02a1204bf765b9843c", "6431b89b8acc13953fbbcaf2b6e7c6028fb9f5a3af9c9e0453e49d4bb6b99331"),
+    ("revoke_device", "da35ab241540b657a8ad1d39bd10761d1e4d24ff2fc31c42d715a2f337c45f09", "cdd9a30e36aeb78901472565968fef27f46f0279cc43c761ea1b1625737202ff"),
+    ("rotate_secret", "4f82d9a3110f933f074107114e629e00367233d4d3b36ad68602c031d60220e3", "3ec00778d9b5db8eb9a484e878778f35e44233ffa2263c159ac6c9b33bf6f0a8"),
 ];
 
 #[test]

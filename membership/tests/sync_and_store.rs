@@ -182,7 +182,7 @@ fn writer_loop(path: &std::path::Path) -> ! {
     let mut time = 1_800_000_100 + store.log().len() as u64;
     loop {
         time += 1;
-        let policy = Policy { exit: membership::policy::ExitPolicy { enabled: time.is_multiple_of(2), logging: false }, ..Policy::default() };
+        let policy = Policy { exit: membership::policy::ExitPolicy { rotate_egress: time.is_multiple_of(2), ..Default::default() }, ..Policy::default() };
         store.append(Operation::SetPolicy { policy }, &founder, None, time).expect("append");
     }
 }
