@@ -79,6 +79,75 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The personal VPN: all internet traffic through your CloudPal.
+    Exit {
+        #[command(subcommand)]
+        command: ExitCommand,
+    },
+    /// The network's exit and firewall policy (set by admins, enforced by CloudPal).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExitCommand {
+    /// Send all internet traffic through NAME (by default the network's CloudPal).
+    Use {
+        name: Option<String>,
+        /// Keep the local network (printers, NAS) reachable beside the tunnel.
+        #[arg(long)]
+        allow_lan: bool,
+    },
+    /// Back to the direct internet; removes every route, rule and table pal added.
+    Off,
+    /// The exit, its state, egress addresses and resolver.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the policy (admins only); what is not given stays as it is.
+    Set {
+        /// No internet through CloudPal for anyone; the mesh keeps working.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        mesh_only: Option<bool>,
+        /// Internet through CloudPal only to these (CIDR, address or domain).
+        #[arg(long, value_name = "RULE")]
+        allow: Vec<String>,
+        /// Never through CloudPal (CIDR, address or domain).
+        #[arg(long, value_name = "RULE")]
+        deny: Vec<String>,
+        #[arg(long)]
+        clear_allow: bool,
+        #[arg(long)]
+        clear_deny: bool,
+        /// Let CloudPal log new exit flows (off by default: nothing is logged).
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        logging: Option<bool>,
+        /// A random egress address from CloudPal's pool for each exit session.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        rotate_egress: Option<bool>,
+        /// Which devices may use the exit: `all`, or names separated by commas.
+        #[arg(long, value_name = "all|NAME,...", value_delimiter = ',')]
+        exit_devices: Option<Vec<String>>,
+    },
+}
+
+fn on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?}: say on or off")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +197,18 @@ fn main() -> ExitCode {
         Command::Status { json } => commands::status::run(&state, json),
         Command::Ping { name, count } => commands::ping::run(&state, name, count),
         Command::Log { json } => commands::log::run(&state, json),
+        Command::Exit { command } => match command {
+            ExitCommand::Use { name, allow_lan } => commands::exit::use_exit(&state, name, allow_lan),
+            ExitCommand::Off => commands::exit::off(&state),
+            ExitCommand::Status { json } => commands::exit::status(&state, json),
+        },
+        Command::Policy { command } => match command {
+            PolicyCommand::Show { json } => commands::policy::show(&state, json),
+            PolicyCommand::Set { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices } => {
+                let change = node::control_api::PolicyChange { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices };
+                commands::policy::set(&state, change)
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

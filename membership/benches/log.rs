@@ -19,7 +19,7 @@ fn big_network() -> Network {
     }
     while net.log.len() < LOG_LEN {
         let mut policy = Policy::default();
-        policy.exit.enabled = net.log.len().is_multiple_of(2);
+        policy.exit.rotate_egress = net.log.len().is_multiple_of(2);
         net.append(&founder, Operation::SetPolicy { policy });
     }
     net

@@ -15,6 +15,7 @@ pub mod control;
 pub mod control_api;
 pub mod dataplane;
 pub mod enrol;
+pub mod exit;
 pub mod p2p;
 pub mod statedir;
 

@@ -156,6 +156,25 @@ impl StateDir {
         text.push('\n');
         write_private(&self.peers_path(), text.as_bytes())
     }
+
+    fn exit_path(&self) -> PathBuf {
+        self.root.join("exit.json")
+    }
+
+    /// The exit this device chose (`pal exit use`), kept across restarts.
+    pub fn exit_choice(&self) -> Option<crate::control::ExitChoice> {
+        std::fs::read(self.exit_path()).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    pub fn save_exit_choice(&self, choice: Option<crate::control::ExitChoice>) -> Result<()> {
+        match choice {
+            Some(choice) => write_private(&self.exit_path(), &serde_json::to_vec(&choice)?),
+            None => match std::fs::remove_file(self.exit_path()) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+                _ => Ok(()),
+            },
+        }
+    }
 }
 
 /// How long cached peer addresses stay usable without a refresh.

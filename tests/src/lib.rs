@@ -9,6 +9,7 @@
 //! leaves the namespaces a test creates.
 
 pub mod adversary;
+pub mod exit;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -129,7 +130,13 @@ impl Netns {
     /// Captures every frame on all interfaces of this namespace (AF_PACKET, like tcpdump -i
     /// any) until the returned capture is stopped.
     pub fn capture(&self) -> Capture {
+        self.capture_on(None)
+    }
+
+    /// As [`Self::capture`], on one interface only (its frames, both directions).
+    pub fn capture_on(&self, interface: Option<&str>) -> Capture {
         let name = self.name.clone();
+        let interface = interface.map(|i| std::ffi::CString::new(i).expect("an interface name"));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -139,6 +146,18 @@ impl Netns {
             // SAFETY: plain socket creation, checked below.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
             assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            if let Some(interface) = &interface {
+                // SAFETY: a NUL-terminated name; a zeroed sockaddr_ll filled in below.
+                let index = unsafe { libc::if_nametoindex(interface.as_ptr()) };
+                assert!(index > 0, "no interface {interface:?}");
+                let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                address.sll_family = libc::AF_PACKET as u16;
+                address.sll_protocol = protocol as u16;
+                address.sll_ifindex = index as i32;
+                // SAFETY: binding the socket to a sockaddr_ll of the right size.
+                let bound = unsafe { libc::bind(fd, (&raw const address).cast(), std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t) };
+                assert_eq!(bound, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+            }
             let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
             // SAFETY: a valid socket and a timeval of the right size.
             unsafe {
@@ -436,6 +455,14 @@ impl PalNode {
             if !exited {
                 let _ = child.kill();
             }
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the node with SIGKILL: no cleanup of any kind (a crash).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }

@@ -1,10 +1,12 @@
 //! One file per subcommand.
 
 pub mod device;
+pub mod exit;
 pub mod init;
 pub mod join;
 pub mod log;
 pub mod ping;
+pub mod policy;
 pub mod request;
 pub mod status;
 pub mod up;

@@ -12,6 +12,7 @@ use crate::control_api::{ControlRequest, ControlResponse, InviteReply};
 use crate::dataplane::{self, DataCommand, DataEvent, DataSender, Token};
 use crate::enrol::invite::InviteCode;
 use crate::enrol::request::RequestCode;
+use crate::exit::{self, ClientTunnel, ExitHost, host::Host};
 use crate::p2p::{self, Behaviour, Gate, driver::Driver};
 use crate::statedir::{StateDir, os_rng};
 use anyhow::{Context, Result, bail};
@@ -55,10 +56,18 @@ enum Pending {
     Status(oneshot::Sender<ControlResponse>),
     Ping(oneshot::Sender<ControlResponse>),
     Add(oneshot::Sender<ControlResponse>),
+    ExitStatus(oneshot::Sender<ControlResponse>),
 }
 
-/// The shell's state besides the swarm: the core, the driver, the data plane's queue, and the
-/// local requests under way.
+/// What the core asked of the host (routes, rules, nftables), carried out between events.
+#[derive(Debug)]
+enum HostWork {
+    Client(Option<crate::control::ExitChoice>),
+    Serve(exit::ExitRules),
+}
+
+/// The shell's state besides the swarm: the core, the driver, the data plane's queue, the
+/// host's exit setup, and the local requests under way.
 struct App {
     core: Core,
     driver: Driver,
@@ -66,6 +75,13 @@ struct App {
     state: StateDir,
     pending: HashMap<u64, Pending>,
     next_token: u64,
+    host: Host,
+    host_work: Vec<HostWork>,
+    /// The overlay interface and this device's addresses on it.
+    overlay: ExitHost,
+    data_port: u16,
+    /// `pal exit use` and `off` waiting for the host changes.
+    exit_replies: Vec<oneshot::Sender<ControlResponse>>,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -80,6 +96,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         None => bail!("this device is not a member of the network in {}", state.root().display()),
     };
     let network = store.log().network();
+    // Before anything else touches the host: undo what a crashed run left behind.
+    let host = Host::open(state.root()).await?;
 
     let udp = dataplane::connected::bind_shared(options.listen)
         .with_context(|| format!("cannot listen on {}: is another node using it?", options.listen))?;
@@ -110,7 +128,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
-    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap };
+    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice() };
     let core = Core::new(config, store, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
 
     // The control socket comes last: a node that failed to start leaves none behind.
@@ -118,8 +136,10 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(CONTROL_QUEUE);
     tokio::spawn(socket::serve(listener, control_tx));
 
-    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1 };
+    let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new() };
     app.drain(&mut swarm, clock::now());
+    app.apply_host().await;
     tracing::info!(cloudpal = options.cloudpal, "node up");
 
     let mut refresh = tokio::time::interval(VIEW_INTERVAL);
@@ -154,8 +174,13 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
             _ = terminate.recv() => break,
         }
         app.drain(&mut swarm, clock::now());
+        app.apply_host().await;
     }
     let _ = std::fs::remove_file(app.state.socket_path());
+    // A clean stop leaves the host as it found it (the exit choice itself is kept).
+    if let Err(error) = app.host.restore().await {
+        tracing::error!("cannot restore the host's routes and firewall: {error:#}");
+    }
     say_goodbye(&mut swarm).await;
     tracing::info!("node down");
     Ok(())
@@ -211,6 +236,8 @@ impl App {
                         tracing::warn!(%error, "cannot write the peer cache");
                     }
                 }
+                Some(Action::ExitClient(choice)) => self.host_work.push(HostWork::Client(choice)),
+                Some(Action::ExitServe(rules)) => self.host_work.push(HostWork::Serve(rules)),
                 Some(Action::Finished { reply, result }) => {
                     if let Some(Pending::Add(answer)) = self.pending.remove(&reply) {
                         let _ = answer.send(ControlResponse::from_result(result));
@@ -228,6 +255,54 @@ impl App {
     fn command(&self, command: DataCommand) {
         if self.data.try_send(command).is_err() {
             tracing::warn!("data-plane command queue full; a peer update waits for the next refresh");
+        }
+    }
+
+    /// Carries out the host changes the core asked for, in order.
+    async fn apply_host(&mut self) {
+        let mut client_result = Ok(());
+        for work in std::mem::take(&mut self.host_work) {
+            let client = matches!(work, HostWork::Client(_));
+            let result = match work {
+                HostWork::Client(choice) => {
+                    if let Err(error) = self.state.save_exit_choice(choice) {
+                        tracing::warn!("cannot save the exit choice: {error:#}");
+                    }
+                    match choice {
+                        Some(choice) => {
+                            let tunnel = ClientTunnel {
+                                tun: self.overlay.tun.clone(),
+                                overlay_ipv4: self.overlay.overlay_ipv4,
+                                overlay_ipv6: self.overlay.overlay_ipv6,
+                                data_port: self.data_port,
+                                allow_lan: choice.allow_lan,
+                            };
+                            self.host.apply_client(&tunnel).await.map(|()| tracing::info!("internet through the exit"))
+                        }
+                        None if self.host.client_active() => self.host.remove_client().await.map(|()| tracing::info!("exit off")),
+                        None => Ok(()),
+                    }
+                }
+                HostWork::Serve(rules) => self.host.apply_exit(&self.overlay, &rules),
+            };
+            if let Err(error) = &result {
+                tracing::error!("{error:#}");
+            }
+            if client {
+                client_result = result;
+            }
+        }
+        for reply in std::mem::take(&mut self.exit_replies) {
+            match (&client_result, self.core.exit_probe()) {
+                (Err(error), _) => {
+                    let _ = reply.send(ControlResponse::Error(format!("{error:#}")));
+                }
+                // On the exit: answered with whether the exit answers.
+                (Ok(()), Some((source, target))) => self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
+                (Ok(()), None) => {
+                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.exit_status(false))));
+                }
+            }
         }
     }
 
@@ -267,6 +342,21 @@ impl App {
                 }))
             }
             ControlRequest::Revoke { name } => ControlResponse::from_result(core.revoke(&name, time)),
+            // Answered once the host's routes and firewall are in place (or refused).
+            ControlRequest::ExitUse { name, allow_lan } => match core.exit_use(name.as_deref(), allow_lan) {
+                Ok(_) => return self.exit_replies.push(reply),
+                Err(error) => ControlResponse::Error(error),
+            },
+            ControlRequest::ExitOff => {
+                core.exit_off();
+                return self.exit_replies.push(reply);
+            }
+            ControlRequest::ExitStatus => match core.exit_probe() {
+                Some((source, target)) => return self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
+                None => ControlResponse::from_result(Ok(core.exit_status(false))),
+            },
+            ControlRequest::PolicyShow => ControlResponse::from_result(Ok(core.policy())),
+            ControlRequest::PolicySet(change) => ControlResponse::from_result(core.set_policy(&change, time)),
             ControlRequest::Add { code, role } => {
                 // Answered once the new device has the log (or cannot get it).
                 let id = self.token();
@@ -296,11 +386,15 @@ impl App {
                 }
                 self.core.handle_data_view(view);
             }
-            DataEvent::PingDone { token, report } => {
-                if let Some(Pending::Ping(reply)) = self.pending.remove(&token) {
+            DataEvent::PingDone { token, report } => match self.pending.remove(&token) {
+                Some(Pending::Ping(reply)) => {
                     let _ = reply.send(ControlResponse::from_result(Ok(report)));
                 }
-            }
+                Some(Pending::ExitStatus(reply)) => {
+                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.exit_status(report.received > 0))));
+                }
+                _ => {}
+            },
         }
     }
 }

@@ -3,11 +3,11 @@
 
 use super::messages::{Request, Response};
 use super::{Action, Core, Dial, DialWhen, REVOKED, Time};
-use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, RevokeReply, StatusReply};
+use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, PolicyChange, PolicyReply, RevokeReply, StatusReply};
 use crate::dataplane::commands::PeerView;
 use crate::control::addr::is_dialable;
 use libp2p::{Multiaddr, PeerId};
-use membership::{DeviceStatus, EntryHash, Operation, Role};
+use membership::{DeviceStatus, EntryHash, ExitDevices, Operation, Role, Rule};
 use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, StaticPublic};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -197,6 +197,55 @@ impl Core {
         }
         self.membership_changed();
         Ok(RevokeReply { revoked: name.to_owned() })
+    }
+
+    /// `pal policy set`: the change applied to the current policy, checked whole (one bad
+    /// rule refuses it all), appended to the log as one `SetPolicy` entry.
+    pub fn set_policy(&mut self, change: &PolicyChange, time: Time) -> Result<PolicyReply, String> {
+        self.require_admin()?;
+        self.last_now = self.last_now.max(time.now);
+        let mut policy = self.store.log().state().policy.clone();
+        let parse = |rules: &[String]| rules.iter().map(|r| r.parse::<Rule>().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>();
+        let (allow, deny) = (parse(&change.allow)?, parse(&change.deny)?);
+        if change.clear_allow {
+            policy.firewall.allow.clear();
+        }
+        if change.clear_deny {
+            policy.firewall.deny.clear();
+        }
+        for (list, new) in [(&mut policy.firewall.allow, allow), (&mut policy.firewall.deny, deny)] {
+            for rule in new {
+                if !list.contains(&rule) {
+                    list.push(rule);
+                }
+            }
+        }
+        if let Some(on) = change.mesh_only {
+            policy.firewall.mesh_only = on;
+        }
+        if let Some(on) = change.logging {
+            policy.exit.logging = on;
+        }
+        if let Some(on) = change.rotate_egress {
+            policy.exit.rotate_egress = on;
+        }
+        if let Some(names) = &change.exit_devices {
+            policy.exit.devices = if names.iter().any(|n| n == "all") { ExitDevices::All } else { ExitDevices::Only(names.clone()) };
+        }
+        if !policy.is_within_limits() {
+            return Err(format!("a policy holds at most {} rules per list; remove some with --clear-allow or --clear-deny", membership::policy::MAX_POLICY_ITEMS));
+        }
+        let reply = PolicyReply::from(&policy);
+        if policy != self.store.log().state().policy {
+            self.store.append(Operation::SetPolicy { policy }, &self.signing_key, None, time.unix_secs()).map_err(|e| format!("cannot set the policy: {e}"))?;
+            self.membership_changed();
+        }
+        Ok(reply)
+    }
+
+    /// `pal policy show`.
+    pub fn policy(&self) -> PolicyReply {
+        PolicyReply::from(&self.store.log().state().policy)
     }
 
     /// Overlay source and target addresses for `pal ping NAME`.

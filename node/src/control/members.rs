@@ -33,12 +33,16 @@ impl Core {
             if *id == self.me {
                 continue;
             }
+            let mut allowed_ips = vec![IpPrefix::host(IpAddr::V4(device.record.overlay_ipv4)), IpPrefix::host(IpAddr::V6(device.record.overlay_ipv6))];
+            if self.exit_device() == Some(*id) {
+                // The exit: the internet, both families, behind it (longest prefix wins, so
+                // every member's own address still routes to that member).
+                allowed_ips.extend(IpPrefix::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0));
+                allowed_ips.extend(IpPrefix::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0));
+            }
             self.command(DataCommand::UpsertPeer(PeerConfig {
                 static_public: key,
-                allowed_ips: vec![
-                    IpPrefix::host(IpAddr::V4(device.record.overlay_ipv4)),
-                    IpPrefix::host(IpAddr::V6(device.record.overlay_ipv6)),
-                ],
+                allowed_ips,
                 endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
                 persistent_keepalive: self.relay.filter(|(relay, _)| relay == id).map(|_| RELAY_KEEPALIVE),
             }));
@@ -46,6 +50,7 @@ impl Core {
         }
         // Whose handshakes the data plane answers: current members only.
         self.command(DataCommand::SetMembers(active));
+        self.apply_exit();
     }
 
     /// After the log changed: refresh the data plane and tell every connected member.
@@ -57,6 +62,9 @@ impl Core {
                 tracing::warn!("{REVOKED}");
             }
             self.command(DataCommand::RemoveAll);
+            // No network, no exit: the full tunnel comes out rather than strand the host.
+            self.exit.choice = None;
+            self.apply_exit();
             return;
         }
         // Push on append, to every connected device we knew as a member — including one just

@@ -18,6 +18,7 @@ pub mod addr;
 pub mod admin;
 pub mod admission;
 pub mod discovery;
+pub mod exit;
 pub mod members;
 pub mod messages;
 pub mod presence;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use timers::{Timer, Timers};
 
 pub use admin::{NewDevice, ReplyId};
+pub use exit::ExitChoice;
 
 /// What a revoked device answers to anything that needs the network.
 pub const REVOKED: &str = "this device has been revoked from the network; its tunnel is stopped";
@@ -73,6 +75,8 @@ pub struct Config {
     pub cloudpal: bool,
     /// Addresses to dial while no member is connected: the invite's and the peer cache's.
     pub bootstrap: Vec<Multiaddr>,
+    /// The exit this device chose before (persisted by the shell).
+    pub exit: Option<ExitChoice>,
 }
 
 /// A dial the swarm should make.
@@ -118,6 +122,10 @@ pub enum Action {
     Disconnect(PeerId),
     /// For the data plane.
     Data(DataCommand),
+    /// Put this device's full tunnel through the exit in place (or take it out: `None`).
+    ExitClient(Option<ExitChoice>),
+    /// CloudPal: enforce these exit rules now.
+    ExitServe(crate::exit::ExitRules),
     /// Addresses for the peer cache file.
     CachePeers(Vec<String>),
     /// A local request answered later (`pal device add`).
@@ -213,6 +221,9 @@ pub struct Core {
     unproven: BTreeMap<PeerId, Instant>,
     /// The latest time an input carried (for deadlines set outside a timed input).
     last_now: Instant,
+
+    // The personal VPN exit.
+    exit: exit::ExitSide,
 }
 
 impl std::fmt::Debug for Core {
@@ -269,6 +280,7 @@ impl Core {
             cut_off: BTreeMap::new(),
             unproven: BTreeMap::new(),
             last_now: time.now,
+            exit: exit::ExitSide { choice: config.exit, ..Default::default() },
         };
         core.apply_membership();
         for address in core.bootstrap.clone() {

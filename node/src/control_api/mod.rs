@@ -34,6 +34,96 @@ pub enum ControlRequest {
         name: String,
         count: u32,
     },
+    /// Internet through `name` (by default the network's CloudPal).
+    ExitUse {
+        name: Option<String>,
+        allow_lan: bool,
+    },
+    ExitOff,
+    ExitStatus,
+    PolicyShow,
+    PolicySet(PolicyChange),
+}
+
+/// `pal policy set`: each field left out (or false) leaves that part of the policy as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    pub mesh_only: Option<bool>,
+    /// Rules as typed; the node parses them (one bad rule refuses the whole change).
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub clear_allow: bool,
+    pub clear_deny: bool,
+    pub logging: Option<bool>,
+    pub rotate_egress: Option<bool>,
+    /// `all`, or the names of the devices that may use the exit.
+    pub exit_devices: Option<Vec<String>>,
+}
+
+/// `pal policy show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReply {
+    pub mesh_only: bool,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub logging: bool,
+    pub rotate_egress: bool,
+    /// `None`: every member.
+    pub exit_devices: Option<Vec<String>>,
+    pub block_lists: Vec<String>,
+    pub dns_upstreams: Vec<String>,
+}
+
+impl From<&membership::Policy> for PolicyReply {
+    fn from(policy: &membership::Policy) -> Self {
+        let strings = |rules: &[membership::Rule]| rules.iter().map(ToString::to_string).collect();
+        PolicyReply {
+            mesh_only: policy.firewall.mesh_only,
+            allow: strings(&policy.firewall.allow),
+            deny: strings(&policy.firewall.deny),
+            logging: policy.exit.logging,
+            rotate_egress: policy.exit.rotate_egress,
+            exit_devices: match &policy.exit.devices {
+                membership::ExitDevices::All => None,
+                membership::ExitDevices::Only(names) => Some(names.clone()),
+            },
+            block_lists: policy.dns.blocklists.clone(),
+            dns_upstreams: policy.dns.upstreams.clone(),
+        }
+    }
+}
+
+/// `pal exit status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatusReply {
+    /// The exit device's name (`None`: off, or the chosen exit is gone from the network).
+    pub exit: Option<String>,
+    pub state: ExitState,
+    pub allow_lan: bool,
+    /// The addresses the internet sees (empty: the exit's own address).
+    pub egress: Vec<String>,
+    /// The resolver the device's DNS goes to while on the exit.
+    pub resolver: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitState {
+    Off,
+    /// Internet through the exit.
+    Connected,
+    /// The exit is chosen but unreachable: the kill switch drops internet traffic.
+    Blocking,
+}
+
+impl std::fmt::Display for ExitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExitState::Off => "off",
+            ExitState::Connected => "connected",
+            ExitState::Blocking => "blocking (the exit is unreachable; internet traffic is dropped)",
+        })
+    }
 }
 
 /// The node's answer: a reply of the request's type, or one line saying what went wrong.

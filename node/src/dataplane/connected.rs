@@ -229,6 +229,10 @@ fn new_socket(local: SocketAddr, only_v6: Option<bool>, reuse_port: bool) -> io:
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
+    // pal's own underlay traffic: the exit's policy rules keep it out of the tunnel (and the
+    // route lookups of `route_source` see the underlay). Needs CAP_NET_ADMIN; without it
+    // there is no full tunnel either, so nothing is lost.
+    let _ = socket.set_mark(crate::exit::FWMARK);
     socket.set_nonblocking(true)?;
     Ok(socket)
 }

@@ -750,3 +750,65 @@ fn members_find_each_other_again_after_their_identities_rotate() {
     assert!(sim.nodes[1].log().contains(&code.invite) && sim.nodes[2].log().contains(&code.invite), "the log flows over the new connections");
     assert!(old.iter().all(|peer| !sim.nodes[0].member_peers.contains(peer)), "stale identities are out of the relay gate");
 }
+
+#[test]
+fn choosing_the_exit_routes_the_internet_to_cloudpal_and_a_policy_entry_reaches_its_exit_at_once() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal), ("phone", Role::Member)]);
+    let cloudpal = key_of(&sim, 1);
+    let phone = key_of(&sim, 2);
+    // CloudPal serves the exit to every member from the start; no client uses one yet.
+    let served = sim.nodes[1].exit_served.last().cloned().expect("CloudPal's exit rules");
+    assert_eq!(served.sources.len(), 6, "three members, v4 and v6 each");
+    assert!(!served.mesh_only && !served.logging);
+    assert_eq!(sim.nodes[0].exit_client, vec![None]);
+    assert!(sim.nodes[2].exit_served.is_empty(), "a member serves no exit");
+
+    sim.nodes[0].take_data();
+    sim.nodes[0].core.exit_use(None, false).expect("the CloudPal is the default exit");
+    sim.settle();
+    assert_eq!(sim.nodes[0].exit_client.last().copied().flatten().map(|c| c.allow_lan), Some(false));
+    let internet = |commands: &[DataCommand], key| {
+        commands.iter().any(|c| matches!(c, DataCommand::UpsertPeer(p) if p.static_public == key && p.allowed_ips.iter().any(|a| a.is_empty())))
+    };
+    let commands = sim.nodes[0].take_data();
+    assert!(internet(&commands, cloudpal), "the exit peer did not take 0.0.0.0/0 and ::/0");
+    assert!(!internet(&commands, phone), "the internet routed to a phone");
+    assert!(sim.nodes[0].core.exit_use(Some("phone"), false).expect_err("a phone").contains("not a CloudPal"));
+
+    // The policy is the admin's, travels in the log, and CloudPal's rules follow at once.
+    let time = sim.time;
+    let change = node::control_api::PolicyChange { mesh_only: Some(true), deny: vec!["192.0.2.0/24".into()], ..Default::default() };
+    assert!(sim.nodes[2].core.set_policy(&change, time).is_err(), "a member set the policy");
+    let bad = node::control_api::PolicyChange { allow: vec!["192.0.2.1/24".into()], ..Default::default() };
+    assert!(sim.nodes[0].core.set_policy(&bad, time).expect_err("host bits").contains("did you mean 192.0.2.0/24"));
+    let before = sim.nodes[1].exit_served.len();
+    sim.nodes[0].core.set_policy(&change, time).expect("an admin sets the policy");
+    sim.settle();
+    assert_eq!(sim.elapsed(), Duration::ZERO, "no timer stood between the entry and the exit");
+    let served = sim.nodes[1].exit_served.last().cloned().expect("new rules");
+    assert!(sim.nodes[1].exit_served.len() > before && served.mesh_only);
+    assert_eq!(served.deny.len(), 1);
+    assert!(sim.nodes[2].core.exit_use(None, false).expect_err("mesh-only").contains("mesh-only"));
+
+    // Off takes the full tunnel out and the internet off the exit peer.
+    sim.nodes[0].take_data();
+    sim.nodes[0].core.exit_off();
+    sim.settle();
+    assert_eq!(sim.nodes[0].exit_client.last().copied(), Some(None));
+    let commands = sim.nodes[0].take_data();
+    assert!(commands.iter().any(|c| matches!(c, DataCommand::UpsertPeer(p) if p.static_public == cloudpal && !p.allowed_ips.iter().any(|a| a.is_empty()))));
+}
+
+#[test]
+fn a_revoked_device_leaves_the_exit_and_cloudpal_stops_forwarding_for_it() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal), ("car", Role::Member)]);
+    sim.nodes[2].core.exit_use(None, true).expect("the car uses the exit");
+    sim.settle();
+    assert!(sim.nodes[2].exit_client.last().copied().flatten().is_some_and(|c| c.allow_lan));
+    let time = sim.time;
+    sim.nodes[0].core.revoke("car", time).expect("revoke");
+    sim.settle();
+    assert_eq!(sim.nodes[2].exit_client.last().copied(), Some(None), "a revoked device keeps no full tunnel");
+    let served = sim.nodes[1].exit_served.last().cloned().expect("rules");
+    assert_eq!(served.sources.len(), 4, "the car is no source any more");
+}

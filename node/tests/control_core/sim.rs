@@ -39,6 +39,8 @@ pub struct Node {
     pub cached: Vec<Vec<String>>,
     pub finished: Vec<(u64, Result<AddReply, String>)>,
     pub external: Vec<Multiaddr>,
+    pub exit_client: Vec<Option<node::control::ExitChoice>>,
+    pub exit_served: Vec<node::exit::ExitRules>,
 }
 
 impl Node {
@@ -138,7 +140,7 @@ impl Sim {
     pub fn add_with_bootstrap(&mut self, member: &Member, log: &Log, cloudpal: bool, bootstrap: Vec<Multiaddr>) -> usize {
         let index = self.nodes.len();
         let peer = peer_of(index as u8 + 1);
-        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap };
+        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None };
         let core = Core::new(config, store_of(log), ChaCha20Rng::seed_from_u64(index as u64), self.time).expect("a member's core");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, index as u8 + 1));
         self.nodes.push(Node {
@@ -160,6 +162,8 @@ impl Sim {
             cached: Vec::new(),
             finished: Vec::new(),
             external: Vec::new(),
+            exit_client: Vec::new(),
+            exit_served: Vec::new(),
         });
         let address = self.nodes[index].address();
         self.nodes[index].core.handle_new_listen_addr(address);
@@ -325,6 +329,8 @@ impl Sim {
             Action::ListenOnCircuit(address) => self.nodes[index].circuits.push(address),
             Action::AddExternalAddress(address) => self.nodes[index].external.push(address),
             Action::MemberPeers(members) => self.nodes[index].member_peers = members,
+            Action::ExitClient(choice) => self.nodes[index].exit_client.push(choice),
+            Action::ExitServe(rules) => self.nodes[index].exit_served.push(rules),
             Action::Disconnect(peer) => {
                 self.nodes[index].disconnected.push(peer);
                 if let Some(other) = self.index_of(&peer) {

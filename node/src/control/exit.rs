@@ -1,0 +1,119 @@
+//! The personal VPN exit in the core: a device's choice of exit (persisted by the shell,
+//! re-checked against the log on every change), and on CloudPal the rules its exit enforces,
+//! recomputed whenever the log changes (a policy entry, a revocation) — the shell applies
+//! them at once, which is how a policy reaches the exit within a second of its entry.
+
+use super::{Action, Core};
+use crate::control_api::{ExitState, ExitStatusReply};
+use crate::exit::{ExitRules, service};
+use membership::DeviceStatus;
+use protocol::DeviceId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A device's exit: which CloudPal, and whether the LAN stays reachable beside the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitChoice {
+    #[serde(with = "device_hex")]
+    pub device: DeviceId,
+    pub allow_lan: bool,
+}
+
+/// What the core keeps of the exit, both sides.
+#[derive(Debug, Default)]
+pub(super) struct ExitSide {
+    /// This device's exit (client side).
+    pub choice: Option<ExitChoice>,
+    /// The choice the shell was last told to apply.
+    pub applied: Option<Option<ExitChoice>>,
+    /// CloudPal: the rules the shell last applied, and each device's egress addresses.
+    pub served: Option<ExitRules>,
+    pub egress: BTreeMap<DeviceId, Vec<IpAddr>>,
+}
+
+impl Core {
+    /// `pal exit use [NAME] [--allow-lan]`.
+    pub fn exit_use(&mut self, name: Option<&str>, allow_lan: bool) -> Result<ExitStatusReply, String> {
+        if self.revoked() {
+            return Err(super::REVOKED.into());
+        }
+        if self.cloudpal {
+            return Err("this device is a CloudPal: it is the exit, it does not use one".into());
+        }
+        let device = service::choose_exit(self.store.log().state(), &self.me, name)?;
+        self.exit.choice = Some(ExitChoice { device, allow_lan });
+        self.apply_membership();
+        Ok(self.exit_status(true))
+    }
+
+    /// `pal exit off`.
+    pub fn exit_off(&mut self) {
+        self.exit.choice = None;
+        self.apply_membership();
+    }
+
+    /// The exit this device uses, if any (for the data plane's routes).
+    pub(super) fn exit_device(&self) -> Option<DeviceId> {
+        self.exit.choice.map(|c| c.device)
+    }
+
+    /// Overlay addresses (ours, the exit's) for the echo that tells whether the exit answers.
+    pub fn exit_probe(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let state = self.store.log().state();
+        let exit = state.devices.get(&self.exit.choice?.device).filter(|d| d.status == DeviceStatus::Active)?;
+        Some((state.devices.get(&self.me)?.record.overlay_ipv4, exit.record.overlay_ipv4))
+    }
+
+    /// `pal exit status`; `answered`: whether the exit answered an echo over the overlay just
+    /// now (the shell asks the data plane).
+    pub fn exit_status(&self, answered: bool) -> ExitStatusReply {
+        let state = self.store.log().state();
+        let Some(choice) = self.exit.choice else {
+            return ExitStatusReply { exit: None, state: ExitState::Off, allow_lan: false, egress: Vec::new(), resolver: None };
+        };
+        let device = state.devices.get(&choice.device).filter(|d| d.status == DeviceStatus::Active);
+        ExitStatusReply {
+            exit: device.map(|d| d.record.name.clone()),
+            state: if answered && device.is_some() { ExitState::Connected } else { ExitState::Blocking },
+            allow_lan: choice.allow_lan,
+            // Without rotation the web sees the exit's own address.
+            egress: Vec::new(),
+            // DNS through CloudPal's resolver arrives with #14; meanwhile port 53 never
+            // leaves outside the tunnel.
+            resolver: None,
+        }
+    }
+
+    /// After any change of the log or of the choice: what the shell must apply, if it differs
+    /// from what it has.
+    pub(super) fn apply_exit(&mut self) {
+        if self.exit.applied != Some(self.exit.choice) {
+            self.exit.applied = Some(self.exit.choice);
+            self.push(Action::ExitClient(self.exit.choice));
+        }
+        if self.cloudpal {
+            let rules = service::exit_rules(self.store.log().state(), &self.exit.egress);
+            if self.exit.served.as_ref() != Some(&rules) {
+                self.exit.served = Some(rules.clone());
+                self.push(Action::ExitServe(rules));
+            }
+        }
+    }
+}
+
+mod device_hex {
+    use protocol::DeviceId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &DeviceId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceId, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = data_encoding::HEXLOWER.decode(text.as_bytes()).map_err(serde::de::Error::custom)?;
+        let bytes = bytes.try_into().map_err(|_| serde::de::Error::custom("a device id is 16 bytes"))?;
+        Ok(DeviceId::from_bytes(bytes))
+    }
+}

@@ -1,0 +1,244 @@
+//! The exit's changes to the host, applied and undone: nftables tables (one transaction each,
+//! through `nft`'s JSON interface), policy rules and routes (rtnetlink), and the forwarding
+//! sysctls on CloudPal. Every change is written to a journal in the state directory *before*
+//! it is made, so a node killed at any point leaves a record of what to undo; the next start
+//! (or `pal exit off`) reads it and restores the host. Undoing is idempotent: what is already
+//! gone is fine.
+
+use super::{CLIENT_TABLE, ClientTunnel, EXIT_TABLE, ExitHost, ExitRules, PRIORITY_PORTS, PRIORITY_SUPPRESS, PRIORITY_TUNNEL, ROUTE_TABLE, ruleset};
+use anyhow::{Context, Result, anyhow};
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage, RulePortRange};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+/// Sysctls the exit needs on CloudPal; their old values are journalled and put back.
+const EXIT_SYSCTLS: &[&str] = &["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"];
+/// The metric of the unreachable defaults in pal's table: below them, nothing; so a missing
+/// overlay interface (deleted by hand) means "unreachable", never the LAN's default route.
+const UNREACHABLE_METRIC: u32 = 4_000_000_000;
+
+/// What pal has changed on this host, as written down before each change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The client's rules, routes and kill switch may be in place.
+    pub client: bool,
+    /// The exit's table may be in place.
+    pub exit: bool,
+    /// Sysctls pal set, with the values they had before.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// The host side of the exit: a netlink handle and the journal's path.
+#[derive(Debug)]
+pub struct Host {
+    netlink: Handle,
+    journal_path: PathBuf,
+    journal: Journal,
+}
+
+impl Host {
+    /// Opens netlink and restores whatever an earlier run left behind (a crash).
+    pub async fn open(state_root: &Path) -> Result<Self> {
+        let (connection, netlink, _) = rtnetlink::new_connection().context("cannot open netlink")?;
+        tokio::spawn(connection);
+        let journal_path = state_root.join("host-changes.json");
+        let journal = match std::fs::read(&journal_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Journal { client: true, exit: true, sysctls: Vec::new() }),
+            Err(_) => Journal::default(),
+        };
+        let mut host = Self { netlink, journal_path, journal };
+        if host.journal != Journal::default() {
+            tracing::info!("restoring the host after an unclean stop");
+            host.restore().await?;
+        }
+        Ok(host)
+    }
+
+    /// Whether the client's tunnel is in place.
+    pub fn client_active(&self) -> bool {
+        self.journal.client
+    }
+
+    fn save(&self) -> Result<()> {
+        if self.journal == Journal::default() {
+            return match std::fs::remove_file(&self.journal_path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+                _ => Ok(()),
+            };
+        }
+        let temporary = self.journal_path.with_extension("tmp");
+        std::fs::write(&temporary, serde_json::to_vec(&self.journal)?)?;
+        std::fs::rename(&temporary, &self.journal_path)?;
+        Ok(())
+    }
+
+    /// Undoes everything the journal names.
+    pub async fn restore(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        if self.journal.client {
+            result = result.and(self.remove_client().await);
+        }
+        if self.journal.exit {
+            result = result.and(self.remove_exit());
+        }
+        result
+    }
+
+    /// The full tunnel: kill switch first (so there is no moment without it), then the
+    /// routes into the overlay, then the rules that send traffic to them.
+    pub async fn apply_client(&mut self, tunnel: &ClientTunnel) -> Result<()> {
+        self.journal.client = true;
+        self.save()?;
+        apply_nft(&ruleset::client(tunnel)).context("cannot install the exit's kill switch (nftables)")?;
+        self.remove_routing().await?;
+        let index = self.link_index(&tunnel.tun).await?;
+        let routes = [
+            RouteMessageBuilder::<Ipv4Addr>::new().table_id(ROUTE_TABLE).output_interface(index).build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().table_id(ROUTE_TABLE).output_interface(index).build(),
+            RouteMessageBuilder::<Ipv4Addr>::new().table_id(ROUTE_TABLE).kind(RouteType::Unreachable).priority(UNREACHABLE_METRIC).build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().table_id(ROUTE_TABLE).kind(RouteType::Unreachable).priority(UNREACHABLE_METRIC).build(),
+        ];
+        for route in routes {
+            self.netlink.route().add(route).execute().await.context("cannot add the exit's routes")?;
+        }
+        let ports = RulePortRange { start: tunnel.data_port, end: tunnel.data_port.saturating_add(1) };
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let rules = [
+                rule(family, PRIORITY_PORTS, main_table(), |m| m.attributes.push(RuleAttribute::SourcePortRange(ports))),
+                rule(family, PRIORITY_SUPPRESS, main_table(), |m| m.attributes.push(RuleAttribute::SuppressPrefixLen(0))),
+                rule(family, PRIORITY_TUNNEL, ROUTE_TABLE, |m| {
+                    m.attributes.push(RuleAttribute::FwMark(super::FWMARK));
+                    m.header.flags |= RuleFlags::Invert;
+                }),
+            ];
+            for message in rules {
+                let mut request = self.netlink.rule().add();
+                *request.message_mut() = message;
+                request.execute().await.context("cannot add the exit's policy rules")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the client's tunnel out: rules, routes, kill switch, in that order.
+    pub async fn remove_client(&mut self) -> Result<()> {
+        self.remove_routing().await?;
+        apply_nft(&ruleset::remove(CLIENT_TABLE)).context("cannot remove the exit's kill switch")?;
+        self.journal.client = false;
+        self.save()
+    }
+
+    /// CloudPal's exit table, replaced as one transaction; forwarding switched on first time.
+    pub fn apply_exit(&mut self, host: &ExitHost, rules: &ExitRules) -> Result<()> {
+        if !self.journal.exit {
+            self.journal.exit = true;
+            for key in EXIT_SYSCTLS {
+                if let Ok(old) = read_sysctl(key) {
+                    self.journal.sysctls.push(((*key).to_owned(), old));
+                }
+            }
+            self.save()?;
+            for key in EXIT_SYSCTLS {
+                write_sysctl(key, "1").with_context(|| format!("cannot switch on forwarding ({key})"))?;
+            }
+        }
+        apply_nft(&ruleset::exit(host, rules)).context("cannot install the exit's table (nftables)")
+    }
+
+    /// Takes the exit table out and puts the sysctls back.
+    pub fn remove_exit(&mut self) -> Result<()> {
+        apply_nft(&ruleset::remove(EXIT_TABLE)).context("cannot remove the exit's table")?;
+        for (key, old) in std::mem::take(&mut self.journal.sysctls) {
+            if let Err(error) = write_sysctl(&key, &old) {
+                tracing::warn!(%error, "cannot restore a sysctl");
+            }
+        }
+        self.journal.exit = false;
+        self.save()
+    }
+
+    async fn link_index(&self, name: &str) -> Result<u32> {
+        let mut links = self.netlink.link().get().match_name(name.to_owned()).execute();
+        let link = links.try_next().await.ok().flatten().ok_or_else(|| anyhow!("the overlay interface {name} is missing"))?;
+        Ok(link.header.index)
+    }
+
+    /// Deletes pal's policy rules (by priority) and every route in pal's table.
+    async fn remove_routing(&self) -> Result<()> {
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self.netlink.rule().get(version.clone()).execute().try_collect().await.context("cannot list policy rules")?;
+            for message in rules {
+                let ours = message.attributes.iter().any(|a| matches!(a, RuleAttribute::Priority(p) if [PRIORITY_PORTS, PRIORITY_SUPPRESS, PRIORITY_TUNNEL].contains(p)));
+                if ours {
+                    ignore_missing(self.netlink.rule().del(message).execute().await).context("cannot delete a policy rule")?;
+                }
+            }
+        }
+        for dump in [RouteMessageBuilder::<Ipv4Addr>::new().table_id(ROUTE_TABLE).build(), RouteMessageBuilder::<Ipv6Addr>::new().table_id(ROUTE_TABLE).build()] {
+            let routes: Vec<RouteMessage> = self.netlink.route().get(dump).execute().try_collect().await.context("cannot list routes")?;
+            for route in routes.into_iter().filter(|r| route_table(r) == ROUTE_TABLE) {
+                ignore_missing(self.netlink.route().del(route).execute().await).context("cannot delete a route")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn main_table() -> u32 {
+    u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN)
+}
+
+fn rule(family: AddressFamily, priority: u32, table: u32, extra: impl FnOnce(&mut RuleMessage)) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = family;
+    message.header.action = RuleAction::ToTable;
+    if table > 255 {
+        message.header.table = 0;
+        message.attributes.push(RuleAttribute::Table(table));
+    } else {
+        message.header.table = table as u8;
+    }
+    message.attributes.push(RuleAttribute::Priority(priority));
+    extra(&mut message);
+    message
+}
+
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+/// "No such rule/route" (ENOENT, ESRCH) while undoing is what undoing wants.
+fn ignore_missing(result: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code().abs() == libc::ENOENT || message.raw_code().abs() == libc::ESRCH => Ok(()),
+        other => other,
+    }
+}
+
+fn apply_nft(ruleset: &nftables::schema::Nftables<'_>) -> Result<()> {
+    nftables::helper::apply_ruleset(ruleset).map_err(|error| match error {
+        nftables::helper::NftablesError::NftExecution { .. } => anyhow!("cannot run nft: install nftables (apt install nftables)"),
+        nftables::helper::NftablesError::NftFailed { stderr, .. } => anyhow!("nft refused the ruleset: {}", stderr.trim()),
+        other => anyhow!("{other}"),
+    })
+}
+
+fn read_sysctl(key: &str) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(Path::new("/proc/sys").join(key))?.trim().to_owned())
+}
+
+fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(Path::new("/proc/sys").join(key), value)
+}

@@ -1,0 +1,138 @@
+//! The exit's decisions, sans-IO: from the membership state (devices, roles, policy) to what
+//! CloudPal forwards, and whether a device may choose an exit at all.
+
+use super::ExitRules;
+use membership::{DeviceStatus, Role, Rule, State};
+use protocol::DeviceId;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// What CloudPal's exit forwards now. `egress` holds each device's session address when
+/// egress rotation is on (the caller keeps the sessions).
+pub fn exit_rules(state: &State, egress: &BTreeMap<DeviceId, Vec<IpAddr>>) -> ExitRules {
+    let policy = &state.policy;
+    let mut sources = Vec::new();
+    let mut mapped = Vec::new();
+    for (id, device) in state.active_devices() {
+        if !policy.exit.devices.allows(&device.record.name) {
+            continue;
+        }
+        let own = [IpAddr::V4(device.record.overlay_ipv4), IpAddr::V6(device.record.overlay_ipv6)];
+        sources.extend(own);
+        if policy.exit.rotate_egress {
+            for address in egress.get(id).into_iter().flatten() {
+                if let Some(source) = own.iter().find(|s| s.is_ipv4() == address.is_ipv4()) {
+                    mapped.push((*source, *address));
+                }
+            }
+        }
+    }
+    let nets = |rules: &[Rule]| rules.iter().filter_map(|r| if let Rule::Net(net) = r { Some(*net) } else { None }).collect();
+    ExitRules {
+        sources,
+        mesh_only: policy.firewall.mesh_only,
+        allow: nets(&policy.firewall.allow),
+        deny: nets(&policy.firewall.deny),
+        egress: mapped,
+        logging: policy.exit.logging,
+    }
+}
+
+/// The exit a device asked for, if the log lets it: `name` (or, without a name, the network's
+/// CloudPal) must be an active CloudPal, and the policy must let `me` use it.
+pub fn choose_exit(state: &State, me: &DeviceId, name: Option<&str>) -> Result<DeviceId, String> {
+    let cloudpals: Vec<(&DeviceId, &membership::DeviceState)> =
+        state.active_devices().filter(|(id, d)| d.record.role == Role::CloudPal && *id != me).collect();
+    let chosen = match name {
+        Some(name) => state
+            .active_devices()
+            .find(|(_, d)| d.record.name == name)
+            .ok_or_else(|| format!("no active device named {name:?}; see `pal device list`"))
+            .and_then(|(id, d)| if d.record.role == Role::CloudPal && id != me { Ok(id) } else { Err(format!("{name} is not a CloudPal; only a CloudPal is an exit")) })?,
+        None => match cloudpals.as_slice() {
+            [(id, _)] => *id,
+            [] => return Err("this network has no CloudPal to use as its exit; add one with `pal device add --role cloudpal`".into()),
+            _ => return Err("this network has several CloudPals; name one: `pal exit use NAME`".into()),
+        },
+    };
+    let policy = &state.policy;
+    if policy.firewall.mesh_only {
+        return Err("the network's policy is mesh-only: no internet through CloudPal (an admin can `pal policy set --mesh-only off`)".into());
+    }
+    let my_name = state.devices.get(me).filter(|d| d.status == DeviceStatus::Active).map(|d| d.record.name.as_str()).unwrap_or_default();
+    if !policy.exit.devices.allows(my_name) {
+        return Err("the network's policy does not let this device use the exit".into());
+    }
+    Ok(*chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membership::testkit::Network;
+    use membership::{ExitDevices, Operation, Policy};
+
+    fn network() -> (Network, DeviceId, DeviceId, DeviceId) {
+        let mut net = Network::new(13);
+        let founder = net.founder.key.clone();
+        let cloudpal = net.add("cloudpal", Role::CloudPal);
+        let phone = net.add("phone", Role::Member);
+        let me = founder.public_key().device_id();
+        (net, me, cloudpal.key.public_key().device_id(), phone.key.public_key().device_id())
+    }
+
+    fn set(net: &mut Network, policy: Policy) {
+        let founder = net.founder.key.clone();
+        net.append(&founder, Operation::SetPolicy { policy });
+    }
+
+    #[test]
+    fn every_member_may_use_the_exit_by_default_and_the_cloudpal_is_the_default_exit() {
+        let (net, me, cloudpal, _) = network();
+        let state = net.log.state();
+        assert_eq!(choose_exit(state, &me, None), Ok(cloudpal));
+        assert_eq!(choose_exit(state, &me, Some("cloudpal")), Ok(cloudpal));
+        assert!(choose_exit(state, &me, Some("phone")).expect_err("a phone").contains("not a CloudPal"));
+        assert!(choose_exit(state, &me, Some("nobody")).expect_err("nobody").contains("no active device"));
+        let rules = exit_rules(state, &BTreeMap::new());
+        assert_eq!(rules.sources.len(), 6, "three devices, v4 and v6 each");
+        assert!(!rules.mesh_only && !rules.logging && rules.egress.is_empty());
+    }
+
+    #[test]
+    fn mesh_only_and_the_device_list_refuse_the_exit() {
+        let (mut net, me, _, phone) = network();
+        let mut policy = Policy::default();
+        policy.firewall.mesh_only = true;
+        set(&mut net, policy.clone());
+        assert!(choose_exit(net.log.state(), &me, None).expect_err("mesh-only").contains("mesh-only"));
+        assert!(exit_rules(net.log.state(), &BTreeMap::new()).mesh_only);
+
+        policy.firewall.mesh_only = false;
+        policy.exit.devices = ExitDevices::Only(vec!["phone".into()]);
+        set(&mut net, policy);
+        let state = net.log.state();
+        assert!(choose_exit(state, &me, None).is_err(), "the founder is not on the list");
+        assert_eq!(choose_exit(state, &phone, None).map(|_| ()), Ok(()));
+        let phone_v4 = IpAddr::V4(state.devices[&phone].record.overlay_ipv4);
+        assert_eq!(exit_rules(state, &BTreeMap::new()).sources.iter().filter(|s| s.is_ipv4()).collect::<Vec<_>>(), vec![&phone_v4]);
+    }
+
+    #[test]
+    fn a_revoked_device_is_no_source_and_egress_maps_only_with_rotation_on() {
+        let (mut net, _, _, phone) = network();
+        let founder = net.founder.key.clone();
+        let egress = BTreeMap::from([(phone, vec!["203.0.113.77".parse().expect("v4"), "2001:db8:77::9".parse().expect("v6")])]);
+        assert!(exit_rules(net.log.state(), &egress).egress.is_empty(), "rotation is off by default");
+        let mut policy = Policy::default();
+        policy.exit.rotate_egress = true;
+        set(&mut net, policy);
+        let rules = exit_rules(net.log.state(), &egress);
+        assert_eq!(rules.egress.len(), 2);
+        let phone_v4 = IpAddr::V4(net.log.state().devices[&phone].record.overlay_ipv4);
+        assert!(rules.egress.contains(&(phone_v4, "203.0.113.77".parse().expect("v4"))));
+        net.append(&founder, Operation::RevokeDevice { device: phone });
+        let rules = exit_rules(net.log.state(), &egress);
+        assert!(!rules.sources.contains(&phone_v4) && rules.egress.is_empty());
+    }
+}

@@ -1,0 +1,237 @@
+//! Issue #13: the personal VPN, end to end in namespaces — a v4-only laptop's internet (v4
+//! and v6) through its CloudPal, the kill switch, no leaks outside the tunnel (EXIT-01,
+//! EXIT-02), the firewall policy at the exit (EXIT-06), LAN access, strict `rp_filter`, and
+//! a host left exactly as it was after `exit off`, a stop and a crash (ROB-03).
+
+use std::time::Duration;
+use tests::exit::ExitNetwork;
+use tests::{Netns, PalNode, wait_until};
+
+const QUICK: Duration = Duration::from_secs(2);
+
+/// Everything of pal's on a host: policy rules, routes of its table, its nftables tables.
+fn host_changes(netns: &Netns) -> String {
+    let mut found = String::new();
+    for family in ["-4", "-6"] {
+        let rules = String::from_utf8_lossy(&netns.exec("ip", &[family, "rule", "show"]).stdout).into_owned();
+        found.extend(rules.lines().filter(|l| l.starts_with("518") || l.contains("41641")).map(|l| format!("{l}\n")));
+        let routes = String::from_utf8_lossy(&netns.exec("ip", &[family, "route", "show", "table", "41641"]).stdout).into_owned();
+        found.push_str(&routes);
+    }
+    let tables = String::from_utf8_lossy(&netns.exec("nft", &["list", "tables"]).stdout).into_owned();
+    found.extend(tables.lines().filter(|l| l.contains("pal_")).map(|l| format!("{l}\n")));
+    found
+}
+
+fn exit_state(node: &PalNode) -> serde_json::Value {
+    serde_json::from_str(&node.pal_ok(&["exit", "status", "--json"])).expect("exit status is JSON")
+}
+
+/// The addresses every frame on `interface` of `netns` went to or came from while `during` ran.
+fn frames_during(netns: &Netns, interface: &str, during: impl FnOnce()) -> Vec<Vec<u8>> {
+    let capture = netns.capture_on(Some(interface));
+    during();
+    std::thread::sleep(Duration::from_millis(200));
+    capture.stop()
+}
+
+/// Whether an Ethernet frame carries an IP packet to or from `address` (v4 or v6 text), or
+/// anything for port 53.
+fn mentions(frame: &[u8], address: &str) -> bool {
+    let Some(ethertype) = frame.get(12..14) else { return false };
+    let packet = &frame[14..];
+    let (source, destination, transport) = match ethertype {
+        [0x08, 0x00] if packet.len() >= 20 => {
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            (std::net::IpAddr::from(<[u8; 4]>::try_from(&packet[12..16]).expect("4")), std::net::IpAddr::from(<[u8; 4]>::try_from(&packet[16..20]).expect("4")), packet.get(header..))
+        }
+        [0x86, 0xdd] if packet.len() >= 40 => {
+            (std::net::IpAddr::from(<[u8; 16]>::try_from(&packet[8..24]).expect("16")), std::net::IpAddr::from(<[u8; 16]>::try_from(&packet[24..40]).expect("16")), packet.get(40..))
+        }
+        _ => return false,
+    };
+    let port_53 = transport.is_some_and(|t| t.len() >= 4 && (t[0..2] == [0, 53] || t[2..4] == [0, 53]));
+    source.to_string() == address || destination.to_string() == address || port_53
+}
+
+#[test]
+fn exit_01_02_the_internet_through_cloudpal_with_no_leak_a_kill_switch_and_a_clean_host_after() {
+    let mut net = ExitNetwork::form();
+    // Strict reverse-path filtering on the client, as hardened hosts have it.
+    for key in ["net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1"] {
+        net.laptop.netns.exec_ok("sysctl", &["-q", "-w", key]);
+    }
+    let before = host_changes(&net.laptop.netns);
+    assert_eq!(before, "", "pal changed the host before the exit was chosen");
+    let (v4, v6) = net.laptop_seen(QUICK);
+    assert_eq!(v4.as_deref(), Some(net.home.public_address.as_str()), "before the exit, the web sees the home router");
+    assert_eq!(v6, None, "a v4-only home has no v6 internet of its own");
+
+    let status = net.laptop.pal_ok(&["exit", "use"]);
+    assert!(status.contains("exit: cloudpal"), "{status}");
+    let seen = wait_until(Duration::from_secs(10), || net.laptop_seen(QUICK).0.as_deref() == Some(net.cloudpal.address.as_str()));
+    assert!(seen, "the web never saw CloudPal's address: {:?}\n{}", net.laptop_seen(QUICK), net.laptop.log());
+    assert_eq!(whoami_v6(&net), Some(net.cloudpal_v6.clone()), "the v4-only laptop reaches the v6 internet through CloudPal");
+    let state = exit_state(&net.laptop);
+    assert_eq!(state["exit"], "cloudpal");
+    assert_eq!(state["state"], "connected");
+    // The mesh keeps its direct paths while on the exit.
+    assert!(net.laptop.pal(&["ping", "phone", "-c", "1"]).status.success(), "the mesh broke on the exit");
+
+    // EXIT-01: browsing v4 and v6 and asking the LAN's resolver shows nothing for the
+    // internet, and nothing for port 53, on the laptop's own interface.
+    let dns_listener = net.home.router.udp_socket("0.0.0.0:53");
+    dns_listener.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let frames = frames_during(&net.laptop.netns, "eth0", || {
+        assert_eq!(net.laptop_seen(QUICK).0.as_deref(), Some(net.cloudpal.address.as_str()));
+        assert!(whoami_v6(&net).is_some());
+        let resolver = net.laptop.netns.udp_socket("0.0.0.0:0");
+        let _ = resolver.send_to(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01", (net.home.gateway.as_str(), 53));
+    });
+    assert!(!frames.is_empty(), "the capture saw nothing at all");
+    let leaks: Vec<_> = frames.iter().filter(|f| mentions(f, &net.web_v4) || mentions(f, &net.web_v6)).collect();
+    assert!(leaks.is_empty(), "{} frames for the internet (or port 53) left outside the tunnel", leaks.len());
+    let mut buffer = [0u8; 512];
+    assert!(dns_listener.recv_from(&mut buffer).is_err(), "a DNS query left outside the tunnel to the LAN's resolver");
+
+    // LAN access is off unless asked for.
+    assert_eq!(tests::exit::whoami(&net.laptop.netns, net.printer(), QUICK), None, "the LAN was reachable without --allow-lan");
+    net.laptop.pal_ok(&["exit", "use", "--allow-lan"]);
+    assert_eq!(tests::exit::whoami(&net.laptop.netns, net.printer(), QUICK).as_deref(), Some(net.laptop.address.as_str()), "--allow-lan did not open the LAN");
+    assert_eq!(net.laptop_seen(QUICK).0.as_deref(), Some(net.cloudpal.address.as_str()), "--allow-lan took the internet off the exit");
+
+    // EXIT-02: CloudPal gone, then the tunnel interface deleted by hand: internet traffic is
+    // dropped, never sent in the clear.
+    net.cloudpal.crash();
+    let frames = frames_during(&net.laptop.netns, "eth0", || {
+        assert_eq!(net.laptop_seen(QUICK), (None, None), "internet traffic got out with the exit down");
+    });
+    assert!(frames.iter().all(|f| !mentions(f, &net.web_v4) && !mentions(f, &net.web_v6)), "the kill switch leaked");
+    let blocking = wait_until(Duration::from_secs(30), || exit_state(&net.laptop)["state"] == "blocking");
+    assert!(blocking, "exit status never said blocking: {}", exit_state(&net.laptop));
+    // The exit comes back by itself with CloudPal.
+    net.cloudpal.up_with(&["--cloudpal"]);
+    let resumed = wait_until(Duration::from_secs(30), || net.laptop_seen(QUICK).0.as_deref() == Some(net.cloudpal.address.as_str()));
+    assert!(resumed, "the exit did not resume when CloudPal came back: {}", net.laptop.log());
+
+    // `exit off` restores the host exactly.
+    net.laptop.pal_ok(&["exit", "off"]);
+    assert_eq!(host_changes(&net.laptop.netns), before, "exit off left pal's changes behind");
+    assert_eq!(net.laptop_seen(QUICK).0.as_deref(), Some(net.home.public_address.as_str()), "the direct internet is not back");
+    assert_eq!(exit_state(&net.laptop)["state"], "off");
+}
+
+#[test]
+fn rob_03_the_exit_persists_across_restarts_and_nothing_stays_after_a_stop_or_a_crash() {
+    let mut net = ExitNetwork::form();
+    let laptop_before = host_changes(&net.laptop.netns);
+    // (CloudPal is up already: what it leaves after a stop must be nothing.)
+    let cloudpal_before = String::new();
+    assert_eq!(laptop_before, "");
+    // The exit table exists while CloudPal runs; a host firewall of the owner's sits beside it.
+    net.cloudpal.netns.exec_ok("nft", &["add table inet owner; add chain inet owner input { type filter hook input priority 0; policy accept; }; add rule inet owner input tcp dport 22 accept"]);
+    let owner = |netns: &Netns| String::from_utf8_lossy(&netns.exec_ok("nft", &["list", "table", "inet", "owner"]).stdout).into_owned();
+    let owner_before = owner(&net.cloudpal.netns);
+    net.laptop.pal_ok(&["exit", "use"]);
+    assert!(host_changes(&net.laptop.netns).contains("pal_killswitch"));
+
+    // A clean stop leaves nothing; the next start puts the exit back (the choice persists).
+    net.laptop.down();
+    assert_eq!(host_changes(&net.laptop.netns), laptop_before, "a clean stop left pal's changes behind");
+    net.laptop.up();
+    let back = wait_until(Duration::from_secs(15), || net.laptop_seen(QUICK).0.as_deref() == Some(net.cloudpal.address.as_str()));
+    assert!(back, "the exit did not come back after a restart: {}", net.laptop.log());
+
+    // A crash leaves everything in place (traffic stays blocked, never in the clear) ...
+    net.laptop.crash();
+    assert_ne!(host_changes(&net.laptop.netns), laptop_before);
+    assert_eq!(net.laptop_seen(QUICK).0, None, "with the node crashed, the internet leaked past the kill switch");
+    // ... and the next start restores the host before applying the exit once more: no rule twice.
+    net.laptop.up();
+    let back = wait_until(Duration::from_secs(15), || net.laptop_seen(QUICK).0.as_deref() == Some(net.cloudpal.address.as_str()));
+    assert!(back, "the exit did not come back after a crash: {}", net.laptop.log());
+    let rules = host_changes(&net.laptop.netns);
+    assert_eq!(rules.lines().filter(|l| l.starts_with("5182")).count(), 2, "one tunnel rule per family after a crash and a restart:\n{rules}");
+    net.laptop.pal_ok(&["exit", "off"]);
+    assert_eq!(host_changes(&net.laptop.netns), laptop_before);
+
+    // CloudPal: its table goes with a clean stop and after a crash, forwarding is put back,
+    // and the owner's own table is never touched.
+    let forwarding = |netns: &Netns| String::from_utf8_lossy(&netns.exec_ok("sysctl", &["-n", "net.ipv4.ip_forward"]).stdout).trim().to_owned();
+    assert_eq!(forwarding(&net.cloudpal.netns), "1");
+    assert!(host_changes(&net.cloudpal.netns).contains("pal_exit"));
+    net.cloudpal.down();
+    assert_eq!(host_changes(&net.cloudpal.netns), cloudpal_before);
+    assert_eq!(forwarding(&net.cloudpal.netns), "0", "forwarding was not put back");
+    net.cloudpal.up_with(&["--cloudpal"]);
+    net.cloudpal.crash();
+    assert!(host_changes(&net.cloudpal.netns).contains("pal_exit"));
+    net.cloudpal.up_with(&["--cloudpal"]);
+    net.cloudpal.down();
+    assert_eq!(host_changes(&net.cloudpal.netns), cloudpal_before, "the restart after a crash did not clean up");
+    assert_eq!(forwarding(&net.cloudpal.netns), "0");
+    assert_eq!(owner(&net.cloudpal.netns), owner_before, "pal touched the owner's firewall");
+}
+
+#[test]
+fn exit_06_mesh_only_allow_and_deny_reach_the_exit_within_a_second_and_the_mesh_stays() {
+    let net = ExitNetwork::form();
+    net.laptop.pal_ok(&["exit", "use"]);
+    let via_cloudpal = Some(net.cloudpal.address.clone());
+    let on_exit = wait_until(Duration::from_secs(10), || net.laptop_seen(QUICK).0 == via_cloudpal);
+    assert!(on_exit, "the exit never worked");
+    // A policy change reaches CloudPal's exit within a second of the entry (plus the sync).
+    let within = |expect_v4: Option<String>, expect_v6: bool| {
+        wait_until(Duration::from_secs(3), || {
+            let (v4, v6) = net.laptop_seen(Duration::from_millis(700));
+            v4 == expect_v4 && v6.is_some() == expect_v6
+        })
+    };
+
+    let bad = net.laptop.pal(&["policy", "set", "--deny", "203.0.113.9/24"]);
+    assert!(!bad.status.success());
+    let error = String::from_utf8_lossy(&bad.stderr);
+    assert!(error.contains("did you mean 203.0.113.0/24") && error.trim().lines().count() == 1, "{error}");
+
+    // (A network, not the server's own address: the privacy check below looks for that.)
+    net.laptop.pal_ok(&["policy", "set", "--deny", "203.0.113.0/24"]);
+    assert!(within(None, true), "a v4 deny rule did not cut v4 (and only v4)");
+    net.laptop.pal_ok(&["policy", "set", "--clear-deny", "--allow", "198.51.100.0/24"]);
+    assert!(within(None, false), "an allow list without the web server still let it through");
+    net.laptop.pal_ok(&["policy", "set", "--allow", &format!("{}/64", tests::exit::INTERNET_V6)]);
+    assert!(within(None, true), "the v6 allow rule did not open v6");
+    net.laptop.pal_ok(&["policy", "set", "--clear-allow", "--mesh-only", "on"]);
+    assert!(within(None, false), "mesh-only still forwarded internet traffic");
+    assert!(net.laptop.pal(&["ping", "phone", "-c", "1"]).status.success(), "mesh-only broke the mesh");
+    assert!(net.laptop.pal(&["ping", "cloudpal", "-c", "1"]).status.success(), "mesh-only cut CloudPal off the mesh");
+    let shown: serde_json::Value = serde_json::from_str(&net.phone.pal_ok(&["policy", "show", "--json"])).expect("json");
+    assert_eq!(shown["mesh_only"], true, "the policy did not replicate to the phone");
+    let refused = net.phone.pal(&["exit", "use"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("mesh-only"), "a device chose the exit under mesh-only");
+    let not_admin = net.phone.pal(&["policy", "set", "--mesh-only", "off"]);
+    assert!(!not_admin.status.success(), "a member set the policy");
+    net.laptop.pal_ok(&["policy", "set", "--mesh-only", "off"]);
+    assert!(within(via_cloudpal, true), "the exit did not come back after mesh-only off");
+
+    // No logging by default: nothing CloudPal wrote names where the laptop went (PRIV-01).
+    let mut written = net.cloudpal.log();
+    for entry in walk(&net.cloudpal.state) {
+        written.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap_or_default()));
+    }
+    for secret in [net.web_v4.as_str(), net.web_v6.as_str(), "whoami"] {
+        assert!(!written.contains(secret), "CloudPal wrote {secret:?} down");
+    }
+}
+
+fn whoami_v6(net: &ExitNetwork) -> Option<String> {
+    tests::exit::whoami(&net.laptop.netns, net.web_v6(), QUICK)
+}
+
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
