@@ -36,6 +36,10 @@ enum Command {
         listen: Option<String>,
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
+        /// CloudPal: addresses routed to it (IPv4 CIDRs and/or an IPv6 prefix) that egress
+        /// rotation draws from.
+        #[arg(long, value_name = "CIDR")]
+        egress_pool: Vec<String>,
         /// Do not ask the kernel for segmentation offloads on the overlay interface.
         #[arg(long, env = "PAL_NO_OFFLOAD")]
         no_offload: bool,
@@ -102,6 +106,8 @@ enum ExitCommand {
     },
     /// Back to the direct internet; removes every route, rule and table pal added.
     Off,
+    /// A new exit session: with egress rotation on, a new egress address (old flows end).
+    Renew,
     /// The exit, its state, egress addresses and resolver.
     Status {
         #[arg(long)]
@@ -183,8 +189,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, no_offload } => {
-            commands::up::run(state, cloudpal, listen, bootstrap, !no_offload)
+        Command::Up { cloudpal, listen, bootstrap, egress_pool, no_offload } => {
+            commands::up::run(state, cloudpal, listen, bootstrap, egress_pool, !no_offload)
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),
@@ -200,6 +206,7 @@ fn main() -> ExitCode {
         Command::Exit { command } => match command {
             ExitCommand::Use { name, allow_lan } => commands::exit::use_exit(&state, name, allow_lan),
             ExitCommand::Off => commands::exit::off(&state),
+            ExitCommand::Renew => commands::exit::renew(&state),
             ExitCommand::Status { json } => commands::exit::status(&state, json),
         },
         Command::Policy { command } => match command {

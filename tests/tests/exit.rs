@@ -235,3 +235,64 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn exit_07_egress_rotation_gives_each_session_a_pool_address_and_a_renew_ends_the_old_flows() {
+    let mut net = ExitNetwork::form();
+    // The pool is routed to CloudPal (as a provider routes a subnet to a server).
+    net.web.ip(&["route", "add", "198.51.100.0/28", "via", &net.cloudpal.address]);
+    net.web.ip(&["-6", "route", "add", "2001:db8:2::/64", "via", &net.cloudpal_v6]);
+    net.cloudpal.down();
+    net.cloudpal.up_with(&["--cloudpal", "--egress-pool", "198.51.100.0/28", "--egress-pool", "2001:db8:2::/64"]);
+    // Off by default: the web sees CloudPal's own address.
+    net.laptop.pal_ok(&["exit", "use"]);
+    let own = wait_until(Duration::from_secs(15), || net.laptop_seen(QUICK).0.as_deref() == Some(net.cloudpal.address.as_str()));
+    assert!(own, "without rotation the web must see CloudPal's own address: {:?}", net.laptop_seen(QUICK));
+    assert_eq!(exit_state(&net.laptop)["egress"], serde_json::json!([]));
+
+    net.laptop.pal_ok(&["policy", "set", "--rotate-egress", "on"]);
+    let pool_v4: membership::Rule = "198.51.100.0/28".parse().expect("rule");
+    let pool_v6: membership::Rule = "2001:db8:2::/64".parse().expect("rule");
+    let in_pool = |seen: &(Option<String>, Option<String>)| {
+        seen.0.as_deref().and_then(|a| a.parse().ok()).is_some_and(|a| pool_v4.covers_address(a)) && seen.1.as_deref().and_then(|a| a.parse().ok()).is_some_and(|a| pool_v6.covers_address(a))
+    };
+    net.laptop.pal_ok(&["exit", "renew"]);
+    let mut first = (None, None);
+    let rotated = wait_until(Duration::from_secs(10), || {
+        first = net.laptop_seen(QUICK);
+        in_pool(&first)
+    });
+    assert!(rotated, "the web did not see pool addresses: {first:?}");
+    let status = exit_state(&net.laptop);
+    let egress: Vec<String> = status["egress"].as_array().expect("egress").iter().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+    assert!(egress.contains(first.0.as_ref().expect("v4")) && egress.contains(first.1.as_ref().expect("v6")), "exit status {status} does not name {first:?}");
+
+    // A flow open before the renew does not survive it; a new one leaves from the new address.
+    let server = net.web.udp_socket("0.0.0.0:7000");
+    server.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+    let flow = net.laptop.netns.udp_socket("0.0.0.0:0");
+    let web_udp = (net.web_v4.as_str(), 7000);
+    flow.send_to(b"before", web_udp).expect("send");
+    let mut buffer = [0u8; 64];
+    let (_, seen) = server.recv_from(&mut buffer).expect("the old flow works before the renew");
+    assert_eq!(Some(seen.ip().to_string()), first.0);
+    net.laptop.pal_ok(&["exit", "renew"]);
+    let second = net.laptop_seen(QUICK);
+    assert!(in_pool(&second) && second.0 != first.0 && second.1 != first.1, "a renew kept the address: {first:?} then {second:?}");
+    flow.send_to(b"after", web_udp).expect("send");
+    let old_flow = server.recv_from(&mut buffer);
+    assert!(old_flow.is_err(), "the old session's flow survived the renew (from {:?})", old_flow.map(|(_, from)| from));
+    let fresh = net.laptop.netns.udp_socket("0.0.0.0:0");
+    fresh.send_to(b"new", web_udp).expect("send");
+    let (_, seen) = server.recv_from(&mut buffer).expect("a new flow after the renew");
+    assert_eq!(Some(seen.ip().to_string()), second.0);
+
+    // Addresses are never written down (EXIT-07).
+    let mut written = net.cloudpal.log();
+    for entry in walk(&net.cloudpal.state) {
+        written.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap_or_default()));
+    }
+    for address in [&first.0, &first.1, &second.0, &second.1].into_iter().flatten() {
+        assert!(!written.contains(address.as_str()), "CloudPal wrote the egress address {address} down");
+    }
+}

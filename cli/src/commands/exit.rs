@@ -16,6 +16,27 @@ pub fn off(state: &StateDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks for a new session and waits (up to 5 s) until the exit's answer shows.
+pub fn renew(state: &StateDir) -> anyhow::Result<()> {
+    let before: ExitStatusReply = ask(state, ControlRequest::ExitStatus)?;
+    let _: ExitStatusReply = ask(state, ControlRequest::ExitRenew)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now: ExitStatusReply = ask(state, ControlRequest::ExitStatus)?;
+        if now.egress != before.egress || std::time::Instant::now() > deadline {
+            if now.egress.is_empty() {
+                println!("a new exit session; egress rotation is off, so the web still sees the exit's own address");
+            } else if now.egress == before.egress {
+                anyhow::bail!("the exit did not answer with a new egress address; see `pal exit status`");
+            } else {
+                print_status(&now);
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub fn status(state: &StateDir, json: bool) -> anyhow::Result<()> {
     let status: ExitStatusReply = ask(state, ControlRequest::ExitStatus)?;
     if json {

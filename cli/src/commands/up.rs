@@ -5,7 +5,7 @@ use node::app::{DEFAULT_PORT, UpOptions, run as run_node};
 use node::statedir::StateDir;
 use std::net::SocketAddr;
 
-pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: Vec<String>, offload: bool) -> anyhow::Result<()> {
+pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: Vec<String>, egress_pool: Vec<String>, offload: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("PAL_LOG").ok().as_deref()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
@@ -17,7 +17,18 @@ pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: V
         .iter()
         .map(|address| address.parse().with_context(|| format!("--bootstrap {address:?} is not a multiaddr")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload };
+    let egress_pool = egress_pool
+        .iter()
+        .map(|text| match text.parse::<membership::Rule>() {
+            Ok(membership::Rule::Net(net)) => Ok(net),
+            Ok(membership::Rule::Domain(_)) => anyhow::bail!("--egress-pool {text:?} is not a CIDR (like 198.51.100.0/28 or 2001:db8:2::/64)"),
+            Err(error) => anyhow::bail!("--egress-pool: {error}"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !egress_pool.is_empty() && !cloudpal {
+        anyhow::bail!("--egress-pool is for a CloudPal: add --cloudpal");
+    }
+    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, egress_pool };
     // The control plane is light: one thread. The data plane starts its own (node::dataplane).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))

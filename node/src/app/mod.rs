@@ -48,6 +48,8 @@ pub struct UpOptions {
     pub tun_name: String,
     /// Segmentation offloads on the TUN interface, where the kernel has them.
     pub offload: bool,
+    /// CloudPal: the addresses egress rotation draws from.
+    pub egress_pool: Vec<membership::IpNet>,
 }
 
 /// A local request waiting for the data plane or the network.
@@ -128,7 +130,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
-    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice() };
+    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone() };
     let core = Core::new(config, store, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
 
     // The control socket comes last: a node that failed to start leaves none behind.
@@ -351,6 +353,7 @@ impl App {
                 core.exit_off();
                 return self.exit_replies.push(reply);
             }
+            ControlRequest::ExitRenew => ControlResponse::from_result(core.exit_renew().map(|()| core.exit_status(true))),
             ControlRequest::ExitStatus => match core.exit_probe() {
                 Some((source, target)) => return self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
                 None => ControlResponse::from_result(Ok(core.exit_status(false))),

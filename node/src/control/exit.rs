@@ -30,6 +30,12 @@ pub(super) struct ExitSide {
     /// CloudPal: the rules the shell last applied, and each device's egress addresses.
     pub served: Option<ExitRules>,
     pub egress: BTreeMap<DeviceId, Vec<IpAddr>>,
+    /// CloudPal: the egress pool.
+    pub pool: Vec<membership::IpNet>,
+    /// Client: a session to ask the exit for when connected to it (`true`: a new one).
+    pub session_wanted: Option<bool>,
+    /// Client: the egress addresses the exit gave this session.
+    pub egress_seen: Vec<String>,
 }
 
 impl Core {
@@ -42,15 +48,91 @@ impl Core {
             return Err("this device is a CloudPal: it is the exit, it does not use one".into());
         }
         let device = service::choose_exit(self.store.log().state(), &self.me, name)?;
+        let fresh = self.exit.choice.map(|c| c.device) != Some(device);
         self.exit.choice = Some(ExitChoice { device, allow_lan });
         self.apply_membership();
+        if fresh {
+            self.ask_exit_session(true);
+        }
         Ok(self.exit_status(true))
     }
 
     /// `pal exit off`.
     pub fn exit_off(&mut self) {
         self.exit.choice = None;
+        self.exit.session_wanted = None;
+        self.exit.egress_seen.clear();
         self.apply_membership();
+    }
+
+    /// `pal exit renew`: a new session, so (with rotation on) a new egress address.
+    pub fn exit_renew(&mut self) -> Result<(), String> {
+        if self.exit.choice.is_none() {
+            return Err("no exit in use; start with `pal exit use`".into());
+        }
+        self.ask_exit_session(true);
+        Ok(())
+    }
+
+    /// Asks the exit for a session now if connected to it, else as soon as it is.
+    fn ask_exit_session(&mut self, renew: bool) {
+        self.exit.session_wanted = Some(renew || self.exit.session_wanted.unwrap_or(false));
+        if let Some(device) = self.exit_device() {
+            self.exit_peer_connected(device);
+        }
+    }
+
+    /// A member's control connection is proven: if it is our exit, ask for the session.
+    pub(super) fn exit_peer_connected(&mut self, device: DeviceId) {
+        if self.exit_device() != Some(device) {
+            return;
+        }
+        let Some(peer) = self.reach.get(&device).filter(|r| r.connected).and_then(|r| r.peer_id) else { return };
+        let renew = self.exit.session_wanted.take().unwrap_or(false);
+        self.push(Action::Send { peer, request: super::messages::Request::ExitSession { renew } });
+    }
+
+    /// The exit's answer to our session request.
+    pub(super) fn egress_answered(&mut self, peer: libp2p::PeerId, addresses: Vec<String>) {
+        if self.by_peer.get(&peer).copied().is_some_and(|d| Some(d) == self.exit_device()) {
+            self.exit.egress_seen = addresses.into_iter().take(2).filter(|a| a.parse::<IpAddr>().is_ok()).collect();
+        }
+    }
+
+    /// CloudPal: a member asks for an exit session. With rotation on, a new session (or one
+    /// we have no address for) draws a random pool address per family, held by no other
+    /// device; the exit's rules change at once.
+    pub(super) fn serve_exit_session(&mut self, peer: libp2p::PeerId, renew: bool) -> super::messages::Response {
+        let Some(device) = self.by_peer.get(&peer).copied() else {
+            return super::messages::refused(super::admission::NOT_A_MEMBER);
+        };
+        if !self.cloudpal {
+            return super::messages::refused("this device is not an exit");
+        }
+        let state = self.store.log().state();
+        let policy = &state.policy;
+        let name = state.devices.get(&device).map(|d| d.record.name.clone()).unwrap_or_default();
+        if policy.firewall.mesh_only || !policy.exit.devices.allows(&name) {
+            return super::messages::refused("the network's policy does not let this device use the exit");
+        }
+        if !policy.exit.rotate_egress || self.exit.pool.is_empty() {
+            return super::messages::Response::Egress { addresses: Vec::new() };
+        }
+        if renew || !self.exit.egress.contains_key(&device) {
+            let old = self.exit.egress.remove(&device).unwrap_or_default();
+            let taken: Vec<IpAddr> = self.exit.egress.values().flatten().copied().chain(old).collect();
+            let mut fresh = Vec::new();
+            for v4 in [true, false] {
+                let nets: Vec<membership::IpNet> = self.exit.pool.iter().copied().filter(|n| n.address.is_ipv4() == v4).collect();
+                if let Some(address) = service::draw_address(&nets, &taken, &mut self.rng) {
+                    fresh.push(address);
+                }
+            }
+            self.exit.egress.insert(device, fresh);
+            self.apply_exit();
+        }
+        let addresses = self.exit.egress.get(&device).into_iter().flatten().map(ToString::to_string).collect();
+        super::messages::Response::Egress { addresses }
     }
 
     /// The exit this device uses, if any (for the data plane's routes).
@@ -77,8 +159,8 @@ impl Core {
             exit: device.map(|d| d.record.name.clone()),
             state: if answered && device.is_some() { ExitState::Connected } else { ExitState::Blocking },
             allow_lan: choice.allow_lan,
-            // Without rotation the web sees the exit's own address.
-            egress: Vec::new(),
+            // Empty without rotation: the web sees the exit's own address.
+            egress: self.exit.egress_seen.clone(),
             // DNS through CloudPal's resolver arrives with #14; meanwhile port 53 never
             // leaves outside the tunnel.
             resolver: None,

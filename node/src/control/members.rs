@@ -129,6 +129,7 @@ impl Core {
                 self.command(DataCommand::SetEndpoint(key, endpoint));
             }
         }
+        self.exit_peer_connected(device);
     }
 
     /// Feeds a verified member's listen addresses (from its Hello) to Kademlia and to its

@@ -129,6 +129,13 @@ pub enum Request {
         #[n(3)]
         static_key: ByteArray<32>,
     },
+    /// A member starts (or with `renew`, restarts) its exit session at CloudPal; the answer
+    /// is the egress addresses the internet will see (none: CloudPal's own).
+    #[n(7)]
+    ExitSession {
+        #[n(0)]
+        renew: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -187,6 +194,11 @@ pub enum Response {
         overlay_ipv4: ByteArray<4>,
         #[n(3)]
         overlay_ipv6: ByteArray<16>,
+    },
+    #[n(7)]
+    Egress {
+        #[n(0)]
+        addresses: Vec<String>,
     },
 }
 

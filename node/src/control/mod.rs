@@ -77,6 +77,8 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// The exit this device chose before (persisted by the shell).
     pub exit: Option<ExitChoice>,
+    /// CloudPal: the egress pool (`--egress-pool`) that rotation draws from.
+    pub egress_pool: Vec<membership::IpNet>,
 }
 
 /// A dial the swarm should make.
@@ -280,7 +282,7 @@ impl Core {
             cut_off: BTreeMap::new(),
             unproven: BTreeMap::new(),
             last_now: time.now,
-            exit: exit::ExitSide { choice: config.exit, ..Default::default() },
+            exit: exit::ExitSide { choice: config.exit, pool: config.egress_pool, session_wanted: config.exit.map(|_| true), ..Default::default() },
         };
         core.apply_membership();
         for address in core.bootstrap.clone() {
@@ -452,6 +454,7 @@ impl Core {
                 }
                 Response::Accepted
             }
+            Request::ExitSession { renew } => self.serve_exit_session(peer, renew),
         }
     }
 
@@ -483,6 +486,7 @@ impl Core {
                 self.delivery_answered(peer, response);
             }
             Response::Template { .. } => {}
+            Response::Egress { addresses } => self.egress_answered(peer, addresses),
             Response::Revoked => {
                 // A member says we are revoked: see for ourselves in the signed log, once.
                 if !self.revoked() && self.revocation_checks.insert(peer) {

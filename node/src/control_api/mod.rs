@@ -40,6 +40,7 @@ pub enum ControlRequest {
         allow_lan: bool,
     },
     ExitOff,
+    ExitRenew,
     ExitStatus,
     PolicyShow,
     PolicySet(PolicyChange),

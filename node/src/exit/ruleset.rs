@@ -87,14 +87,17 @@ pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
     forward.push(vec![from_tun(), is(meta(MetaKey::Nfproto), s("ipv4")), not(field("ip", "saddr"), s("@sources4")), counter(), drop()]);
     forward.push(vec![from_tun(), is(meta(MetaKey::Nfproto), s("ipv6")), not(field("ip6", "saddr"), s("@sources6")), counter(), drop()]);
     // With egress rotation, a flow that left from another address than its device's current
-    // one belongs to an old session: cut it (a renew must not leave old flows alive).
+    // one belongs to an old session: cut it (a renew must not leave old flows alive; the
+    // conntrack entry then times out unused, and no entry is listed or logged anywhere).
     for (source, egress) in &rules.egress {
         let family = if source.is_ipv4() { "ip" } else { "ip6" };
         let reply = named(NamedExpression::CT(CT { key: "daddr".into(), family: Some(ct_family(source)), dir: Some(nftables::expr::CTDir::Reply) }));
+        // (`ct status snat`: translated already, so not a flow's first packet, whose reply
+        // tuple still names the device itself.)
         forward.push(vec![
             from_tun(),
             is(field(family, "saddr"), s(source.to_string())),
-            is(ct("state"), set(["established", "related"].map(s))),
+            Statement::Match(Match { left: ct("status"), right: s("snat"), op: Operator::IN }),
             not(reply, s(egress.to_string())),
             drop(),
         ]);

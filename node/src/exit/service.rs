@@ -66,6 +66,39 @@ pub fn choose_exit(state: &State, me: &DeviceId, name: Option<&str>) -> Result<D
     Ok(*chosen)
 }
 
+/// A random address of `pools` (one family) that is not in `taken`: a host address of a
+/// network (not its first or last for IPv4 networks of four or more), `None` when the pools
+/// are empty or every draw collided.
+pub fn draw_address(pools: &[membership::IpNet], taken: &[IpAddr], rng: &mut impl rand_core::Rng) -> Option<IpAddr> {
+    if pools.is_empty() {
+        return None;
+    }
+    for _ in 0..32 {
+        let net = pools[(rng.next_u32() as usize) % pools.len()];
+        let address = match net.address {
+            IpAddr::V4(base) => {
+                let host_bits = 32 - u32::from(net.len);
+                let span = 1u64 << host_bits;
+                let offset = match span {
+                    1 | 2 => rng.next_u64() % span,
+                    _ => 1 + rng.next_u64() % (span - 2),
+                };
+                IpAddr::from(((u64::from(u32::from(base)) + offset) as u32).to_be_bytes())
+            }
+            IpAddr::V6(base) => {
+                let host_bits = 128 - u32::from(net.len);
+                let random = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+                let offset = if host_bits == 0 { 0 } else { (random & (u128::MAX >> (128 - host_bits))).max(1) };
+                IpAddr::from((u128::from(base) | offset).to_be_bytes())
+            }
+        };
+        if !taken.contains(&address) {
+            return Some(address);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +149,34 @@ mod tests {
         assert_eq!(choose_exit(state, &phone, None).map(|_| ()), Ok(()));
         let phone_v4 = IpAddr::V4(state.devices[&phone].record.overlay_ipv4);
         assert_eq!(exit_rules(state, &BTreeMap::new()).sources.iter().filter(|s| s.is_ipv4()).collect::<Vec<_>>(), vec![&phone_v4]);
+    }
+
+    #[test]
+    fn pool_draws_stay_inside_the_pool_avoid_taken_addresses_and_skip_network_and_broadcast() {
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let net = |t: &str| match t.parse::<Rule>().expect("rule") {
+            Rule::Net(n) => n,
+            Rule::Domain(_) => panic!("a network"),
+        };
+        let v4 = [net("198.51.100.0/29")];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let address = draw_address(&v4, &[], &mut rng).expect("an address");
+            assert!(v4[0].contains(address));
+            assert_ne!(address, "198.51.100.0".parse::<IpAddr>().expect("v4"));
+            assert_ne!(address, "198.51.100.7".parse::<IpAddr>().expect("v4"));
+            seen.insert(address);
+        }
+        assert_eq!(seen.len(), 6, "every host address gets drawn");
+        let taken: Vec<IpAddr> = seen.iter().copied().filter(|a| *a != "198.51.100.3".parse::<IpAddr>().expect("v4")).collect();
+        assert_eq!(draw_address(&v4, &taken, &mut rng), Some("198.51.100.3".parse().expect("v4")));
+        let v6 = [net("2001:db8:2::/64")];
+        let a = draw_address(&v6, &[], &mut rng).expect("v6");
+        let b = draw_address(&v6, &[a], &mut rng).expect("v6");
+        assert!(v6[0].contains(a) && v6[0].contains(b) && a != b);
+        assert_eq!(draw_address(&[net("192.0.2.9/32")], &[], &mut rng), Some("192.0.2.9".parse().expect("v4")));
+        assert_eq!(draw_address(&[], &[], &mut rng), None);
     }
 
     #[test]

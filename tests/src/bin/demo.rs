@@ -3,7 +3,9 @@
 //! behind an office router (both endpoint-independent NATs), a car behind a carrier's
 //! symmetric NAT. It walks through init on the laptop behind its NAT, adding the fresh
 //! CloudPal by request code, invite → join (through CloudPal) → up, shows which paths are
-//! direct and which go through CloudPal, and cleans everything up on exit.
+//! direct and which go through CloudPal, the personal VPN (a web server on the internet sees
+//! the laptop's router, then CloudPal; the policy's firewall at CloudPal), a revocation, and
+//! cleans everything up on exit.
 //! Run it with `bash tests/demo.sh` (as root).
 
 use std::time::Duration;
@@ -12,7 +14,10 @@ use tests::{NatNetwork, wait_until};
 fn main() {
     println!("CloudPal demo: one person's devices, anywhere (network namespaces on this machine)");
     println!("  internet 203.0.113.0/24 | home 10.1.0.0/24 (NAT) | office 10.2.0.0/24 (NAT) | cell 10.3.0.0/24 (symmetric NAT)\n");
-    let net = NatNetwork::form(|step| println!("  {step}"));
+    let mut net = NatNetwork::form(|step| println!("  {step}"));
+    let (web, web_address) = net.internet.host("web");
+    let _server = tests::exit::WhoAmI::start(&web, 80);
+    let web_at: std::net::SocketAddr = format!("{web_address}:80").parse().expect("address");
 
     println!("\nlaptop$ pal device list");
     print!("{}", indent(&net.node("laptop").pal_ok(&["device", "list"])));
@@ -30,6 +35,27 @@ fn main() {
     print!("{}", indent(&String::from_utf8_lossy(&ping.stdout)));
     println!("\nlaptop$ pal status");
     print!("{}", indent(&net.node("laptop").pal_ok(&["status"])));
+    // The personal VPN: the web server on the internet sees the laptop, then CloudPal.
+    let laptop = &net.node("laptop").netns;
+    let seen = |label: &str| {
+        let who = tests::exit::whoami(laptop, web_at, Duration::from_secs(2)).unwrap_or_else(|| "nothing (blocked)".into());
+        println!("laptop$ curl http://{web_address}/    -> the web sees {who}    {label}");
+    };
+    println!();
+    seen("(the home router's address)");
+    println!("\nlaptop$ pal exit use    (all internet traffic through CloudPal, with a kill switch)");
+    print!("{}", indent(&net.node("laptop").pal_ok(&["exit", "use"])));
+    wait_until(Duration::from_secs(10), || tests::exit::whoami(laptop, web_at, Duration::from_secs(1)).is_some());
+    seen("(CloudPal's address)");
+    println!("\nlaptop$ pal policy set --deny {web_address}    (the network's firewall, enforced at CloudPal)");
+    net.node("laptop").pal_ok(&["policy", "set", "--deny", &web_address]);
+    wait_until(Duration::from_secs(3), || tests::exit::whoami(laptop, web_at, Duration::from_millis(500)).is_none());
+    seen("");
+    net.node("laptop").pal_ok(&["policy", "set", "--clear-deny"]);
+    println!("laptop$ pal policy set --clear-deny; pal exit off");
+    print!("{}", indent(&net.node("laptop").pal_ok(&["exit", "off"])));
+    seen("(direct again; every route, rule and table pal added is gone)");
+
     println!("\nlaptop$ pal device revoke car    (the car was stolen)");
     let started = std::time::Instant::now();
     print!("{}", indent(&net.node("laptop").pal_ok(&["device", "revoke", "car"])));
