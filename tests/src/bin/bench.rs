@@ -1,7 +1,8 @@
 //! The namespace benchmark: the same two-host LAN for every contestant — the raw link, `pal`,
 //! boringtun (`boringtun-cli`) and wireguard-go — measured in one run: iperf3 TCP with 1 and 4
 //! streams, ping RTT, daemon CPU seconds per GiB moved, and peak RSS. Prints a table with
-//! ratios to boringtun. Not part of the test suite; run `bash tests/bench.sh` as root.
+//! ratios to boringtun. `BENCH_EXIT=1`: the exit benchmark instead (issue #13). Not part of the
+//! test suite; run `bash tests/bench.sh` as root.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -42,14 +43,19 @@ enum Topology {
     Raw { from: Netns, to: Netns, _switch: Lan },
     Pal(LanNetwork),
     WireGuard { _daemons: Daemons, from: Netns, to: Netns, _switch: Lan },
+    /// nodes[0] is the client, nodes[1] the exit; `to` is the internet host (none: measured
+    /// to the exit itself).
+    PalExit { nodes: Vec<tests::PalNode>, to: Option<Netns>, _switches: (Lan, Lan) },
+    WireGuardExit { _daemons: Daemons, from: Netns, to: Netns, _exit: Netns, _switches: (Lan, Lan) },
 }
 
 impl Contestant {
     /// The client and server namespaces.
     fn ends(&self) -> (&Netns, &Netns) {
         match &self.topology {
-            Topology::Raw { from, to, .. } | Topology::WireGuard { from, to, .. } => (from, to),
+            Topology::Raw { from, to, .. } | Topology::WireGuard { from, to, .. } | Topology::WireGuardExit { from, to, .. } => (from, to),
             Topology::Pal(net) => (&net.nodes[0].netns, &net.nodes[1].netns),
+            Topology::PalExit { nodes, to, .. } => (&nodes[0].netns, to.as_ref().unwrap_or(&nodes[1].netns)),
         }
     }
 }
@@ -67,6 +73,9 @@ impl Drop for Daemons {
 }
 
 fn main() {
+    if std::env::var_os("BENCH_EXIT").is_some() {
+        return exit_benchmark();
+    }
     let mut contestants = Vec::new();
     if selected("raw") {
         contestants.push(raw_link());
@@ -97,20 +106,43 @@ fn main() {
             None => eprintln!("{program} not installed: skipped (tests/bench.sh installs it)"),
         }
     }
+    print_table(&contestants, "raw link", "boringtun");
+}
+
+/// Issue #13's benchmark (`BENCH_EXIT=1`): laptop → CloudPal → internet host, pal against the
+/// direct tunnel to CloudPal and against boringtun and wireguard-go used as the same kind of
+/// exit, in one run.
+fn exit_benchmark() {
+    let mut contestants = vec![pal_exit("pal direct tunnel", true), pal_exit("pal exit", false)];
+    for (name, program) in [("boringtun exit", "boringtun-cli"), ("wireguard-go exit", "wireguard-go")] {
+        match which(program) {
+            Some(path) => contestants.push(wireguard_exit(name, &path)),
+            None => eprintln!("{program} not installed: skipped (tests/bench.sh installs it)"),
+        }
+    }
+    print_table(&contestants, "pal direct tunnel", "boringtun exit");
+}
+
+/// Measures every contestant, then prints the table with RTTs added over `base` and ratios
+/// to `reference`.
+fn print_table(contestants: &[Contestant], base: &str, reference: &str) {
     let mut rows: Vec<Row> = contestants.iter().map(measure).collect();
-    for (row, rtt) in rows.iter_mut().zip(interleaved_rtts(&contestants)) {
+    for (row, rtt) in rows.iter_mut().zip(interleaved_rtts(contestants)) {
         row.rtt_ms = rtt;
     }
-    let raw_rtt = rows.iter().find(|r| r.name == "raw link").map(|r| r.rtt_ms);
-    let boringtun = rows.iter().find(|r| r.name == "boringtun").cloned();
-    println!("\n| implementation | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms (added) | daemon CPU s/GiB | peak RSS MiB | 1-stream vs boringtun |");
-    println!("|---|---|---|---|---|---|---|");
+    let raw_rtt = rows.iter().find(|r| r.name == base).map(|r| r.rtt_ms);
+    let boringtun = rows.iter().find(|r| r.name == reference).cloned();
+    let base_row = rows.iter().find(|r| r.name == base).cloned();
+    println!("\n| implementation | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms (added) | daemon CPU s/GiB | peak RSS MiB | 1 / 4 streams vs {reference} | 1 / 4 streams vs {base} |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let ratio = |row: &Row, to: Option<&Row>| {
+        to.filter(|b| b.gbps_1 > 0.0 && b.gbps_4 > 0.0).map(|b| format!("{:.2}x / {:.2}x", row.gbps_1 / b.gbps_1, row.gbps_4 / b.gbps_4)).unwrap_or("-".into())
+    };
     for row in &rows {
-        let ratio = boringtun.as_ref().filter(|b| b.gbps_1 > 0.0).map(|b| format!("{:.2}x", row.gbps_1 / b.gbps_1)).unwrap_or("-".into());
-        let added = raw_rtt.filter(|_| row.name != "raw link").map(|raw| format!(" (+{:.3})", row.rtt_ms - raw)).unwrap_or_default();
+        let added = raw_rtt.filter(|_| row.name != base).map(|raw| format!(" (+{:.3})", row.rtt_ms - raw)).unwrap_or_default();
         println!(
-            "| {} | {:.2} | {:.2} | {:.3}{} | {:.2} | {:.1} | {} |",
-            row.name, row.gbps_1, row.gbps_4, row.rtt_ms, added, row.cpu_s_per_gib, row.peak_rss_mib, ratio
+            "| {} | {:.2} | {:.2} | {:.3}{} | {:.2} | {:.1} | {} | {} |",
+            row.name, row.gbps_1, row.gbps_4, row.rtt_ms, added, row.cpu_s_per_gib, row.peak_rss_mib, ratio(row, boringtun.as_ref()), ratio(row, base_row.as_ref())
         );
     }
 }
@@ -172,9 +204,17 @@ fn wireguard(name: &'static str, program: &str) -> Contestant {
     let mut lan = Lan::new("192.0.2");
     let (a, a_address) = lan.host("wa");
     let (b, b_address) = lan.host("wb");
+    let daemons = start_wireguard(name, program, [(&a, &b_address, "198.18.0.2/32"), (&b, &a_address, "198.18.0.1/32")]);
+    let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
+    Contestant { name, topology: Topology::WireGuard { _daemons: Daemons(daemons), from: a, to: b, _switch: lan }, server: "198.18.0.2".into(), pids }
+}
+
+/// Two WireGuard daemons, host `i` at overlay 198.18.0.(i+1) with its peer at the given
+/// underlay address and allowed IPs; returns the daemons (the interfaces are up).
+fn start_wireguard(name: &str, program: &str, ends: [(&Netns, &str, &str); 2]) -> Vec<Child> {
     let keys: Vec<(String, String)> = (0..2).map(|_| keypair()).collect();
     let mut daemons = Vec::new();
-    for (i, (netns, peer_address)) in [(&a, &b_address), (&b, &a_address)].into_iter().enumerate() {
+    for (i, (netns, peer_address, peer_allowed)) in ends.into_iter().enumerate() {
         let log = std::env::temp_dir().join(unique("wg-"));
         // The UAPI socket lives in /var/run/wireguard, which namespaces share: names must differ.
         let interface = unique("wgb");
@@ -192,14 +232,78 @@ fn wireguard(name: &'static str, program: &str) -> Contestant {
         let (_, peer_public) = &keys[1 - i];
         let overlay = format!("198.18.0.{}/24", i + 1);
         let endpoint = format!("{peer_address}:51820");
-        let peer_allowed = format!("198.18.0.{}/32", 2 - i);
-        netns.exec("wg", &["set", &interface, "private-key", key_file.to_str().expect("path"), "listen-port", "51820", "peer", peer_public, "endpoint", &endpoint, "allowed-ips", &peer_allowed]);
+        netns.exec("wg", &["set", &interface, "private-key", key_file.to_str().expect("path"), "listen-port", "51820", "peer", peer_public, "endpoint", &endpoint, "allowed-ips", peer_allowed]);
         let _ = std::fs::remove_file(&key_file);
         netns.ip(&["addr", "add", &overlay, "dev", &interface]);
         netns.ip(&["link", "set", &interface, "mtu", "1420", "up"]);
+        if i == 0 && peer_allowed.contains("/0") {
+            // The client of an exit: the internet LAN through the tunnel.
+            netns.ip(&["route", "add", &format!("{INTERNET}.0/24"), "dev", &interface]);
+        }
     }
+    daemons
+}
+
+/// The "internet" LAN of the exit benchmark; the client's LAN is 192.0.2.0/24.
+const INTERNET: &str = "203.0.113";
+
+/// The exit benchmark's hosts: a client on one LAN, the exit on it and on the internet LAN,
+/// and an internet host there (the iperf3 server). The exit forwards and masquerades.
+struct ExitHosts {
+    client: Netns,
+    client_address: String,
+    exit: Netns,
+    exit_address: String,
+    server: Netns,
+    server_address: String,
+    switches: (Lan, Lan),
+}
+
+fn exit_hosts() -> ExitHosts {
+    let mut home = Lan::new("192.0.2");
+    let mut internet = Lan::new(INTERNET);
+    let (client, client_address) = home.host("xc");
+    let (exit, exit_address) = home.host("xe");
+    internet.attach(&exit, "eth1");
+    let (server, server_address) = internet.host("xs");
+    ExitHosts { client, client_address, exit, exit_address, server, server_address, switches: (home, internet) }
+}
+
+/// pal as an exit: the client runs `pal exit use`, traffic goes to the internet host through
+/// CloudPal. With `direct`, the same network measured to CloudPal's own overlay address
+/// instead (the direct tunnel the exit is compared with).
+fn pal_exit(name: &'static str, direct: bool) -> Contestant {
+    let hosts = exit_hosts();
+    let mut client = tests::PalNode::new("benchC", hosts.client, hosts.client_address);
+    client.pal_ok(&["init", "--name", "benchC"]);
+    client.up();
+    let mut exit = tests::PalNode::new("cloudpal", hosts.exit, hosts.exit_address);
+    let code = exit.request(&client.network_fingerprint());
+    client.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
+    exit.finish_request();
+    exit.up_with(&["--cloudpal"]);
+    assert!(wait_until(Duration::from_secs(20), || client.pal(&["ping", "cloudpal", "-c", "1"]).status.success()), "the exit network did not form");
+    let server = if direct {
+        exit.overlay().0
+    } else {
+        client.pal_ok(&["exit", "use"]);
+        hosts.server_address
+    };
+    let pids: Vec<u32> = [client.pid(), exit.pid()].into_iter().flatten().collect();
+    let to = if direct { None } else { Some(hosts.server) };
+    Contestant { name, topology: Topology::PalExit { nodes: vec![client, exit], to, _switches: hosts.switches }, server, pids }
+}
+
+/// boringtun or wireguard-go as the same kind of exit: the client routes the internet LAN
+/// into the tunnel, the exit forwards and masquerades it (nftables).
+fn wireguard_exit(name: &'static str, program: &str) -> Contestant {
+    let hosts = exit_hosts();
+    let daemons = start_wireguard(name, program, [(&hosts.client, &hosts.exit_address, "0.0.0.0/0"), (&hosts.exit, &hosts.client_address, "198.18.0.1/32")]);
+    hosts.exit.exec_ok("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
+    hosts.exit.exec_ok("nft", &["add table ip bench; add chain ip bench post { type nat hook postrouting priority srcnat; }; add rule ip bench post oifname eth1 masquerade"]);
     let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
-    Contestant { name, topology: Topology::WireGuard { _daemons: Daemons(daemons), from: a, to: b, _switch: lan }, server: "198.18.0.2".into(), pids }
+    let ExitHosts { client, exit, server, server_address, switches, .. } = hosts;
+    Contestant { name, topology: Topology::WireGuardExit { _daemons: Daemons(daemons), from: client, to: server, _exit: exit, _switches: switches }, server: server_address, pids }
 }
 
 /// iperf3 from `a` to `server` (an address in `b`); CPU and RSS of `pids`.
