@@ -14,6 +14,7 @@ pub mod clock;
 pub mod control;
 pub mod control_api;
 pub mod dataplane;
+pub mod dns;
 pub mod enrol;
 pub mod exit;
 pub mod p2p;
