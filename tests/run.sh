@@ -7,7 +7,7 @@ source tests/scripts/packages.sh
 
 require_root "the end-to-end tests"
 # gcc and make build ring's assembly; iproute2, ping and iperf3 drive the namespace tests.
-ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3 nftables util-linux procps
+ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3 nftables util-linux procps dnsmasq-base
 ensure_rust
 
 # The sans-IO contract: protocol and membership never depend on a runtime, sockets or TUN.

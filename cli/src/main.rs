@@ -145,6 +145,14 @@ enum PolicyCommand {
         /// Which devices may use the exit: `all`, or names separated by commas.
         #[arg(long, value_name = "all|NAME,...", value_delimiter = ',')]
         exit_devices: Option<Vec<String>>,
+        /// A block list for CloudPal's resolver: a hosts file or domain list (its path on CloudPal).
+        #[arg(long, value_name = "SOURCE")]
+        block_list: Vec<String>,
+        #[arg(long)]
+        clear_block_lists: bool,
+        /// Where CloudPal's resolver forwards (replaces the current list): udp://ADDR[:PORT].
+        #[arg(long, value_name = "URL")]
+        dns_upstream: Vec<String>,
     },
 }
 
@@ -211,8 +219,20 @@ fn main() -> ExitCode {
         },
         Command::Policy { command } => match command {
             PolicyCommand::Show { json } => commands::policy::show(&state, json),
-            PolicyCommand::Set { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices } => {
-                let change = node::control_api::PolicyChange { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices };
+            PolicyCommand::Set { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices, block_list, clear_block_lists, dns_upstream } => {
+                let change = node::control_api::PolicyChange {
+                    mesh_only,
+                    allow,
+                    deny,
+                    clear_allow,
+                    clear_deny,
+                    logging,
+                    rotate_egress,
+                    exit_devices,
+                    block_lists: block_list,
+                    clear_block_lists,
+                    dns_upstreams: dns_upstream,
+                };
                 commands::policy::set(&state, change)
             }
         },

@@ -112,6 +112,9 @@ impl ExitNetwork {
         let web_server = WhoAmI::start(&web, 80);
         let printer_server = WhoAmI::start(&printer, 80);
 
+        // The home's resolver is its router (which runs none): DNS on the exit must come from
+        // CloudPal, never from here.
+        laptop_ns.own_resolv_conf(&format!("nameserver {}\nsearch home.example\n", home.gateway));
         let mut laptop = PalNode::new("laptop", laptop_ns, laptop_address);
         laptop.pal_ok(&["init", "--name", "laptop"]);
         laptop.up();

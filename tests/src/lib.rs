@@ -181,6 +181,20 @@ impl Netns {
         Capture { stop, thread: Some(thread) }
     }
 
+    /// Gives the namespace its own `/etc/resolv.conf` (`ip netns exec` bind-mounts
+    /// `/etc/netns/NAME/resolv.conf` over the host's for every program started in it later);
+    /// the host's own file is never touched. Removed with the namespace.
+    pub fn own_resolv_conf(&self, text: &str) {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).expect("/etc/netns dir");
+        std::fs::write(format!("{dir}/resolv.conf"), text).expect("resolv.conf");
+    }
+
+    /// This namespace's resolv.conf as programs in it see it.
+    pub fn resolv_conf(&self) -> String {
+        std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", self.name)).unwrap_or_default()
+    }
+
     /// Starts a program inside the namespace.
     pub fn spawn(&self, program: &str, args: &[&str], log: &Path) -> Child {
         let file = std::fs::File::create(log).expect("log file");
@@ -232,6 +246,7 @@ impl Drop for Capture {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }

@@ -33,4 +33,8 @@ fn print_policy(policy: &PolicyReply) {
     println!("exit devices: {}", policy.exit_devices.as_deref().map_or("every member".to_owned(), list));
     println!("rotate egress: {}", on(policy.rotate_egress));
     println!("logging: {}", on(policy.logging));
+    println!("block lists: {}", list(&policy.block_lists));
+    // Plain UDP is named as such: it is not encrypted between CloudPal and the upstream.
+    let upstreams: Vec<String> = policy.dns_upstreams.iter().map(|u| if u.starts_with("udp://") { format!("{u} (plain UDP, unencrypted)") } else { u.clone() }).collect();
+    println!("DNS upstreams: {}", if upstreams.is_empty() { "CloudPal's own system resolvers".to_owned() } else { upstreams.join(", ") });
 }

@@ -66,6 +66,7 @@ enum Pending {
 enum HostWork {
     Client(Option<crate::control::ExitChoice>),
     Serve(exit::ExitRules),
+    Resolved(crate::dns::resolver::Resolved),
 }
 
 /// The shell's state besides the swarm: the core, the driver, the data plane's queue, the
@@ -84,6 +85,8 @@ struct App {
     data_port: u16,
     /// `pal exit use` and `off` waiting for the host changes.
     exit_replies: Vec<oneshot::Sender<ControlResponse>>,
+    /// CloudPal: the resolver's settings channel.
+    dns: Option<mpsc::Sender<crate::dns::server::DnsConfig>>,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -139,7 +142,20 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     tokio::spawn(socket::serve(listener, control_tx));
 
     let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
-    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new() };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None };
+    // CloudPal: the network's resolver on the overlay addresses.
+    let (resolved_tx, mut resolved) = mpsc::channel(256);
+    if options.cloudpal {
+        let (config_tx, config_rx) = mpsc::channel(16);
+        let addresses = vec![std::net::IpAddr::V4(my_record.overlay_ipv4), std::net::IpAddr::V6(my_record.overlay_ipv6)];
+        let dns_rng = ChaCha20Rng::from_rng(&mut rng);
+        tokio::spawn(async move {
+            if let Err(error) = crate::dns::server::serve(addresses, config_rx, resolved_tx, dns_rng).await {
+                tracing::error!("the resolver stopped: {error:#}");
+            }
+        });
+        app.dns = Some(config_tx);
+    }
     app.drain(&mut swarm, clock::now());
     app.apply_host().await;
     tracing::info!(cloudpal = options.cloudpal, "node up");
@@ -160,6 +176,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
             event = swarm.select_next_some() => app.driver.handle_event(&mut app.core, &mut swarm, event, clock::now()),
             Some((request, reply)) = control_rx.recv() => app.on_control(request, reply, clock::now()),
             Some(event) = events.recv() => app.on_data_event(&mut swarm, event),
+            Some(found) = resolved.recv() => app.host_work.push(HostWork::Resolved(found)),
             _ = timer => app.core.handle_timeout(clock::now()),
             _ = refresh.tick() => app.command(DataCommand::QueryView(REFRESH)),
             _ = rotation => {
@@ -240,6 +257,11 @@ impl App {
                 }
                 Some(Action::ExitClient(choice)) => self.host_work.push(HostWork::Client(choice)),
                 Some(Action::ExitServe(rules)) => self.host_work.push(HostWork::Serve(rules)),
+                Some(Action::DnsServe(config)) => {
+                    if let Some(dns) = &self.dns {
+                        let _ = dns.try_send(config);
+                    }
+                }
                 Some(Action::Finished { reply, result }) => {
                     if let Some(Pending::Add(answer)) = self.pending.remove(&reply) {
                         let _ = answer.send(ControlResponse::from_result(result));
@@ -279,13 +301,30 @@ impl App {
                                 data_port: self.data_port,
                                 allow_lan: choice.allow_lan,
                             };
-                            self.host.apply_client(&tunnel).await.map(|()| tracing::info!("internet through the exit"))
+                            let resolver = self.core.exit_probe().map(|(_, exit)| exit);
+                            let applied = self.host.apply_client(&tunnel).await;
+                            match (applied, resolver) {
+                                (Ok(()), Some(server)) => self.host.point_dns(&tunnel.tun, server).map(|()| tracing::info!("internet and DNS through the exit")),
+                                (result, _) => result,
+                            }
                         }
                         None if self.host.client_active() => self.host.remove_client().await.map(|()| tracing::info!("exit off")),
                         None => Ok(()),
                     }
                 }
                 HostWork::Serve(rules) => self.host.apply_exit(&self.overlay, &rules),
+                HostWork::Resolved(found) => {
+                    let Some(list) = self.core.domain_list(&found.rule) else { continue };
+                    let sets: Vec<(&'static str, Vec<std::net::IpAddr>)> = [true, false]
+                        .into_iter()
+                        .map(|v4| {
+                            let addresses: Vec<std::net::IpAddr> = found.addresses.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
+                            (addresses.first().map_or("", |a| exit::ruleset::names_set(list, a)), addresses)
+                        })
+                        .filter(|(_, a)| !a.is_empty())
+                        .collect();
+                    self.host.add_rule_addresses(&sets, found.ttl)
+                }
             };
             if let Err(error) = &result {
                 tracing::error!("{error:#}");

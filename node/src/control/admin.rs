@@ -232,6 +232,26 @@ impl Core {
         if let Some(names) = &change.exit_devices {
             policy.exit.devices = if names.iter().any(|n| n == "all") { ExitDevices::All } else { ExitDevices::Only(names.clone()) };
         }
+        if change.clear_block_lists {
+            policy.dns.blocklists.clear();
+        }
+        for source in &change.block_lists {
+            if source.starts_with("https://") || source.starts_with("http://") {
+                return Err(format!("{source:?}: block lists from URLs are not supported yet; copy the list to CloudPal and give its path"));
+            }
+            if !source.starts_with('/') {
+                return Err(format!("{source:?}: give the block list's absolute path on CloudPal"));
+            }
+            if !policy.dns.blocklists.contains(source) {
+                policy.dns.blocklists.push(source.clone());
+            }
+        }
+        if !change.dns_upstreams.is_empty() {
+            for upstream in &change.dns_upstreams {
+                crate::dns::server::parse_udp_upstream(upstream)?;
+            }
+            policy.dns.upstreams = change.dns_upstreams.clone();
+        }
         if !policy.is_within_limits() {
             return Err(format!("a policy holds at most {} rules per list; remove some with --clear-allow or --clear-deny", membership::policy::MAX_POLICY_ITEMS));
         }

@@ -36,6 +36,8 @@ pub(super) struct ExitSide {
     pub session_wanted: Option<bool>,
     /// Client: the egress addresses the exit gave this session.
     pub egress_seen: Vec<String>,
+    /// CloudPal: the resolver's settings the shell last got.
+    pub dns_served: Option<crate::dns::server::DnsConfig>,
 }
 
 impl Core {
@@ -161,9 +163,8 @@ impl Core {
             allow_lan: choice.allow_lan,
             // Empty without rotation: the web sees the exit's own address.
             egress: self.exit.egress_seen.clone(),
-            // DNS through CloudPal's resolver arrives with #14; meanwhile port 53 never
-            // leaves outside the tunnel.
-            resolver: None,
+            // Every query goes to CloudPal's resolver over the overlay.
+            resolver: device.map(|d| format!("{} ({}), {}", d.record.name, d.record.overlay_ipv4, upstream_summary(&state.policy.dns.upstreams))),
         }
     }
 
@@ -180,7 +181,26 @@ impl Core {
                 self.exit.served = Some(rules.clone());
                 self.push(Action::ExitServe(rules));
             }
+            let dns = service::dns_config(self.store.log().state());
+            if self.exit.dns_served.as_ref() != Some(&dns) {
+                self.exit.dns_served = Some(dns.clone());
+                self.push(Action::DnsServe(dns));
+            }
         }
+    }
+
+    /// CloudPal: which of the exit's name sets the addresses of `domain` go to.
+    pub fn domain_list(&self, domain: &str) -> Option<&'static str> {
+        service::domain_list(self.store.log().state(), domain)
+    }
+}
+
+/// What CloudPal's resolver forwards to, as `pal exit status` names it.
+fn upstream_summary(upstreams: &[String]) -> String {
+    if upstreams.is_empty() {
+        "forwarding to CloudPal's own system resolvers (no upstream in the policy)".into()
+    } else {
+        format!("forwarding to {}", upstreams.join(", "))
     }
 }
 

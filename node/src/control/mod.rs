@@ -128,6 +128,8 @@ pub enum Action {
     ExitClient(Option<ExitChoice>),
     /// CloudPal: enforce these exit rules now.
     ExitServe(crate::exit::ExitRules),
+    /// CloudPal: the resolver's settings changed.
+    DnsServe(crate::dns::server::DnsConfig),
     /// Addresses for the peer cache file.
     CachePeers(Vec<String>),
     /// A local request answered later (`pal device add`).

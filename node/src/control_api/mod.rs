@@ -59,6 +59,14 @@ pub struct PolicyChange {
     pub rotate_egress: Option<bool>,
     /// `all`, or the names of the devices that may use the exit.
     pub exit_devices: Option<Vec<String>>,
+    /// Block lists to add (files on CloudPal), and whether to drop the current ones first.
+    #[serde(default)]
+    pub block_lists: Vec<String>,
+    #[serde(default)]
+    pub clear_block_lists: bool,
+    /// Upstreams replacing the current ones (`udp://ADDR[:PORT]`).
+    #[serde(default)]
+    pub dns_upstreams: Vec<String>,
 }
 
 /// `pal policy show`.

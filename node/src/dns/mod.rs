@@ -8,3 +8,5 @@
 
 pub mod blocklist;
 pub mod resolver;
+pub mod server;
+pub mod system;

@@ -215,11 +215,9 @@ impl Resolver {
             }).collect();
             return self.answer(client, reply, max);
         }
-        if let Some(upstream_id) = self.in_flight.get(&key) {
-            if let Some(pending) = self.pending.get_mut(upstream_id) {
-                pending.waiters.push((client, id, max));
-                return;
-            }
+        if let Some(pending) = self.in_flight.get(&key).and_then(|upstream_id| self.pending.get_mut(upstream_id)) {
+            pending.waiters.push((client, id, max));
+            return;
         }
         if self.settings.upstreams.is_empty() || self.pending.len() >= MAX_PENDING {
             self.stats.failures += 1;

@@ -31,6 +31,12 @@ pub struct Journal {
     pub exit: bool,
     /// Sysctls pal set, with the values they had before.
     pub sysctls: Vec<(String, String)>,
+    /// The system resolver points at CloudPal: resolv.conf's text before (or, with
+    /// systemd-resolved, the interface whose DNS settings pal set).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
+    #[serde(default)]
+    pub resolved_link: Option<String>,
 }
 
 /// The host side of the exit: a netlink handle and the journal's path.
@@ -48,7 +54,7 @@ impl Host {
         tokio::spawn(connection);
         let journal_path = state_root.join("host-changes.json");
         let journal = match std::fs::read(&journal_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Journal { client: true, exit: true, sysctls: Vec::new() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Journal { client: true, exit: true, ..Journal::default() }),
             Err(_) => Journal::default(),
         };
         let mut host = Self { netlink, journal_path, journal };
@@ -86,7 +92,50 @@ impl Host {
         if self.journal.exit {
             result = result.and(self.remove_exit());
         }
-        result
+        result.and(self.restore_dns())
+    }
+
+    /// Points the system resolver at `server` (CloudPal's resolver over the overlay) on the
+    /// overlay interface `tun`; the old settings go to the journal first.
+    pub fn point_dns(&mut self, tun: &str, server: std::net::Ipv4Addr) -> Result<()> {
+        use crate::dns::system;
+        if system::uses_resolved() {
+            self.journal.resolved_link = Some(tun.to_owned());
+            self.save()?;
+            system::resolvectl(&["dns", tun, &server.to_string()])?;
+            return system::resolvectl(&["domain", tun, "~.", crate::dns::resolver::ZONE]);
+        }
+        let path = Path::new(system::RESOLV_CONF);
+        let current = std::fs::read_to_string(path).context("cannot read /etc/resolv.conf")?;
+        if self.journal.resolv_conf.is_none() && !current.starts_with(system::MARKER) {
+            self.journal.resolv_conf = Some(current.clone());
+            self.save()?;
+        }
+        let original = self.journal.resolv_conf.clone().unwrap_or_default();
+        system::write_in_place(path, &system::pointed(&original, server)).context("cannot point /etc/resolv.conf at CloudPal")
+    }
+
+    /// Puts the system resolver back as it was.
+    pub fn restore_dns(&mut self) -> Result<()> {
+        use crate::dns::system;
+        if let Some(link) = self.journal.resolved_link.take()
+            && let Err(error) = system::resolvectl(&["revert", &link])
+        {
+            tracing::warn!("{error:#}");
+        }
+        if let Some(original) = self.journal.resolv_conf.take() {
+            system::write_in_place(Path::new(system::RESOLV_CONF), &original).context("cannot restore /etc/resolv.conf")?;
+        }
+        self.save()
+    }
+
+    /// Adds addresses the resolver found for a firewall domain rule to the exit's sets, for
+    /// as long as their TTL.
+    pub fn add_rule_addresses(&self, set_family: &[(&'static str, Vec<std::net::IpAddr>)], ttl: std::time::Duration) -> Result<()> {
+        if !self.journal.exit {
+            return Ok(());
+        }
+        apply_nft(&ruleset::rule_addresses(set_family, ttl)).context("cannot add resolved addresses to the exit's sets")
     }
 
     /// The full tunnel: kill switch first (so there is no moment without it), then the
@@ -125,8 +174,9 @@ impl Host {
         Ok(())
     }
 
-    /// Takes the client's tunnel out: rules, routes, kill switch, in that order.
+    /// Takes the client's tunnel out: resolver, rules, routes, kill switch, in that order.
     pub async fn remove_client(&mut self) -> Result<()> {
+        self.restore_dns()?;
         self.remove_routing().await?;
         apply_nft(&ruleset::remove(CLIENT_TABLE)).context("cannot remove the exit's kill switch")?;
         self.journal.client = false;

@@ -61,6 +61,10 @@ pub struct ExitRules {
     pub egress: Vec<(IpAddr, IpAddr)>,
     /// The owner switched logging on: new flows are logged by the kernel.
     pub logging: bool,
+    /// Domain rules exist: the resolver fills the `allow_names*` / `deny_names*` sets with
+    /// the addresses it hands out for them (with their TTLs).
+    pub allow_domains: bool,
+    pub deny_domains: bool,
 }
 
 /// How CloudPal's exit is set up on the host: the overlay interface and its own overlay

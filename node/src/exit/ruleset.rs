@@ -69,6 +69,12 @@ pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
     let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = rules.sources.iter().partition(|a| a.is_ipv4());
     batch.add(t.address_set("sources4", SetType::Ipv4Addr, &v4));
     batch.add(t.address_set("sources6", SetType::Ipv6Addr, &v6));
+    for (wanted, v4, v6) in [(rules.deny_domains, "deny_names4", "deny_names6"), (rules.allow_domains, "allow_names4", "allow_names6")] {
+        if wanted {
+            batch.add(t.timeout_set(v4, SetType::Ipv4Addr));
+            batch.add(t.timeout_set(v6, SetType::Ipv6Addr));
+        }
+    }
     batch.add(t.base_chain("forward", NfChainType::Filter, NfHook::Forward, 0));
     let from_tun = || is(meta(MetaKey::Iifname), s(host.tun.clone()));
     let to_tun = || is(meta(MetaKey::Oifname), s(host.tun.clone()));
@@ -105,12 +111,20 @@ pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
     for (family, nets) in split(&rules.deny) {
         forward.push(vec![from_tun(), is(field(family, "daddr"), nets), counter(), drop()]);
     }
+    if rules.deny_domains {
+        forward.push(vec![from_tun(), is(field("ip", "daddr"), s("@deny_names4")), counter(), drop()]);
+        forward.push(vec![from_tun(), is(field("ip6", "daddr"), s("@deny_names6")), counter(), drop()]);
+    }
     if rules.logging {
         forward.push(vec![from_tun(), is(ct("state"), s("new")), Statement::Log(Some(Log { prefix: Some("pal-exit: ".into()), ..Log::new(None) }))]);
     }
-    if !rules.allow.is_empty() {
+    if !rules.allow.is_empty() || rules.allow_domains {
         for (family, nets) in split(&rules.allow) {
             forward.push(vec![from_tun(), is(field(family, "daddr"), nets), accept()]);
+        }
+        if rules.allow_domains {
+            forward.push(vec![from_tun(), is(field("ip", "daddr"), s("@allow_names4")), accept()]);
+            forward.push(vec![from_tun(), is(field("ip6", "daddr"), s("@allow_names6")), accept()]);
         }
         forward.push(vec![from_tun(), counter(), drop()]);
     }
@@ -137,6 +151,34 @@ pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
     batch.add(t.rule("postrouting", vec![leaving(), is(field("ip6", "saddr"), s("@sources6")), Statement::Masquerade(None)]));
     let _ = (host.overlay_ipv4, host.overlay_ipv6);
     batch.to_nftables()
+}
+
+/// Adds resolved addresses of domain rules to the exit's sets: `(set name, addresses)` pairs,
+/// each element living `ttl`.
+pub fn rule_addresses(sets: &[(&'static str, Vec<IpAddr>)], ttl: std::time::Duration) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    let seconds = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX).max(1);
+    for (name, addresses) in sets {
+        if addresses.is_empty() {
+            continue;
+        }
+        let elements: Vec<Expression<'static>> = addresses
+            .iter()
+            .map(|a| named(NamedExpression::Elem(nftables::expr::Elem { val: Box::new(s(a.to_string())), timeout: Some(seconds), expires: None, comment: None, counter: None })))
+            .collect();
+        batch.add(NfListObject::Element(nftables::schema::Element { family: NfFamily::INet, table: EXIT_TABLE.into(), name: (*name).into(), elem: Cow::Owned(elements) }));
+    }
+    batch.to_nftables()
+}
+
+/// The set a resolved address of a domain rule goes to (`list`: "allow" or "deny").
+pub fn names_set(list: &str, address: &IpAddr) -> &'static str {
+    match (list, address.is_ipv4()) {
+        ("deny", true) => "deny_names4",
+        ("deny", false) => "deny_names6",
+        (_, true) => "allow_names4",
+        (_, false) => "allow_names6",
+    }
 }
 
 /// Deletes a pal table (and nothing else): `add` first makes the delete succeed whether or
@@ -182,6 +224,17 @@ impl TableRef {
 
     fn rule(&self, chain: &'static str, statements: Vec<Statement<'static>>) -> NfListObject<'static> {
         NfListObject::Rule(Rule { family: NfFamily::INet, table: self.name.into(), chain: chain.into(), expr: Cow::Owned(statements), ..Rule::default() })
+    }
+
+    fn timeout_set(&self, name: &'static str, kind: SetType) -> NfListObject<'static> {
+        NfListObject::Set(Box::new(Set {
+            family: NfFamily::INet,
+            table: self.name.into(),
+            name: name.into(),
+            set_type: SetTypeValue::Single(kind),
+            flags: Some(std::collections::HashSet::from([nftables::schema::SetFlag::Timeout])),
+            ..Set::default()
+        }))
     }
 
     fn address_set(&self, name: &'static str, kind: SetType, addresses: &[IpAddr]) -> NfListObject<'static> {
@@ -319,7 +372,10 @@ mod tests {
         rules.allow = vec![net("198.51.100.0/24")];
         rules.egress = vec![("100.64.0.2".parse().expect("v4"), "203.0.113.200".parse().expect("v4"))];
         rules.logging = true;
+        rules.deny_domains = true;
+        rules.allow_domains = true;
         golden("exit-policy", &exit(&host(), &rules));
+        golden("rule-addresses", &rule_addresses(&[("deny_names4", vec!["192.0.2.7".parse().expect("v4")])], std::time::Duration::from_secs(120)));
         rules.mesh_only = true;
         let text = serde_json::to_string(&exit(&host(), &rules)).expect("json");
         assert!(text.matches("\"drop\"").count() > 4);

@@ -35,6 +35,36 @@ pub fn exit_rules(state: &State, egress: &BTreeMap<DeviceId, Vec<IpAddr>>) -> Ex
         deny: nets(&policy.firewall.deny),
         egress: mapped,
         logging: policy.exit.logging,
+        allow_domains: policy.firewall.allow.iter().any(|r| matches!(r, Rule::Domain(_))),
+        deny_domains: policy.firewall.deny.iter().any(|r| matches!(r, Rule::Domain(_))),
+    }
+}
+
+/// The resolver's part of the policy on CloudPal: device names, who may ask, upstreams,
+/// block lists and the firewall's domains.
+pub fn dns_config(state: &State) -> crate::dns::server::DnsConfig {
+    let mut config = crate::dns::server::DnsConfig::default();
+    for (_, device) in state.active_devices() {
+        config.devices.insert(device.record.name.to_ascii_lowercase(), (device.record.overlay_ipv4, device.record.overlay_ipv6));
+        config.clients.extend([IpAddr::V4(device.record.overlay_ipv4), IpAddr::V6(device.record.overlay_ipv6)]);
+    }
+    config.upstreams = state.policy.dns.upstreams.clone();
+    config.block_lists = state.policy.dns.blocklists.clone();
+    let firewall = &state.policy.firewall;
+    config.rule_domains = firewall.allow.iter().chain(&firewall.deny).filter_map(|r| if let Rule::Domain(d) = r { Some(d.clone()) } else { None }).collect();
+    config
+}
+
+/// Whether an address the resolver found for `domain` belongs in the allow or the deny sets
+/// (deny wins when both lists name it).
+pub fn domain_list(state: &State, domain: &str) -> Option<&'static str> {
+    let names = |rules: &[Rule]| rules.iter().any(|r| matches!(r, Rule::Domain(d) if d == domain));
+    if names(&state.policy.firewall.deny) {
+        Some("deny")
+    } else if names(&state.policy.firewall.allow) {
+        Some("allow")
+    } else {
+        None
     }
 }
 

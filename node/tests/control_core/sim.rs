@@ -41,6 +41,7 @@ pub struct Node {
     pub external: Vec<Multiaddr>,
     pub exit_client: Vec<Option<node::control::ExitChoice>>,
     pub exit_served: Vec<node::exit::ExitRules>,
+    pub dns_served: Vec<node::dns::server::DnsConfig>,
 }
 
 impl Node {
@@ -164,6 +165,7 @@ impl Sim {
             external: Vec::new(),
             exit_client: Vec::new(),
             exit_served: Vec::new(),
+            dns_served: Vec::new(),
         });
         let address = self.nodes[index].address();
         self.nodes[index].core.handle_new_listen_addr(address);
@@ -331,6 +333,7 @@ impl Sim {
             Action::MemberPeers(members) => self.nodes[index].member_peers = members,
             Action::ExitClient(choice) => self.nodes[index].exit_client.push(choice),
             Action::ExitServe(rules) => self.nodes[index].exit_served.push(rules),
+            Action::DnsServe(config) => self.nodes[index].dns_served.push(config),
             Action::Disconnect(peer) => {
                 self.nodes[index].disconnected.push(peer);
                 if let Some(other) = self.index_of(&peer) {

@@ -1,0 +1,275 @@
+//! The resolver's socket shell on CloudPal: UDP and TCP on port 53 of its overlay addresses
+//! (members reach it through the tunnel; nothing listens on the underlay), one fresh UDP
+//! socket per upstream query (a random source port from the kernel, DNS-02), block lists read
+//! from files, and the core ([`super::resolver`]) deciding everything. It writes nothing about
+//! queries anywhere.
+
+use super::blocklist::BlockList;
+use super::resolver::{Client, Resolved, Resolver, Settings, Transmit};
+use rand_chacha::ChaCha20Rng;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+/// How long an upstream socket waits for its answer (the core retries elsewhere earlier).
+const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
+/// TCP clients at once, and how long one may stay idle.
+const MAX_TCP_CLIENTS: usize = 64;
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// What the core needs from the log, as the control core computes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub devices: std::collections::BTreeMap<String, (std::net::Ipv4Addr, std::net::Ipv6Addr)>,
+    pub clients: Vec<IpAddr>,
+    /// The policy's upstreams as given (`udp://ADDR[:PORT]`); empty: the system's resolvers.
+    pub upstreams: Vec<String>,
+    /// Block-list sources (files on CloudPal).
+    pub block_lists: Vec<String>,
+    pub rule_domains: Vec<String>,
+}
+
+/// Where the resolver forwards: the policy's upstreams, or this host's own resolvers.
+pub fn upstream_addresses(config: &DnsConfig) -> Vec<SocketAddr> {
+    if config.upstreams.is_empty() {
+        return system_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    }
+    config.upstreams.iter().filter_map(|u| parse_udp_upstream(u).ok()).collect()
+}
+
+/// `udp://ADDR[:PORT]` (port 53 by default).
+pub fn parse_udp_upstream(text: &str) -> Result<SocketAddr, String> {
+    let Some(rest) = text.strip_prefix("udp://") else {
+        return Err(format!("{text:?}: only udp://ADDR[:PORT] upstreams are supported yet (DNS over TLS and HTTPS are not)"));
+    };
+    let rest = rest.trim_end_matches('/');
+    if let Ok(address) = rest.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let bare = rest.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)).map_err(|_| format!("{text:?}: not udp://ADDR[:PORT] (an address, not a name: the resolver cannot ask itself)"))
+}
+
+/// The `nameserver` lines of a resolv.conf, loopback stubs included (they are this host's).
+pub fn system_resolvers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Reads the block lists (files); a missing one is reported and skipped.
+pub fn load_block_lists(sources: &[String]) -> BlockList {
+    let mut list = BlockList::default();
+    for source in sources {
+        match std::fs::read_to_string(source) {
+            Ok(text) => {
+                list.add_text(&text);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read a block list"),
+        }
+    }
+    list
+}
+
+enum Event {
+    Query(Client, IpAddr, Vec<u8>),
+    Upstream(usize, Vec<u8>),
+    TcpOpened(u64, mpsc::Sender<Vec<u8>>),
+    TcpClosed(u64),
+}
+
+/// Runs the resolver on `addresses` (port 53) until `config` closes; `resolved` gets the
+/// addresses of names the firewall's domain rules cover.
+pub async fn serve(addresses: Vec<IpAddr>, mut config: mpsc::Receiver<DnsConfig>, resolved: mpsc::Sender<Resolved>, rng: ChaCha20Rng) -> anyhow::Result<()> {
+    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let mut udp = Vec::new();
+    for address in &addresses {
+        let socket = Arc::new(bind_udp(SocketAddr::new(*address, 53))?);
+        udp.push(socket.clone());
+        let events = events_tx.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+                if events.send(Event::Query(Client::Udp(from), from.ip(), buffer[..len].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let listener = bind_tcp(SocketAddr::new(*address, 53))?;
+        tokio::spawn(accept_tcp(listener, events_tx.clone()));
+    }
+    let mut resolver = Resolver::new(Settings::default(), BlockList::default(), rng);
+    let mut upstreams: Vec<SocketAddr> = Vec::new();
+    let mut current = DnsConfig::default();
+    let mut tcp: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    loop {
+        let deadline = resolver.poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            update = config.recv() => {
+                let Some(update) = update else { return Ok(()) };
+                if update.block_lists != current.block_lists {
+                    resolver.set_block_list(load_block_lists(&update.block_lists));
+                }
+                upstreams = upstream_addresses(&update);
+                resolver.set_settings(Settings {
+                    devices: update.devices.clone(),
+                    clients: update.clients.iter().copied().collect(),
+                    upstreams: upstreams.clone(),
+                    rule_domains: update.rule_domains.clone(),
+                });
+                current = update;
+            }
+            Some(event) = events.recv() => match event {
+                Event::Query(client, source, bytes) => resolver.handle_query(client, source, &bytes, std::time::Instant::now()),
+                Event::Upstream(index, bytes) => resolver.handle_upstream(index, &bytes, std::time::Instant::now()),
+                Event::TcpOpened(id, sender) => { tcp.insert(id, sender); }
+                Event::TcpClosed(id) => { tcp.remove(&id); }
+            },
+            _ = timer => resolver.handle_timeout(std::time::Instant::now()),
+        }
+        while let Some(transmit) = resolver.poll_transmit() {
+            match transmit {
+                Transmit::Answer { client: Client::Udp(to), bytes } => {
+                    if let Some(socket) = udp.iter().find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == to.is_ipv4())) {
+                        let _ = socket.try_send_to(&bytes, to);
+                    }
+                }
+                Transmit::Answer { client: Client::Tcp(id), bytes } => {
+                    if let Some(sender) = tcp.get(&id) {
+                        let _ = sender.try_send(bytes);
+                    }
+                }
+                Transmit::Upstream { upstream, bytes } => {
+                    if let Some(address) = upstreams.get(upstream).copied() {
+                        tokio::spawn(ask_upstream(upstream, address, bytes, events_tx.clone()));
+                    }
+                }
+            }
+        }
+        while let Some(found) = resolver.poll_resolved() {
+            let _ = resolved.try_send(found);
+        }
+    }
+}
+
+/// One upstream query on its own socket (so its source port is the kernel's random pick).
+async fn ask_upstream(index: usize, address: SocketAddr, bytes: Vec<u8>, events: mpsc::Sender<Event>) {
+    let local: SocketAddr = if address.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let Ok(socket) = UdpSocket::bind(local).await else { return };
+    if socket.connect(address).await.is_err() || socket.send(&bytes).await.is_err() {
+        return;
+    }
+    let mut buffer = vec![0u8; 4096];
+    // Connected: only datagrams from the upstream's address and port arrive here.
+    if let Ok(Ok(len)) = tokio::time::timeout(UPSTREAM_WAIT, socket.recv(&mut buffer)).await {
+        let _ = events.send(Event::Upstream(index, buffer[..len].to_vec())).await;
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut next_id = 0u64;
+    while let Ok((stream, from)) = listener.accept().await {
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_TCP_CLIENTS {
+            continue;
+        }
+        next_id += 1;
+        let (id, events, open) = (next_id, events.clone(), open.clone());
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _ = serve_tcp(id, stream, from.ip(), &events).await;
+            let _ = events.send(Event::TcpClosed(id)).await;
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
+/// DNS over TCP: two-byte length, message; answers come back in order of completion.
+async fn serve_tcp(id: u64, stream: tokio::net::TcpStream, source: IpAddr, events: &mpsc::Sender<Event>) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (answers_tx, mut answers) = mpsc::channel::<Vec<u8>>(16);
+    events.send(Event::TcpOpened(id, answers_tx)).await.map_err(|_| std::io::ErrorKind::BrokenPipe)?;
+    let writing = tokio::spawn(async move {
+        while let Some(answer) = answers.recv().await {
+            let Ok(len) = u16::try_from(answer.len()) else { continue };
+            if writer.write_all(&len.to_be_bytes()).await.is_err() || writer.write_all(&answer).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, reader.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if tokio::time::timeout(TCP_IDLE, reader.read_exact(&mut message)).await.map_or(true, |r| r.is_err()) {
+            break;
+        }
+        if events.send(Event::Query(Client::Tcp(id), source, message)).await.is_err() {
+            break;
+        }
+    }
+    // Give answers in flight a moment to go out.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writing.abort();
+    Ok(())
+}
+
+/// Binds even while the overlay address is still tentative (IPv6 DAD): `IP_FREEBIND`.
+fn bind_udp(address: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    prepare(&socket, address)?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+fn bind_tcp(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    prepare(&socket, address)?;
+    socket.listen(64)?;
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
+fn prepare(socket: &socket2::Socket, address: SocketAddr) -> anyhow::Result<()> {
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into()).map_err(|e| anyhow::anyhow!("cannot serve DNS on {address}: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_parse_and_the_system_resolvers_are_read_from_resolv_conf() {
+        assert_eq!(parse_udp_upstream("udp://192.0.2.53"), Ok("192.0.2.53:53".parse().expect("addr")));
+        assert_eq!(parse_udp_upstream("udp://192.0.2.53:5353"), Ok("192.0.2.53:5353".parse().expect("addr")));
+        assert_eq!(parse_udp_upstream("udp://[2001:db8::53]"), Ok("[2001:db8::53]:53".parse().expect("addr")));
+        assert!(parse_udp_upstream("tls://192.0.2.53").expect_err("tls").contains("only udp://"));
+        assert!(parse_udp_upstream("udp://dns.example").expect_err("a name").contains("an address"));
+        let text = "# generated\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\nsearch example\nnameserver 127.0.0.53\n";
+        let found = system_resolvers(text);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[0], "192.0.2.1:53".parse::<SocketAddr>().expect("addr"));
+    }
+}

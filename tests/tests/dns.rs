@@ -1,0 +1,165 @@
+//! Issue #14: DNS through CloudPal, end to end — a laptop on the exit resolves internet names
+//! and device names through its system resolver (its namespace's own resolv.conf), blocked
+//! names (listed, a parent listed, a CNAME to a listed name) get 0.0.0.0 and the listed ones
+//! never reach the upstream (dnsmasq in the test internet, with its query log), no packet for
+//! port 53 leaves the laptop's interface, a firewall domain rule holds at the exit through the
+//! addresses the resolver hands out, CloudPal writes no names down, and the resolver settings
+//! come back after `exit off`, a stop and a crash.
+
+use std::process::Child;
+use std::time::Duration;
+use tests::exit::ExitNetwork;
+use tests::{Netns, unique, wait_until};
+
+const QUICK: Duration = Duration::from_secs(2);
+
+/// dnsmasq on the web host, answering a few names, logging every query it gets.
+struct Upstream {
+    process: Child,
+    log: std::path::PathBuf,
+}
+
+impl Upstream {
+    fn start(web: &Netns, address: &str, web_v6: &str) -> Self {
+        let log = std::env::temp_dir().join(unique("dnsmasq-"));
+        let output = std::env::temp_dir().join(unique("dnsmasq-out-"));
+        let args = [
+            "--no-daemon".to_owned(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={address}"),
+            "--port=53".into(),
+            format!("--host-record=www.example.com,{address},{web_v6}"),
+            format!("--host-record=ads.example.com,{address}"),
+            "--host-record=cdn.tracker.example.net,203.0.113.77".into(),
+            "--cname=innocent.example.com,cdn.tracker.example.net".into(),
+            "--log-queries".into(),
+            format!("--log-facility={}", log.display()),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = web.spawn("dnsmasq", &args, &output);
+        assert!(wait_until(Duration::from_secs(5), || log.exists()), "dnsmasq did not start");
+        Self { process, log }
+    }
+
+    fn queries(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The addresses `getent ahosts` (the system resolver, as every program uses it) finds for
+/// `name` inside `netns`.
+fn lookup(netns: &Netns, name: &str) -> Vec<String> {
+    let output = netns.exec("getent", &["ahosts", name]);
+    let mut found: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect();
+    found.dedup();
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn dns_names_device_names_and_blocking_through_cloudpal_with_nothing_on_port_53_outside() {
+    let mut net = ExitNetwork::form();
+    let upstream = Upstream::start(&net.web, &net.web_v4, &net.web_v6);
+    let block_list = std::env::temp_dir().join(unique("blocklist-"));
+    std::fs::write(&block_list, "# test list\n0.0.0.0 ads.example.com\ntracker.example.net\n").expect("block list");
+    let original = net.laptop.netns.resolv_conf();
+    assert!(original.contains(&net.home.gateway));
+
+    net.laptop.pal_ok(&["policy", "set", "--dns-upstream", &format!("udp://{}", net.web_v4), "--block-list", block_list.to_str().expect("path")]);
+    let shown = net.laptop.pal_ok(&["policy", "show"]);
+    assert!(shown.contains("(plain UDP, unencrypted)"), "{shown}");
+    net.laptop.pal_ok(&["exit", "use"]);
+    let (cloudpal_v4, _) = net.cloudpal.overlay();
+    let (phone_v4, phone_v6) = net.phone.overlay();
+    assert!(net.laptop.netns.resolv_conf().contains(&format!("nameserver {cloudpal_v4}")), "resolv.conf not pointed at CloudPal: {}", net.laptop.netns.resolv_conf());
+    let status: serde_json::Value = serde_json::from_str(&net.laptop.pal_ok(&["exit", "status", "--json"])).expect("json");
+    assert!(status["resolver"].as_str().is_some_and(|r| r.contains(&cloudpal_v4) && r.contains(&net.web_v4)), "{status}");
+
+    let frames = {
+        let capture = net.laptop.netns.capture_on(Some("eth0"));
+        let resolved = wait_until(Duration::from_secs(10), || lookup(&net.laptop.netns, "www.example.com").contains(&net.web_v4));
+        assert!(resolved, "www.example.com did not resolve through CloudPal: {:?}\n{}", lookup(&net.laptop.netns, "www.example.com"), net.cloudpal.log());
+        assert!(lookup(&net.laptop.netns, "www.example.com").contains(&net.web_v6), "no AAAA through CloudPal");
+        assert_eq!(lookup(&net.laptop.netns, "phone.pal.internal"), sorted(&[&phone_v4, &phone_v6]), "a device name");
+        assert_eq!(lookup(&net.laptop.netns, "phone"), sorted(&[&phone_v4, &phone_v6]), "the search domain");
+        for blocked in ["ads.example.com", "x.ads.example.com", "ADS.Example.com.", "pixel.tracker.example.net", "innocent.example.com"] {
+            assert_eq!(lookup(&net.laptop.netns, blocked), vec!["0.0.0.0".to_owned(), "::".to_owned()], "{blocked} was not blocked");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        capture.stop()
+    };
+    let port_53: Vec<_> = frames.iter().filter(|f| carries_port_53(f)).collect();
+    assert!(port_53.is_empty(), "{} DNS packets left outside the tunnel", port_53.len());
+    let asked = upstream.queries();
+    assert!(asked.contains("www.example.com"), "the upstream was never asked: {asked}");
+    // (dnsmasq logs each query as `query[TYPE] NAME from ADDR`; the CNAME's target shows up
+    // in its answer lines, never as a query.)
+    let queried: Vec<String> = asked.lines().filter_map(|l| l.split("query[").nth(1)).filter_map(|q| q.split_whitespace().nth(1)).map(str::to_ascii_lowercase).collect();
+    assert!(queried.iter().any(|q| q == "innocent.example.com"));
+    for never in ["ads.example.com", "tracker.example.net", "pal.internal"] {
+        assert!(!queried.iter().any(|q| q.ends_with(never)), "{never} reached the upstream: {queried:?}");
+    }
+
+    // A firewall domain rule: the exit drops what the resolver handed out for the name, v4
+    // and v6, and lets it through again when the rule goes.
+    net.laptop.pal_ok(&["policy", "set", "--deny", "example.com"]);
+    let denied = wait_until(Duration::from_secs(5), || {
+        lookup(&net.laptop.netns, "www.example.com");
+        net.laptop_seen(Duration::from_millis(700)) == (None, None)
+    });
+    assert!(denied, "the domain rule did not hold at the exit: {:?}", net.laptop_seen(QUICK));
+    net.laptop.pal_ok(&["policy", "set", "--clear-deny"]);
+    let back = wait_until(Duration::from_secs(5), || net.laptop_seen(Duration::from_millis(700)).0.is_some());
+    assert!(back, "clearing the domain rule did not open the name again");
+
+    // PRIV-01 for DNS: CloudPal writes no name anyone asked for.
+    let mut written = net.cloudpal.log();
+    for entry in std::fs::read_dir(&net.cloudpal.state).into_iter().flatten().flatten() {
+        written.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap_or_default()));
+    }
+    for name in ["www.example.com", "innocent.example.com", "ads.example.com", "phone.pal.internal"] {
+        assert!(!written.contains(name), "CloudPal wrote {name} down");
+    }
+
+    // Restored after exit off, a stop and a crash.
+    net.laptop.pal_ok(&["exit", "off"]);
+    assert_eq!(net.laptop.netns.resolv_conf(), original, "exit off left resolv.conf changed");
+    net.laptop.pal_ok(&["exit", "use"]);
+    net.laptop.down();
+    assert_eq!(net.laptop.netns.resolv_conf(), original, "a stop left resolv.conf changed");
+    net.laptop.up();
+    assert!(net.laptop.netns.resolv_conf().contains(&cloudpal_v4), "the restart did not point DNS at CloudPal again");
+    net.laptop.crash();
+    assert!(net.laptop.netns.resolv_conf().contains(&cloudpal_v4));
+    net.laptop.up();
+    net.laptop.pal_ok(&["exit", "off"]);
+    assert_eq!(net.laptop.netns.resolv_conf(), original, "the restart after a crash lost the original resolv.conf");
+    let _ = std::fs::remove_file(&block_list);
+}
+
+fn sorted(items: &[&str]) -> Vec<String> {
+    let mut list: Vec<String> = items.iter().map(|s| (*s).to_owned()).collect();
+    list.sort();
+    list
+}
+
+/// Whether an Ethernet frame is UDP or TCP to or from port 53.
+fn carries_port_53(frame: &[u8]) -> bool {
+    let (protocol, transport) = match frame.get(12..14) {
+        Some([0x08, 0x00]) if frame.len() >= 34 => (frame[23], frame.get(14 + usize::from(frame[14] & 0x0f) * 4..)),
+        Some([0x86, 0xdd]) if frame.len() >= 54 => (frame[20], frame.get(54..)),
+        _ => return false,
+    };
+    (protocol == 6 || protocol == 17) && transport.is_some_and(|t| t.len() >= 4 && (t[0..2] == [0, 53] || t[2..4] == [0, 53]))
+}
