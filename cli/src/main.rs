@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: ExitCommand,
     },
+    /// DNS through your CloudPal (names, ad blocking) without the exit.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// The network's exit and firewall policy (set by admins, enforced by CloudPal).
     Policy {
         #[command(subcommand)]
@@ -109,6 +114,18 @@ enum ExitCommand {
     /// A new exit session: with egress rotation on, a new egress address (old flows end).
     Renew,
     /// The exit, its state, egress addresses and resolver.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Send this device's DNS to CloudPal's resolver (its own resolvers stay as a fallback).
+    On,
+    /// Put the system resolver back.
+    Off,
     Status {
         #[arg(long)]
         json: bool,
@@ -216,6 +233,11 @@ fn main() -> ExitCode {
             ExitCommand::Off => commands::exit::off(&state),
             ExitCommand::Renew => commands::exit::renew(&state),
             ExitCommand::Status { json } => commands::exit::status(&state, json),
+        },
+        Command::Dns { command } => match command {
+            DnsCommand::On => commands::dns::set(&state, true),
+            DnsCommand::Off => commands::dns::set(&state, false),
+            DnsCommand::Status { json } => commands::dns::status(&state, json),
         },
         Command::Policy { command } => match command {
             PolicyCommand::Show { json } => commands::policy::show(&state, json),

@@ -157,6 +157,26 @@ impl StateDir {
         write_private(&self.peers_path(), text.as_bytes())
     }
 
+    fn dns_path(&self) -> PathBuf {
+        self.root.join("dns-on")
+    }
+
+    /// Whether `pal dns on` was given (and not undone by `pal dns off`).
+    pub fn dns_on(&self) -> bool {
+        self.dns_path().exists()
+    }
+
+    pub fn save_dns_on(&self, on: bool) -> Result<()> {
+        if on {
+            write_private(&self.dns_path(), b"on\n")
+        } else {
+            match std::fs::remove_file(self.dns_path()) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+                _ => Ok(()),
+            }
+        }
+    }
+
     fn exit_path(&self) -> PathBuf {
         self.root.join("exit.json")
     }

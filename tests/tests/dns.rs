@@ -21,6 +21,10 @@ struct Upstream {
 
 impl Upstream {
     fn start(web: &Netns, address: &str, web_v6: &str) -> Self {
+        Self::start_with(web, address, &[format!("--host-record=www.example.com,{address},{web_v6}")])
+    }
+
+    fn start_with(web: &Netns, address: &str, records: &[String]) -> Self {
         let log = std::env::temp_dir().join(unique("dnsmasq-"));
         let output = std::env::temp_dir().join(unique("dnsmasq-out-"));
         let args = [
@@ -30,14 +34,13 @@ impl Upstream {
             "--bind-interfaces".into(),
             format!("--listen-address={address}"),
             "--port=53".into(),
-            format!("--host-record=www.example.com,{address},{web_v6}"),
             format!("--host-record=ads.example.com,{address}"),
             "--host-record=cdn.tracker.example.net,203.0.113.77".into(),
             "--cname=innocent.example.com,cdn.tracker.example.net".into(),
             "--log-queries".into(),
             format!("--log-facility={}", log.display()),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().chain(records).map(String::as_str).collect();
         let process = web.spawn("dnsmasq", &args, &output);
         assert!(wait_until(Duration::from_secs(5), || log.exists()), "dnsmasq did not start");
         Self { process, log }
@@ -162,4 +165,39 @@ fn carries_port_53(frame: &[u8]) -> bool {
         _ => return false,
     };
     (protocol == 6 || protocol == 17) && transport.is_some_and(|t| t.len() >= 4 && (t[0..2] == [0, 53] || t[2..4] == [0, 53]))
+}
+
+#[test]
+fn dns_on_without_the_exit_resolves_through_cloudpal_and_falls_back_when_it_is_gone() {
+    let mut net = ExitNetwork::form();
+    let _upstream = Upstream::start(&net.web, &net.web_v4, &net.web_v6);
+    // The home's own resolver (the ISP's, say) answers too, differently: which one answered
+    // shows in the address.
+    let home_dns = Upstream::start_with(&net.home.router, &net.home.gateway, &["--host-record=www.example.com,198.51.100.99".to_owned()]);
+    let block_list = std::env::temp_dir().join(unique("blocklist-"));
+    std::fs::write(&block_list, "ads.example.com\n").expect("block list");
+    net.laptop.pal_ok(&["policy", "set", "--dns-upstream", &format!("udp://{}", net.web_v4), "--block-list", block_list.to_str().expect("path")]);
+    net.phone.netns.own_resolv_conf(&format!("nameserver {}\n", net.home.gateway));
+    // (The phone's pal must start after its resolv.conf exists: restart it.)
+    net.phone.down();
+    net.phone.up();
+    let original = net.phone.netns.resolv_conf();
+    net.phone.pal_ok(&["dns", "on"]);
+    let (cloudpal_v4, _) = net.cloudpal.overlay();
+    let text = net.phone.netns.resolv_conf();
+    let servers: Vec<&str> = text.lines().filter(|l| l.starts_with("nameserver")).collect();
+    assert_eq!(servers, vec![format!("nameserver {cloudpal_v4}").as_str(), format!("nameserver {}", net.home.gateway).as_str()], "{text}");
+    let (laptop_v4, _) = net.laptop.overlay();
+    let through_cloudpal = wait_until(Duration::from_secs(10), || lookup(&net.phone.netns, "www.example.com").contains(&net.web_v4));
+    assert!(through_cloudpal, "dns on did not resolve through CloudPal: {:?}", lookup(&net.phone.netns, "www.example.com"));
+    assert!(lookup(&net.phone.netns, "laptop").contains(&laptop_v4));
+    assert_eq!(lookup(&net.phone.netns, "ads.example.com"), vec!["0.0.0.0".to_owned(), "::".to_owned()]);
+    assert!(!home_dns.queries().contains("query["), "the home resolver was asked while CloudPal answered");
+    // CloudPal gone: the phone still has DNS (the home's resolver, a second later).
+    net.cloudpal.crash();
+    let fell_back = wait_until(Duration::from_secs(10), || lookup(&net.phone.netns, "www.example.com").contains(&"198.51.100.99".to_owned()));
+    assert!(fell_back, "with CloudPal unreachable the phone had no DNS");
+    net.phone.pal_ok(&["dns", "off"]);
+    assert_eq!(net.phone.netns.resolv_conf(), original, "dns off did not restore resolv.conf");
+    let _ = std::fs::remove_file(&block_list);
 }

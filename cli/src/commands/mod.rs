@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod device;
+pub mod dns;
 pub mod exit;
 pub mod init;
 pub mod join;

@@ -67,6 +67,7 @@ enum HostWork {
     Client(Option<crate::control::ExitChoice>),
     Serve(exit::ExitRules),
     Resolved(crate::dns::resolver::Resolved),
+    Dns(Option<(std::net::Ipv4Addr, bool)>),
 }
 
 /// The shell's state besides the swarm: the core, the driver, the data plane's queue, the
@@ -133,7 +134,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
-    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone() };
+    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone(), dns_on: state.dns_on() };
     let core = Core::new(config, store, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
 
     // The control socket comes last: a node that failed to start leaves none behind.
@@ -257,6 +258,7 @@ impl App {
                 }
                 Some(Action::ExitClient(choice)) => self.host_work.push(HostWork::Client(choice)),
                 Some(Action::ExitServe(rules)) => self.host_work.push(HostWork::Serve(rules)),
+                Some(Action::ClientDns(target)) => self.host_work.push(HostWork::Dns(target)),
                 Some(Action::DnsServe(config)) => {
                     if let Some(dns) = &self.dns {
                         let _ = dns.try_send(config);
@@ -301,18 +303,15 @@ impl App {
                                 data_port: self.data_port,
                                 allow_lan: choice.allow_lan,
                             };
-                            let resolver = self.core.exit_probe().map(|(_, exit)| exit);
-                            let applied = self.host.apply_client(&tunnel).await;
-                            match (applied, resolver) {
-                                (Ok(()), Some(server)) => self.host.point_dns(&tunnel.tun, server).map(|()| tracing::info!("internet and DNS through the exit")),
-                                (result, _) => result,
-                            }
+                            self.host.apply_client(&tunnel).await.map(|()| tracing::info!("internet through the exit"))
                         }
                         None if self.host.client_active() => self.host.remove_client().await.map(|()| tracing::info!("exit off")),
                         None => Ok(()),
                     }
                 }
                 HostWork::Serve(rules) => self.host.apply_exit(&self.overlay, &rules),
+                HostWork::Dns(Some((server, fallback))) => self.host.point_dns(&self.overlay.tun, server, fallback),
+                HostWork::Dns(None) => self.host.restore_dns(),
                 HostWork::Resolved(found) => {
                     let Some(list) = self.core.domain_list(&found.rule) else { continue };
                     let sets: Vec<(&'static str, Vec<std::net::IpAddr>)> = [true, false]
@@ -397,6 +396,16 @@ impl App {
                 Some((source, target)) => return self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
                 None => ControlResponse::from_result(Ok(core.exit_status(false))),
             },
+            ControlRequest::Dns { on } => {
+                let result = core.set_dns(on);
+                if result.is_ok()
+                    && let Err(error) = self.state.save_dns_on(on)
+                {
+                    tracing::warn!("cannot save the DNS choice: {error:#}");
+                }
+                ControlResponse::from_result(result)
+            }
+            ControlRequest::DnsStatus => ControlResponse::from_result(Ok(core.dns_status())),
             ControlRequest::PolicyShow => ControlResponse::from_result(Ok(core.policy())),
             ControlRequest::PolicySet(change) => ControlResponse::from_result(core.set_policy(&change, time)),
             ControlRequest::Add { code, role } => {

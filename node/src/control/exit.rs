@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+/// `pal dns on|off|status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsReply {
+    pub on: bool,
+    /// The resolver the system uses now (`None`: the system's own).
+    pub resolver: Option<String>,
+}
+
 /// A device's exit: which CloudPal, and whether the LAN stays reachable beside the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitChoice {
@@ -38,6 +46,10 @@ pub(super) struct ExitSide {
     pub egress_seen: Vec<String>,
     /// CloudPal: the resolver's settings the shell last got.
     pub dns_served: Option<crate::dns::server::DnsConfig>,
+    /// Client: `pal dns on` (DNS through CloudPal without the exit).
+    pub dns_on: bool,
+    /// Client: the resolver the shell last pointed the system at.
+    pub dns_applied: Option<Option<(Ipv4Addr, bool)>>,
 }
 
 impl Core {
@@ -168,12 +180,51 @@ impl Core {
         }
     }
 
+    /// `pal dns on|off`: all DNS through the network's CloudPal, without the exit.
+    pub fn set_dns(&mut self, on: bool) -> Result<DnsReply, String> {
+        if self.revoked() {
+            return Err(super::REVOKED.into());
+        }
+        if on && self.cloudpal {
+            return Err("this device is a CloudPal: its resolver serves the network".into());
+        }
+        self.exit.dns_on = on;
+        if on && self.dns_target().is_none() {
+            self.exit.dns_on = false;
+            return Err("this network has no CloudPal to resolve names; add one with `pal device add --role cloudpal`".into());
+        }
+        self.apply_membership();
+        Ok(self.dns_status())
+    }
+
+    pub fn dns_status(&self) -> DnsReply {
+        DnsReply { on: self.exit.dns_on, resolver: self.dns_target().map(|(server, fallback)| if fallback { format!("{server} (the system's own resolvers after it)") } else { format!("{server} (only, through the exit)") }) }
+    }
+
+    /// Where the system resolver points: the exit (and nowhere else) while on it; with
+    /// `dns on`, the network's CloudPal first and the old resolvers after it.
+    fn dns_target(&self) -> Option<(Ipv4Addr, bool)> {
+        if self.exit.choice.is_some() {
+            return self.exit_probe().map(|(_, exit)| (exit, false));
+        }
+        if !self.exit.dns_on {
+            return None;
+        }
+        let state = self.store.log().state();
+        state.active_devices().find(|(id, d)| d.record.role == membership::Role::CloudPal && **id != self.me).map(|(_, d)| (d.record.overlay_ipv4, true))
+    }
+
     /// After any change of the log or of the choice: what the shell must apply, if it differs
     /// from what it has.
     pub(super) fn apply_exit(&mut self) {
         if self.exit.applied != Some(self.exit.choice) {
             self.exit.applied = Some(self.exit.choice);
             self.push(Action::ExitClient(self.exit.choice));
+        }
+        let dns = self.dns_target();
+        if self.exit.dns_applied != Some(dns) {
+            self.exit.dns_applied = Some(dns);
+            self.push(Action::ClientDns(dns));
         }
         if self.cloudpal {
             let rules = service::exit_rules(self.store.log().state(), &self.exit.egress);

@@ -64,6 +64,7 @@ impl Core {
             self.command(DataCommand::RemoveAll);
             // No network, no exit: the full tunnel comes out rather than strand the host.
             self.exit.choice = None;
+            self.exit.dns_on = false;
             self.apply_exit();
             return;
         }

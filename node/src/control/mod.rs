@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use timers::{Timer, Timers};
 
 pub use admin::{NewDevice, ReplyId};
-pub use exit::ExitChoice;
+pub use exit::{DnsReply, ExitChoice};
 
 /// What a revoked device answers to anything that needs the network.
 pub const REVOKED: &str = "this device has been revoked from the network; its tunnel is stopped";
@@ -79,6 +79,8 @@ pub struct Config {
     pub exit: Option<ExitChoice>,
     /// CloudPal: the egress pool (`--egress-pool`) that rotation draws from.
     pub egress_pool: Vec<membership::IpNet>,
+    /// `pal dns on` was given before (persisted by the shell).
+    pub dns_on: bool,
 }
 
 /// A dial the swarm should make.
@@ -130,6 +132,9 @@ pub enum Action {
     ExitServe(crate::exit::ExitRules),
     /// CloudPal: the resolver's settings changed.
     DnsServe(crate::dns::server::DnsConfig),
+    /// Point the system resolver at this overlay address (with the old resolvers after it
+    /// when `true`), or put it back (`None`).
+    ClientDns(Option<(std::net::Ipv4Addr, bool)>),
     /// Addresses for the peer cache file.
     CachePeers(Vec<String>),
     /// A local request answered later (`pal device add`).
@@ -284,7 +289,7 @@ impl Core {
             cut_off: BTreeMap::new(),
             unproven: BTreeMap::new(),
             last_now: time.now,
-            exit: exit::ExitSide { choice: config.exit, pool: config.egress_pool, session_wanted: config.exit.map(|_| true), ..Default::default() },
+            exit: exit::ExitSide { choice: config.exit, pool: config.egress_pool, session_wanted: config.exit.map(|_| true), dns_on: config.dns_on, ..Default::default() },
         };
         core.apply_membership();
         for address in core.bootstrap.clone() {

@@ -42,6 +42,11 @@ pub enum ControlRequest {
     ExitOff,
     ExitRenew,
     ExitStatus,
+    /// `pal dns on|off`.
+    Dns {
+        on: bool,
+    },
+    DnsStatus,
     PolicyShow,
     PolicySet(PolicyChange),
 }

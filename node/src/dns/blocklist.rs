@@ -31,6 +31,11 @@ impl BlockList {
         self.names.is_empty()
     }
 
+    /// Bytes held on the heap: the arena and the table (an entry and a control byte per slot).
+    pub fn heap_bytes(&self) -> usize {
+        self.arena.capacity() + self.names.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)
+    }
+
     /// Adds every name of a hosts file or domain list; returns how many names it held.
     /// Lines that are neither (address-only lines, single labels like `localhost`, garbage)
     /// are skipped.

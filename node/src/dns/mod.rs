@@ -10,3 +10,4 @@ pub mod blocklist;
 pub mod resolver;
 pub mod server;
 pub mod system;
+pub mod fuzzing;

@@ -13,19 +13,30 @@ pub const MARKER: &str = "# pal: DNS through CloudPal; the original comes back w
 
 /// The resolv.conf that sends every query to `server` (CloudPal's resolver over the overlay)
 /// and searches the network's zone first, keeping the original's search domains after it.
-pub fn pointed(original: &str, server: Ipv4Addr) -> String {
+/// With `fallback` (`pal dns on` without the exit), the original servers follow CloudPal's, a
+/// second each: an unreachable CloudPal never leaves the device without DNS. On the exit there
+/// is no fallback (they would be outside the tunnel).
+pub fn pointed(original: &str, server: Ipv4Addr, fallback: bool) -> String {
     let searches: Vec<&str> = original
         .lines()
         .filter_map(|l| l.trim().strip_prefix("search").or_else(|| l.trim().strip_prefix("domain")))
         .flat_map(str::split_whitespace)
         .filter(|d| *d != super::resolver::ZONE)
         .collect();
-    let mut text = format!("{MARKER}\nnameserver {server}\nsearch {}", super::resolver::ZONE);
+    let mut text = format!("{MARKER}\nnameserver {server}\n");
+    if fallback {
+        for line in original.lines().filter(|l| l.trim().starts_with("nameserver")).take(2) {
+            text.push_str(line.trim());
+            text.push('\n');
+        }
+    }
+    text.push_str("search ");
+    text.push_str(super::resolver::ZONE);
     for search in searches {
         text.push(' ');
         text.push_str(search);
     }
-    text.push_str("\noptions edns0 trust-ad\n");
+    text.push_str(if fallback { "\noptions edns0 trust-ad timeout:1 attempts:2\n" } else { "\noptions edns0 trust-ad\n" });
     text
 }
 
@@ -59,11 +70,15 @@ mod tests {
     #[test]
     fn the_pointed_resolv_conf_names_only_cloudpal_and_keeps_the_search_domains() {
         let original = "nameserver 192.168.1.1\nnameserver 1.1.1.1\nsearch home.example corp.example\noptions rotate\n";
-        let text = pointed(original, Ipv4Addr::new(100, 64, 0, 1));
+        let text = pointed(original, Ipv4Addr::new(100, 64, 0, 1), false);
         assert!(text.starts_with(MARKER));
         assert_eq!(text.lines().filter(|l| l.starts_with("nameserver")).collect::<Vec<_>>(), vec!["nameserver 100.64.0.1"]);
         assert!(text.contains("search pal.internal home.example corp.example\n"));
         assert!(!text.contains("192.168.1.1"));
+        let with_fallback = pointed(original, Ipv4Addr::new(100, 64, 0, 1), true);
+        let servers: Vec<&str> = with_fallback.lines().filter(|l| l.starts_with("nameserver")).collect();
+        assert_eq!(servers, vec!["nameserver 100.64.0.1", "nameserver 192.168.1.1", "nameserver 1.1.1.1"], "CloudPal first, then the old ones");
+        assert!(with_fallback.contains("timeout:1"));
     }
 
     #[test]

@@ -97,12 +97,15 @@ impl Host {
 
     /// Points the system resolver at `server` (CloudPal's resolver over the overlay) on the
     /// overlay interface `tun`; the old settings go to the journal first.
-    pub fn point_dns(&mut self, tun: &str, server: std::net::Ipv4Addr) -> Result<()> {
+    pub fn point_dns(&mut self, tun: &str, server: std::net::Ipv4Addr, fallback: bool) -> Result<()> {
         use crate::dns::system;
         if system::uses_resolved() {
             self.journal.resolved_link = Some(tun.to_owned());
             self.save()?;
             system::resolvectl(&["dns", tun, &server.to_string()])?;
+            // `~.`: every query goes to CloudPal (resolved keeps the other links' servers for
+            // when it is unreachable, which is what `fallback` asks for).
+            let _ = fallback;
             return system::resolvectl(&["domain", tun, "~.", crate::dns::resolver::ZONE]);
         }
         let path = Path::new(system::RESOLV_CONF);
@@ -112,7 +115,7 @@ impl Host {
             self.save()?;
         }
         let original = self.journal.resolv_conf.clone().unwrap_or_default();
-        system::write_in_place(path, &system::pointed(&original, server)).context("cannot point /etc/resolv.conf at CloudPal")
+        system::write_in_place(path, &system::pointed(&original, server, fallback)).context("cannot point /etc/resolv.conf at CloudPal")
     }
 
     /// Puts the system resolver back as it was.
@@ -174,9 +177,9 @@ impl Host {
         Ok(())
     }
 
-    /// Takes the client's tunnel out: resolver, rules, routes, kill switch, in that order.
+    /// Takes the client's tunnel out: rules, routes, kill switch, in that order (the resolver
+    /// follows the core's own word, `ClientDns`).
     pub async fn remove_client(&mut self) -> Result<()> {
-        self.restore_dns()?;
         self.remove_routing().await?;
         apply_nft(&ruleset::remove(CLIENT_TABLE)).context("cannot remove the exit's kill switch")?;
         self.journal.client = false;

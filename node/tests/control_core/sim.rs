@@ -42,6 +42,7 @@ pub struct Node {
     pub exit_client: Vec<Option<node::control::ExitChoice>>,
     pub exit_served: Vec<node::exit::ExitRules>,
     pub dns_served: Vec<node::dns::server::DnsConfig>,
+    pub client_dns: Vec<Option<(std::net::Ipv4Addr, bool)>>,
 }
 
 impl Node {
@@ -141,7 +142,7 @@ impl Sim {
     pub fn add_with_bootstrap(&mut self, member: &Member, log: &Log, cloudpal: bool, bootstrap: Vec<Multiaddr>) -> usize {
         let index = self.nodes.len();
         let peer = peer_of(index as u8 + 1);
-        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new() };
+        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new(), dns_on: false };
         let core = Core::new(config, store_of(log), ChaCha20Rng::seed_from_u64(index as u64), self.time).expect("a member's core");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, index as u8 + 1));
         self.nodes.push(Node {
@@ -166,6 +167,7 @@ impl Sim {
             exit_client: Vec::new(),
             exit_served: Vec::new(),
             dns_served: Vec::new(),
+            client_dns: Vec::new(),
         });
         let address = self.nodes[index].address();
         self.nodes[index].core.handle_new_listen_addr(address);
@@ -334,6 +336,7 @@ impl Sim {
             Action::ExitClient(choice) => self.nodes[index].exit_client.push(choice),
             Action::ExitServe(rules) => self.nodes[index].exit_served.push(rules),
             Action::DnsServe(config) => self.nodes[index].dns_served.push(config),
+            Action::ClientDns(target) => self.nodes[index].client_dns.push(target),
             Action::Disconnect(peer) => {
                 self.nodes[index].disconnected.push(peer);
                 if let Some(other) = self.index_of(&peer) {
