@@ -126,6 +126,11 @@ enum DnsCommand {
     On,
     /// Put the system resolver back.
     Off,
+    /// On CloudPal: the last queries (kept in memory only while the policy's logging is on).
+    Log {
+        #[arg(long)]
+        json: bool,
+    },
     Status {
         #[arg(long)]
         json: bool,
@@ -238,6 +243,7 @@ fn main() -> ExitCode {
             DnsCommand::On => commands::dns::set(&state, true),
             DnsCommand::Off => commands::dns::set(&state, false),
             DnsCommand::Status { json } => commands::dns::status(&state, json),
+            DnsCommand::Log { json } => commands::dns::log(&state, json),
         },
         Command::Policy { command } => match command {
             PolicyCommand::Show { json } => commands::policy::show(&state, json),

@@ -135,6 +135,19 @@ fn dns_names_device_names_and_blocking_through_cloudpal_with_nothing_on_port_53_
         assert!(!written.contains(name), "CloudPal wrote {name} down");
     }
 
+    // With logging on, the owner's CloudPal keeps the last queries in memory for `pal dns log`
+    // (there only), and still writes none of them down.
+    assert!(net.cloudpal.pal_ok(&["dns", "log", "--json"]).trim() == "[]", "a query log without logging on");
+    net.laptop.pal_ok(&["policy", "set", "--logging", "on"]);
+    let logged = wait_until(Duration::from_secs(5), || {
+        lookup(&net.laptop.netns, "www.example.com");
+        net.cloudpal.pal_ok(&["dns", "log", "--json"]).contains("www.example.com")
+    });
+    assert!(logged, "logging on kept no query log");
+    assert!(!net.laptop.pal(&["dns", "log"]).status.success(), "the query log is CloudPal's alone");
+    assert!(!net.cloudpal.log().contains("www.example.com"), "the query log went to disk");
+    net.laptop.pal_ok(&["policy", "set", "--logging", "off"]);
+
     // Restored after exit off, a stop and a crash.
     net.laptop.pal_ok(&["exit", "off"]);
     assert_eq!(net.laptop.netns.resolv_conf(), original, "exit off left resolv.conf changed");

@@ -86,8 +86,9 @@ struct App {
     data_port: u16,
     /// `pal exit use` and `off` waiting for the host changes.
     exit_replies: Vec<oneshot::Sender<ControlResponse>>,
-    /// CloudPal: the resolver's settings channel.
+    /// CloudPal: the resolver's settings channel, and where to ask for its query log.
     dns: Option<mpsc::Sender<crate::dns::server::DnsConfig>>,
+    dns_log: Option<mpsc::Sender<oneshot::Sender<Vec<crate::dns::resolver::LoggedQuery>>>>,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -143,19 +144,21 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     tokio::spawn(socket::serve(listener, control_tx));
 
     let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
-    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None };
     // CloudPal: the network's resolver on the overlay addresses.
     let (resolved_tx, mut resolved) = mpsc::channel(256);
     if options.cloudpal {
         let (config_tx, config_rx) = mpsc::channel(16);
+        let (log_tx, log_rx) = mpsc::channel(4);
         let addresses = vec![std::net::IpAddr::V4(my_record.overlay_ipv4), std::net::IpAddr::V6(my_record.overlay_ipv6)];
         let dns_rng = ChaCha20Rng::from_rng(&mut rng);
         tokio::spawn(async move {
-            if let Err(error) = crate::dns::server::serve(addresses, config_rx, resolved_tx, dns_rng).await {
+            if let Err(error) = crate::dns::server::serve(addresses, config_rx, resolved_tx, log_rx, dns_rng).await {
                 tracing::error!("the resolver stopped: {error:#}");
             }
         });
         app.dns = Some(config_tx);
+        app.dns_log = Some(log_tx);
     }
     app.drain(&mut swarm, clock::now());
     app.apply_host().await;
@@ -406,6 +409,22 @@ impl App {
                 ControlResponse::from_result(result)
             }
             ControlRequest::DnsStatus => ControlResponse::from_result(Ok(core.dns_status())),
+            ControlRequest::DnsLog => match &self.dns_log {
+                // Answered by the resolver's task, off this loop.
+                Some(log) => {
+                    let (tx, rx) = oneshot::channel();
+                    if log.try_send(tx).is_err() {
+                        ControlResponse::Error("the resolver is busy; try again".into())
+                    } else {
+                        tokio::spawn(async move {
+                            let answer = rx.await.map_err(|_| "the resolver stopped".to_owned());
+                            let _ = reply.send(ControlResponse::from_result(answer));
+                        });
+                        return;
+                    }
+                }
+                None => ControlResponse::Error("the query log lives on CloudPal: run `pal dns log` there".into()),
+            },
             ControlRequest::PolicyShow => ControlResponse::from_result(Ok(core.policy())),
             ControlRequest::PolicySet(change) => ControlResponse::from_result(core.set_policy(&change, time)),
             ControlRequest::Add { code, role } => {

@@ -47,6 +47,8 @@ pub enum ControlRequest {
         on: bool,
     },
     DnsStatus,
+    /// CloudPal: the in-memory query log (empty unless the policy's logging is on).
+    DnsLog,
     PolicyShow,
     PolicySet(PolicyChange),
 }

@@ -72,6 +72,21 @@ pub struct Settings {
     pub upstreams: Vec<SocketAddr>,
     /// Domains of the firewall's allow and deny rules.
     pub rule_domains: Vec<String>,
+    /// The owner switched logging on: keep the last [`QUERY_LOG_LEN`] queries in memory.
+    pub log_queries: bool,
+}
+
+/// Queries the in-memory log keeps (logging on only; never written to disk).
+pub const QUERY_LOG_LEN: usize = 1000;
+
+/// One line of the query log: who asked what, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoggedQuery {
+    pub seconds_ago: u64,
+    pub client: IpAddr,
+    pub name: String,
+    pub kind: String,
+    pub outcome: String,
 }
 
 #[derive(Debug)]
@@ -104,6 +119,7 @@ pub struct Resolver {
     transmits: VecDeque<Transmit>,
     resolved: VecDeque<Resolved>,
     stats: Stats,
+    query_log: VecDeque<(Instant, IpAddr, String, RecordType, &'static str)>,
 }
 
 /// Counters (never names): for `pal exit status` and tests.
@@ -131,7 +147,32 @@ impl Resolver {
             transmits: VecDeque::new(),
             resolved: VecDeque::new(),
             stats: Stats::default(),
+            query_log: VecDeque::new(),
         }
+    }
+
+    /// The query log, newest last (empty unless the policy turned logging on).
+    pub fn query_log(&self, now: Instant) -> Vec<LoggedQuery> {
+        self.query_log
+            .iter()
+            .map(|(at, client, name, kind, outcome)| LoggedQuery {
+                seconds_ago: now.saturating_duration_since(*at).as_secs(),
+                client: *client,
+                name: name.clone(),
+                kind: kind.to_string(),
+                outcome: (*outcome).to_owned(),
+            })
+            .collect()
+    }
+
+    fn log_query(&mut self, now: Instant, client: IpAddr, name: &str, kind: RecordType, outcome: &'static str) {
+        if !self.settings.log_queries {
+            return;
+        }
+        if self.query_log.len() >= QUERY_LOG_LEN {
+            self.query_log.pop_front();
+        }
+        self.query_log.push_back((now, client, name.to_owned(), kind, outcome));
     }
 
     pub fn stats(&self) -> Stats {
@@ -142,6 +183,9 @@ impl Resolver {
     pub fn set_settings(&mut self, settings: Settings) {
         if settings.upstreams != self.settings.upstreams || settings.rule_domains != self.settings.rule_domains {
             self.cache.clear();
+        }
+        if !settings.log_queries {
+            self.query_log.clear();
         }
         self.settings = settings;
     }
@@ -196,15 +240,18 @@ impl Resolver {
         let question = query.queries[0].clone();
         let name = lower(question.name());
         if name == ZONE || name.ends_with(&format!(".{ZONE}")) {
+            self.log_query(now, source, &name, question.query_type(), "device name");
             let reply = self.local_answer(id, &question, &name);
             return self.answer(client, reply, max);
         }
         if self.blocks.blocks(&name) {
+            self.log_query(now, source, &name, question.query_type(), "blocked");
             self.stats.blocked += 1;
             let reply = blocked_answer(id, &question);
             return self.answer(client, reply, max);
         }
         let key = (question.name().to_lowercase(), question.query_type());
+        self.log_query(now, source, &name, question.query_type(), "resolved");
         if let Some(cached) = self.cache.get(&key).filter(|c| c.expires > now) {
             self.stats.cache_hits += 1;
             let age = now.saturating_duration_since(cached.stored).as_secs() as u32;
@@ -439,6 +486,7 @@ mod tests {
             clients: HashSet::from([MEMBER.parse().expect("ip")]),
             upstreams: vec!["192.0.2.53:53".parse().expect("addr"), "198.51.100.53:53".parse().expect("addr")],
             rule_domains: vec!["example.org".into()],
+            log_queries: false,
         };
         Resolver::new(settings, blocks, ChaCha20Rng::seed_from_u64(1))
     }
@@ -608,6 +656,27 @@ mod tests {
         let asked = upstream_queries(&mut r);
         r.handle_upstream(0, &upstream_reply(&asked[0].1, vec![a("example.com.", [198, 51, 100, 21], 120)]), now);
         assert_eq!(r.poll_resolved(), None, "a name no rule covers");
+    }
+
+    #[test]
+    fn priv_01_no_query_is_kept_unless_logging_is_on_and_then_only_the_last_thousand() {
+        let mut r = resolver("ads.example.com\n");
+        let (c, ip) = client();
+        let now = Instant::now();
+        r.handle_query(c, ip, &query(1, "ads.example.com.", RecordType::A), now);
+        assert!(r.query_log(now).is_empty(), "a query was kept with logging off");
+        let mut settings = r.settings.clone();
+        settings.log_queries = true;
+        r.set_settings(settings.clone());
+        for i in 0..(QUERY_LOG_LEN + 5) {
+            r.handle_query(c, ip, &query(i as u16, "ads.example.com.", RecordType::A), now);
+        }
+        let log = r.query_log(now + Duration::from_secs(3));
+        assert_eq!(log.len(), QUERY_LOG_LEN);
+        assert_eq!((log[0].name.as_str(), log[0].outcome.as_str(), log[0].seconds_ago), ("ads.example.com", "blocked", 3));
+        settings.log_queries = false;
+        r.set_settings(settings);
+        assert!(r.query_log(now).is_empty(), "turning logging off must forget the log");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct DnsConfig {
     /// Block-list sources (files on CloudPal).
     pub block_lists: Vec<String>,
     pub rule_domains: Vec<String>,
+    /// The policy's logging switch: an in-memory query log for `pal dns log`.
+    pub logging: bool,
 }
 
 /// Where the resolver forwards: the policy's upstreams, or this host's own resolvers.
@@ -86,7 +88,13 @@ enum Event {
 
 /// Runs the resolver on `addresses` (port 53) until `config` closes; `resolved` gets the
 /// addresses of names the firewall's domain rules cover.
-pub async fn serve(addresses: Vec<IpAddr>, mut config: mpsc::Receiver<DnsConfig>, resolved: mpsc::Sender<Resolved>, rng: ChaCha20Rng) -> anyhow::Result<()> {
+pub async fn serve(
+    addresses: Vec<IpAddr>,
+    mut config: mpsc::Receiver<DnsConfig>,
+    resolved: mpsc::Sender<Resolved>,
+    mut log_requests: mpsc::Receiver<tokio::sync::oneshot::Sender<Vec<super::resolver::LoggedQuery>>>,
+    rng: ChaCha20Rng,
+) -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let mut udp = Vec::new();
     for address in &addresses {
@@ -128,6 +136,7 @@ pub async fn serve(addresses: Vec<IpAddr>, mut config: mpsc::Receiver<DnsConfig>
                     clients: update.clients.iter().copied().collect(),
                     upstreams: upstreams.clone(),
                     rule_domains: update.rule_domains.clone(),
+                    log_queries: update.logging,
                 });
                 current = update;
             }
@@ -138,6 +147,7 @@ pub async fn serve(addresses: Vec<IpAddr>, mut config: mpsc::Receiver<DnsConfig>
                 Event::TcpClosed(id) => { tcp.remove(&id); }
             },
             _ = timer => resolver.handle_timeout(std::time::Instant::now()),
+            Some(reply) = log_requests.recv() => { let _ = reply.send(resolver.query_log(std::time::Instant::now())); }
         }
         while let Some(transmit) = resolver.poll_transmit() {
             match transmit {

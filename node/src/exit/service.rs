@@ -52,6 +52,7 @@ pub fn dns_config(state: &State) -> crate::dns::server::DnsConfig {
     config.block_lists = state.policy.dns.blocklists.clone();
     let firewall = &state.policy.firewall;
     config.rule_domains = firewall.allow.iter().chain(&firewall.deny).filter_map(|r| if let Rule::Domain(d) = r { Some(d.clone()) } else { None }).collect();
+    config.logging = state.policy.exit.logging;
     config
 }
 
