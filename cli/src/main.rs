@@ -40,6 +40,9 @@ enum Command {
         /// rotation draws from.
         #[arg(long, value_name = "CIDR")]
         egress_pool: Vec<String>,
+        /// CloudPal: a private CA (PEM) to trust for DNS-over-TLS upstreams.
+        #[arg(long, value_name = "PEM")]
+        dns_ca: Option<PathBuf>,
         /// Do not ask the kernel for segmentation offloads on the overlay interface.
         #[arg(long, env = "PAL_NO_OFFLOAD")]
         no_offload: bool,
@@ -172,7 +175,8 @@ enum PolicyCommand {
         block_list: Vec<String>,
         #[arg(long)]
         clear_block_lists: bool,
-        /// Where CloudPal's resolver forwards (replaces the current list): udp://ADDR[:PORT].
+        /// Where CloudPal's resolver forwards (replaces the current list):
+        /// tls://ADDR[:PORT][#NAME] (DNS over TLS) or udp://ADDR[:PORT].
         #[arg(long, value_name = "URL")]
         dns_upstream: Vec<String>,
     },
@@ -219,8 +223,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, egress_pool, no_offload } => {
-            commands::up::run(state, cloudpal, listen, bootstrap, egress_pool, !no_offload)
+        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, no_offload } => {
+            commands::up::run(state, cloudpal, listen, bootstrap, egress_pool, dns_ca, !no_offload)
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),

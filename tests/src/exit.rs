@@ -160,3 +160,52 @@ fn add_v6(netns: &Netns, host: u16) -> String {
     netns.ip(&["-6", "addr", "add", &format!("{address}/64"), "dev", "eth0", "nodad"]);
     address
 }
+
+/// dnsmasq in a namespace of the test internet (or a home router): a few names of its own,
+/// every query it gets in its log.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    process: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    pub fn start(web: &Netns, address: &str, web_v6: &str) -> Self {
+        Self::start_with(web, address, &[format!("--host-record=www.example.com,{address},{web_v6}")])
+    }
+
+    pub fn start_with(web: &Netns, address: &str, records: &[String]) -> Self {
+        let log = std::env::temp_dir().join(crate::unique("dnsmasq-"));
+        let output = std::env::temp_dir().join(crate::unique("dnsmasq-out-"));
+        let args = [
+            "--no-daemon".to_owned(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={address}"),
+            "--port=53".into(),
+            format!("--host-record=ads.example.com,{address}"),
+            "--host-record=cdn.tracker.example.net,203.0.113.77".into(),
+            "--cname=innocent.example.com,cdn.tracker.example.net".into(),
+            "--log-queries".into(),
+            format!("--log-facility={}", log.display()),
+        ];
+        let args: Vec<&str> = args.iter().chain(records).map(String::as_str).collect();
+        let process = web.spawn("dnsmasq", &args, &output);
+        assert!(wait_until(Duration::from_secs(5), || log.exists()), "dnsmasq did not start");
+        Self { process, log }
+    }
+
+    pub fn queries(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+

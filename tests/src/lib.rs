@@ -10,6 +10,7 @@
 
 pub mod adversary;
 pub mod exit;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -381,6 +382,11 @@ pub struct PalNode {
 
 impl PalNode {
     pub fn new(name: &str, netns: Netns, address: String) -> Self {
+        // Every device's namespace has its own resolv.conf (unless the test gave it one), so a
+        // node pointing DNS at CloudPal edits that file and never the host's.
+        if netns.resolv_conf().is_empty() {
+            netns.own_resolv_conf("# a test namespace: no resolver of its own\nnameserver 127.0.0.1\n");
+        }
         let state = std::env::temp_dir().join(unique(&format!("pal-{name}-")));
         Self { name: name.into(), netns, address, state, process: None }
     }

@@ -6,58 +6,13 @@
 //! addresses the resolver hands out, CloudPal writes no names down, and the resolver settings
 //! come back after `exit off`, a stop and a crash.
 
-use std::process::Child;
 use std::time::Duration;
 use tests::exit::ExitNetwork;
 use tests::{Netns, unique, wait_until};
 
 const QUICK: Duration = Duration::from_secs(2);
 
-/// dnsmasq on the web host, answering a few names, logging every query it gets.
-struct Upstream {
-    process: Child,
-    log: std::path::PathBuf,
-}
-
-impl Upstream {
-    fn start(web: &Netns, address: &str, web_v6: &str) -> Self {
-        Self::start_with(web, address, &[format!("--host-record=www.example.com,{address},{web_v6}")])
-    }
-
-    fn start_with(web: &Netns, address: &str, records: &[String]) -> Self {
-        let log = std::env::temp_dir().join(unique("dnsmasq-"));
-        let output = std::env::temp_dir().join(unique("dnsmasq-out-"));
-        let args = [
-            "--no-daemon".to_owned(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--bind-interfaces".into(),
-            format!("--listen-address={address}"),
-            "--port=53".into(),
-            format!("--host-record=ads.example.com,{address}"),
-            "--host-record=cdn.tracker.example.net,203.0.113.77".into(),
-            "--cname=innocent.example.com,cdn.tracker.example.net".into(),
-            "--log-queries".into(),
-            format!("--log-facility={}", log.display()),
-        ];
-        let args: Vec<&str> = args.iter().chain(records).map(String::as_str).collect();
-        let process = web.spawn("dnsmasq", &args, &output);
-        assert!(wait_until(Duration::from_secs(5), || log.exists()), "dnsmasq did not start");
-        Self { process, log }
-    }
-
-    fn queries(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+use tests::exit::Dnsmasq as Upstream;
 
 /// The addresses `getent ahosts` (the system resolver, as every program uses it) finds for
 /// `name` inside `netns`.
@@ -213,4 +168,45 @@ fn dns_on_without_the_exit_resolves_through_cloudpal_and_falls_back_when_it_is_g
     net.phone.pal_ok(&["dns", "off"]);
     assert_eq!(net.phone.netns.resolv_conf(), original, "dns off did not restore resolv.conf");
     let _ = std::fs::remove_file(&block_list);
+}
+
+#[test]
+fn dns_04_dns_over_tls_upstreams_with_a_private_ca_and_every_bad_certificate_refused() {
+    let mut net = ExitNetwork::form();
+    let web_ip: std::net::IpAddr = net.web_v4.parse().expect("ip");
+    let records: Vec<String> = ["good", "untrusted", "expired", "misnamed"].iter().map(|n| format!("--host-record={n}.example.com,{}", net.web_v4)).collect();
+    let upstream = Upstream::start_with(&net.web, &net.web_v4, &records);
+    let backend = std::net::SocketAddr::new(web_ip, 53);
+    let ca = tests::tls::TestCa::new("CloudPal test CA");
+    let stranger = tests::tls::TestCa::new("someone else's CA");
+    tests::tls::dot_front(&net.web, std::net::SocketAddr::new(web_ip, 853), backend, &ca.server(web_ip, &["dns.example.test"], false));
+    tests::tls::dot_front(&net.web, std::net::SocketAddr::new(web_ip, 8853), backend, &stranger.server(web_ip, &["dns.example.test"], false));
+    tests::tls::dot_front(&net.web, std::net::SocketAddr::new(web_ip, 8854), backend, &ca.server(web_ip, &["dns.example.test"], true));
+    let ca_file = std::env::temp_dir().join(unique("dns-ca-"));
+    std::fs::write(&ca_file, &ca.pem).expect("CA file");
+    net.cloudpal.down();
+    net.cloudpal.up_with(&["--cloudpal", "--dns-ca", ca_file.to_str().expect("path")]);
+    net.laptop.pal_ok(&["exit", "use"]);
+
+    let through = |upstream_url: &str, name: &str, patience: u64| {
+        net.laptop.pal_ok(&["policy", "set", "--dns-upstream", upstream_url]);
+        std::thread::sleep(Duration::from_millis(500));
+        wait_until(Duration::from_secs(patience), || lookup(&net.laptop.netns, name).contains(&net.web_v4))
+    };
+    assert!(through(&format!("tls://{}#dns.example.test", net.web_v4), "good.example.com", 8), "DNS over TLS with the private CA did not resolve: {}", net.cloudpal.log());
+    let asked = upstream.queries();
+    assert!(
+        asked.lines().any(|l| l.contains("good.example.com") && l.contains(&format!("from {}", net.web_v4))),
+        "the query did not arrive through the TLS front: {asked}"
+    );
+    for (url, name) in [
+        (format!("tls://{}:8853#dns.example.test", net.web_v4), "untrusted.example.com"),
+        (format!("tls://{}:8854#dns.example.test", net.web_v4), "expired.example.com"),
+        (format!("tls://{}#wrong.example.test", net.web_v4), "misnamed.example.com"),
+    ] {
+        assert!(!through(&url, name, 3), "{url}: a bad certificate was accepted");
+        assert!(!upstream.queries().contains(name), "{url}: {name} reached the upstream anyway (a plaintext fallback?)");
+    }
+    assert!(net.cloudpal.log().contains("DNS-over-TLS upstream failed"), "the refusal is not visible: {}", net.cloudpal.log());
+    let _ = std::fs::remove_file(&ca_file);
 }

@@ -5,7 +5,7 @@ use node::app::{DEFAULT_PORT, UpOptions, run as run_node};
 use node::statedir::StateDir;
 use std::net::SocketAddr;
 
-pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: Vec<String>, egress_pool: Vec<String>, offload: bool) -> anyhow::Result<()> {
+pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: Vec<String>, egress_pool: Vec<String>, dns_ca: Option<std::path::PathBuf>, offload: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("PAL_LOG").ok().as_deref()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
@@ -28,7 +28,10 @@ pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: V
     if !egress_pool.is_empty() && !cloudpal {
         anyhow::bail!("--egress-pool is for a CloudPal: add --cloudpal");
     }
-    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, egress_pool };
+    if dns_ca.is_some() && !cloudpal {
+        anyhow::bail!("--dns-ca is for a CloudPal's resolver: add --cloudpal");
+    }
+    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, egress_pool, dns_ca };
     // The control plane is light: one thread. The data plane starts its own (node::dataplane).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))

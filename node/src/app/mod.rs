@@ -50,6 +50,8 @@ pub struct UpOptions {
     pub offload: bool,
     /// CloudPal: the addresses egress rotation draws from.
     pub egress_pool: Vec<membership::IpNet>,
+    /// CloudPal: a private CA (PEM) trusted for DNS-over-TLS upstreams beside the webpki roots.
+    pub dns_ca: Option<std::path::PathBuf>,
 }
 
 /// A local request waiting for the data plane or the network.
@@ -152,8 +154,9 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         let (log_tx, log_rx) = mpsc::channel(4);
         let addresses = vec![std::net::IpAddr::V4(my_record.overlay_ipv4), std::net::IpAddr::V6(my_record.overlay_ipv6)];
         let dns_rng = ChaCha20Rng::from_rng(&mut rng);
+        let tls = crate::dns::server::tls_config(options.dns_ca.as_deref())?;
         tokio::spawn(async move {
-            if let Err(error) = crate::dns::server::serve(addresses, config_rx, resolved_tx, log_rx, dns_rng).await {
+            if let Err(error) = crate::dns::server::serve(addresses, config_rx, resolved_tx, log_rx, tls, dns_rng).await {
                 tracing::error!("the resolver stopped: {error:#}");
             }
         });

@@ -248,7 +248,7 @@ impl Core {
         }
         if !change.dns_upstreams.is_empty() {
             for upstream in &change.dns_upstreams {
-                crate::dns::server::parse_udp_upstream(upstream)?;
+                crate::dns::server::parse_upstream(upstream)?;
             }
             policy.dns.upstreams = change.dns_upstreams.clone();
         }

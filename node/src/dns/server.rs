@@ -35,25 +35,83 @@ pub struct DnsConfig {
     pub logging: bool,
 }
 
-/// Where the resolver forwards: the policy's upstreams, or this host's own resolvers.
-pub fn upstream_addresses(config: &DnsConfig) -> Vec<SocketAddr> {
-    if config.upstreams.is_empty() {
-        return system_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
-    }
-    config.upstreams.iter().filter_map(|u| parse_udp_upstream(u).ok()).collect()
+/// An upstream resolver: plain UDP, or DNS over TLS (RFC 7858) with the name its certificate
+/// must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Udp(SocketAddr),
+    Tls { address: SocketAddr, name: String },
 }
 
-/// `udp://ADDR[:PORT]` (port 53 by default).
-pub fn parse_udp_upstream(text: &str) -> Result<SocketAddr, String> {
-    let Some(rest) = text.strip_prefix("udp://") else {
-        return Err(format!("{text:?}: only udp://ADDR[:PORT] upstreams are supported yet (DNS over TLS and HTTPS are not)"));
+impl Upstream {
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            Upstream::Udp(address) | Upstream::Tls { address, .. } => *address,
+        }
+    }
+}
+
+/// Where the resolver forwards: the policy's upstreams, or this host's own resolvers.
+pub fn upstreams(config: &DnsConfig) -> Vec<Upstream> {
+    if config.upstreams.is_empty() {
+        return system_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()).into_iter().map(Upstream::Udp).collect();
+    }
+    config.upstreams.iter().filter_map(|u| parse_upstream(u).ok()).collect()
+}
+
+/// `udp://ADDR[:PORT]` (port 53 by default) or `tls://ADDR[:PORT][#NAME]` (port 853; the
+/// certificate must name NAME, or the address itself when no name is given).
+pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    let (tls, rest, port) = if let Some(rest) = text.strip_prefix("udp://") {
+        (false, rest, 53)
+    } else if let Some(rest) = text.strip_prefix("tls://") {
+        (true, rest, 853)
+    } else if text.starts_with("https://") {
+        return Err(format!("{text:?}: DNS over HTTPS upstreams are not supported yet; use tls://ADDR[#NAME] or udp://ADDR"));
+    } else {
+        return Err(format!("{text:?}: give udp://ADDR[:PORT] or tls://ADDR[:PORT][#NAME]"));
+    };
+    let (rest, name) = match rest.split_once('#') {
+        Some((rest, name)) if tls && !name.is_empty() => (rest, Some(name.to_owned())),
+        Some(_) => return Err(format!("{text:?}: #NAME belongs to a tls:// upstream")),
+        None => (rest, None),
     };
     let rest = rest.trim_end_matches('/');
-    if let Ok(address) = rest.parse::<SocketAddr>() {
-        return Ok(address);
+    let address = rest.parse::<SocketAddr>().ok().or_else(|| rest.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)));
+    let Some(address) = address else {
+        return Err(format!("{text:?}: the upstream must be an address, not a name (the resolver cannot ask itself); name the certificate with #NAME"));
+    };
+    if tls {
+        let name = name.unwrap_or_else(|| address.ip().to_string());
+        rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| format!("{text:?}: {name:?} is not a server name"))?;
+        Ok(Upstream::Tls { address, name })
+    } else {
+        Ok(Upstream::Udp(address))
     }
-    let bare = rest.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)).map_err(|_| format!("{text:?}: not udp://ADDR[:PORT] (an address, not a name: the resolver cannot ask itself)"))
+}
+
+/// The TLS client of DNS-over-TLS upstreams: the webpki roots plus any private CA given with
+/// `pal up --dns-ca PEM`; certificates are checked in full (name, chain, validity), and a
+/// failure never falls back to plain DNS.
+pub fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certificates: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --dns-ca {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--dns-ca {}: {e}", path.display()))?;
+        if certificates.is_empty() {
+            anyhow::bail!("--dns-ca {}: no certificate in it", path.display());
+        }
+        for certificate in certificates {
+            roots.add(certificate).map_err(|e| anyhow::anyhow!("--dns-ca {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots).with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The `nameserver` lines of a resolv.conf, loopback stubs included (they are this host's).
@@ -93,6 +151,7 @@ pub async fn serve(
     mut config: mpsc::Receiver<DnsConfig>,
     resolved: mpsc::Sender<Resolved>,
     mut log_requests: mpsc::Receiver<tokio::sync::oneshot::Sender<Vec<super::resolver::LoggedQuery>>>,
+    tls: Arc<rustls::ClientConfig>,
     rng: ChaCha20Rng,
 ) -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
@@ -113,7 +172,7 @@ pub async fn serve(
         tokio::spawn(accept_tcp(listener, events_tx.clone()));
     }
     let mut resolver = Resolver::new(Settings::default(), BlockList::default(), rng);
-    let mut upstreams: Vec<SocketAddr> = Vec::new();
+    let mut upstream_list: Vec<Upstream> = Vec::new();
     let mut current = DnsConfig::default();
     let mut tcp: HashMap<u64, mpsc::Sender<Vec<u8>>> = HashMap::new();
     loop {
@@ -130,11 +189,11 @@ pub async fn serve(
                 if update.block_lists != current.block_lists {
                     resolver.set_block_list(load_block_lists(&update.block_lists));
                 }
-                upstreams = upstream_addresses(&update);
+                upstream_list = upstreams(&update);
                 resolver.set_settings(Settings {
                     devices: update.devices.clone(),
                     clients: update.clients.iter().copied().collect(),
-                    upstreams: upstreams.clone(),
+                    upstreams: upstream_list.iter().map(Upstream::address).collect(),
                     rule_domains: update.rule_domains.clone(),
                     log_queries: update.logging,
                 });
@@ -161,11 +220,26 @@ pub async fn serve(
                         let _ = sender.try_send(bytes);
                     }
                 }
-                Transmit::Upstream { upstream, bytes } => {
-                    if let Some(address) = upstreams.get(upstream).copied() {
+                Transmit::Upstream { upstream, bytes } => match upstream_list.get(upstream).cloned() {
+                    Some(Upstream::Udp(address)) => {
                         tokio::spawn(ask_upstream(upstream, address, bytes, events_tx.clone()));
                     }
-                }
+                    Some(Upstream::Tls { address, name }) => {
+                        let (events, tls) = (events_tx.clone(), tls.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(UPSTREAM_WAIT, ask_tls(address, &name, &bytes, tls)).await {
+                                Ok(Ok(answer)) => {
+                                    let _ = events.send(Event::Upstream(upstream, answer)).await;
+                                }
+                                // A refused certificate is a warning with no names in it; the
+                                // query gets SERVFAIL, never a plaintext retry (DNS-04).
+                                Ok(Err(error)) => tracing::warn!("a DNS-over-TLS upstream failed: {error}"),
+                                Err(_) => {}
+                            }
+                        });
+                    }
+                    None => {}
+                },
             }
         }
         while let Some(found) = resolver.poll_resolved() {
@@ -186,6 +260,21 @@ async fn ask_upstream(index: usize, address: SocketAddr, bytes: Vec<u8>, events:
     if let Ok(Ok(len)) = tokio::time::timeout(UPSTREAM_WAIT, socket.recv(&mut buffer)).await {
         let _ = events.send(Event::Upstream(index, buffer[..len].to_vec())).await;
     }
+}
+
+/// One query over DNS over TLS: a fresh connection, the two-byte length framing of TCP.
+async fn ask_tls(address: SocketAddr, name: &str, query: &[u8], tls: Arc<rustls::ClientConfig>) -> std::io::Result<Vec<u8>> {
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|_| std::io::Error::other("not a server name"))?;
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await?;
+    let len = u16::try_from(query.len()).map_err(|_| std::io::Error::other("query too long"))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(query).await?;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).await?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut answer).await?;
+    Ok(answer)
 }
 
 async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
@@ -272,11 +361,16 @@ mod tests {
 
     #[test]
     fn upstreams_parse_and_the_system_resolvers_are_read_from_resolv_conf() {
-        assert_eq!(parse_udp_upstream("udp://192.0.2.53"), Ok("192.0.2.53:53".parse().expect("addr")));
-        assert_eq!(parse_udp_upstream("udp://192.0.2.53:5353"), Ok("192.0.2.53:5353".parse().expect("addr")));
-        assert_eq!(parse_udp_upstream("udp://[2001:db8::53]"), Ok("[2001:db8::53]:53".parse().expect("addr")));
-        assert!(parse_udp_upstream("tls://192.0.2.53").expect_err("tls").contains("only udp://"));
-        assert!(parse_udp_upstream("udp://dns.example").expect_err("a name").contains("an address"));
+        let udp = |a: &str| Ok(Upstream::Udp(a.parse().expect("addr")));
+        assert_eq!(parse_upstream("udp://192.0.2.53"), udp("192.0.2.53:53"));
+        assert_eq!(parse_upstream("udp://192.0.2.53:5353"), udp("192.0.2.53:5353"));
+        assert_eq!(parse_upstream("udp://[2001:db8::53]"), udp("[2001:db8::53]:53"));
+        assert_eq!(parse_upstream("tls://192.0.2.53#dns.example"), Ok(Upstream::Tls { address: "192.0.2.53:853".parse().expect("addr"), name: "dns.example".into() }));
+        assert_eq!(parse_upstream("tls://192.0.2.53:8853"), Ok(Upstream::Tls { address: "192.0.2.53:8853".parse().expect("addr"), name: "192.0.2.53".into() }));
+        assert!(parse_upstream("https://dns.example/dns-query").expect_err("doh").contains("not supported yet"));
+        assert!(parse_upstream("udp://192.0.2.53#name").expect_err("a name on udp").contains("tls://"));
+        assert!(parse_upstream("udp://dns.example").expect_err("a name").contains("an address"));
+        assert!(parse_upstream("8.8.8.8").is_err());
         let text = "# generated\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\nsearch example\nnameserver 127.0.0.53\n";
         let found = system_resolvers(text);
         assert_eq!(found.len(), 3);

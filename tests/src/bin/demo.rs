@@ -4,8 +4,8 @@
 //! symmetric NAT. It walks through init on the laptop behind its NAT, adding the fresh
 //! CloudPal by request code, invite → join (through CloudPal) → up, shows which paths are
 //! direct and which go through CloudPal, the personal VPN (a web server on the internet sees
-//! the laptop's router, then CloudPal; the policy's firewall at CloudPal), a revocation, and
-//! cleans everything up on exit.
+//! the laptop's router, then CloudPal; DNS through CloudPal with a blocked ad server and the
+//! device names; the policy's firewall at CloudPal), a revocation, and cleans everything up.
 //! Run it with `bash tests/demo.sh` (as root).
 
 use std::time::Duration;
@@ -17,6 +17,10 @@ fn main() {
     let mut net = NatNetwork::form(|step| println!("  {step}"));
     let (web, web_address) = net.internet.host("web");
     let _server = tests::exit::WhoAmI::start(&web, 80);
+    // The test internet's resolver (dnsmasq), which CloudPal's resolver forwards to.
+    let _resolver = tests::exit::Dnsmasq::start_with(&web, &web_address, &[format!("--host-record=www.example.com,{web_address}"), format!("--host-record=ads.example.com,{web_address}")]);
+    let block_list = std::env::temp_dir().join(tests::unique("demo-blocklist-"));
+    std::fs::write(&block_list, "# a block list on CloudPal\n0.0.0.0 ads.example.com\n").expect("block list");
     let web_at: std::net::SocketAddr = format!("{web_address}:80").parse().expect("address");
 
     println!("\nlaptop$ pal device list");
@@ -47,6 +51,17 @@ fn main() {
     print!("{}", indent(&net.node("laptop").pal_ok(&["exit", "use"])));
     wait_until(Duration::from_secs(10), || tests::exit::whoami(laptop, web_at, Duration::from_secs(1)).is_some());
     seen("(CloudPal's address)");
+    println!("\nlaptop$ pal policy set --dns-upstream udp://{web_address} --block-list {}    (DNS through CloudPal, with ad blocking)", block_list.display());
+    net.node("laptop").pal_ok(&["policy", "set", "--dns-upstream", &format!("udp://{web_address}"), "--block-list", block_list.to_str().expect("path")]);
+    let resolve = |name: &str| {
+        let found = String::from_utf8_lossy(&laptop.exec("getent", &["ahostsv4", name]).stdout).lines().next().and_then(|l| l.split_whitespace().next()).unwrap_or("nothing").to_owned();
+        println!("laptop$ getent ahostsv4 {name}    -> {found}");
+        found
+    };
+    wait_until(Duration::from_secs(5), || resolve_quietly(laptop, "www.example.com") == web_address);
+    resolve("www.example.com");
+    resolve("ads.example.com");
+    resolve("phone.pal.internal");
     println!("\nlaptop$ pal policy set --deny {web_address}    (the network's firewall, enforced at CloudPal)");
     net.node("laptop").pal_ok(&["policy", "set", "--deny", &web_address]);
     wait_until(Duration::from_secs(3), || tests::exit::whoami(laptop, web_at, Duration::from_millis(500)).is_none());
@@ -71,7 +86,12 @@ fn main() {
     println!("\nlaptop and desktop punched through their routers: direct. laptop and phone share a LAN: direct.");
     println!("The car's carrier NAT gives every destination a new port: its traffic goes through CloudPal,");
     println!("which forwards sealed envelopes it cannot read.");
+    let _ = std::fs::remove_file(&block_list);
     println!("Cleaning up namespaces and state.");
+}
+
+fn resolve_quietly(netns: &tests::Netns, name: &str) -> String {
+    String::from_utf8_lossy(&netns.exec("getent", &["ahostsv4", name]).stdout).lines().next().and_then(|l| l.split_whitespace().next()).unwrap_or("").to_owned()
 }
 
 fn indent(text: &str) -> String {

@@ -1,0 +1,81 @@
+//! Test certificates (rcgen) and a DNS-over-TLS front for a plain resolver in a namespace: a
+//! rustls server on port 853 that hands each connection to the resolver's TCP port — how the
+//! DoT upstream tests get a real TLS server with a CA only they trust.
+
+use crate::{Netns, enter_namespace};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// A CA, in PEM, and what it can sign.
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCa")
+    }
+}
+
+/// A server certificate chain and key, in PEM.
+#[derive(Debug, Clone)]
+pub struct ServerCert {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        let certificate = params.self_signed(&key).expect("self-signed CA");
+        Self { pem: certificate.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    /// A certificate for `ip` and `names`; `expired` makes it one that ran out yesterday.
+    pub fn server(&self, ip: IpAddr, names: &[&str], expired: bool) -> ServerCert {
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
+        params.subject_alt_names.push(SanType::IpAddress(ip));
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().expect("key");
+        let certificate = params.signed_by(&key, &self.issuer).expect("signed");
+        ServerCert { chain_pem: certificate.pem(), key_pem: key.serialize_pem() }
+    }
+}
+
+/// A DNS-over-TLS front on `listen` in `netns`, passing each connection to `backend` (a
+/// resolver's TCP port). Runs until the namespace goes.
+pub fn dot_front(netns: &Netns, listen: SocketAddr, backend: SocketAddr, cert: &ServerCert) {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes()).collect::<Result<_, _>>().expect("chain");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("versions").with_no_client_auth().with_single_cert(chain, key).expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let name = netns.name.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter_namespace(&name);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the DoT front");
+            let _ = ready_tx.send(());
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    let _ = ready_rx.recv();
+}
