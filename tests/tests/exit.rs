@@ -296,3 +296,25 @@ fn exit_07_egress_rotation_gives_each_session_a_pool_address_and_a_renew_ends_th
         assert!(!written.contains(address.as_str()), "CloudPal wrote the egress address {address} down");
     }
 }
+
+#[test]
+fn exit_05_packets_for_the_tunnel_address_from_the_lan_are_dropped_on_the_exit() {
+    let net = ExitNetwork::form();
+    let (overlay_v4, _) = net.laptop.overlay();
+    // A LAN attacker (the printer) routes the laptop's overlay address to the laptop's LAN
+    // address and sends to it (CVE-2019-14899, TunnelVision).
+    net.printer.ip(&["route", "add", &format!("{overlay_v4}/32"), "via", &net.laptop.address]);
+    let listener = net.laptop.netns.udp_socket(&format!("{overlay_v4}:7777"));
+    listener.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let attacker = net.printer.udp_socket("0.0.0.0:0");
+    let mut buffer = [0u8; 64];
+    let mut arrives = || {
+        attacker.send_to(b"probe", (overlay_v4.as_str(), 7777)).expect("send");
+        listener.recv_from(&mut buffer).is_ok()
+    };
+    assert!(arrives(), "without the exit the weak host model delivers it (the test's own control)");
+    net.laptop.pal_ok(&["exit", "use"]);
+    assert!(!arrives(), "on the exit, a packet for the tunnel address from the LAN got in");
+    net.laptop.pal_ok(&["exit", "off"]);
+    assert!(arrives(), "exit off did not take the rule out");
+}
