@@ -162,16 +162,28 @@ impl fmt::Display for Rule {
     }
 }
 
+/// Whether `name` is `domain` or one of its subdomains (any case; `name` may end in a dot).
+pub fn name_within(name: &str, domain: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.len() >= domain.len() && {
+        let (head, tail) = name.split_at(name.len() - domain.len());
+        tail.eq_ignore_ascii_case(domain) && (head.is_empty() || head.ends_with('.'))
+    }
+}
+
 impl Rule {
     /// Whether the rule covers `name` (a domain rule covers its subdomains; `name` may end in
     /// a dot and be in any case).
     pub fn covers_name(&self, name: &str) -> bool {
-        let Rule::Domain(domain) = self else { return false };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        name.len() >= domain.len() && {
-            let (head, tail) = name.split_at(name.len() - domain.len());
-            tail.eq_ignore_ascii_case(domain) && (head.is_empty() || head.ends_with('.'))
-        }
+        self.domain().is_some_and(|domain| name_within(name, domain))
+    }
+
+    pub fn net(&self) -> Option<IpNet> {
+        if let Rule::Net(net) = self { Some(*net) } else { None }
+    }
+
+    pub fn domain(&self) -> Option<&str> {
+        if let Rule::Domain(domain) = self { Some(domain) } else { None }
     }
 
     pub fn covers_address(&self, ip: IpAddr) -> bool {

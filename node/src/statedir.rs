@@ -170,10 +170,7 @@ impl StateDir {
         if on {
             write_private(&self.dns_path(), b"on\n")
         } else {
-            match std::fs::remove_file(self.dns_path()) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-                _ => Ok(()),
-            }
+            remove_if_present(&self.dns_path())
         }
     }
 
@@ -189,11 +186,16 @@ impl StateDir {
     pub fn save_exit_choice(&self, choice: Option<crate::control::ExitChoice>) -> Result<()> {
         match choice {
             Some(choice) => write_private(&self.exit_path(), &serde_json::to_vec(&choice)?),
-            None => match std::fs::remove_file(self.exit_path()) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-                _ => Ok(()),
-            },
+            None => remove_if_present(&self.exit_path()),
         }
+    }
+}
+
+/// Removes a file; one that is not there is fine.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
     }
 }
 

@@ -497,6 +497,24 @@ impl PalNode {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Everything the node wrote: its output and every file of its state directory, as text
+    /// (what the privacy checks grep).
+    pub fn everything_written(&self) -> String {
+        fn files(root: &Path, into: &mut String) {
+            for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    files(&path, into);
+                } else {
+                    into.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()));
+                }
+            }
+        }
+        let mut written = self.log();
+        files(&self.state, &mut written);
+        written
+    }
+
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.pal_ok(&["status", "--json"])).expect("status is JSON")
     }

@@ -214,10 +214,7 @@ fn exit_06_mesh_only_allow_and_deny_reach_the_exit_within_a_second_and_the_mesh_
     assert!(within(via_cloudpal, true), "the exit did not come back after mesh-only off");
 
     // No logging by default: nothing CloudPal wrote names where the laptop went (PRIV-01).
-    let mut written = net.cloudpal.log();
-    for entry in walk(&net.cloudpal.state) {
-        written.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap_or_default()));
-    }
+    let written = net.cloudpal.everything_written();
     for secret in [net.web_v4.as_str(), net.web_v6.as_str(), "whoami"] {
         assert!(!written.contains(secret), "CloudPal wrote {secret:?} down");
     }
@@ -225,15 +222,6 @@ fn exit_06_mesh_only_allow_and_deny_reach_the_exit_within_a_second_and_the_mesh_
 
 fn whoami_v6(net: &ExitNetwork) -> Option<String> {
     tests::exit::whoami(&net.laptop.netns, net.web_v6(), QUICK)
-}
-
-fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
-    }
-    files
 }
 
 #[test]
@@ -288,10 +276,7 @@ fn exit_07_egress_rotation_gives_each_session_a_pool_address_and_a_renew_ends_th
     assert_eq!(Some(seen.ip().to_string()), second.0);
 
     // Addresses are never written down (EXIT-07).
-    let mut written = net.cloudpal.log();
-    for entry in walk(&net.cloudpal.state) {
-        written.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap_or_default()));
-    }
+    let written = net.cloudpal.everything_written();
     for address in [&first.0, &first.1, &second.0, &second.1].into_iter().flatten() {
         assert!(!written.contains(address.as_str()), "CloudPal wrote the egress address {address} down");
     }

@@ -320,15 +320,7 @@ impl App {
                 HostWork::Dns(None) => self.host.restore_dns(),
                 HostWork::Resolved(found) => {
                     let Some(list) = self.core.domain_list(&found.rule) else { continue };
-                    let sets: Vec<(&'static str, Vec<std::net::IpAddr>)> = [true, false]
-                        .into_iter()
-                        .map(|v4| {
-                            let addresses: Vec<std::net::IpAddr> = found.addresses.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
-                            (addresses.first().map_or("", |a| exit::ruleset::names_set(list, a)), addresses)
-                        })
-                        .filter(|(_, a)| !a.is_empty())
-                        .collect();
-                    self.host.add_rule_addresses(&sets, found.ttl)
+                    self.host.add_rule_addresses(list, &found.addresses, found.ttl)
                 }
             };
             if let Err(error) = &result {
@@ -339,15 +331,22 @@ impl App {
             }
         }
         for reply in std::mem::take(&mut self.exit_replies) {
-            match (&client_result, self.core.exit_probe()) {
-                (Err(error), _) => {
+            match &client_result {
+                Err(error) => {
                     let _ = reply.send(ControlResponse::Error(format!("{error:#}")));
                 }
-                // On the exit: answered with whether the exit answers.
-                (Ok(()), Some((source, target))) => self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
-                (Ok(()), None) => {
-                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.exit_status(false))));
-                }
+                Ok(()) => self.answer_exit_status(reply),
+            }
+        }
+    }
+
+    /// `pal exit status`: on the exit, answered once the data plane has sent one echo to it
+    /// (whether it answers is the state); off it, at once.
+    fn answer_exit_status(&mut self, reply: oneshot::Sender<ControlResponse>) {
+        match self.core.exit_probe() {
+            Some((source, target)) => self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
+            None => {
+                let _ = reply.send(ControlResponse::from_result(Ok(self.core.exit_status(false))));
             }
         }
     }
@@ -398,10 +397,7 @@ impl App {
                 return self.exit_replies.push(reply);
             }
             ControlRequest::ExitRenew => ControlResponse::from_result(core.exit_renew().map(|()| core.exit_status(true))),
-            ControlRequest::ExitStatus => match core.exit_probe() {
-                Some((source, target)) => return self.ask_data(|token| DataCommand::Ping { token, source, target, count: 1 }, Pending::ExitStatus, reply),
-                None => ControlResponse::from_result(Ok(core.exit_status(false))),
-            },
+            ControlRequest::ExitStatus => return self.answer_exit_status(reply),
             ControlRequest::Dns { on } => {
                 let result = core.set_dns(on);
                 if result.is_ok()

@@ -239,7 +239,7 @@ impl Resolver {
         };
         let question = query.queries[0].clone();
         let name = lower(question.name());
-        if name == ZONE || name.ends_with(&format!(".{ZONE}")) {
+        if membership::policy::name_within(&name, ZONE) {
             self.log_query(now, source, &name, question.query_type(), "device name");
             let reply = self.local_answer(id, &question, &name);
             return self.answer(client, reply, max);
@@ -326,8 +326,8 @@ impl Resolver {
         }
         // Rebinding (DNS-06): an internet name never answers with a private address.
         let before = records.len();
-        records.retain(|r| !matches!(&r.data, RData::A(a) if is_private(IpAddr::V4(a.0))) && !matches!(&r.data, RData::AAAA(a) if is_private(IpAddr::V6(a.0))));
-        if records.len() != before && !records.iter().any(|r| matches!(r.data, RData::A(_) | RData::AAAA(_))) {
+        records.retain(|r| !address_of(r).is_some_and(is_private));
+        if records.len() != before && !records.iter().any(|r| address_of(r).is_some()) {
             code = ResponseCode::NoError;
         }
         let ttl = match code {
@@ -380,13 +380,8 @@ impl Resolver {
         let Some((v4, v6)) = self.settings.devices.get(label) else {
             return response(id, question, ResponseCode::NXDomain);
         };
-        let mut reply = response(id, question, ResponseCode::NoError);
+        let mut reply = address_answer(id, question, LOCAL_TTL, *v4, *v6);
         reply.metadata.authoritative = true;
-        match question.query_type() {
-            RecordType::A => reply.answers.push(Record::from_rdata(question.name().clone(), LOCAL_TTL, RData::A(A(*v4)))),
-            RecordType::AAAA => reply.answers.push(Record::from_rdata(question.name().clone(), LOCAL_TTL, RData::AAAA(AAAA(*v6)))),
-            _ => {}
-        }
         reply
     }
 
@@ -398,19 +393,12 @@ impl Resolver {
         }
         let mut names = vec![lower(question.name())];
         names.extend(records.iter().filter_map(|r| if let RData::CNAME(target) = &r.data { Some(lower(&target.0)) } else { None }));
-        let addresses: Vec<IpAddr> = records
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })
-            .collect();
+        let addresses: Vec<IpAddr> = records.iter().filter_map(address_of).collect();
         if addresses.is_empty() {
             return;
         }
         for rule in &self.settings.rule_domains {
-            if names.iter().any(|n| n == rule || n.ends_with(&format!(".{rule}"))) {
+            if names.iter().any(|n| membership::policy::name_within(n, rule)) {
                 self.resolved.push_back(Resolved { rule: rule.clone(), addresses: addresses.clone(), ttl: Duration::from_secs(u64::from(ttl.max(NEGATIVE_TTL))) });
             }
         }
@@ -442,13 +430,28 @@ fn response(id: u16, question: &Query, code: ResponseCode) -> Message {
 /// A blocked name's answer: `0.0.0.0` for A, `::` for AAAA, an empty NOERROR for other types
 /// (Pi-hole's default "NULL" mode: apps fail at once instead of retrying).
 fn blocked_answer(id: u16, question: &Query) -> Message {
+    address_answer(id, question, BLOCKED_TTL, Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED)
+}
+
+/// A NOERROR answer holding `v4` for an A question, `v6` for AAAA, nothing for other types.
+fn address_answer(id: u16, question: &Query, ttl: u32, v4: Ipv4Addr, v6: Ipv6Addr) -> Message {
     let mut reply = response(id, question, ResponseCode::NoError);
-    match question.query_type() {
-        RecordType::A => reply.answers.push(Record::from_rdata(question.name().clone(), BLOCKED_TTL, RData::A(A(Ipv4Addr::UNSPECIFIED)))),
-        RecordType::AAAA => reply.answers.push(Record::from_rdata(question.name().clone(), BLOCKED_TTL, RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED)))),
-        _ => {}
-    }
+    let data = match question.query_type() {
+        RecordType::A => RData::A(A(v4)),
+        RecordType::AAAA => RData::AAAA(AAAA(v6)),
+        _ => return reply,
+    };
+    reply.answers.push(Record::from_rdata(question.name().clone(), ttl, data));
     reply
+}
+
+/// The address an A or AAAA record holds.
+fn address_of(record: &Record) -> Option<IpAddr> {
+    match &record.data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
+    }
 }
 
 /// A name as text: lower case, no trailing dot.

@@ -220,26 +220,11 @@ pub async fn serve(
                         let _ = sender.try_send(bytes);
                     }
                 }
-                Transmit::Upstream { upstream, bytes } => match upstream_list.get(upstream).cloned() {
-                    Some(Upstream::Udp(address)) => {
-                        tokio::spawn(ask_upstream(upstream, address, bytes, events_tx.clone()));
+                Transmit::Upstream { upstream, bytes } => {
+                    if let Some(target) = upstream_list.get(upstream).cloned() {
+                        tokio::spawn(ask_upstream(upstream, target, bytes, tls.clone(), events_tx.clone()));
                     }
-                    Some(Upstream::Tls { address, name }) => {
-                        let (events, tls) = (events_tx.clone(), tls.clone());
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(UPSTREAM_WAIT, ask_tls(address, &name, &bytes, tls)).await {
-                                Ok(Ok(answer)) => {
-                                    let _ = events.send(Event::Upstream(upstream, answer)).await;
-                                }
-                                // A refused certificate is a warning with no names in it; the
-                                // query gets SERVFAIL, never a plaintext retry (DNS-04).
-                                Ok(Err(error)) => tracing::warn!("a DNS-over-TLS upstream failed: {error}"),
-                                Err(_) => {}
-                            }
-                        });
-                    }
-                    None => {}
-                },
+                }
             }
         }
         while let Some(found) = resolver.poll_resolved() {
@@ -248,18 +233,37 @@ pub async fn serve(
     }
 }
 
-/// One upstream query on its own socket (so its source port is the kernel's random pick).
-async fn ask_upstream(index: usize, address: SocketAddr, bytes: Vec<u8>, events: mpsc::Sender<Event>) {
+/// One upstream query on its own socket or connection (so its source port is the kernel's
+/// random pick), under one timeout whatever the transport.
+async fn ask_upstream(index: usize, target: Upstream, query: Vec<u8>, tls: Arc<rustls::ClientConfig>, events: mpsc::Sender<Event>) {
+    let asked = async {
+        match &target {
+            Upstream::Udp(address) => ask_udp(*address, &query).await,
+            Upstream::Tls { address, name } => ask_tls(*address, name, &query, tls).await,
+        }
+    };
+    match tokio::time::timeout(UPSTREAM_WAIT, asked).await {
+        Ok(Ok(answer)) => {
+            let _ = events.send(Event::Upstream(index, answer)).await;
+        }
+        // A refused certificate is a warning with no names in it; the query gets SERVFAIL,
+        // never a plaintext retry (DNS-04).
+        Ok(Err(error)) if matches!(target, Upstream::Tls { .. }) => tracing::warn!("a DNS-over-TLS upstream failed: {error}"),
+        _ => {}
+    }
+}
+
+/// One query over UDP, from a socket connected to the upstream: only datagrams from its
+/// address and port arrive.
+async fn ask_udp(address: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let local: SocketAddr = if address.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-    let Ok(socket) = UdpSocket::bind(local).await else { return };
-    if socket.connect(address).await.is_err() || socket.send(&bytes).await.is_err() {
-        return;
-    }
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(address).await?;
+    socket.send(query).await?;
     let mut buffer = vec![0u8; 4096];
-    // Connected: only datagrams from the upstream's address and port arrive here.
-    if let Ok(Ok(len)) = tokio::time::timeout(UPSTREAM_WAIT, socket.recv(&mut buffer)).await {
-        let _ = events.send(Event::Upstream(index, buffer[..len].to_vec())).await;
-    }
+    let len = socket.recv(&mut buffer).await?;
+    buffer.truncate(len);
+    Ok(buffer)
 }
 
 /// One query over DNS over TLS: a fresh connection, the two-byte length framing of TCP.
@@ -370,7 +374,7 @@ mod tests {
         assert!(parse_upstream("https://dns.example/dns-query").expect_err("doh").contains("not supported yet"));
         assert!(parse_upstream("udp://192.0.2.53#name").expect_err("a name on udp").contains("tls://"));
         assert!(parse_upstream("udp://dns.example").expect_err("a name").contains("an address"));
-        assert!(parse_upstream("8.8.8.8").is_err());
+        assert!(parse_upstream("192.0.2.53").is_err(), "no scheme");
         let text = "# generated\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\nsearch example\nnameserver 127.0.0.53\n";
         let found = system_resolvers(text);
         assert_eq!(found.len(), 3);

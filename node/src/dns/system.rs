@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn the_pointed_resolv_conf_names_only_cloudpal_and_keeps_the_search_domains() {
-        let original = "nameserver 192.168.1.1\nnameserver 1.1.1.1\nsearch home.example corp.example\noptions rotate\n";
+        let original = "nameserver 192.168.1.1\nnameserver 198.51.100.1\nsearch home.example corp.example\noptions rotate\n";
         let text = pointed(original, Ipv4Addr::new(100, 64, 0, 1), false);
         assert!(text.starts_with(MARKER));
         assert_eq!(text.lines().filter(|l| l.starts_with("nameserver")).collect::<Vec<_>>(), vec!["nameserver 100.64.0.1"]);
@@ -77,7 +77,7 @@ mod tests {
         assert!(!text.contains("192.168.1.1"));
         let with_fallback = pointed(original, Ipv4Addr::new(100, 64, 0, 1), true);
         let servers: Vec<&str> = with_fallback.lines().filter(|l| l.starts_with("nameserver")).collect();
-        assert_eq!(servers, vec!["nameserver 100.64.0.1", "nameserver 192.168.1.1", "nameserver 1.1.1.1"], "CloudPal first, then the old ones");
+        assert_eq!(servers, vec!["nameserver 100.64.0.1", "nameserver 192.168.1.1", "nameserver 198.51.100.1"], "CloudPal first, then the old ones");
         assert!(with_fallback.contains("timeout:1"));
     }
 

@@ -72,10 +72,7 @@ impl Host {
 
     fn save(&self) -> Result<()> {
         if self.journal == Journal::default() {
-            return match std::fs::remove_file(&self.journal_path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-                _ => Ok(()),
-            };
+            return crate::statedir::remove_if_present(&self.journal_path);
         }
         let temporary = self.journal_path.with_extension("tmp");
         std::fs::write(&temporary, serde_json::to_vec(&self.journal)?)?;
@@ -134,11 +131,11 @@ impl Host {
 
     /// Adds addresses the resolver found for a firewall domain rule to the exit's sets, for
     /// as long as their TTL.
-    pub fn add_rule_addresses(&self, set_family: &[(&'static str, Vec<std::net::IpAddr>)], ttl: std::time::Duration) -> Result<()> {
+    pub fn add_rule_addresses(&self, list: &str, addresses: &[std::net::IpAddr], ttl: std::time::Duration) -> Result<()> {
         if !self.journal.exit {
             return Ok(());
         }
-        apply_nft(&ruleset::rule_addresses(set_family, ttl)).context("cannot add resolved addresses to the exit's sets")
+        apply_nft(&ruleset::rule_addresses(list, addresses, ttl)).context("cannot add resolved addresses to the exit's sets")
     }
 
     /// The full tunnel: kill switch first (so there is no moment without it), then the
@@ -161,8 +158,8 @@ impl Host {
         let ports = RulePortRange { start: tunnel.data_port, end: tunnel.data_port.saturating_add(1) };
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let rules = [
-                rule(family, PRIORITY_PORTS, main_table(), |m| m.attributes.push(RuleAttribute::SourcePortRange(ports))),
-                rule(family, PRIORITY_SUPPRESS, main_table(), |m| m.attributes.push(RuleAttribute::SuppressPrefixLen(0))),
+                rule(family, PRIORITY_PORTS, MAIN_TABLE, |m| m.attributes.push(RuleAttribute::SourcePortRange(ports))),
+                rule(family, PRIORITY_SUPPRESS, MAIN_TABLE, |m| m.attributes.push(RuleAttribute::SuppressPrefixLen(0))),
                 rule(family, PRIORITY_TUNNEL, ROUTE_TABLE, |m| {
                     m.attributes.push(RuleAttribute::FwMark(super::FWMARK));
                     m.header.flags |= RuleFlags::Invert;
@@ -242,9 +239,7 @@ impl Host {
     }
 }
 
-fn main_table() -> u32 {
-    u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN)
-}
+const MAIN_TABLE: u32 = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN as u32;
 
 fn rule(family: AddressFamily, priority: u32, table: u32, extra: impl FnOnce(&mut RuleMessage)) -> RuleMessage {
     let mut message = RuleMessage::default();

@@ -149,36 +149,32 @@ pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
     }
     batch.add(t.rule("postrouting", vec![leaving(), is(field("ip", "saddr"), s("@sources4")), Statement::Masquerade(None)]));
     batch.add(t.rule("postrouting", vec![leaving(), is(field("ip6", "saddr"), s("@sources6")), Statement::Masquerade(None)]));
-    let _ = (host.overlay_ipv4, host.overlay_ipv6);
     batch.to_nftables()
 }
 
-/// Adds resolved addresses of domain rules to the exit's sets: `(set name, addresses)` pairs,
-/// each element living `ttl`.
-pub fn rule_addresses(sets: &[(&'static str, Vec<IpAddr>)], ttl: std::time::Duration) -> Nftables<'static> {
+/// Adds the addresses the resolver handed out for a domain rule of `list` ("allow" or
+/// "deny") to the exit's sets of that list, by family, each element living `ttl`.
+pub fn rule_addresses(list: &str, addresses: &[IpAddr], ttl: std::time::Duration) -> Nftables<'static> {
     let mut batch = Batch::new();
     let seconds = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX).max(1);
-    for (name, addresses) in sets {
-        if addresses.is_empty() {
-            continue;
-        }
+    for v4 in [true, false] {
         let elements: Vec<Expression<'static>> = addresses
             .iter()
+            .filter(|a| a.is_ipv4() == v4)
             .map(|a| named(NamedExpression::Elem(nftables::expr::Elem { val: Box::new(s(a.to_string())), timeout: Some(seconds), expires: None, comment: None, counter: None })))
             .collect();
-        batch.add(NfListObject::Element(nftables::schema::Element { family: NfFamily::INet, table: EXIT_TABLE.into(), name: (*name).into(), elem: Cow::Owned(elements) }));
+        if elements.is_empty() {
+            continue;
+        }
+        let name = match (list, v4) {
+            ("deny", true) => "deny_names4",
+            ("deny", false) => "deny_names6",
+            (_, true) => "allow_names4",
+            (_, false) => "allow_names6",
+        };
+        batch.add(NfListObject::Element(nftables::schema::Element { family: NfFamily::INet, table: EXIT_TABLE.into(), name: name.into(), elem: Cow::Owned(elements) }));
     }
     batch.to_nftables()
-}
-
-/// The set a resolved address of a domain rule goes to (`list`: "allow" or "deny").
-pub fn names_set(list: &str, address: &IpAddr) -> &'static str {
-    match (list, address.is_ipv4()) {
-        ("deny", true) => "deny_names4",
-        ("deny", false) => "deny_names6",
-        (_, true) => "allow_names4",
-        (_, false) => "allow_names6",
-    }
 }
 
 /// Deletes a pal table (and nothing else): `add` first makes the delete succeed whether or
@@ -375,7 +371,7 @@ mod tests {
         rules.deny_domains = true;
         rules.allow_domains = true;
         golden("exit-policy", &exit(&host(), &rules));
-        golden("rule-addresses", &rule_addresses(&[("deny_names4", vec!["192.0.2.7".parse().expect("v4")])], std::time::Duration::from_secs(120)));
+        golden("rule-addresses", &rule_addresses("deny", &["192.0.2.7".parse().expect("v4")], std::time::Duration::from_secs(120)));
         rules.mesh_only = true;
         let text = serde_json::to_string(&exit(&host(), &rules)).expect("json");
         assert!(text.matches("\"drop\"").count() > 4);

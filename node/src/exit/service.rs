@@ -27,7 +27,7 @@ pub fn exit_rules(state: &State, egress: &BTreeMap<DeviceId, Vec<IpAddr>>) -> Ex
             }
         }
     }
-    let nets = |rules: &[Rule]| rules.iter().filter_map(|r| if let Rule::Net(net) = r { Some(*net) } else { None }).collect();
+    let nets = |rules: &[Rule]| rules.iter().filter_map(Rule::net).collect();
     ExitRules {
         sources,
         mesh_only: policy.firewall.mesh_only,
@@ -35,8 +35,8 @@ pub fn exit_rules(state: &State, egress: &BTreeMap<DeviceId, Vec<IpAddr>>) -> Ex
         deny: nets(&policy.firewall.deny),
         egress: mapped,
         logging: policy.exit.logging,
-        allow_domains: policy.firewall.allow.iter().any(|r| matches!(r, Rule::Domain(_))),
-        deny_domains: policy.firewall.deny.iter().any(|r| matches!(r, Rule::Domain(_))),
+        allow_domains: policy.firewall.allow.iter().any(|r| r.domain().is_some()),
+        deny_domains: policy.firewall.deny.iter().any(|r| r.domain().is_some()),
     }
 }
 
@@ -51,7 +51,7 @@ pub fn dns_config(state: &State) -> crate::dns::server::DnsConfig {
     config.upstreams = state.policy.dns.upstreams.clone();
     config.block_lists = state.policy.dns.blocklists.clone();
     let firewall = &state.policy.firewall;
-    config.rule_domains = firewall.allow.iter().chain(&firewall.deny).filter_map(|r| if let Rule::Domain(d) = r { Some(d.clone()) } else { None }).collect();
+    config.rule_domains = firewall.allow.iter().chain(&firewall.deny).filter_map(Rule::domain).map(str::to_owned).collect();
     config.logging = state.policy.exit.logging;
     config
 }
@@ -59,7 +59,7 @@ pub fn dns_config(state: &State) -> crate::dns::server::DnsConfig {
 /// Whether an address the resolver found for `domain` belongs in the allow or the deny sets
 /// (deny wins when both lists name it).
 pub fn domain_list(state: &State, domain: &str) -> Option<&'static str> {
-    let names = |rules: &[Rule]| rules.iter().any(|r| matches!(r, Rule::Domain(d) if d == domain));
+    let names = |rules: &[Rule]| rules.iter().any(|r| r.domain() == Some(domain));
     if names(&state.policy.firewall.deny) {
         Some("deny")
     } else if names(&state.policy.firewall.allow) {

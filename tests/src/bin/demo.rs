@@ -54,11 +54,10 @@ fn main() {
     println!("\nlaptop$ pal policy set --dns-upstream udp://{web_address} --block-list {}    (DNS through CloudPal, with ad blocking)", block_list.display());
     net.node("laptop").pal_ok(&["policy", "set", "--dns-upstream", &format!("udp://{web_address}"), "--block-list", block_list.to_str().expect("path")]);
     let resolve = |name: &str| {
-        let found = String::from_utf8_lossy(&laptop.exec("getent", &["ahostsv4", name]).stdout).lines().next().and_then(|l| l.split_whitespace().next()).unwrap_or("nothing").to_owned();
-        println!("laptop$ getent ahostsv4 {name}    -> {found}");
-        found
+        let found = first_address(laptop, name);
+        println!("laptop$ getent ahostsv4 {name}    -> {}", if found.is_empty() { "nothing" } else { &found });
     };
-    wait_until(Duration::from_secs(5), || resolve_quietly(laptop, "www.example.com") == web_address);
+    wait_until(Duration::from_secs(5), || first_address(laptop, "www.example.com") == web_address);
     resolve("www.example.com");
     resolve("ads.example.com");
     resolve("phone.pal.internal");
@@ -90,7 +89,8 @@ fn main() {
     println!("Cleaning up namespaces and state.");
 }
 
-fn resolve_quietly(netns: &tests::Netns, name: &str) -> String {
+/// The first address the system resolver of `netns` finds for `name` ("" for none).
+fn first_address(netns: &tests::Netns, name: &str) -> String {
     String::from_utf8_lossy(&netns.exec("getent", &["ahostsv4", name]).stdout).lines().next().and_then(|l| l.split_whitespace().next()).unwrap_or("").to_owned()
 }
 
