@@ -40,9 +40,13 @@ enum Command {
         /// rotation draws from.
         #[arg(long, value_name = "CIDR")]
         egress_pool: Vec<String>,
-        /// CloudPal: a private CA (PEM) to trust for DNS-over-TLS upstreams.
+        /// CloudPal: a private CA (PEM) to trust for DNS-over-TLS and DNS-over-HTTPS upstreams
+        /// and block-list URLs.
         #[arg(long, value_name = "PEM")]
         dns_ca: Option<PathBuf>,
+        /// CloudPal: how often block lists are read and fetched again.
+        #[arg(long, value_name = "DURATION", default_value = "1d")]
+        block_list_refresh: String,
         /// Do not ask the kernel for segmentation offloads on the overlay interface.
         #[arg(long, env = "PAL_NO_OFFLOAD")]
         no_offload: bool,
@@ -223,8 +227,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, no_offload } => {
-            commands::up::run(state, cloudpal, listen, bootstrap, egress_pool, dns_ca, !no_offload)
+        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload } => {
+            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload })
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),

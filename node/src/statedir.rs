@@ -56,6 +56,11 @@ impl StateDir {
         self.root.join("pal.sock")
     }
 
+    /// CloudPal: the copies of block lists fetched from URLs.
+    pub fn block_list_dir(&self) -> PathBuf {
+        self.root.join("block-lists")
+    }
+
     pub fn peers_path(&self) -> PathBuf {
         self.root.join("peers.txt")
     }

@@ -206,3 +206,72 @@ fn dns_04_dns_over_tls_upstreams_with_a_private_ca_and_every_bad_certificate_ref
     assert!(net.cloudpal.log().contains("DNS-over-TLS upstream failed"), "the refusal is not visible: {}", net.cloudpal.log());
     let _ = std::fs::remove_file(&ca_file);
 }
+
+#[test]
+fn dns_04_dns_over_https_upstreams_and_block_lists_from_https_urls_refreshed_and_kept() {
+    let mut net = ExitNetwork::form();
+    let web_ip: std::net::IpAddr = net.web_v4.parse().expect("ip");
+    // The test internet's resolver knows the DoH and list servers' names (CloudPal looks them
+    // up with its own system resolver, as a DoH client's bootstrap) and the names asked.
+    let records: Vec<String> =
+        ["dns.example.test", "lists.example.test", "good.example.com", "later.example.com", "untrusted.example.com"].iter().map(|n| format!("--host-record={n},{}", net.web_v4)).collect();
+    let upstream = Upstream::start_with(&net.web, &net.web_v4, &records);
+    let backend = std::net::SocketAddr::new(web_ip, 53);
+    let ca = tests::tls::TestCa::new("CloudPal test CA");
+    let stranger = tests::tls::TestCa::new("someone else's CA");
+    let documents = tests::tls::Documents::default();
+    documents.lock().expect("documents").insert("/ads.txt".into(), "# a hosts-format list\n0.0.0.0 ads.example.com\n".into());
+    let names = ["dns.example.test", "lists.example.test"];
+    tests::tls::https_server(&net.web, std::net::SocketAddr::new(web_ip, 443), backend, &ca.server(web_ip, &names, false), documents.clone());
+    tests::tls::https_server(&net.web, std::net::SocketAddr::new(web_ip, 8443), backend, &stranger.server(web_ip, &names, false), documents.clone());
+    let ca_file = std::env::temp_dir().join(unique("dns-ca-"));
+    std::fs::write(&ca_file, &ca.pem).expect("CA file");
+    net.cloudpal.netns.own_resolv_conf(&format!("nameserver {}\n", net.web_v4));
+    net.cloudpal.down();
+    let cloudpal_flags = ["--cloudpal", "--dns-ca", ca_file.to_str().expect("path"), "--block-list-refresh", "2s"];
+    net.cloudpal.up_with(&cloudpal_flags);
+    net.laptop.pal_ok(&["exit", "use"]);
+
+    let refused = net.laptop.pal(&["policy", "set", "--block-list", "http://lists.example.test/ads.txt"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("https:// only"), "a block list in the clear was taken");
+    net.laptop.pal_ok(&["policy", "set", "--dns-upstream", "https://dns.example.test/dns-query", "--block-list", "https://lists.example.test/ads.txt"]);
+    let shown = net.laptop.pal_ok(&["policy", "show"]);
+    assert!(shown.contains("https://dns.example.test/dns-query") && shown.contains("https://lists.example.test/ads.txt"), "{shown}");
+
+    // The first fetch of a list takes a moment; until it is in, nothing is blocked.
+    assert!(wait_until(Duration::from_secs(8), || net.cloudpal.log().contains("block lists loaded names=1")), "the URL's list was not loaded: {}", net.cloudpal.log());
+    assert!(wait_until(Duration::from_secs(8), || lookup(&net.laptop.netns, "good.example.com").contains(&net.web_v4)), "DNS over HTTPS did not resolve: {}", net.cloudpal.log());
+    let asked = upstream.queries();
+    assert!(
+        asked.lines().any(|l| l.contains("good.example.com") && l.contains(&format!("from {}", net.web_v4))),
+        "the query did not come through the DoH server: {asked}"
+    );
+    assert!(wait_until(QUICK, || lookup(&net.laptop.netns, "ads.example.com") == ["0.0.0.0", "::"]), "the URL's list does not block");
+    assert_eq!(lookup(&net.laptop.netns, "later.example.com"), [net.web_v4.clone()], "not listed yet");
+
+    // The list changes at its server: the next refresh blocks the new name.
+    documents.lock().expect("documents").insert("/ads.txt".into(), "ads.example.com\nlater.example.com\n".into());
+    assert!(wait_until(Duration::from_secs(8), || lookup(&net.laptop.netns, "later.example.com") == ["0.0.0.0", "::"]), "the refreshed list does not block the new name");
+    let asked_later = || upstream.queries().matches("later.example.com from").count();
+    let later_before = asked_later();
+
+    // The list's server fails: the copy kept from the last fetch blocks from the start, across
+    // a restart, and still after the failed fetch.
+    documents.lock().expect("documents").clear();
+    net.cloudpal.down();
+    net.cloudpal.up_with(&cloudpal_flags);
+    assert!(wait_until(Duration::from_secs(8), || net.cloudpal.log().contains("using the copy kept from the last fetch")), "{}", net.cloudpal.log());
+    assert!(wait_until(Duration::from_secs(10), || lookup(&net.laptop.netns, "good.example.com").contains(&net.web_v4)), "no DoH after the restart");
+    assert_eq!(lookup(&net.laptop.netns, "later.example.com"), ["0.0.0.0", "::"], "an outage of the list's server unblocked names");
+    assert!(net.cloudpal.log().contains("using the copy kept from the last fetch"), "{}", net.cloudpal.log());
+    assert!(!upstream.queries().contains("ads.example.com"), "a listed name reached the upstream: {}", upstream.queries());
+    assert_eq!(asked_later(), later_before, "a name reached the upstream after its list blocked it");
+
+    // A DoH server whose certificate the CA did not sign: refused, nothing in the clear.
+    net.laptop.pal_ok(&["policy", "set", "--dns-upstream", "https://dns.example.test:8443/dns-query"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!wait_until(Duration::from_secs(3), || lookup(&net.laptop.netns, "untrusted.example.com").contains(&net.web_v4)), "an untrusted DoH certificate was accepted");
+    assert!(!upstream.queries().contains("untrusted.example.com"), "the name reached the upstream anyway (a plaintext fallback?)");
+    assert!(net.cloudpal.log().contains("DNS-over-HTTPS upstream failed"), "the refusal is not visible: {}", net.cloudpal.log());
+    let _ = std::fs::remove_file(&ca_file);
+}

@@ -7,7 +7,7 @@ use node::statedir::StateDir;
 use std::io::IsTerminal;
 
 pub fn invite(state: &StateDir, name: String, role: &str, ttl: &str, qr: bool) -> anyhow::Result<()> {
-    let ttl_seconds = parse_duration(ttl)?;
+    let ttl_seconds = super::parse_duration("--ttl", ttl)?;
     let role = role.parse().map_err(anyhow::Error::msg)?;
     let answer: InviteReply = ask(state, ControlRequest::Invite { name: name.clone(), role, ttl_seconds })?;
     println!("invite for {name} ({}), valid for {ttl}; on the new device run: pal join CODE --name {name}", answer.role.as_str());
@@ -48,18 +48,3 @@ pub fn revoke(state: &StateDir, name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `90s`, `15m`, `1h`, `7d`.
-fn parse_duration(text: &str) -> anyhow::Result<u64> {
-    let bad = || anyhow::anyhow!("--ttl {text:?} is not a duration like 30m, 1h or 7d");
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(scale).filter(|s| *s > 0).ok_or_else(bad)
-}

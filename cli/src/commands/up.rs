@@ -5,7 +5,20 @@ use node::app::{DEFAULT_PORT, UpOptions, run as run_node};
 use node::statedir::StateDir;
 use std::net::SocketAddr;
 
-pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: Vec<String>, egress_pool: Vec<String>, dns_ca: Option<std::path::PathBuf>, offload: bool) -> anyhow::Result<()> {
+/// `pal up`'s flags as given.
+#[derive(Debug)]
+pub struct Flags {
+    pub cloudpal: bool,
+    pub listen: Option<String>,
+    pub bootstrap: Vec<String>,
+    pub egress_pool: Vec<String>,
+    pub dns_ca: Option<std::path::PathBuf>,
+    pub block_list_refresh: String,
+    pub offload: bool,
+}
+
+pub fn run(state: StateDir, flags: Flags) -> anyhow::Result<()> {
+    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload } = flags;
     let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("PAL_LOG").ok().as_deref()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
@@ -31,7 +44,8 @@ pub fn run(state: StateDir, cloudpal: bool, listen: Option<String>, bootstrap: V
     if dns_ca.is_some() && !cloudpal {
         anyhow::bail!("--dns-ca is for a CloudPal's resolver: add --cloudpal");
     }
-    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, egress_pool, dns_ca };
+    let block_list_refresh = std::time::Duration::from_secs(super::parse_duration("--block-list-refresh", &block_list_refresh)?);
+    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, egress_pool, dns_ca, block_list_refresh };
     // The control plane is light: one thread. The data plane starts its own (node::dataplane).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))

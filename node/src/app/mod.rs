@@ -52,6 +52,8 @@ pub struct UpOptions {
     pub egress_pool: Vec<membership::IpNet>,
     /// CloudPal: a private CA (PEM) trusted for DNS-over-TLS upstreams beside the webpki roots.
     pub dns_ca: Option<std::path::PathBuf>,
+    /// CloudPal: how often block lists are read and fetched again.
+    pub block_list_refresh: Duration,
 }
 
 /// A local request waiting for the data plane or the network.
@@ -152,11 +154,15 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     if options.cloudpal {
         let (config_tx, config_rx) = mpsc::channel(16);
         let (log_tx, log_rx) = mpsc::channel(4);
-        let addresses = vec![std::net::IpAddr::V4(my_record.overlay_ipv4), std::net::IpAddr::V6(my_record.overlay_ipv6)];
+        let resolver = crate::dns::server::ResolverOptions {
+            addresses: vec![std::net::IpAddr::V4(my_record.overlay_ipv4), std::net::IpAddr::V6(my_record.overlay_ipv6)],
+            tls: crate::dns::server::tls_config(options.dns_ca.as_deref())?,
+            block_list_dir: app.state.block_list_dir(),
+            block_list_refresh: options.block_list_refresh,
+        };
         let dns_rng = ChaCha20Rng::from_rng(&mut rng);
-        let tls = crate::dns::server::tls_config(options.dns_ca.as_deref())?;
         tokio::spawn(async move {
-            if let Err(error) = crate::dns::server::serve(addresses, config_rx, resolved_tx, log_rx, tls, dns_rng).await {
+            if let Err(error) = crate::dns::server::serve(resolver, config_rx, resolved_tx, log_rx, dns_rng).await {
                 tracing::error!("the resolver stopped: {error:#}");
             }
         });

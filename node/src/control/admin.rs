@@ -236,12 +236,7 @@ impl Core {
             policy.dns.blocklists.clear();
         }
         for source in &change.block_lists {
-            if source.starts_with("https://") || source.starts_with("http://") {
-                return Err(format!("{source:?}: block lists from URLs are not supported yet; copy the list to CloudPal and give its path"));
-            }
-            if !source.starts_with('/') {
-                return Err(format!("{source:?}: give the block list's absolute path on CloudPal"));
-            }
+            crate::dns::server::BlockListSource::parse(source)?;
             if !policy.dns.blocklists.contains(source) {
                 policy.dns.blocklists.push(source.clone());
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// never a panic, at most one answer per query, nothing kept once answered.
 pub fn dns_query(data: &[u8]) {
     let member = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2));
-    let settings = Settings { clients: [member].into_iter().collect(), upstreams: vec![SocketAddr::from(([192, 0, 2, 53], 53))], ..Settings::default() };
+    let settings = Settings { clients: [member].into_iter().collect(), upstreams: vec!["udp://192.0.2.53:53".into()], ..Settings::default() };
     let mut blocks = BlockList::default();
     blocks.add_text("ads.example.com\n");
     let mut resolver = Resolver::new(settings, blocks, rand_chacha::ChaCha20Rng::seed_from_u64(0));

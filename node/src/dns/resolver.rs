@@ -69,7 +69,9 @@ pub struct Settings {
     pub devices: BTreeMap<String, (Ipv4Addr, Ipv6Addr)>,
     /// Who may ask: members' overlay addresses.
     pub clients: HashSet<IpAddr>,
-    pub upstreams: Vec<SocketAddr>,
+    /// The upstreams in order of preference, as the shell names them (the core only picks an
+    /// index; the shell knows how to reach each).
+    pub upstreams: Vec<String>,
     /// Domains of the firewall's allow and deny rules.
     pub rule_domains: Vec<String>,
     /// The owner switched logging on: keep the last [`QUERY_LOG_LEN`] queries in memory.
@@ -487,7 +489,7 @@ mod tests {
         let settings = Settings {
             devices: BTreeMap::from([("phone".to_owned(), (Ipv4Addr::new(100, 64, 0, 3), "fd7a::3".parse().expect("v6")))]),
             clients: HashSet::from([MEMBER.parse().expect("ip")]),
-            upstreams: vec!["192.0.2.53:53".parse().expect("addr"), "198.51.100.53:53".parse().expect("addr")],
+            upstreams: vec!["udp://192.0.2.53:53".into(), "udp://198.51.100.53:53".into()],
             rule_domains: vec!["example.org".into()],
             log_queries: false,
         };

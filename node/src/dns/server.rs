@@ -5,10 +5,12 @@
 //! queries anywhere.
 
 use super::blocklist::BlockList;
+use super::https::{HttpsClient, HttpsUrl};
 use super::resolver::{Client, Resolved, Resolver, Settings, Transmit};
 use rand_chacha::ChaCha20Rng;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,25 +30,28 @@ pub struct DnsConfig {
     pub clients: Vec<IpAddr>,
     /// The policy's upstreams as given (`udp://ADDR[:PORT]`); empty: the system's resolvers.
     pub upstreams: Vec<String>,
-    /// Block-list sources (files on CloudPal).
+    /// Block-list sources (files on CloudPal, `https://` URLs).
     pub block_lists: Vec<String>,
     pub rule_domains: Vec<String>,
     /// The policy's logging switch: an in-memory query log for `pal dns log`.
     pub logging: bool,
 }
 
-/// An upstream resolver: plain UDP, or DNS over TLS (RFC 7858) with the name its certificate
-/// must show.
+/// An upstream resolver: plain UDP, DNS over TLS (RFC 7858) with the name its certificate
+/// must show, or DNS over HTTPS (RFC 8484) at a URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
     Udp(SocketAddr),
     Tls { address: SocketAddr, name: String },
+    Https(HttpsUrl),
 }
 
-impl Upstream {
-    pub fn address(&self) -> SocketAddr {
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Upstream::Udp(address) | Upstream::Tls { address, .. } => *address,
+            Upstream::Udp(address) => write!(f, "udp://{address}"),
+            Upstream::Tls { address, name } => write!(f, "tls://{address}#{name}"),
+            Upstream::Https(url) => write!(f, "{url}"),
         }
     }
 }
@@ -59,17 +64,19 @@ pub fn upstreams(config: &DnsConfig) -> Vec<Upstream> {
     config.upstreams.iter().filter_map(|u| parse_upstream(u).ok()).collect()
 }
 
-/// `udp://ADDR[:PORT]` (port 53 by default) or `tls://ADDR[:PORT][#NAME]` (port 853; the
-/// certificate must name NAME, or the address itself when no name is given).
+/// `udp://ADDR[:PORT]` (port 53 by default), `tls://ADDR[:PORT][#NAME]` (port 853; the
+/// certificate must name NAME, or the address itself when no name is given) or
+/// `https://HOST[:PORT]/PATH` (a HOST that is a name is looked up with CloudPal's own system
+/// resolvers, as a DoH client's bootstrap; the certificate must name HOST).
 pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
     let (tls, rest, port) = if let Some(rest) = text.strip_prefix("udp://") {
         (false, rest, 53)
     } else if let Some(rest) = text.strip_prefix("tls://") {
         (true, rest, 853)
     } else if text.starts_with("https://") {
-        return Err(format!("{text:?}: DNS over HTTPS upstreams are not supported yet; use tls://ADDR[#NAME] or udp://ADDR"));
+        return HttpsUrl::parse(text).map(Upstream::Https);
     } else {
-        return Err(format!("{text:?}: give udp://ADDR[:PORT] or tls://ADDR[:PORT][#NAME]"));
+        return Err(format!("{text:?}: give udp://ADDR[:PORT], tls://ADDR[:PORT][#NAME] or https://HOST[:PORT]/PATH"));
     };
     let (rest, name) = match rest.split_once('#') {
         Some((rest, name)) if tls && !name.is_empty() => (rest, Some(name.to_owned())),
@@ -123,18 +130,141 @@ pub fn system_resolvers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Reads the block lists (files); a missing one is reported and skipped.
-pub fn load_block_lists(sources: &[String]) -> BlockList {
-    let mut list = BlockList::default();
+/// The largest block list taken from a URL (a million names is about 20 MB).
+const MAX_BLOCK_LIST: usize = 64 << 20;
+
+/// Where the resolver runs and what it trusts.
+#[derive(Debug, Clone)]
+pub struct ResolverOptions {
+    /// CloudPal's overlay addresses (port 53 on each).
+    pub addresses: Vec<IpAddr>,
+    /// The TLS client of DoT and DoH upstreams and of block-list URLs.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Where block lists fetched from URLs are kept between refreshes and restarts.
+    pub block_list_dir: PathBuf,
+    /// How often block lists from URLs are fetched again (files are read again too).
+    pub block_list_refresh: Duration,
+}
+
+/// A block-list source: a file on CloudPal or an `https://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockListSource {
+    File(PathBuf),
+    Url(HttpsUrl),
+}
+
+impl BlockListSource {
+    /// An absolute path, or an `https://` URL (plain `http://` is refused: a list fetched in
+    /// the clear could be swapped on the way to block or unblock anything).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("http://") {
+            return Err(format!("{text:?}: block lists are fetched over https:// only"));
+        }
+        if text.starts_with("https://") {
+            return HttpsUrl::parse(text).map(Self::Url);
+        }
+        if !text.starts_with('/') {
+            return Err(format!("{text:?}: give the block list's absolute path on CloudPal or an https:// URL"));
+        }
+        Ok(Self::File(PathBuf::from(text)))
+    }
+}
+
+/// Reads every block list: files as they are now, URLs fetched afresh (the copy kept in `dir`
+/// when a fetch fails, so an outage of the list's server does not unblock anything) — or, with
+/// `kept_first`, a URL's kept copy without fetching when there is one (a restart blocks at
+/// once, before the network answers). A source that cannot be had is reported and skipped.
+/// Also says whether a kept copy stood in for a fetch.
+pub async fn load_block_lists(sources: &[String], https: &HttpsClient, dir: &Path, kept_first: bool) -> (BlockList, bool) {
+    let mut texts = Vec::new();
+    let mut used_kept = false;
     for source in sources {
-        match std::fs::read_to_string(source) {
-            Ok(text) => {
-                list.add_text(&text);
+        match BlockListSource::parse(source) {
+            Ok(BlockListSource::File(path)) => match tokio::fs::read_to_string(&path).await {
+                Ok(text) => texts.push(text),
+                Err(error) => tracing::warn!(%error, "cannot read the block list {}", path.display()),
+            },
+            Ok(BlockListSource::Url(url)) => {
+                let kept = dir.join(kept_name(&url));
+                if kept_first && let Ok(text) = std::fs::read_to_string(&kept) {
+                    texts.push(text);
+                    used_kept = true;
+                    continue;
+                }
+                match https.get(&url, MAX_BLOCK_LIST).await {
+                    Ok(body) => {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        if let Err(error) = keep(&kept, &text) {
+                            tracing::warn!(%error, "cannot keep a copy of the block list {url}");
+                        }
+                        texts.push(text);
+                    }
+                    Err(error) => match std::fs::read_to_string(&kept) {
+                        Ok(text) => {
+                            tracing::warn!("cannot fetch the block list {url} ({error}); using the copy kept from the last fetch");
+                            texts.push(text);
+                        }
+                        Err(_) => tracing::warn!("cannot fetch the block list {url}: {error}"),
+                    },
+                }
             }
-            Err(error) => tracing::warn!(%error, "cannot read a block list"),
+            Err(error) => tracing::warn!("{error}"),
         }
     }
-    list
+    // A million names take about a second to index: off the async threads.
+    let list = tokio::task::spawn_blocking(move || {
+        let mut list = BlockList::default();
+        for text in &texts {
+            list.add_text(text);
+        }
+        list
+    })
+    .await
+    .unwrap_or_default();
+    (list, used_kept)
+}
+
+/// The kept copy's file name: a hash of the URL (no URL characters in file names).
+fn kept_name(url: &HttpsUrl) -> String {
+    use blake2::{Blake2s256, Digest};
+    let digest = Blake2s256::digest(url.to_string().as_bytes());
+    format!("{}.txt", data_encoding::HEXLOWER.encode(&digest[..16]))
+}
+
+/// Writes the copy whole or not at all (a temporary file renamed over the old one).
+fn keep(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temporary = path.with_extension("part");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Keeps the resolver's block list current: loads it when the sources change and again every
+/// `refresh`, handing each new list to the resolver.
+async fn keep_block_lists(mut sources: tokio::sync::watch::Receiver<Vec<String>>, lists: mpsc::Sender<BlockList>, https: HttpsClient, dir: PathBuf, refresh: Duration) {
+    let mut kept_first = true;
+    loop {
+        let current = sources.borrow_and_update().clone();
+        let (list, used_kept) = load_block_lists(&current, &https, &dir, kept_first).await;
+        if !current.is_empty() {
+            tracing::info!(names = list.len(), "block lists loaded");
+        }
+        if lists.send(list).await.is_err() {
+            return;
+        }
+        // After the kept copies, fetch at once; after a fetch, wait for the next refresh.
+        let fetch_now = used_kept;
+        kept_first = false;
+        tokio::select! {
+            changed = sources.changed() => {
+                if changed.is_err() { return }
+                kept_first = true;
+            }
+            _ = tokio::time::sleep(if fetch_now { Duration::ZERO } else { refresh }), if !current.is_empty() => {}
+        }
+    }
 }
 
 enum Event {
@@ -147,16 +277,19 @@ enum Event {
 /// Runs the resolver on `addresses` (port 53) until `config` closes; `resolved` gets the
 /// addresses of names the firewall's domain rules cover.
 pub async fn serve(
-    addresses: Vec<IpAddr>,
+    options: ResolverOptions,
     mut config: mpsc::Receiver<DnsConfig>,
     resolved: mpsc::Sender<Resolved>,
     mut log_requests: mpsc::Receiver<tokio::sync::oneshot::Sender<Vec<super::resolver::LoggedQuery>>>,
-    tls: Arc<rustls::ClientConfig>,
     rng: ChaCha20Rng,
 ) -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let https = HttpsClient::new(&options.tls);
+    let (sources_tx, sources_rx) = tokio::sync::watch::channel(Vec::new());
+    let (lists_tx, mut lists) = mpsc::channel(1);
+    tokio::spawn(keep_block_lists(sources_rx, lists_tx, https.clone(), options.block_list_dir.clone(), options.block_list_refresh));
     let mut udp = Vec::new();
-    for address in &addresses {
+    for address in &options.addresses {
         let socket = Arc::new(bind_udp(SocketAddr::new(*address, 53))?);
         udp.push(socket.clone());
         let events = events_tx.clone();
@@ -187,13 +320,13 @@ pub async fn serve(
             update = config.recv() => {
                 let Some(update) = update else { return Ok(()) };
                 if update.block_lists != current.block_lists {
-                    resolver.set_block_list(load_block_lists(&update.block_lists));
+                    let _ = sources_tx.send(update.block_lists.clone());
                 }
                 upstream_list = upstreams(&update);
                 resolver.set_settings(Settings {
                     devices: update.devices.clone(),
                     clients: update.clients.iter().copied().collect(),
-                    upstreams: upstream_list.iter().map(Upstream::address).collect(),
+                    upstreams: upstream_list.iter().map(ToString::to_string).collect(),
                     rule_domains: update.rule_domains.clone(),
                     log_queries: update.logging,
                 });
@@ -205,6 +338,7 @@ pub async fn serve(
                 Event::TcpOpened(id, sender) => { tcp.insert(id, sender); }
                 Event::TcpClosed(id) => { tcp.remove(&id); }
             },
+            Some(list) = lists.recv() => resolver.set_block_list(list),
             _ = timer => resolver.handle_timeout(std::time::Instant::now()),
             Some(reply) = log_requests.recv() => { let _ = reply.send(resolver.query_log(std::time::Instant::now())); }
         }
@@ -222,7 +356,7 @@ pub async fn serve(
                 }
                 Transmit::Upstream { upstream, bytes } => {
                     if let Some(target) = upstream_list.get(upstream).cloned() {
-                        tokio::spawn(ask_upstream(upstream, target, bytes, tls.clone(), events_tx.clone()));
+                        tokio::spawn(ask_upstream(upstream, target, bytes, options.tls.clone(), https.clone(), events_tx.clone()));
                     }
                 }
             }
@@ -235,11 +369,12 @@ pub async fn serve(
 
 /// One upstream query on its own socket or connection (so its source port is the kernel's
 /// random pick), under one timeout whatever the transport.
-async fn ask_upstream(index: usize, target: Upstream, query: Vec<u8>, tls: Arc<rustls::ClientConfig>, events: mpsc::Sender<Event>) {
+async fn ask_upstream(index: usize, target: Upstream, query: Vec<u8>, tls: Arc<rustls::ClientConfig>, https: HttpsClient, events: mpsc::Sender<Event>) {
     let asked = async {
         match &target {
             Upstream::Udp(address) => ask_udp(*address, &query).await,
             Upstream::Tls { address, name } => ask_tls(*address, name, &query, tls).await,
+            Upstream::Https(url) => https.dns_query(url, &query).await,
         }
     };
     match tokio::time::timeout(UPSTREAM_WAIT, asked).await {
@@ -249,6 +384,7 @@ async fn ask_upstream(index: usize, target: Upstream, query: Vec<u8>, tls: Arc<r
         // A refused certificate is a warning with no names in it; the query gets SERVFAIL,
         // never a plaintext retry (DNS-04).
         Ok(Err(error)) if matches!(target, Upstream::Tls { .. }) => tracing::warn!("a DNS-over-TLS upstream failed: {error}"),
+        Ok(Err(error)) if matches!(target, Upstream::Https(_)) => tracing::warn!("a DNS-over-HTTPS upstream failed: {error}"),
         _ => {}
     }
 }
@@ -371,7 +507,8 @@ mod tests {
         assert_eq!(parse_upstream("udp://[2001:db8::53]"), udp("[2001:db8::53]:53"));
         assert_eq!(parse_upstream("tls://192.0.2.53#dns.example"), Ok(Upstream::Tls { address: "192.0.2.53:853".parse().expect("addr"), name: "dns.example".into() }));
         assert_eq!(parse_upstream("tls://192.0.2.53:8853"), Ok(Upstream::Tls { address: "192.0.2.53:8853".parse().expect("addr"), name: "192.0.2.53".into() }));
-        assert!(parse_upstream("https://dns.example/dns-query").expect_err("doh").contains("not supported yet"));
+        assert_eq!(parse_upstream("https://dns.example/dns-query"), Ok(Upstream::Https(HttpsUrl::parse("https://dns.example/dns-query").expect("url"))));
+        assert!(parse_upstream("http://dns.example/dns-query").is_err(), "DoH in the clear");
         assert!(parse_upstream("udp://192.0.2.53#name").expect_err("a name on udp").contains("tls://"));
         assert!(parse_upstream("udp://dns.example").expect_err("a name").contains("an address"));
         assert!(parse_upstream("192.0.2.53").is_err(), "no scheme");
