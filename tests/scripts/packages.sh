@@ -30,3 +30,22 @@ require_root() {
         exit 1
     fi
 }
+
+# Unpacks a Debian package into DIR without installing it (a test runs it in a private mount
+# namespace; installing systemd-resolved would relink the host's /etc/resolv.conf), at the
+# version of the installed package SAME_AS (its shared library must match).
+# Usage: unpack_package NAME SAME_AS DIR
+unpack_package() {
+    local name=$1 same_as=$2 dir=$3 version work
+    version=$(dpkg-query -W -f='${Version}' "$same_as")
+    [ -e "$dir/.version" ] && [ "$(cat "$dir/.version")" = "$version" ] && return 0
+    work=$(mktemp -d)
+    if ! (cd "$work" && apt-get download -qq "$name=$version" 2>/dev/null); then
+        apt-get update -qq
+        (cd "$work" && apt-get download -qq "$name=$version")
+    fi
+    rm -rf "$dir" && mkdir -p "$dir"
+    dpkg-deb -x "$work"/"$name"_*.deb "$dir"
+    echo "$version" >"$dir/.version"
+    rm -rf "$work"
+}

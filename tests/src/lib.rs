@@ -10,6 +10,7 @@
 
 pub mod adversary;
 pub mod exit;
+pub mod resolved;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -75,13 +76,16 @@ pub fn poll_until(timeout: Duration, interval: Duration, mut condition: impl FnM
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
+    /// A mount namespace programs run in too (a private `/run` with its own systemd-resolved,
+    /// [`resolved::SystemdResolved`]); none: `ip netns exec`'s own.
+    mounts: Option<PathBuf>,
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = unique(tag);
         run("ip", &["netns", "add", &name]);
-        let netns = Self { name };
+        let netns = Self { name, mounts: None };
         netns.ip(&["link", "set", "lo", "up"]);
         netns
     }
@@ -95,11 +99,30 @@ impl Netns {
 
     /// Runs a program inside the namespace, returning its output unchecked.
     pub fn exec(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name))
+        self.command(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.name))
+    }
+
+    /// `program` inside the namespace: `ip netns exec`, or `nsenter` into the namespace and
+    /// the mount namespace given with [`Self::run_in_mounts_of`] (both exec the program, so
+    /// the child *is* the program).
+    fn command(&self, program: &str) -> Command {
+        match &self.mounts {
+            None => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &self.name, program]);
+                command
+            }
+            Some(mounts) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{}", self.name)).arg(format!("--mount={}", mounts.display())).arg("--").arg(program);
+                command
+            }
+        }
+    }
+
+    /// From now on, programs started here also run in the mount namespace of process `pid`.
+    pub fn run_in_mounts_of(&mut self, pid: u32) {
+        self.mounts = Some(PathBuf::from(format!("/proc/{pid}/ns/mnt")));
     }
 
     /// As [`Self::exec`], panicking with stderr if the program fails.
@@ -199,8 +222,7 @@ impl Netns {
     /// Starts a program inside the namespace.
     pub fn spawn(&self, program: &str, args: &[&str], log: &Path) -> Child {
         let file = std::fs::File::create(log).expect("log file");
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
+        self.command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))

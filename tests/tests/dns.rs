@@ -275,3 +275,65 @@ fn dns_04_dns_over_https_upstreams_and_block_lists_from_https_urls_refreshed_and
     assert!(net.cloudpal.log().contains("DNS-over-HTTPS upstream failed"), "the refusal is not visible: {}", net.cloudpal.log());
     let _ = std::fs::remove_file(&ca_file);
 }
+
+/// `resolvectl status pal0` inside the laptop's world.
+fn link_dns(netns: &Netns) -> String {
+    String::from_utf8_lossy(&netns.exec("resolvectl", &["status", "pal0"]).stdout).into_owned()
+}
+
+#[test]
+fn with_systemd_resolved_the_overlay_link_gets_cloudpal_and_loses_it_on_off_stop_and_when_cloudpal_is_gone() {
+    let mut net = ExitNetwork::form();
+    let _upstream = Upstream::start(&net.web, &net.web_v4, &net.web_v6);
+    // The home router's resolver (the ISP's, say) answers differently: which one answered
+    // shows in the address.
+    let home_dns = Upstream::start_with(&net.home.router, &net.home.gateway, &["--host-record=www.example.com,198.51.100.99".to_owned()]);
+    let isp = "198.51.100.99".to_owned();
+    net.laptop.pal_ok(&["policy", "set", "--dns-upstream", &format!("udp://{}", net.web_v4)]);
+    net.laptop.down();
+    let resolved = tests::resolved::SystemdResolved::start(&net.laptop.netns, &net.home.gateway);
+    net.laptop.netns.run_in_mounts_of(resolved.pid());
+    let stub = net.laptop.netns.exec_ok("cat", &["/etc/resolv.conf"]);
+    assert!(String::from_utf8_lossy(&stub.stdout).contains("nameserver 127.0.0.53"), "resolv.conf is not resolved's stub");
+    assert!(wait_until(Duration::from_secs(5), || lookup(&net.laptop.netns, "www.example.com") == [isp.clone()]), "resolved does not answer: {}", resolved.log());
+    net.laptop.up();
+    let (cloudpal_v4, _) = net.cloudpal.overlay();
+    let (phone_v4, _) = net.phone.overlay();
+
+    // On the exit: pal0 gets CloudPal and `~.` (every name), the home resolver gets nothing.
+    net.laptop.pal_ok(&["exit", "use"]);
+    assert!(wait_until(Duration::from_secs(10), || lookup(&net.laptop.netns, "www.example.com").contains(&net.web_v4)), "not through CloudPal: {}", link_dns(&net.laptop.netns));
+    let link = link_dns(&net.laptop.netns);
+    assert!(link.contains(&cloudpal_v4) && link.contains("~."), "{link}");
+    assert!(lookup(&net.laptop.netns, "phone").contains(&phone_v4), "device names: {link}");
+    let asked_home = home_dns.queries().matches("query[").count();
+    for _ in 0..3 {
+        lookup(&net.laptop.netns, "www.example.com");
+    }
+    assert_eq!(home_dns.queries().matches("query[").count(), asked_home, "the home resolver was asked while on the exit");
+    assert!(net.laptop.state.join("host-changes.json").exists());
+
+    // Off: the link's settings go (resolvectl revert), the home resolver answers again.
+    net.laptop.pal_ok(&["exit", "off"]);
+    assert!(!link_dns(&net.laptop.netns).contains(&cloudpal_v4), "exit off left pal0 pointed at CloudPal");
+    assert!(wait_until(Duration::from_secs(5), || lookup(&net.laptop.netns, "www.example.com") == [isp.clone()]));
+
+    // dns on: through CloudPal while it is reachable, the home resolver while it is not.
+    net.laptop.pal_ok(&["dns", "on"]);
+    assert!(wait_until(Duration::from_secs(10), || lookup(&net.laptop.netns, "www.example.com").contains(&net.web_v4)), "dns on: {}", link_dns(&net.laptop.netns));
+    net.cloudpal.crash();
+    assert!(wait_until(Duration::from_secs(15), || lookup(&net.laptop.netns, "www.example.com") == [isp.clone()]), "no DNS with CloudPal gone: {}", link_dns(&net.laptop.netns));
+    assert!(net.laptop.pal_ok(&["dns", "status"]).contains("unreachable"));
+    net.cloudpal.up_with(&["--cloudpal"]);
+    assert!(wait_until(Duration::from_secs(20), || lookup(&net.laptop.netns, "www.example.com").contains(&net.web_v4)), "not back to CloudPal: {}", link_dns(&net.laptop.netns));
+
+    // A crash, the next start, a clean stop: nothing of pal's stays in resolved.
+    net.laptop.crash();
+    net.laptop.up();
+    assert!(wait_until(Duration::from_secs(10), || link_dns(&net.laptop.netns).contains(&cloudpal_v4)), "dns on did not persist");
+    net.laptop.down();
+    let global = String::from_utf8_lossy(&net.laptop.netns.exec("resolvectl", &["status"]).stdout).into_owned();
+    assert!(!global.contains(&cloudpal_v4), "a stop left CloudPal in resolved: {global}");
+    assert!(wait_until(Duration::from_secs(5), || lookup(&net.laptop.netns, "www.example.com") == [isp.clone()]));
+    drop(resolved);
+}

@@ -98,6 +98,10 @@ impl Core {
 
     /// A member's control connection is proven: if it is our exit, ask for the session.
     pub(super) fn exit_peer_connected(&mut self, device: DeviceId) {
+        if self.exit.dns_on {
+            // `dns on` may point at this CloudPal now.
+            self.apply_exit();
+        }
         if self.exit_device() != Some(device) {
             return;
         }
@@ -188,21 +192,35 @@ impl Core {
         if on && self.cloudpal {
             return Err("this device is a CloudPal: its resolver serves the network".into());
         }
-        self.exit.dns_on = on;
-        if on && self.dns_target().is_none() {
-            self.exit.dns_on = false;
+        if on && self.dns_cloudpals().next().is_none() {
             return Err("this network has no CloudPal to resolve names; add one with `pal device add --role cloudpal`".into());
         }
+        self.exit.dns_on = on;
         self.apply_membership();
         Ok(self.dns_status())
     }
 
     pub fn dns_status(&self) -> DnsReply {
-        DnsReply { on: self.exit.dns_on, resolver: self.dns_target().map(|(server, fallback)| if fallback { format!("{server} (the system's own resolvers after it)") } else { format!("{server} (only, through the exit)") }) }
+        let resolver = match self.dns_target() {
+            Some((server, false)) => Some(format!("{server} (only, through the exit)")),
+            Some((server, true)) => Some(format!("{server} (the system's own resolvers after it)")),
+            None if self.exit.dns_on => self.dns_cloudpals().next().map(|(_, server)| format!("the system's own resolvers while CloudPal ({server}) is unreachable")),
+            None => None,
+        };
+        DnsReply { on: self.exit.dns_on, resolver }
     }
 
-    /// Where the system resolver points: the exit (and nowhere else) while on it; with
-    /// `dns on`, the network's CloudPal first and the old resolvers after it.
+    /// The network's CloudPals other than us, and their resolvers' addresses.
+    fn dns_cloudpals(&self) -> impl Iterator<Item = (DeviceId, Ipv4Addr)> + '_ {
+        let state = self.store.log().state();
+        state.active_devices().filter(|(id, d)| d.record.role == membership::Role::CloudPal && **id != self.me).map(|(id, d)| (*id, d.record.overlay_ipv4))
+    }
+
+    /// Where the system resolver points: the exit (and nowhere else) while on it, reachable or
+    /// not (the kill switch holds DNS too); with `dns on`, a CloudPal we are connected to, its
+    /// resolver first and the old resolvers after it — and while none is reachable, the
+    /// system's own resolvers alone (systemd-resolved cannot fall back from a link that has
+    /// `~.`, and a resolv.conf's fallback costs a timeout per query).
     fn dns_target(&self) -> Option<(Ipv4Addr, bool)> {
         if self.exit.choice.is_some() {
             return self.exit_probe().map(|(_, exit)| (exit, false));
@@ -210,8 +228,7 @@ impl Core {
         if !self.exit.dns_on {
             return None;
         }
-        let state = self.store.log().state();
-        state.active_devices().find(|(id, d)| d.record.role == membership::Role::CloudPal && **id != self.me).map(|(_, d)| (d.record.overlay_ipv4, true))
+        self.dns_cloudpals().find(|(id, _)| self.reach.get(id).is_some_and(|r| r.connected)).map(|(_, server)| (server, true))
     }
 
     /// After any change of the log or of the choice: what the shell must apply, if it differs

@@ -381,6 +381,10 @@ impl Core {
             self.unproven.remove(&peer);
             if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                 reach.connected = false;
+                if self.exit.dns_on {
+                    // `dns on` falls back to the system's resolvers while no CloudPal answers.
+                    self.apply_exit();
+                }
             }
         }
     }
@@ -416,6 +420,9 @@ impl Core {
             reach.peer_id = None;
             reach.last_dial = None;
             addresses.extend(reach.multiaddrs.iter().filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))).take(2).cloned());
+        }
+        if self.exit.dns_on {
+            self.apply_exit();
         }
         addresses.extend(self.bootstrap.iter().cloned());
         addresses.sort();

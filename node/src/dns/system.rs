@@ -40,9 +40,17 @@ pub fn pointed(original: &str, server: Ipv4Addr, fallback: bool) -> String {
     text
 }
 
-/// Whether systemd-resolved owns the resolver configuration (resolv.conf is its stub).
+/// Whether systemd-resolved owns the resolver configuration: it runs, and resolv.conf is (a
+/// link to, or a copy of) one of its files — Tailscale's test, by the file's own words.
 pub fn uses_resolved() -> bool {
-    std::fs::read_link(RESOLV_CONF).is_ok_and(|target| target.to_string_lossy().contains("systemd/resolve")) && Path::new("/run/systemd/resolve").exists()
+    let linked = std::fs::read_link(RESOLV_CONF).is_ok_and(|target| target.to_string_lossy().contains("systemd/resolve"));
+    let written = std::fs::read_to_string(RESOLV_CONF).is_ok_and(|text| written_by_resolved(&text));
+    (linked || written) && Path::new("/run/systemd/resolve/io.systemd.Resolve").exists()
+}
+
+/// resolv.conf text that systemd-resolved wrote (its stub or its uplink list).
+fn written_by_resolved(text: &str) -> bool {
+    text.lines().take_while(|l| l.starts_with('#')).any(|l| l.contains("managed by man:systemd-resolved"))
 }
 
 /// Rewrites `path` in place (open, truncate, write: a bind-mounted file stays the same file).
@@ -79,6 +87,14 @@ mod tests {
         let servers: Vec<&str> = with_fallback.lines().filter(|l| l.starts_with("nameserver")).collect();
         assert_eq!(servers, vec!["nameserver 100.64.0.1", "nameserver 192.168.1.1", "nameserver 198.51.100.1"], "CloudPal first, then the old ones");
         assert!(with_fallback.contains("timeout:1"));
+    }
+
+    #[test]
+    fn resolveds_own_files_are_recognised_by_their_header() {
+        let stub = "# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).\n# Do not edit.\n\nnameserver 127.0.0.53\n";
+        assert!(written_by_resolved(stub));
+        assert!(!written_by_resolved("nameserver 192.0.2.1\n# managed by man:systemd-resolved\n"), "only the header counts");
+        assert!(!written_by_resolved(&pointed(stub, Ipv4Addr::new(100, 64, 0, 1), false)));
     }
 
     #[test]

@@ -812,3 +812,35 @@ fn a_revoked_device_leaves_the_exit_and_cloudpal_stops_forwarding_for_it() {
     let served = sim.nodes[1].exit_served.last().cloned().expect("rules");
     assert_eq!(served.sources.len(), 4, "the car is no source any more");
 }
+
+#[test]
+fn dns_on_points_at_cloudpal_while_it_is_reachable_and_at_the_systems_resolvers_while_it_is_not() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal), ("phone", Role::Member)]);
+    let cloudpal_v4 = sim.nodes[1].log().state().devices[&sim.nodes[1].key.public_key().device_id()].record.overlay_ipv4;
+    assert!(sim.nodes[1].core.set_dns(true).expect_err("CloudPal itself").contains("is a CloudPal"));
+    let status = sim.nodes[2].core.set_dns(true).expect("dns on");
+    sim.settle();
+    assert_eq!(sim.nodes[2].client_dns.last().copied(), Some(Some((cloudpal_v4, true))), "pointed at CloudPal, with the fallback after it");
+    assert!(status.on && status.resolver.expect("a resolver").contains(&cloudpal_v4.to_string()));
+
+    // CloudPal unreachable: the system's own resolvers, said so in the status; back with it.
+    sim.disconnect(2, 1);
+    sim.settle();
+    assert_eq!(sim.nodes[2].client_dns.last().copied(), Some(None), "still pointed at an unreachable CloudPal");
+    assert!(sim.nodes[2].core.dns_status().resolver.expect("named").contains("unreachable"));
+    sim.connect(2, 1);
+    sim.settle();
+    assert_eq!(sim.nodes[2].client_dns.last().copied(), Some(Some((cloudpal_v4, true))), "not pointed again when CloudPal came back");
+
+    // On the exit there is no fallback: DNS stays pointed at the exit, reachable or not.
+    sim.nodes[2].core.exit_use(None, false).expect("exit");
+    sim.settle();
+    assert_eq!(sim.nodes[2].client_dns.last().copied(), Some(Some((cloudpal_v4, false))));
+    sim.disconnect(2, 1);
+    sim.settle();
+    assert_eq!(sim.nodes[2].client_dns.last().copied(), Some(Some((cloudpal_v4, false))), "the exit's DNS fell back outside the tunnel");
+    sim.nodes[2].core.exit_off();
+    sim.nodes[2].core.set_dns(false).expect("dns off");
+    sim.settle();
+    assert_eq!(sim.nodes[2].client_dns.last().copied(), Some(None));
+}
