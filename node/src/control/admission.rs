@@ -18,6 +18,8 @@ pub const PROVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Invite attempts per source: a burst (a join takes one), then one per interval.
 pub const INVITE_ATTEMPT_BURST: u32 = 10;
 pub const INVITE_ATTEMPT_INTERVAL: Duration = Duration::from_secs(6);
+/// At most one pull from every member per this, for invites we do not know.
+const INVITE_PULL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Invite attempts are counted per source *and* invite: someone guessing the secret of one
 /// invite behind a carrier NAT (or through the relay, where every source looks the same)
@@ -154,10 +156,30 @@ impl Core {
         if !self.invite_attempts.allow_key((source.into(), *proof.invite), time.now) {
             return Err("too many invite attempts from this address; wait a minute and try again".into());
         }
-        self.verify_invite_proof(peer, proof, time.unix_secs()).map_err(|e| e.to_string())?;
+        if let Err(reason) = self.verify_invite_proof(peer, proof, time.unix_secs()) {
+            if reason == membership::InviteUnusable::Unknown {
+                self.pull_for_invite(time.now);
+            }
+            return Err(reason.to_string());
+        }
         // A joiner with a usable invite may finish its join (pulling the log in batches).
         self.unproven.remove(peer);
         Ok(())
+    }
+
+    /// An invite we do not know may be one made a moment ago on another member whose entry
+    /// has not reached us: ask every member for what we lack (at most once a second), so the
+    /// joiner's retry finds it here.
+    fn pull_for_invite(&mut self, now: std::time::Instant) {
+        if self.invite_pull_at.is_some_and(|at| now.saturating_duration_since(at) < INVITE_PULL_INTERVAL) {
+            return;
+        }
+        self.invite_pull_at = Some(now);
+        let mut members: Vec<PeerId> = self.by_peer.keys().copied().collect();
+        members.sort();
+        for member in members {
+            self.request_sync(member);
+        }
     }
 
     /// Disconnects peers that did not prove membership in time (not one we are delivering a

@@ -199,6 +199,9 @@ pub struct Core {
     revocation_checks: HashSet<PeerId>,
     /// Invite proofs checked per source address (INV-03).
     invite_attempts: admission::InviteLimiter,
+    /// When we last asked every member for the log because a joiner showed an invite we did
+    /// not know (it may be newer than our log).
+    invite_pull_at: Option<std::time::Instant>,
 
     // Discovery.
     listen_addrs: BTreeSet<Multiaddr>,
@@ -275,6 +278,7 @@ impl Core {
             said_revoked: false,
             revocation_checks: HashSet::new(),
             invite_attempts: admission::invite_limiter(),
+            invite_pull_at: None,
             listen_addrs: BTreeSet::new(),
             bootstrap: config.bootstrap,
             candidates: BTreeMap::new(),

@@ -22,6 +22,10 @@ use std::time::Duration;
 
 /// How long `pal join` tries before giving up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A member that does not know the invite is asked again after 250 ms, 0.5, 1 and 2 s (3.75 s
+/// in all: within the time a member gives an unproven peer, and within INV-03's burst).
+const UNKNOWN_INVITE_RETRIES: u32 = 4;
+const UNKNOWN_INVITE_BACKOFF: Duration = Duration::from_millis(250);
 
 pub async fn join(state: &StateDir, code: &str, name: &str) -> Result<()> {
     let code = InviteCode::decode(code)?;
@@ -95,8 +99,27 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
     let mut step = Step::Enrolling;
     let mut log: Option<Log> = None;
     let me = identity.device.public_key().device_id();
+    // A member that does not know the invite yet (made a moment ago elsewhere) pulls the log
+    // from the others; we ask it again a little later, a few times, before believing it.
+    let unknown = membership::InviteUnusable::Unknown.to_string();
+    let mut unknown_retries = 0u32;
+    let mut retry: Option<(tokio::time::Instant, PeerId)> = None;
     loop {
-        let event = swarm.select_next_some().await;
+        let retry_due = async {
+            match retry {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            () = retry_due => {
+                if let Some((_, peer)) = retry.take() {
+                    swarm.behaviour_mut().control.send_request(&peer, enrol.clone());
+                }
+                continue;
+            }
+        };
         let failure = match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 if member.is_none() {
@@ -139,6 +162,11 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
                     super::persist(state, &log)?;
                     state.cache_peers(&code.bootstrap.iter().map(ToString::to_string).collect::<Vec<_>>())?;
                     return Ok(());
+                }
+                (Step::Enrolling, Response::Refused { reason }) if reason == unknown && waiting.is_empty() && unknown_retries < UNKNOWN_INVITE_RETRIES => {
+                    retry = Some((tokio::time::Instant::now() + UNKNOWN_INVITE_BACKOFF * 2u32.pow(unknown_retries), peer));
+                    unknown_retries += 1;
+                    None
                 }
                 (_, Response::Refused { reason }) => Some(crate::control::messages::printable(&reason)),
                 _ => None,

@@ -157,6 +157,23 @@ fn a_joiner_is_admitted_by_any_member_holding_the_invite() {
 }
 
 #[test]
+fn a_member_that_has_not_heard_of_a_fresh_invite_pulls_the_log_and_admits_the_joiners_retry() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
+    // The laptop's push of the invite entry is late to CloudPal (still in flight, say).
+    sim.drop_requests(0, 1, |r| matches!(r, Request::Announce { .. }));
+    let code = invite(&mut sim, 0, Duration::from_secs(3600));
+    assert!(!sim.nodes[1].log().contains(&code.invite), "the push got through after all");
+    let joiner = joiner_identity(41);
+    let peer = node::p2p::peer_id(&joiner.libp2p).expect("peer");
+    let first = sim.ask_as(peer, Ipv4Addr::new(198, 51, 100, 9), 1, invite_sync(&sim, &code, &peer, &code.secret));
+    assert_eq!(refusal(&first), "this invite code is not valid for this network");
+    // The refusal made CloudPal ask the laptop for what it lacks: the invite is there for the
+    // joiner's retry (pal join asks again after 250 ms).
+    assert!(sim.nodes[1].log().contains(&code.invite), "CloudPal did not pull the log on an unknown invite");
+    assert_eq!(join_through(&mut sim, 1, &code, &joiner, "tablet"), Response::Accepted);
+}
+
+#[test]
 fn a_wrong_invite_secret_is_refused() {
     let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
     let code = invite(&mut sim, 0, Duration::from_secs(3600));
