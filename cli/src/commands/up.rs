@@ -52,17 +52,18 @@ pub fn run(state: StateDir, flags: Flags) -> anyhow::Result<()> {
 }
 
 /// The log filter for `PAL_LOG`. Lifecycle lines only by default, never peers, endpoints or
-/// destinations (PRIV-01). A bare level (`PAL_LOG=debug`) applies to pal's own code only —
+/// destinations (PRIV-01): quinn-udp names the destination of every failed send in its
+/// warnings, so it is silent. A bare level (`PAL_LOG=debug`) applies to pal's own code only —
 /// which logs no addresses, names or keys at any level (PRIV-02) — while the libraries stay at
 /// warnings (libp2p's own debug lines name peers and addresses); full directives
 /// (`PAL_LOG=libp2p_swarm=debug,…`) are taken as they are, for whoever needs them.
 fn log_filter(setting: Option<&str>) -> String {
     const OURS: [&str; 4] = ["pal", "node", "protocol", "membership"];
     match setting.map(str::trim).filter(|s| !s.is_empty()) {
-        None => "warn,pal=info,node=info,protocol=info,membership=info".into(),
+        None => "warn,quinn_udp=off,pal=info,node=info,protocol=info,membership=info".into(),
         Some(level) if ["error", "warn", "info", "debug", "trace"].contains(&level) => {
             let ours: Vec<String> = OURS.iter().map(|target| format!("{target}={level}")).collect();
-            format!("warn,{}", ours.join(","))
+            format!("warn,quinn_udp=off,{}", ours.join(","))
         }
         Some(directives) => directives.into(),
     }
@@ -74,8 +75,8 @@ mod tests {
 
     #[test]
     fn a_bare_level_raises_only_pals_own_code() {
-        assert_eq!(log_filter(Some("debug")), "warn,pal=debug,node=debug,protocol=debug,membership=debug");
-        assert_eq!(log_filter(None), "warn,pal=info,node=info,protocol=info,membership=info");
+        assert_eq!(log_filter(Some("debug")), "warn,quinn_udp=off,pal=debug,node=debug,protocol=debug,membership=debug");
+        assert_eq!(log_filter(None), "warn,quinn_udp=off,pal=info,node=info,protocol=info,membership=info");
         assert_eq!(log_filter(Some("libp2p_swarm=debug")), "libp2p_swarm=debug");
     }
 }

@@ -222,10 +222,18 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 /// on the next.
 fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
     let mut swarm = p2p::build_for_epoch(seed, epoch, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, gate, network))?;
-    let tcp_address = crate::control::addr::socket_multiaddr(options.listen, false);
-    let quic_address = crate::control::addr::socket_multiaddr(SocketAddr::new(options.listen.ip(), options.listen.port().wrapping_add(1)), true);
-    swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
-    swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
+    // libp2p's IPv6 sockets are IPv6-only: `--listen [::]:PORT` takes an IPv4 listener beside
+    // them (the data socket is dual-stack).
+    let mut ips = vec![options.listen.ip()];
+    if options.listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        ips.push(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    }
+    for ip in ips {
+        let tcp_address = crate::control::addr::socket_multiaddr(SocketAddr::new(ip, options.listen.port()), false);
+        let quic_address = crate::control::addr::socket_multiaddr(SocketAddr::new(ip, options.listen.port().wrapping_add(1)), true);
+        swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
+        swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
+    }
     Ok(swarm)
 }
 

@@ -46,11 +46,16 @@ pub fn multiaddr_ip(address: &Multiaddr) -> Option<IpAddr> {
 
 /// Addresses worth giving to others: not loopback, not unspecified, not in the overlay.
 pub fn is_dialable(address: &Multiaddr) -> bool {
-    multiaddr_ip(address).is_some_and(|ip| {
-        !ip.is_loopback()
-            && !ip.is_unspecified()
-            && !matches!(ip, IpAddr::V4(v4) if membership::overlay::is_overlay_ipv4(v4))
-    })
+    multiaddr_ip(address).is_some_and(is_underlay_ip)
+}
+
+/// An address another machine could reach us at: not loopback, unspecified or link-local
+/// (an IPv6 link-local address needs a scope no other machine knows), not in the overlay.
+pub fn is_underlay_ip(ip: IpAddr) -> bool {
+    !ip.is_loopback()
+        && !ip.is_unspecified()
+        && !matches!(ip, IpAddr::V4(v4) if membership::overlay::is_overlay_ipv4(v4) || v4.is_link_local())
+        && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some())
 }
 
 #[cfg(test)]
@@ -67,6 +72,9 @@ mod tests {
             ("/ip4/100.128.0.1/tcp/41641", true),
             ("/ip4/127.0.0.1/tcp/41641", false),
             ("/ip4/0.0.0.0/tcp/41641", false),
+            ("/ip6/fe80::1/tcp/41641", false),
+            ("/ip6/::/tcp/41641", false),
+            ("/ip4/169.254.1.1/tcp/41641", false),
         ] {
             let address: Multiaddr = address.parse().expect("multiaddr");
             assert_eq!(is_dialable(&address), dialable, "{address}");

@@ -25,7 +25,7 @@ impl Core {
             .listen_addrs
             .iter()
             .filter_map(multiaddr_ip)
-            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !self.is_overlay(*ip))
+            .filter(|ip| super::addr::is_underlay_ip(*ip) && !self.is_overlay(*ip))
             .map(|ip| SocketAddr::new(ip, self.data_port))
             .chain(self.view.observed.iter().copied())
             .collect();

@@ -209,12 +209,16 @@ fn reachable_from(local: SocketAddr, address: SocketAddr) -> SocketAddr {
 /// The shared data socket, bound to `listen` with `SO_REUSEPORT` so that connected sockets
 /// can share its port. A port another socket holds is refused, even one bound with
 /// `SO_REUSEPORT` by the same user (another node), which would otherwise share it silently.
+///
+/// `[::]` is dual-stack whatever the system's default (IPv4 arrives IPv4-mapped), so one
+/// socket serves both families, as WireGuard's does.
 pub fn bind_shared(listen: SocketAddr) -> io::Result<UdpSocket> {
-    let exclusive = new_socket(listen, None, false)?;
+    let only_v6 = (listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)).then_some(false);
+    let exclusive = new_socket(listen, only_v6, false)?;
     exclusive.bind(&SockAddr::from(listen))?;
     let bound = exclusive.local_addr()?.as_socket().unwrap_or(listen);
     drop(exclusive);
-    let socket = new_socket(bound, None, true)?;
+    let socket = new_socket(bound, only_v6, true)?;
     socket.bind(&SockAddr::from(bound))?;
     Ok(socket.into())
 }

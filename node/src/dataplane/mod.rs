@@ -310,7 +310,9 @@ impl DataPlane {
             };
             let drained = count < UDP_BATCH;
             for index in 0..count {
-                let meta = self.io.udp_meta[index];
+                let mut meta = self.io.udp_meta[index];
+                // A dual-stack socket hears IPv4 peers IPv4-mapped: one spelling everywhere.
+                meta.addr = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
                 let stride = meta.stride.max(1);
                 let mut offset = 0;
                 while offset < meta.len {
@@ -690,6 +692,12 @@ impl Outbound {
 /// One send on the shared socket. A lone datagram goes out with a plain sendto: quinn-udp's
 /// sendmsg adds control messages (TOS) that cost the kernel measurably more per packet.
 fn send_shared(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, destination: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> std::io::Result<()> {
+    // IPv4 through a dual-stack socket goes IPv4-mapped (the kernel refuses an AF_INET
+    // address on an AF_INET6 socket).
+    let destination = match (destination, udp.local_addr()) {
+        (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        _ => destination,
+    };
     match segment_size {
         None => udp.send_to(contents, destination).map(drop),
         Some(_) => {

@@ -30,6 +30,9 @@ fn allow_fragmentation(udp: &std::net::UdpSocket) {
     let ipv6 = udp.local_addr().is_ok_and(|address| address.is_ipv6());
     if ipv6 {
         set(libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT);
+        // quinn-udp also sets IPV6_DONTFRAG, which on a dual-stack socket holds for IPv4
+        // (mapped) too: without clearing it a datagram over the path MTU is refused (EMSGSIZE).
+        set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
     }
     set(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT);
 }
