@@ -31,7 +31,8 @@ enum Command {
         /// Switch on CloudPal duties: relay, DHT anchor, VPN exit, DNS.
         #[arg(long)]
         cloudpal: bool,
-        /// Data-plane UDP address; the control plane uses TCP on the same port, QUIC on the next.
+        /// Data-plane UDP address (default [::]:41641: IPv6 and IPv4 on one socket); the control
+        /// plane uses TCP on the same port, QUIC on the next.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<String>,
         #[arg(long, value_name = "MULTIADDR")]

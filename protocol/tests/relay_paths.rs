@@ -482,3 +482,21 @@ fn rl05_bogus_candidates_cost_bounded_probes_and_win_no_path() {
     assert_eq!(net.path(A, B), PathKind::Relay, "an impostor's address became the path");
     assert!(net.a_to_b(b"still through the relay"));
 }
+
+/// An endpoint inside the overlay (a member's overlay address, as a control connection that ran
+/// through the tunnel would report it) is never taken as a peer's direct path: the tunnel would
+/// carry itself. Traffic keeps its path and nothing is sent there.
+#[test]
+fn an_endpoint_inside_the_overlay_is_never_a_direct_path() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"warm up"));
+    let inside = SocketAddr::new(net.overlays[B], 41641);
+    let before = net.sent.len();
+    net.devices[A].set_peer_endpoint(&net.keys[B].clone(), inside, net.now);
+    assert!(net.a_to_b(b"still delivered"), "{:?}", net.errors);
+    net.send_ip(A, B, b"keep the peer active");
+    net.run_for(PROBE_INTERVAL * 3);
+    assert!(!net.sent[before..].iter().any(|(_, to)| *to == inside), "a datagram went to an overlay address");
+    assert_eq!(net.path(A, B), PathKind::Relay);
+}

@@ -1,7 +1,7 @@
 //! `pal up`: run the node in the foreground until SIGINT or SIGTERM.
 
 use anyhow::Context;
-use node::app::{DEFAULT_PORT, UpOptions, run as run_node};
+use node::app::{UpOptions, default_listen, run as run_node};
 use node::statedir::StateDir;
 use std::net::SocketAddr;
 
@@ -24,7 +24,7 @@ pub fn run(state: StateDir, flags: Flags) -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
     let listen: SocketAddr = match listen {
         Some(text) => text.parse().with_context(|| format!("--listen {text:?} is not ADDR:PORT"))?,
-        None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+        None => default_listen(),
     };
     let bootstrap = bootstrap
         .iter()

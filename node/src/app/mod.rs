@@ -30,6 +30,14 @@ use tokio::sync::{mpsc, oneshot};
 /// The default data-plane port (UDP); libp2p listens on TCP of the same number and QUIC on
 /// the next one.
 pub const DEFAULT_PORT: u16 = 41641;
+
+/// Where `pal up` listens unless told: both families (`[::]`, dual-stack) where the host has
+/// IPv6, else IPv4 alone.
+pub fn default_listen() -> SocketAddr {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_PORT));
+    let has_ipv6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).is_ok();
+    if has_ipv6 { v6 } else { SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)) }
+}
 /// Control requests waiting for the event loop; the CLI sends one at a time.
 const CONTROL_QUEUE: usize = 16;
 /// How often the core gets a fresh copy of the data plane's view (paths, reflexive addresses).
@@ -222,7 +230,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 /// on the next.
 fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
     let mut swarm = p2p::build_for_epoch(seed, epoch, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, gate, network))?;
-    // libp2p's IPv6 sockets are IPv6-only: `--listen [::]:PORT` takes an IPv4 listener beside
+    // libp2p's IPv6 sockets are IPv6-only: `[::]` (the default) takes an IPv4 listener beside
     // them (the data socket is dual-stack).
     let mut ips = vec![options.listen.ip()];
     if options.listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {

@@ -5,7 +5,6 @@ use super::messages::{Request, Response};
 use super::{Action, Core, Dial, DialWhen, REVOKED, Time};
 use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, PolicyChange, PolicyReply, RevokeReply, StatusReply};
 use crate::dataplane::commands::PeerView;
-use crate::control::addr::is_dialable;
 use libp2p::{Multiaddr, PeerId};
 use membership::{DeviceStatus, EntryHash, ExitDevices, Operation, Role, Rule};
 use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, StaticPublic};
@@ -77,7 +76,7 @@ impl Core {
             .append(Operation::Invite { invite_key: secret.public_key(), role, expires, name_hint: name.to_owned() }, &self.signing_key, None, unix)
             .map_err(|e| format!("cannot invite: {e}"))?;
         self.membership_changed();
-        let own = self.listen_addrs.iter().filter(|a| is_dialable(a)).filter_map(|a| a.clone().with_p2p(self.peer_id).ok());
+        let own = self.listen_addrs.iter().filter(|a| self.dialable(a)).filter_map(|a| a.clone().with_p2p(self.peer_id).ok());
         let relay = self.relay.map(|(device, _)| device);
         let mut others: Vec<(&DeviceId, PeerId, &super::Reach)> =
             self.reach.iter().filter(|(id, _)| **id != self.me).filter_map(|(id, r)| Some((id, r.peer_id?, r))).collect();

@@ -7,7 +7,7 @@
 
 use super::messages::PeerAddresses;
 use super::{Action, Core, Dial, DialWhen, Time, presence};
-use crate::control::addr::{circuit_address, is_dialable};
+use crate::control::addr::circuit_address;
 use libp2p::{Multiaddr, PeerId};
 use membership::DeviceStatus;
 use protocol::DeviceId;
@@ -28,7 +28,7 @@ pub const PRESENCE_LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
 impl Core {
     /// Publishes this device's signed presence record: its peer id and listen addresses.
     pub(super) fn publish_presence(&mut self, time: Time) {
-        let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| is_dialable(a)).cloned().collect();
+        let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| self.dialable(a)).cloned().collect();
         let seq = u64::try_from(time.unix.as_millis()).unwrap_or(u64::MAX);
         let mut nonce = [0u8; presence::NONCE_LEN];
         rand_core::Rng::fill_bytes(&mut self.rng, &mut nonce);
@@ -79,7 +79,7 @@ impl Core {
         if presence.device == self.me || presence.peer == self.peer_id || self.is_connected(&presence.peer) {
             return;
         }
-        let addresses: Vec<Multiaddr> = presence.addresses.into_iter().filter(is_dialable).collect();
+        let addresses: Vec<Multiaddr> = presence.addresses.into_iter().filter(|a| self.dialable(a)).collect();
         let _ = self.remember_addresses(presence.peer, &addresses);
         // Dialled even while another dial to the peer is under way: a redial to an old address
         // must not swallow the news.
@@ -107,7 +107,7 @@ impl Core {
             self.apply_candidates(device);
         }
         let addresses: Vec<Multiaddr> =
-            entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(is_dialable).take(MAX_CANDIDATE_ADDRESSES).collect();
+            entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(|a| self.dialable(a)).take(MAX_CANDIDATE_ADDRESSES).collect();
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
             let known = &mut self.reach.entry(device).or_default().multiaddrs;
             for address in &addresses {

@@ -141,7 +141,7 @@ impl Core {
         let addresses: Vec<Multiaddr> = listen
             .iter()
             .filter_map(|a| a.parse().ok())
-            .filter(crate::control::addr::is_dialable)
+            .filter(|a| self.dialable(a))
             .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
             .collect();
         let known = &mut self.reach.entry(device).or_default().multiaddrs;
@@ -160,7 +160,7 @@ impl Core {
     pub(super) fn own_listen_addresses(&self) -> Vec<String> {
         self.listen_addrs
             .iter()
-            .filter(|a| crate::control::addr::is_dialable(a))
+            .filter(|a| self.dialable(a))
             .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
             .map(ToString::to_string)
             .collect()

@@ -340,12 +340,35 @@ impl Core {
     // ---- the swarm's news ------------------------------------------------------------------
 
     pub fn handle_new_listen_addr(&mut self, address: Multiaddr) {
+        // libp2p listening on `[::]` reports the overlay interface's address too: the control
+        // plane inside the tunnel it sets up would carry its own keys' traffic in circles.
+        if self.in_overlay(&address) {
+            return;
+        }
         // CloudPal's public addresses are its external ones: the relay hands them to the
         // members that reserve a circuit through it.
-        if self.cloudpal && crate::control::addr::is_dialable(&address) {
+        if self.cloudpal && self.dialable(&address) {
             self.push(Action::AddExternalAddress(address.clone()));
         }
         self.listen_addrs.insert(address);
+    }
+
+    /// An address worth giving to members or dialling: not loopback, link-local or unspecified
+    /// ([`crate::control::addr::is_dialable`]), and not in this network's overlay.
+    pub(super) fn dialable(&self, address: &Multiaddr) -> bool {
+        crate::control::addr::is_dialable(address) && !self.in_overlay(address)
+    }
+
+    /// Whether `address` is inside the overlay: 100.64.0.0/10 or this network's ULA /48.
+    fn in_overlay(&self, address: &Multiaddr) -> bool {
+        match crate::control::addr::multiaddr_ip(address) {
+            Some(std::net::IpAddr::V4(ip)) => membership::overlay::is_overlay_ipv4(ip),
+            Some(std::net::IpAddr::V6(ip)) => self.store.log().founder().is_some_and(|founder| {
+                let prefix = membership::overlay::ula_prefix(&founder).octets();
+                ip.octets()[..6] == prefix[..6]
+            }),
+            None => false,
+        }
     }
 
     pub fn handle_connection_established(&mut self, connection: Connection, time: Time) {

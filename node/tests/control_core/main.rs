@@ -412,7 +412,18 @@ fn candidates_reach_the_data_plane_and_paths_are_exchanged_every_two_seconds() {
     let overlay = sim.nodes[1].log().state().devices[&sim.nodes[1].key.public_key().device_id()].record.overlay_ipv4;
     sim.nodes[1].core.handle_new_listen_addr(format!("/ip4/{overlay}/tcp/41641").parse().expect("addr"));
     sim.nodes[1].core.handle_new_listen_addr("/ip4/127.0.0.1/tcp/41641".parse().expect("addr"));
+    // Nor the overlay's IPv6 (libp2p on `[::]` lists the TUN's ULA) or a link-local address.
+    let overlay_v6 = |sim: &Sim, i: usize| sim.nodes[i].log().state().devices[&sim.nodes[i].key.public_key().device_id()].record.overlay_ipv6;
+    for node in [0, 1] {
+        let ula = overlay_v6(&sim, node);
+        for address in [format!("/ip6/{ula}/tcp/41641"), "/ip6/fe80::1/tcp/41641".to_owned()] {
+            sim.nodes[node].core.handle_new_listen_addr(address.parse().expect("addr"));
+        }
+    }
     assert_eq!(sim.nodes[1].core.own_candidates(), vec![format!("{phone_ip}:{}", sim::DATA_PORT)]);
+    let time = sim.time;
+    let made = sim.nodes[0].core.invite("tablet", Role::Member, Duration::from_secs(60), time).expect("invite");
+    assert!(!made.bootstrap.iter().any(|a| a.to_string().starts_with("/ip6/fd") || a.to_string().starts_with("/ip6/fe80")), "{:?}", made.bootstrap);
     let before = sim.nodes[1].sent.len();
     sim.run_for(Duration::from_millis(6_500));
     let paths = sim.nodes[1].sent[before..].iter().filter(|(_, _, r)| matches!(r, Request::Paths { .. })).count();

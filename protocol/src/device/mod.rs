@@ -298,6 +298,10 @@ impl Device {
     }
 
     pub fn set_peer_endpoint(&mut self, key: &StaticPublic, endpoint: SocketAddr, now: Instant) {
+        // An address inside the overlay would send the tunnel through itself.
+        if self.route(endpoint.ip()).is_some() {
+            return;
+        }
         if let Some(peer) = self.peers.get_mut(key) {
             peer.paths.set_direct(endpoint);
         }
