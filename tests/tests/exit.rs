@@ -1,7 +1,8 @@
 //! Issue #13: the personal VPN, end to end in namespaces — a v4-only laptop's internet (v4
 //! and v6) through its CloudPal, the kill switch, no leaks outside the tunnel (EXIT-01,
-//! EXIT-02), the firewall policy at the exit (EXIT-06), LAN access, strict `rp_filter`, and
-//! a host left exactly as it was after `exit off`, a stop and a crash (ROB-03).
+//! EXIT-02), no open router, no exit without rights or after revocation and no spoofed source
+//! (EXIT-03, EXIT-04), the firewall policy at the exit (EXIT-06), LAN access, strict
+//! `rp_filter`, and a host left exactly as it was after `exit off`, a stop and a crash (ROB-03).
 
 use std::time::Duration;
 use tests::exit::ExitNetwork;
@@ -302,4 +303,72 @@ fn exit_05_packets_for_the_tunnel_address_from_the_lan_are_dropped_on_the_exit()
     assert!(!arrives(), "on the exit, a packet for the tunnel address from the LAN got in");
     net.laptop.pal_ok(&["exit", "off"]);
     assert!(arrives(), "exit off did not take the rule out");
+}
+
+/// A TCP connection from `source` (an address on the namespace's overlay interface) to
+/// `server`: whether it was answered.
+fn connects_from(netns: &Netns, source: &str, server: std::net::SocketAddr) -> bool {
+    let name = netns.name.clone();
+    let source: std::net::SocketAddr = format!("{source}:0").parse().expect("source");
+    std::thread::spawn(move || {
+        tests::enter_namespace(&name);
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.bind(&source.into()).is_ok() && socket.connect_timeout(&server.into(), QUICK).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// EXIT-03 (no open proxy) and EXIT-04 (no spoofed source): an outsider routing the web through
+/// CloudPal, a member the policy does not let use the exit and a revoked member get nothing
+/// forwarded; a member sending with another member's overlay source is dropped at CloudPal's
+/// data plane (cryptokey routing), so nothing of it reaches the internet.
+#[test]
+fn exit_03_04_no_open_router_no_exit_without_rights_or_after_revocation_and_no_spoofed_source() {
+    let mut net = ExitNetwork::form();
+    // An outsider on CloudPal's LAN that routes the web server through CloudPal (which pal
+    // switched forwarding on for): not forwarded. (Its redirects refused, so the outsider
+    // cannot be told the direct way.)
+    let (outsider, _) = net.internet.host("outs");
+    assert!(tests::exit::whoami(&outsider, net.web_v4(), QUICK).is_some(), "control: the outsider reaches the web directly");
+    for key in ["net.ipv4.conf.all.accept_redirects=0", "net.ipv4.conf.eth0.accept_redirects=0"] {
+        outsider.exec_ok("sysctl", &["-qw", key]);
+    }
+    outsider.ip(&["route", "add", &format!("{}/32", net.web_v4), "via", &net.cloudpal.address]);
+    let forwarding = net.cloudpal.netns.exec_ok("cat", &["/proc/sys/net/ipv4/ip_forward"]);
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1", "CloudPal does not forward at all: the check below would prove nothing");
+    assert!(tests::exit::whoami(&outsider, net.web_v4(), QUICK).is_none(), "CloudPal forwarded an outsider's traffic (an open router)");
+
+    // A member the policy does not let use the exit: cut off within seconds, even with its
+    // full tunnel still up (what a modified client would send).
+    net.phone.pal_ok(&["exit", "use"]);
+    let via_cloudpal = Some(net.cloudpal.address.clone());
+    let phone_seen = || tests::exit::whoami(&net.phone.netns, net.web_v4(), Duration::from_millis(700));
+    assert!(wait_until(Duration::from_secs(10), || phone_seen() == via_cloudpal), "the phone never used the exit");
+    net.laptop.pal_ok(&["policy", "set", "--exit-devices", "laptop"]);
+    assert!(wait_until(Duration::from_secs(3), || phone_seen().is_none()), "a member without exit rights was still forwarded");
+    let refused = net.phone.pal(&["exit", "use"]);
+    assert!(!refused.status.success(), "the exit accepted a device the policy leaves out");
+    net.laptop.pal_ok(&["policy", "set", "--exit-devices", "all"]);
+    assert!(wait_until(Duration::from_secs(5), || phone_seen() == via_cloudpal), "the phone did not get the exit back");
+
+    // EXIT-04: the laptop, on the exit, sends with the phone's overlay source: CloudPal's data
+    // plane drops it (the phone's address belongs to the phone's key), so the web server's
+    // link sees no connection attempt from CloudPal for it — while the laptop's own works.
+    net.laptop.pal_ok(&["exit", "use"]);
+    assert!(wait_until(Duration::from_secs(10), || net.laptop_seen(QUICK).0 == via_cloudpal), "the laptop never used the exit");
+    let (phone_v4, _) = net.phone.overlay();
+    let (laptop_v4, _) = net.laptop.overlay();
+    net.laptop.netns.ip(&["addr", "add", &format!("{phone_v4}/32"), "dev", "pal0"]);
+    let web = net.web_v4();
+    let mut spoofed = true;
+    let frames = frames_during(&net.web, "eth0", || spoofed = connects_from(&net.laptop.netns, &phone_v4, web));
+    assert!(!spoofed, "a connection with another member's overlay source was answered");
+    let syns_from_cloudpal = frames.iter().filter(|f| mentions(f, &net.cloudpal.address) && f.len() > 47 && f[14 + 20 + 13] & 0x02 != 0).count();
+    assert_eq!(syns_from_cloudpal, 0, "CloudPal forwarded a spoofed member source to the internet");
+    assert!(connects_from(&net.laptop.netns, &laptop_v4, web), "control: the laptop's own source is forwarded");
+
+    // A revoked member: nothing forwarded any more.
+    net.laptop.pal_ok(&["device", "revoke", "phone"]);
+    assert!(wait_until(Duration::from_secs(3), || phone_seen().is_none()), "a revoked member was still forwarded");
 }

@@ -197,7 +197,10 @@ impl Host {
                 write_sysctl(key, "1").with_context(|| format!("cannot switch on forwarding ({key})"))?;
             }
         }
-        apply_nft(&ruleset::exit(host, rules)).context("cannot install the exit's table (nftables)")
+        // What the host forwarded before pal: its own routing is left alone, nothing else.
+        let was_on = |key: &str| self.journal.sysctls.iter().any(|(k, old)| k == key && old.trim() != "0");
+        let forwarding = ruleset::HostForwarding { ipv4: was_on(EXIT_SYSCTLS[0]), ipv6: was_on(EXIT_SYSCTLS[1]) };
+        apply_nft(&ruleset::exit(host, rules, forwarding)).context("cannot install the exit's table (nftables)")
     }
 
     /// Takes the exit table out and puts the sysctls back.

@@ -60,10 +60,19 @@ pub fn client(tunnel: &ClientTunnel) -> Nftables<'static> {
     batch.to_nftables()
 }
 
+/// Which families this host forwarded before pal switched forwarding on for the exit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostForwarding {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
 /// CloudPal's exit: members' overlay sources (those the policy lets use it) to the internet,
 /// under the firewall policy; nothing unsolicited from the internet into the overlay;
-/// masquerade (or each device's egress address); MSS clamped to the route's MTU.
-pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
+/// masquerade (or each device's egress address); MSS clamped to the route's MTU. Forwarding
+/// that is not the exit's is dropped in each family the host did not forward before (pal
+/// switching forwarding on must not make CloudPal a router for its neighbours: EXIT-03).
+pub fn exit(host: &ExitHost, rules: &ExitRules, forwarding: HostForwarding) -> Nftables<'static> {
     let t = TableRef { name: EXIT_TABLE };
     let mut batch = t.replace();
     let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = rules.sources.iter().partition(|a| a.is_ipv4());
@@ -129,6 +138,11 @@ pub fn exit(host: &ExitHost, rules: &ExitRules) -> Nftables<'static> {
         forward.push(vec![from_tun(), counter(), drop()]);
     }
     forward.push(vec![from_tun(), accept()]);
+    for (forwarded, family) in [(forwarding.ipv4, "ipv4"), (forwarding.ipv6, "ipv6")] {
+        if !forwarded {
+            forward.push(vec![is(meta(MetaKey::Nfproto), s(family)), counter(), drop()]);
+        }
+    }
     for rule in forward {
         batch.add(t.rule("forward", rule));
     }
@@ -363,25 +377,29 @@ mod tests {
     #[test]
     fn the_exit_renders_as_its_golden_file() {
         let mut rules = ExitRules { sources: vec!["100.64.0.2".parse().expect("v4"), "fd7a:1::2".parse().expect("v6")], ..ExitRules::default() };
-        golden("exit-default", &exit(&host(), &rules));
+        golden("exit-default", &exit(&host(), &rules, HostForwarding::default()));
+        // A host that routed IPv4 before keeps routing it: no drop for others' IPv4.
+        let router = serde_json::to_string(&exit(&host(), &rules, HostForwarding { ipv4: true, ipv6: false })).expect("json");
+        let default = serde_json::to_string(&exit(&host(), &rules, HostForwarding::default())).expect("json");
+        assert_eq!(default.matches("\"drop\"").count(), router.matches("\"drop\"").count() + 1);
         rules.deny = vec![net("192.0.2.0/24"), net("2001:db8::/32")];
         rules.allow = vec![net("198.51.100.0/24")];
         rules.egress = vec![("100.64.0.2".parse().expect("v4"), "203.0.113.200".parse().expect("v4"))];
         rules.logging = true;
         rules.deny_domains = true;
         rules.allow_domains = true;
-        golden("exit-policy", &exit(&host(), &rules));
+        golden("exit-policy", &exit(&host(), &rules, HostForwarding::default()));
         golden("rule-addresses", &rule_addresses("deny", &["192.0.2.7".parse().expect("v4")], std::time::Duration::from_secs(120)));
         rules.mesh_only = true;
-        let text = serde_json::to_string(&exit(&host(), &rules)).expect("json");
+        let text = serde_json::to_string(&exit(&host(), &rules, HostForwarding::default())).expect("json");
         assert!(text.matches("\"drop\"").count() > 4);
     }
 
     #[test]
     fn nothing_is_logged_unless_the_policy_says() {
         let rules = ExitRules { sources: vec!["100.64.0.2".parse().expect("v4")], ..ExitRules::default() };
-        assert!(!serde_json::to_string(&exit(&host(), &rules)).expect("json").contains("\"log\""));
+        assert!(!serde_json::to_string(&exit(&host(), &rules, HostForwarding::default())).expect("json").contains("\"log\""));
         let logging = ExitRules { logging: true, ..rules };
-        assert!(serde_json::to_string(&exit(&host(), &logging)).expect("json").contains("\"log\""));
+        assert!(serde_json::to_string(&exit(&host(), &logging, HostForwarding::default())).expect("json").contains("\"log\""));
     }
 }
