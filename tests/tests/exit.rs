@@ -347,6 +347,10 @@ fn exit_03_04_no_open_router_no_exit_without_rights_or_after_revocation_and_no_s
     assert!(wait_until(Duration::from_secs(10), || phone_seen() == via_cloudpal), "the phone never used the exit");
     net.laptop.pal_ok(&["policy", "set", "--exit-devices", "laptop"]);
     assert!(wait_until(Duration::from_secs(3), || phone_seen().is_none()), "a member without exit rights was still forwarded");
+    // Once the entry has reached the phone too, its own `exit use` says no as well (the
+    // enforcement above is CloudPal's; this is the phone's courtesy).
+    let replicated = wait_until(Duration::from_secs(5), || net.phone.pal_ok(&["policy", "show", "--json"]).contains(r#""exit_devices":["laptop"]"#));
+    assert!(replicated, "the policy entry did not reach the phone");
     let refused = net.phone.pal(&["exit", "use"]);
     assert!(!refused.status.success(), "the exit accepted a device the policy leaves out");
     net.laptop.pal_ok(&["policy", "set", "--exit-devices", "all"]);
