@@ -65,49 +65,29 @@ fn server_config(cert: &ServerCert, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig>
 /// Documents an [`https_server`] serves by path; the test may change them while it runs.
 pub type Documents = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
 
-/// An HTTPS server on `listen` in `netns`: `POST` with `application/dns-message` is a DNS
-/// query passed over UDP to `dns_backend` (RFC 8484), `GET` serves `documents` (404 for
-/// others). Runs until the namespace goes.
-pub fn https_server(netns: &Netns, listen: SocketAddr, dns_backend: SocketAddr, cert: &ServerCert, documents: Documents) {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(cert, &[b"h2", b"http/1.1"]));
+/// Serves TLS on `listen` in `netns` with `config`, handing each accepted stream to `handle`
+/// on its own task (the handshake too). Returns once listening; runs until the namespace goes.
+fn serve_tls<F, Fut>(netns: &Netns, listen: SocketAddr, config: Arc<rustls::ServerConfig>, handle: F)
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handle = Arc::new(handle);
     let name = netns.name.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         enter_namespace(&name);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the HTTPS server");
+            let listener = tokio::net::TcpListener::bind(listen).await.unwrap_or_else(|e| panic!("bind a TLS server on {listen}: {e}"));
             let _ = ready_tx.send(());
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, documents) = (acceptor.clone(), documents.clone());
+                let (acceptor, handle) = (acceptor.clone(), handle.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                        let documents = documents.clone();
-                        async move {
-                            let reply = |status: u16, kind: &str, body: Vec<u8>| {
-                                http::Response::builder().status(status).header(http::header::CONTENT_TYPE, kind).body(Full::new(Bytes::from(body))).expect("response")
-                            };
-                            if request.method() == http::Method::POST {
-                                let query = request.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-                                let socket = tokio::net::UdpSocket::bind((listen.ip(), 0)).await.expect("udp");
-                                let _ = socket.send_to(&query, dns_backend).await;
-                                let mut answer = vec![0u8; 4096];
-                                return Ok::<_, std::convert::Infallible>(match tokio::time::timeout(std::time::Duration::from_secs(3), socket.recv(&mut answer)).await {
-                                    Ok(Ok(len)) => reply(200, "application/dns-message", answer[..len].to_vec()),
-                                    _ => reply(502, "text/plain", Vec::new()),
-                                });
-                            }
-                            let document = documents.lock().expect("documents").get(request.uri().path()).cloned();
-                            Ok(match document {
-                                Some(text) => reply(200, "text/plain", text.into_bytes()),
-                                None => reply(404, "text/plain", Vec::new()),
-                            })
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        handle(tls).await;
+                    }
                 });
             }
         });
@@ -115,27 +95,48 @@ pub fn https_server(netns: &Netns, listen: SocketAddr, dns_backend: SocketAddr, 
     let _ = ready_rx.recv();
 }
 
+/// An HTTPS server on `listen` in `netns`: `POST` with `application/dns-message` is a DNS
+/// query passed over UDP to `dns_backend` (RFC 8484), `GET` serves `documents` (404 for
+/// others). Runs until the namespace goes.
+pub fn https_server(netns: &Netns, listen: SocketAddr, dns_backend: SocketAddr, cert: &ServerCert, documents: Documents) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    serve_tls(netns, listen, server_config(cert, &[b"h2", b"http/1.1"]), move |tls| {
+        let documents = documents.clone();
+        async move {
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let documents = documents.clone();
+                async move {
+                    let reply = |status: u16, kind: &str, body: Vec<u8>| {
+                        http::Response::builder().status(status).header(http::header::CONTENT_TYPE, kind).body(Full::new(Bytes::from(body))).expect("response")
+                    };
+                    if request.method() == http::Method::POST {
+                        let query = request.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                        let socket = tokio::net::UdpSocket::bind((listen.ip(), 0)).await.expect("udp");
+                        let _ = socket.send_to(&query, dns_backend).await;
+                        let mut answer = vec![0u8; 4096];
+                        return Ok::<_, std::convert::Infallible>(match tokio::time::timeout(std::time::Duration::from_secs(3), socket.recv(&mut answer)).await {
+                            Ok(Ok(len)) => reply(200, "application/dns-message", answer[..len].to_vec()),
+                            _ => reply(502, "text/plain", Vec::new()),
+                        });
+                    }
+                    let document = documents.lock().expect("documents").get(request.uri().path()).cloned();
+                    Ok(match document {
+                        Some(text) => reply(200, "text/plain", text.into_bytes()),
+                        None => reply(404, "text/plain", Vec::new()),
+                    })
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+        }
+    });
+}
+
 /// A DNS-over-TLS front on `listen` in `netns`, passing each connection to `backend` (a
 /// resolver's TCP port). Runs until the namespace goes.
 pub fn dot_front(netns: &Netns, listen: SocketAddr, backend: SocketAddr, cert: &ServerCert) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(cert, &[]));
-    let name = netns.name.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        enter_namespace(&name);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the DoT front");
-            let _ = ready_tx.send(());
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else { return };
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                });
-            }
-        });
+    serve_tls(netns, listen, server_config(cert, &[]), move |mut tls| async move {
+        let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else { return };
+        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
     });
-    let _ = ready_rx.recv();
 }

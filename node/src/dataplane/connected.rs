@@ -199,7 +199,7 @@ fn canonical(address: SocketAddr) -> SocketAddr {
 
 /// `address` as a socket bound like `local` reaches it (IPv4 through a dual-stack socket is
 /// IPv4-mapped).
-fn reachable_from(local: SocketAddr, address: SocketAddr) -> SocketAddr {
+pub(super) fn reachable_from(local: SocketAddr, address: SocketAddr) -> SocketAddr {
     match (local, address) {
         (SocketAddr::V6(_), SocketAddr::V4(v4)) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
         _ => address,

@@ -146,7 +146,8 @@ pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, tun: TunConfig,
                 let _ = started.send(Ok(()));
                 let io = Buffers::new(udp_state.max_gso_segments());
                 let connections = Connections::new(&udp);
-                let out = Outbound { udp, udp_state, connections, shared_queue: SendQueue::default(), queues: Vec::new() };
+                let local = udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let out = Outbound { udp, local, udp_state, connections, shared_queue: SendQueue::default(), queues: Vec::new() };
                 let plane = DataPlane { device, members, out, poller, tun, tun_paused: false, io, ping: None, sequence: 0, events };
                 run(plane, &thread_wake, commands);
             }
@@ -583,6 +584,8 @@ enum Source {
 /// each.
 struct Outbound {
     udp: std::net::UdpSocket,
+    /// The shared socket's address (IPv6 for a dual-stack one), read once.
+    local: SocketAddr,
     udp_state: quinn_udp::UdpSocketState,
     connections: Connections,
     shared_queue: SendQueue,
@@ -627,7 +630,7 @@ impl Outbound {
             self.shared_queue.push(transmit.destination, transmit.contents, transmit.segment_size);
             return;
         }
-        match send_shared(&self.udp, &self.udp_state, transmit.destination, transmit.contents, transmit.segment_size) {
+        match send_shared(&self.udp, &self.udp_state, connected::reachable_from(self.local, transmit.destination), transmit.contents, transmit.segment_size) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 self.shared_queue.push(transmit.destination, transmit.contents, transmit.segment_size);
@@ -640,7 +643,7 @@ impl Outbound {
     /// The shared socket has room: send what waits, and stop watching for room once done.
     fn flush_shared(&mut self, poller: &Poller) {
         while let Some(item) = self.shared_queue.front() {
-            match send_shared(&self.udp, &self.udp_state, item.destination, &item.contents, item.segment_size) {
+            match send_shared(&self.udp, &self.udp_state, connected::reachable_from(self.local, item.destination), &item.contents, item.segment_size) {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
                 _ => self.shared_queue.pop(),
             }
@@ -691,13 +694,9 @@ impl Outbound {
 
 /// One send on the shared socket. A lone datagram goes out with a plain sendto: quinn-udp's
 /// sendmsg adds control messages (TOS) that cost the kernel measurably more per packet.
+/// `destination` is given as the socket reaches it ([`connected::reachable_from`]: IPv4-mapped
+/// through a dual-stack socket, which refuses an AF_INET address).
 fn send_shared(udp: &std::net::UdpSocket, state: &quinn_udp::UdpSocketState, destination: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> std::io::Result<()> {
-    // IPv4 through a dual-stack socket goes IPv4-mapped (the kernel refuses an AF_INET
-    // address on an AF_INET6 socket).
-    let destination = match (destination, udp.local_addr()) {
-        (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
-        _ => destination,
-    };
     match segment_size {
         None => udp.send_to(contents, destination).map(drop),
         Some(_) => {

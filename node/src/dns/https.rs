@@ -48,10 +48,7 @@ impl HttpsUrl {
     }
 
     fn uri(&self) -> String {
-        match self.host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => format!("https://[{ip}]:{}{}", self.port, self.path),
-            _ => format!("https://{}:{}{}", self.host, self.port, self.path),
-        }
+        format!("https://{}{}", self.authority(), self.path)
     }
 
     fn authority(&self) -> String {
