@@ -36,6 +36,10 @@ const TAG_AT: usize = 28;
 const TAG_LEN: usize = 16;
 /// The smallest inner message is a cookie reply or keepalive (32 bytes).
 pub const MIN_ENVELOPE_LEN: usize = RELAY_HEADER_LEN + 32;
+/// A hop keepalive is a bare header addressed to the relay itself: it holds the member's NAT
+/// mapping toward the relay open (and tells the relay where the member is now) without a
+/// session, a handshake or anything to forward.
+pub const HOP_KEEPALIVE_LEN: usize = RELAY_HEADER_LEN;
 /// How long a sender id holds: an hour, so a relay's table of ids is rebuilt hourly.
 pub const ID_EPOCH_SECONDS: u64 = 3600;
 
@@ -138,9 +142,10 @@ pub fn is_envelope(datagram: &[u8]) -> bool {
     datagram.first() == Some(&KIND_RELAY_ENVELOPE)
 }
 
-/// Reads the header of an envelope.
+/// Reads the header of an envelope (a hop keepalive's too: the caller checks the length for
+/// what the destination is).
 pub fn parse(datagram: &[u8]) -> Result<Header, EnvelopeError> {
-    if datagram.len() < MIN_ENVELOPE_LEN || !is_envelope(datagram) || datagram[1..SENDER_AT] != [0, 0, 0] {
+    if datagram.len() < HOP_KEEPALIVE_LEN || !is_envelope(datagram) || datagram[1..SENDER_AT] != [0, 0, 0] {
         return Err(EnvelopeError::Malformed);
     }
     let field = |at: usize| -> [u8; 8] { datagram[at..at + 8].try_into().unwrap_or_default() };
@@ -257,6 +262,7 @@ mod tests {
     #[test]
     fn short_or_foreign_datagrams_are_not_envelopes() {
         assert_eq!(parse(&[6; 10]), Err(EnvelopeError::Malformed));
+        assert_eq!(parse(&[6; HOP_KEEPALIVE_LEN - 1]), Err(EnvelopeError::Malformed));
         assert_eq!(parse(&[4; 100]), Err(EnvelopeError::Malformed));
         let mut bad_reserved = vec![0u8; 100];
         bad_reserved[0] = 6;

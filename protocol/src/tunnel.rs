@@ -658,6 +658,15 @@ impl Tunnel {
 
     // ---- timers ----------------------------------------------------------------------------
 
+    /// Changes the persistent keepalive of a running tunnel: from the next packet sent or
+    /// received (off at once).
+    pub fn set_persistent_keepalive(&mut self, every: Option<Duration>) {
+        self.config.persistent_keepalive = every;
+        if every.is_none() {
+            self.persistent_keepalive_due = None;
+        }
+    }
+
     fn packet_sent(&mut self, now: Instant) {
         self.keepalive_due = None;
         self.persistent_keepalive_due = self.config.persistent_keepalive.map(|every| now + every);

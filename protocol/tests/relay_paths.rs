@@ -500,3 +500,52 @@ fn an_endpoint_inside_the_overlay_is_never_a_direct_path() {
     assert!(!net.sent[before..].iter().any(|(_, to)| *to == inside), "a datagram went to an overlay address");
     assert_eq!(net.path(A, B), PathKind::Relay);
 }
+
+/// Issue #15 (quiet when idle): a member behind a NAT holds its mapping toward the relay with
+/// hop keepalives alone — bare authenticated headers, one per interval of silence, no session
+/// and no handshake kept up for them. The relay follows the member to a new address by them
+/// (a forged or replayed one moves nothing), and after ten idle minutes the other member's
+/// packet reaches it through the relay.
+#[test]
+fn an_idle_member_holds_its_relay_mapping_with_hop_keepalives_alone() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"before"), "errors {:?}", net.errors);
+    let every = Duration::from_secs(25);
+    net.devices[A].set_relay_keepalive(Some(every));
+    net.run_for(Duration::from_secs(1));
+    let (sent_before, to_relay_before) = (net.sent.len(), net.to_relay.len());
+    let handshakes_before = (net.handshakes(A, R), net.handshakes(A, B));
+    net.run_for(Duration::from_secs(600));
+    let sent_by_a: Vec<SocketAddr> = net.sent[sent_before..].iter().filter(|(who, _)| *who == A).map(|(_, to)| *to).collect();
+    assert!((23..=25).contains(&sent_by_a.len()), "{} datagrams in ten idle minutes", sent_by_a.len());
+    assert!(sent_by_a.iter().all(|to| *to == net.addresses[R]), "an idle member sent elsewhere than its relay");
+    // (B's one WireGuard keepalive for the packet it got goes through the relay too.)
+    let keepalives: Vec<Vec<u8>> = net.to_relay[to_relay_before..].iter().filter(|k| k.len() == relay::HOP_KEEPALIVE_LEN).cloned().collect();
+    assert_eq!(keepalives.len(), sent_by_a.len(), "the idle member sent something else than hop keepalives");
+    assert_eq!(net.devices[R].stats().relay_keepalives as usize, keepalives.len());
+    assert_eq!((net.handshakes(A, R), net.handshakes(A, B)), handshakes_before, "a handshake for nothing");
+    assert_eq!(net.path(B, A), PathKind::None, "the sessions lapsed as WireGuard's do");
+
+    // A forged keepalive from elsewhere moves nothing; neither does a replayed one.
+    let elsewhere: SocketAddr = "192.0.2.66:41641".parse().expect("address");
+    let mut forged = keepalives.last().expect("a keepalive").clone();
+    relay::retag(&mut forged, &HopKey::between(&StaticSecret::from_bytes([7; 32]), &net.keys[R]));
+    let replayed = keepalives[0].clone();
+    for bytes in [forged, replayed] {
+        let at = net.now;
+        net.in_flight.push_back(Datagram { at, from: elsewhere, to: net.addresses[R], bytes });
+        net.run_for(Duration::from_millis(10));
+    }
+    assert_eq!(net.devices[R].peer_endpoint(&net.keys[A]), Some(net.addresses[A]), "a forged or replayed keepalive moved the member");
+
+    // The member's NAT gives it a new outside address: the next keepalive tells the relay.
+    let roamed: SocketAddr = "192.0.2.99:1024".parse().expect("address");
+    net.addresses[A] = roamed;
+    net.run_for(every + Duration::from_secs(1));
+    assert_eq!(net.devices[R].peer_endpoint(&net.keys[A]), Some(roamed));
+    let before = net.delivered[A].len();
+    net.send_ip(B, A, b"after ten minutes");
+    net.run_for(Duration::from_millis(100));
+    assert!(net.delivered[A][before..].iter().any(|p| p.ends_with(b"after ten minutes")), "errors {:?}", net.errors);
+}

@@ -90,6 +90,8 @@ pub struct DeviceStats {
     /// Envelopes dropped as replays (a number already seen on their hop).
     pub relay_replayed: u64,
     pub relay_forwarded: u64,
+    /// Relay duty: hop keepalives accepted from members.
+    pub relay_keepalives: u64,
 }
 
 /// Decides whether a static key may complete a handshake now (membership plugs in here).
@@ -123,6 +125,10 @@ pub struct Device {
     envelope_counter: u64,
     /// The relay this device may send through (the owner's CloudPal), if any.
     relay: Option<RelayConfig>,
+    /// Send a hop keepalive to the relay after this much silence toward it (behind a NAT).
+    relay_keepalive: Option<Duration>,
+    /// When a datagram last went to the relay's address (relayed, or to it as a peer).
+    relay_sent_at: Option<Instant>,
     /// Relay duty (CloudPal): forward envelopes between members.
     relay_server: bool,
     /// Probes and pongs waiting for `poll_transmit`, bounded.
@@ -171,6 +177,7 @@ enum Via {
 
 /// Probes and pongs queued at most (a probe round for every peer fits).
 const MAX_QUEUED_CONTROL: usize = 1024;
+
 /// What one member may push through the relay: 100 Mbit/s sustained, 4 MiB of burst.
 pub const RELAY_RATE_BYTES_PER_SECOND: u64 = 12_500_000;
 pub const RELAY_BURST_BYTES: u64 = 4 << 20;
@@ -208,6 +215,8 @@ impl Device {
             relay_ids_epoch: None,
             envelope_counter: u64::try_from(config.clock.unix_time_at_anchor.as_micros()).unwrap_or(u64::MAX / 2),
             relay: None,
+            relay_keepalive: None,
+            relay_sent_at: None,
             relay_server: false,
             control: VecDeque::new(),
             next_probe_id: 0,
@@ -230,6 +239,7 @@ impl Device {
         let key = config.static_public;
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.allowed_ips = config.allowed_ips;
+            peer.tunnel.set_persistent_keepalive(config.persistent_keepalive);
             if let Some(endpoint) = config.endpoint {
                 peer.paths.set_direct(endpoint);
             }
@@ -355,6 +365,21 @@ impl Device {
             peer.tunnel.connect(now);
         }
         self.sync_peer(key, now);
+    }
+
+    /// Holds the NAT mapping toward the relay open: a hop keepalive after `every` of silence
+    /// toward it (`None`: never, as on a network without NAT). Relayed traffic for us can then
+    /// reach us however long we were idle, with no session kept alive for it.
+    pub fn set_relay_keepalive(&mut self, every: Option<Duration>) {
+        self.relay_keepalive = every;
+    }
+
+    /// When the next hop keepalive is due, if one is wanted.
+    fn relay_keepalive_due(&self) -> Option<Instant> {
+        let every = self.relay_keepalive?;
+        self.relay.as_ref()?;
+        // Never sent: due at once (the caller's `now`).
+        Some(self.relay_sent_at.map_or(self.clock.anchor, |at| at + every))
     }
 
     /// Switches relay duty on: envelopes between members are forwarded (CloudPal).
@@ -546,6 +571,7 @@ impl Device {
             .iter()
             .flat_map(|(key, p)| [p.tunnel.poll_timeout(), p.paths.poll_timeout(self.relays_to(key))])
             .flatten()
+            .chain(self.relay_keepalive_due())
             .min()
     }
 
@@ -594,6 +620,16 @@ impl Device {
                     self.wants_transmit.remove(&key);
                 }
             }
+        }
+        if self.relay_keepalive_due().is_some_and(|due| due <= now) {
+            let counter = self.next_envelope();
+            let epoch = self.id_epoch(now);
+            let relay = self.relay.as_ref()?;
+            let buffer = out.get_mut(..relay::HOP_KEEPALIVE_LEN)?;
+            relay::seal(buffer, Some(ShortId::of(&relay.key)), counter, epoch, &relay.hop);
+            let destination = relay.address;
+            self.relay_sent_at = Some(now);
+            return Some(Transmit { destination, len: relay::HOP_KEEPALIVE_LEN });
         }
         None
     }

@@ -14,8 +14,14 @@ impl Device {
     /// (`None` only if the relay went away in between, which `route` rules out).
     pub(super) fn wrap(&mut self, route: Route, key: &StaticPublic, out: &mut [u8], len: usize, now: Instant) -> Option<Transmit> {
         match route {
-            Route::Direct(destination) => Some(Transmit { destination, len }),
+            Route::Direct(destination) => {
+                if self.relay.as_ref().is_some_and(|relay| relay.address == destination) {
+                    self.relay_sent_at = Some(now);
+                }
+                Some(Transmit { destination, len })
+            }
             Route::Relay => {
+                self.relay_sent_at = Some(now);
                 let counter = self.next_envelope();
                 let epoch = self.id_epoch(now);
                 let relay = self.relay.as_ref()?;
@@ -56,6 +62,10 @@ impl Device {
         let refused = |stats: &mut DeviceStats| stats.relay_refused += 1;
         let header = relay::parse(datagram).inspect_err(|_| refused(&mut self.stats))?;
         if !self.relay_server {
+            if datagram.len() < relay::MIN_ENVELOPE_LEN {
+                refused(&mut self.stats);
+                return Err(Error::Relay(relay::EnvelopeError::Malformed));
+            }
             // From our relay: its tag, then a number not seen before on this hop.
             let relay = self.relay.as_mut().ok_or(Error::NoRelay).inspect_err(|_| self.stats.relay_refused += 1)?;
             relay.seen.check(header.counter).inspect_err(|_| self.stats.relay_refused += 1)?;
@@ -77,7 +87,22 @@ impl Device {
             refused(&mut self.stats);
             return Err(Error::Relay(relay::EnvelopeError::BadTag));
         }
-        let destination = self.short_ids.get(&header.destination(&from.hop)).copied();
+        let addressed = header.destination(&from.hop);
+        if addressed == ShortId::of(&self.static_public) && datagram.len() == relay::HOP_KEEPALIVE_LEN && (self.authorize)(&sender) {
+            // A hop keepalive: nothing to forward, but it says where the member is now.
+            let newest = from.relay_seen.is_newest(header.counter);
+            from.relay_seen.accept(header.counter)?;
+            if newest {
+                from.paths.heard_direct(source, now);
+            }
+            self.stats.relay_keepalives += 1;
+            return Ok(Received::Nothing);
+        }
+        if datagram.len() < relay::MIN_ENVELOPE_LEN {
+            refused(&mut self.stats);
+            return Err(Error::Relay(relay::EnvelopeError::Malformed));
+        }
+        let destination = self.short_ids.get(&addressed).copied();
         let Some(destination) = destination.filter(|d| *d != sender) else {
             refused(&mut self.stats);
             return Err(Error::UnknownPeer);
