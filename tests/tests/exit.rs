@@ -78,6 +78,15 @@ fn exit_01_02_the_internet_through_cloudpal_with_no_leak_a_kill_switch_and_a_cle
     assert_eq!(state["state"], "connected");
     // The mesh keeps its direct paths while on the exit.
     assert!(net.laptop.pal(&["ping", "phone", "-c", "1"]).status.success(), "the mesh broke on the exit");
+    // pal's own control dial to CloudPal's v6 address (this v4-only home has no route for
+    // it) fails at once instead of falling into the tunnel it carries; a web connection to
+    // the same address goes through the tunnel.
+    let route = |dport: &str| {
+        let out = net.laptop.netns.exec("ip", &["-6", "route", "get", &net.cloudpal_v6, "ipproto", "tcp", "dport", dport]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    assert!(route("41641").contains("unreachable"), "a control dial would fall into the tunnel: {}", route("41641"));
+    assert!(route("80").contains("dev pal"), "the web does not go through the tunnel: {}", route("80"));
 
     // EXIT-01: browsing v4 and v6 and asking the LAN's resolver shows nothing for the
     // internet, and nothing for port 53, on the laptop's own interface.

@@ -156,9 +156,22 @@ impl Host {
             self.netlink.route().add(route).execute().await.context("cannot add the exit's routes")?;
         }
         let ports = RulePortRange { start: tunnel.data_port, end: tunnel.data_port.saturating_add(1) };
+        let from_ours = |m: &mut RuleMessage| m.attributes.push(RuleAttribute::SourcePortRange(ports));
+        // Control connections to members' listeners (at the same port by default), whatever
+        // port they left from.
+        let to_members = |m: &mut RuleMessage| {
+            m.attributes.push(RuleAttribute::IpProtocol(netlink_packet_route::IpProtocol::Tcp));
+            m.attributes.push(RuleAttribute::DestinationPortRange(RulePortRange { start: tunnel.data_port, end: tunnel.data_port }));
+        };
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let rules = [
-                rule(family, PRIORITY_PORTS, MAIN_TABLE, |m| m.attributes.push(RuleAttribute::SourcePortRange(ports))),
+                rule(family, PRIORITY_PORTS, MAIN_TABLE, from_ours),
+                rule(family, PRIORITY_PORTS, MAIN_TABLE, to_members),
+                // pal's own traffic that the main table has no route for (an IPv6 member
+                // address on a v4-only network) fails at once: it must not fall through into
+                // the tunnel it carries, where a dial would hang until its timeout.
+                unreachable(family, PRIORITY_PORTS, from_ours),
+                unreachable(family, PRIORITY_PORTS, to_members),
                 rule(family, PRIORITY_SUPPRESS, MAIN_TABLE, |m| m.attributes.push(RuleAttribute::SuppressPrefixLen(0))),
                 rule(family, PRIORITY_TUNNEL, ROUTE_TABLE, |m| {
                     m.attributes.push(RuleAttribute::FwMark(super::FWMARK));
@@ -256,6 +269,13 @@ fn rule(family: AddressFamily, priority: u32, table: u32, extra: impl FnOnce(&mu
     }
     message.attributes.push(RuleAttribute::Priority(priority));
     extra(&mut message);
+    message
+}
+
+/// A rule that answers "network unreachable" (rules of one priority apply in the order added).
+fn unreachable(family: AddressFamily, priority: u32, extra: impl FnOnce(&mut RuleMessage)) -> RuleMessage {
+    let mut message = rule(family, priority, 0, extra);
+    message.header.action = RuleAction::Unreachable;
     message
 }
 

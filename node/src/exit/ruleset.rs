@@ -35,6 +35,9 @@ pub fn client(tunnel: &ClientTunnel) -> Nftables<'static> {
         vec![is(meta(MetaKey::Mark), Expression::Number(FWMARK)), accept()],
         vec![is(field("udp", "sport"), set([Expression::Number(data), Expression::Number(quic)])), accept()],
         vec![is(field("tcp", "sport"), Expression::Number(data)), accept()],
+        // pal's control connections to members' listeners (the same port by default) from
+        // whatever port libp2p dialled from.
+        vec![is(field("tcp", "dport"), Expression::Number(data)), accept()],
         vec![is(field("udp", "dport"), Expression::Number(53)), drop()],
         vec![is(field("tcp", "dport"), Expression::Number(53)), drop()],
         vec![is(field("tcp", "dport"), Expression::Number(853)), drop()],
