@@ -107,7 +107,7 @@ fn rl01_cloudpal_sees_no_plaintext_and_no_inner_header_of_what_it_relays() {
     let full = net.node("car").netns.exec("ping", &["-c", "3", "-i", "0.2", "-M", "do", "-s", &size, &laptop_v4]);
     let frames = capture.stop();
     assert!(full.status.success(), "full-size relayed pings failed: {}", String::from_utf8_lossy(&full.stdout));
-    // The data plane's datagrams only (UDP port 41641): the capture sees libp2p's TCP and QUIC
+    // The data plane's datagrams only (UDP port 41641): the capture sees libp2p's TCP
     // before segmentation offloads split them.
     let data_port = |ip: &[u8], at: usize| ip.get(at..at + 2) == Some(41641u16.to_be_bytes().as_slice());
     let ipv4: Vec<&[u8]> = frames

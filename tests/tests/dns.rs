@@ -261,7 +261,7 @@ fn dns_04_dns_over_https_upstreams_and_block_lists_from_https_urls_refreshed_and
     net.cloudpal.down();
     net.cloudpal.up_with(&cloudpal_flags);
     assert!(wait_until(Duration::from_secs(8), || net.cloudpal.log().contains("using the copy kept from the last fetch")), "{}", net.cloudpal.log());
-    assert!(wait_until(Duration::from_secs(10), || lookup(&net.laptop.netns, "good.example.com").contains(&net.web_v4)), "no DoH after the restart");
+    assert!(wait_until(Duration::from_secs(10), || lookup(&net.laptop.netns, "good.example.com").contains(&net.web_v4)), "no DoH after the restart: LAPTOP {} CLOUDPAL {}", net.laptop.log(), net.cloudpal.log());
     assert_eq!(lookup(&net.laptop.netns, "later.example.com"), ["0.0.0.0", "::"], "an outage of the list's server unblocked names");
     assert!(net.cloudpal.log().contains("using the copy kept from the last fetch"), "{}", net.cloudpal.log());
     assert!(!upstream.queries().contains("ads.example.com"), "a listed name reached the upstream: {}", upstream.queries());

@@ -226,8 +226,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     Ok(())
 }
 
-/// The node's swarm for identity epoch `epoch`, listening on TCP at the data port and QUIC
-/// on the next.
+/// The node's swarm for identity epoch `epoch`, listening on TCP at the data port.
 fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
     let mut swarm = p2p::build_for_epoch(seed, epoch, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, gate, network))?;
     // libp2p's IPv6 sockets are IPv6-only: `[::]` (the default) takes an IPv4 listener beside
@@ -238,9 +237,7 @@ fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, net
     }
     for ip in ips {
         let tcp_address = crate::control::addr::socket_multiaddr(SocketAddr::new(ip, options.listen.port()), false);
-        let quic_address = crate::control::addr::socket_multiaddr(SocketAddr::new(ip, options.listen.port().wrapping_add(1)), true);
         swarm.listen_on(tcp_address).context("cannot listen for the control plane (TCP)")?;
-        swarm.listen_on(quic_address).context("cannot listen for the control plane (QUIC)")?;
     }
     Ok(swarm)
 }
@@ -258,8 +255,8 @@ async fn rebuild_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &
     Err(last.unwrap_or_else(|| anyhow::anyhow!("cannot listen for the control plane")))
 }
 
-/// Closing the connections lets peers see us gone at once (a QUIC connection left to its idle
-/// timeout looks alive for seconds more, delaying their DHT lookups).
+/// Closing the connections lets peers see us gone at once (rather than when a request to us
+/// times out, delaying their DHT lookups).
 async fn say_goodbye(swarm: &mut Swarm<Behaviour>) {
     for peer in swarm.connected_peers().copied().collect::<Vec<_>>() {
         let _ = swarm.disconnect_peer_id(peer);
@@ -468,6 +465,7 @@ impl App {
     }
 
     fn on_data_event(&mut self, swarm: &mut Swarm<Behaviour>, event: DataEvent) {
+        self.core.note_time(clock::now().now);
         match event {
             DataEvent::View { token: REFRESH, view } => self.core.handle_data_view(view),
             DataEvent::View { token, view } => {

@@ -14,10 +14,15 @@ use protocol::DeviceId;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Redial a member at most this often.
+/// How often candidate addresses are redialled while the network settles.
 pub const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
-/// Redial interval for members never met yet.
+/// The wait before each of a lost member's first [`QUICK_REDIALS`] redials (a restart, a
+/// roam: it is usually back within seconds)…
 pub const FIRST_DIAL_INTERVAL: Duration = Duration::from_secs(1);
+pub const QUICK_REDIALS: u32 = 5;
+/// …after which each wait doubles, up to this (a member offline for long costs next to
+/// nothing).
+pub const MAX_REDIAL_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Addresses remembered per candidate peer: bounds what a member can make us dial.
 pub const MAX_CANDIDATE_ADDRESSES: usize = 16;
 /// How often a node republishes its presence record.
@@ -139,8 +144,11 @@ impl Core {
         known.len() < MAX_CANDIDATE_ADDRESSES && known.insert(address.clone())
     }
 
-    fn redial_interval(met: bool) -> Duration {
-        if met { REDIAL_INTERVAL } else { FIRST_DIAL_INTERVAL }
+    /// The wait after a member's last redial: a second for the first few, then doubling with
+    /// each redial that found nobody.
+    fn redial_interval(reach: &super::Reach) -> Duration {
+        let doublings = reach.redials.saturating_sub(QUICK_REDIALS).min(16);
+        FIRST_DIAL_INTERVAL.saturating_mul(1 << doublings).min(MAX_REDIAL_INTERVAL)
     }
 
     /// When the next member redial is due.
@@ -151,7 +159,7 @@ impl Core {
         self.reach
             .iter()
             .filter(|(id, reach)| **id != self.me && !reach.connected && reach.peer_id.is_some())
-            .map(|(_, reach)| reach.last_dial.map(|at| at + Self::redial_interval(reach.met)))
+            .map(|(_, reach)| reach.last_dial.map(|at| at + Self::redial_interval(reach)))
             .min_by_key(|due| *due)
             .map(|due| due.unwrap_or_else(|| self.timers.started()))
     }
@@ -163,11 +171,14 @@ impl Core {
         let circuit_base = self.relay_circuit_base();
         let mut dials = Vec::new();
         for (id, reach) in self.reach.iter_mut() {
-            let interval = Self::redial_interval(reach.met);
+            let interval = Self::redial_interval(reach);
             if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
                 continue;
             }
             let Some(peer) = reach.peer_id else { continue };
+            if reach.last_dial.is_some() {
+                reach.redials = reach.redials.saturating_add(1);
+            }
             reach.last_dial = Some(now);
             let mut addresses: Vec<Multiaddr> = reach.multiaddrs.iter().cloned().collect();
             if let Some(base) = circuit_base.as_ref().filter(|(relay, _)| *relay != peer) {

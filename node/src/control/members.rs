@@ -44,7 +44,8 @@ impl Core {
                 static_public: key,
                 allowed_ips,
                 endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
-                persistent_keepalive: self.relay.filter(|(relay, _)| relay == id).map(|_| RELAY_KEEPALIVE),
+                // The relay's mapping is held by hop keepalives (signalling), not a session.
+                persistent_keepalive: None,
             }));
             self.reach.entry(*id).or_default();
         }
@@ -55,6 +56,7 @@ impl Core {
 
     /// After the log changed: refresh the data plane and tell every connected member.
     pub(super) fn membership_changed(&mut self) {
+        self.timers.news(self.last_now, "the log changed");
         self.apply_membership();
         if self.revoked() {
             if !self.said_revoked {
@@ -123,6 +125,7 @@ impl Core {
         reach.peer_id = Some(peer);
         reach.connected = true;
         reach.met = true;
+        reach.redials = 0;
         if let Some(endpoint) = endpoint {
             reach.data_endpoint = Some(endpoint);
             if let Some(record) = self.store.log().state().devices.get(&device) {

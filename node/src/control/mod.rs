@@ -124,6 +124,8 @@ pub enum Action {
     MemberPeers(HashSet<PeerId>),
     /// Close every connection to `peer` and forget it in the DHT (a revoked device).
     Disconnect(PeerId),
+    /// Close this one connection (a second one to a peer that has a better one).
+    CloseConnection(ConnectionId),
     /// For the data plane.
     Data(DataCommand),
     /// Put this device's full tunnel through the exit in place (or take it out: `None`).
@@ -154,6 +156,26 @@ pub struct Reach {
     pub met: bool,
     pub rtt: Option<Duration>,
     pub last_dial: Option<Instant>,
+    /// Redials since it was last connected: after the first few, each waits twice as long as
+    /// the one before, up to [`discovery::MAX_REDIAL_INTERVAL`].
+    pub redials: u32,
+}
+
+/// How long a second connection to a peer stays open before it is closed.
+pub const DUPLICATE_GRACE: Duration = Duration::from_secs(10);
+
+/// What the core keeps of one control connection.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    peer: PeerId,
+    relayed: bool,
+    /// We dialled it.
+    ours: bool,
+    /// The side with the lower peer id dialled it.
+    dialed_by_lower: bool,
+    order: u64,
+    /// Our address on it, where the shell knows it (the accepting side's).
+    local_ip: Option<IpAddr>,
 }
 
 /// A new control connection.
@@ -167,6 +189,8 @@ pub struct Connection {
     pub dialer: bool,
     /// Through CloudPal's relay circuit.
     pub relayed: bool,
+    /// Our own address on it, where known (libp2p gives it for accepted connections only).
+    pub local: Option<Multiaddr>,
 }
 
 pub struct Core {
@@ -185,8 +209,13 @@ pub struct Core {
     // Links: what the swarm told us of connections.
     /// Open connections per peer.
     connections: HashMap<PeerId, usize>,
-    /// Every control connection and whether it is relayed.
-    control_links: HashMap<ConnectionId, (PeerId, bool)>,
+    /// Every control connection: whose, and how good (for choosing one per peer).
+    control_links: HashMap<ConnectionId, Link>,
+    /// Links numbered in the order they came (the older of two equal ones stays).
+    links_made: u64,
+    /// Second connections to a peer, and when they are closed: after a grace that lets the
+    /// requests already on them finish.
+    duplicates: BTreeMap<ConnectionId, Instant>,
     connection_ips: HashMap<PeerId, IpAddr>,
 
     // Members.
@@ -205,6 +234,11 @@ pub struct Core {
 
     // Discovery.
     listen_addrs: BTreeSet<Multiaddr>,
+    /// Dials asked for before the swarm listened anywhere, made once it does: a TCP dial made
+    /// before then leaves from a random port instead of the listening one (libp2p reuses the
+    /// listener's port only once it knows it), and a connection from a random port is neither
+    /// what the peer can dial back nor what the exit's kill switch lets out.
+    held_dials: Vec<Dial>,
     bootstrap: Vec<Multiaddr>,
     /// Peers other members told us about, not yet proven or connected: redialled.
     candidates: BTreeMap<PeerId, BTreeSet<Multiaddr>>,
@@ -224,6 +258,8 @@ pub struct Core {
     reported: BTreeMap<DeviceId, BTreeSet<SocketAddr>>,
     /// The data plane's latest view (paths, reflexive addresses).
     view: DataView,
+    /// The hop keepalive interval the data plane was told (behind a NAT only).
+    relay_keepalive: Option<Duration>,
 
     // Admin.
     deliveries: HashMap<PeerId, admin::Delivery>,
@@ -272,6 +308,8 @@ impl Core {
             actions: VecDeque::new(),
             connections: HashMap::new(),
             control_links: HashMap::new(),
+            links_made: 0,
+            duplicates: BTreeMap::new(),
             connection_ips: HashMap::new(),
             reach: BTreeMap::new(),
             by_peer: HashMap::new(),
@@ -280,6 +318,7 @@ impl Core {
             invite_attempts: admission::invite_limiter(),
             invite_pull_at: None,
             listen_addrs: BTreeSet::new(),
+            held_dials: Vec::new(),
             bootstrap: config.bootstrap,
             candidates: BTreeMap::new(),
             presence_seq: HashMap::new(),
@@ -289,6 +328,7 @@ impl Core {
             announced: BTreeMap::new(),
             reported: BTreeMap::new(),
             view: DataView::default(),
+            relay_keepalive: None,
             deliveries: HashMap::new(),
             cut_off: BTreeMap::new(),
             unproven: BTreeMap::new(),
@@ -309,7 +349,17 @@ impl Core {
 
     /// When [`Core::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.timers.next(), self.next_redial(), self.next_delivery_expiry(), self.next_cut_off(), self.unproven.values().min().copied()].into_iter().flatten().min()
+        [
+            self.timers.next(),
+            self.next_redial(),
+            self.next_delivery_expiry(),
+            self.next_cut_off(),
+            self.unproven.values().min().copied(),
+            self.duplicates.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs whatever is due at `time`.
@@ -317,6 +367,7 @@ impl Core {
         self.last_now = time.now;
         self.cut_off_revoked(time.now);
         self.cut_off_unproven(time.now);
+        self.close_duplicates(time.now);
         for timer in self.timers.take_due(time.now) {
             if self.revoked() {
                 continue; // cut off: nothing to find, nobody to greet
@@ -350,7 +401,38 @@ impl Core {
         if self.cloudpal && self.dialable(&address) {
             self.push(Action::AddExternalAddress(address.clone()));
         }
-        self.listen_addrs.insert(address);
+        if self.listen_addrs.insert(address) {
+            for dial in std::mem::take(&mut self.held_dials) {
+                self.push(Action::Dial(dial));
+            }
+            // A new address may be a new network, where the absent may be reachable again.
+            self.timers.news(self.last_now, "a new listen address");
+            for reach in self.reach.values_mut() {
+                reach.redials = 0;
+            }
+        }
+    }
+
+    /// One of our addresses went (the interface lost it: a new WiFi, the cable out). The direct
+    /// connections that may have used it are dead in all but name — their peer's answers go to
+    /// an address we no longer have — so they close now instead of at the request timeout, and
+    /// the core redials from the addresses we still have. A connection known to be on another
+    /// of our addresses stays.
+    pub fn handle_expired_listen_addr(&mut self, address: Multiaddr) {
+        if !self.listen_addrs.remove(&address) || !self.dialable(&address) {
+            return;
+        }
+        let Some(gone) = crate::control::addr::multiaddr_ip(&address) else { return };
+        let dead: Vec<ConnectionId> = self
+            .control_links
+            .iter()
+            .filter(|(_, link)| !link.relayed && link.local_ip.is_none_or(|ip| ip == gone))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.push(Action::CloseConnection(id));
+        }
+        self.timers.news(self.last_now, "a listen address went");
     }
 
     /// An address worth giving to members or dialling: not loopback, link-local or unspecified
@@ -375,7 +457,12 @@ impl Core {
         let peer = connection.peer;
         self.last_now = self.last_now.max(time.now);
         *self.connections.entry(peer).or_default() += 1;
-        self.control_links.insert(connection.id, (peer, connection.relayed));
+        self.links_made += 1;
+        let dialed_by_lower = if connection.dialer { self.peer_id < peer } else { peer < self.peer_id };
+        let local_ip = connection.local.as_ref().and_then(crate::control::addr::multiaddr_ip);
+        self.control_links.insert(connection.id, Link { peer, relayed: connection.relayed, ours: connection.dialer, dialed_by_lower, order: self.links_made, local_ip });
+        self.mark_duplicates(peer, time.now);
+        self.timers.news(self.last_now, "a connection");
         if self.deliveries.contains_key(&peer) {
             self.deliver_next(peer);
             return;
@@ -396,6 +483,8 @@ impl Core {
 
     pub fn handle_connection_closed(&mut self, peer: PeerId, id: ConnectionId) {
         self.control_links.remove(&id);
+        self.duplicates.remove(&id);
+        self.timers.news(self.last_now, "a connection closed");
         let remaining = self.connections.get_mut(&peer).map(|count| {
             *count = count.saturating_sub(1);
             *count
@@ -432,6 +521,7 @@ impl Core {
         self.binding = admission::sign_binding(&self.signing_key, &self.network, &peer_id);
         self.connections.clear();
         self.control_links.clear();
+        self.duplicates.clear();
         self.connection_ips.clear();
         self.unproven.clear();
         self.revocation_checks.clear();
@@ -439,6 +529,7 @@ impl Core {
         self.candidates.clear();
         self.presence_seq.clear();
         self.listen_addrs.clear();
+        self.held_dials.clear();
         self.relay_listen = false;
         self.share_members();
         let mut addresses: Vec<Multiaddr> = Vec::new();
@@ -465,9 +556,49 @@ impl Core {
         self.relay_listen = false;
     }
 
+    /// One connection per peer: when a peer has several (both sides dialled at once, a relayed
+    /// one and its hole-punched successor), all but the best are closed after
+    /// [`DUPLICATE_GRACE`]. Best is direct over relayed, then the one the side with the lower
+    /// peer id dialled — both sides compute the same — then the older. Between two the peer
+    /// dialled, the peer alone chooses (only it knows which it made first), so the two sides
+    /// never close different ones.
+    fn mark_duplicates(&mut self, peer: PeerId, now: Instant) {
+        let mut links: Vec<(ConnectionId, Link)> = self.control_links.iter().filter(|(_, link)| link.peer == peer).map(|(id, link)| (*id, *link)).collect();
+        if links.len() < 2 {
+            return;
+        }
+        links.sort_by_key(|(_, link)| (link.relayed, !link.dialed_by_lower, link.order));
+        let best = links[0].1;
+        for (id, link) in links.into_iter().skip(1) {
+            let theirs_to_choose = !link.ours && !best.ours && link.relayed == best.relayed;
+            if !theirs_to_choose {
+                self.duplicates.entry(id).or_insert(now + DUPLICATE_GRACE);
+            }
+        }
+    }
+
+    fn close_duplicates(&mut self, now: Instant) {
+        let due: Vec<ConnectionId> = self.duplicates.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.duplicates.remove(&id);
+            self.push(Action::CloseConnection(id));
+        }
+    }
+
+    /// The shell's clock at an input that carries no time of its own (so that news it brings
+    /// is dated right).
+    pub fn note_time(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
     /// The data plane's current view (paths, endpoints, how peers see us).
     pub fn handle_data_view(&mut self, view: DataView) {
+        if view.observed != self.view.observed {
+            // How others see us changed (a new network, a NAT rebinding): tell them.
+            self.timers.news(self.last_now, "how peers see us changed");
+        }
         self.view = view;
+        self.update_relay_keepalive();
     }
 
     /// A control request from `peer`; the answer to send back.
@@ -577,7 +708,14 @@ impl Core {
     }
 
     fn push(&mut self, action: Action) {
-        self.actions.push_back(action);
+        match action {
+            Action::Dial(dial) if self.listen_addrs.is_empty() => {
+                if !self.held_dials.contains(&dial) {
+                    self.held_dials.push(dial);
+                }
+            }
+            action => self.actions.push_back(action),
+        }
     }
 
     fn command(&mut self, command: DataCommand) {

@@ -91,9 +91,27 @@ impl Core {
         }
         self.relay = Some((device, endpoint));
         self.command(DataCommand::SetRelay(Some((endpoint, key))));
+        self.update_relay_keepalive();
         self.apply_membership();
         self.command(DataCommand::Connect(key));
         tracing::info!("relay available");
+    }
+
+    /// Whether something between us and the others translates our address: a peer saw us at
+    /// an address that is none of ours (or nobody told us yet, which is taken as yes).
+    pub fn behind_nat(&self) -> bool {
+        let own: Vec<SocketAddr> = self.listen_addrs.iter().filter_map(multiaddr_ip).map(|ip| SocketAddr::new(ip, self.data_port)).collect();
+        self.view.observed.is_empty() || self.view.observed.iter().any(|seen| !own.contains(seen))
+    }
+
+    /// Hop keepalives toward the relay where a NAT mapping needs holding open, every
+    /// [`super::members::RELAY_KEEPALIVE`] of silence; none on an open network.
+    pub(super) fn update_relay_keepalive(&mut self) {
+        let wanted = (self.relay.is_some() && !self.cloudpal && self.behind_nat()).then_some(super::members::RELAY_KEEPALIVE);
+        if wanted != self.relay_keepalive {
+            self.relay_keepalive = wanted;
+            self.command(DataCommand::SetRelayKeepalive(wanted));
+        }
     }
 
     /// Reserves a circuit at CloudPal (`relay`, listening for control traffic at `port`), so
@@ -132,7 +150,7 @@ impl Core {
 
     /// How the control plane reaches `peer`.
     pub fn control_link(&self, peer: Option<PeerId>) -> ControlLink {
-        let mut links = self.control_links.values().filter(|(p, _)| Some(*p) == peer).map(|(_, relayed)| *relayed).peekable();
+        let mut links = self.control_links.values().filter(|link| Some(link.peer) == peer).map(|link| link.relayed).peekable();
         if links.peek().is_none() {
             return ControlLink::None;
         }

@@ -23,6 +23,9 @@ pub enum DataCommand {
     SetCandidates(StaticPublic, Vec<SocketAddr>),
     /// Send through this relay (CloudPal's data address and key) when no direct path works.
     SetRelay(Option<(SocketAddr, StaticPublic)>),
+    /// Hold the NAT mapping toward the relay open with a hop keepalive after this much
+    /// silence toward it (`None` where no NAT needs it).
+    SetRelayKeepalive(Option<std::time::Duration>),
     /// Start a handshake with this peer now (the relay: it must know where we are).
     Connect(StaticPublic),
     /// Answer with [`DataEvent::View`].

@@ -518,6 +518,7 @@ impl DataPlane {
             DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint, now),
             DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, now),
             DataCommand::SetRelay(relay) => self.device.set_relay(relay, now),
+            DataCommand::SetRelayKeepalive(every) => self.device.set_relay_keepalive(every),
             DataCommand::Connect(key) => self.device.connect(&key, now),
             DataCommand::QueryView(token) => {
                 let view = self.view(now);

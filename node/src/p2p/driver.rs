@@ -24,8 +24,10 @@ impl Driver {
 
     /// Feeds one swarm event to the core.
     pub fn handle_event(&mut self, core: &mut Core, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>, time: Time) {
+        core.note_time(time.now);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => core.handle_new_listen_addr(address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => core.handle_expired_listen_addr(address),
             SwarmEvent::ListenerClosed { listener_id, .. } if self.relay_listener == Some(listener_id) => {
                 self.relay_listener = None;
                 core.handle_relay_listener_closed();
@@ -37,6 +39,10 @@ impl Driver {
                     remote: endpoint.get_remote_address().clone(),
                     dialer: endpoint.is_dialer(),
                     relayed: endpoint.is_relayed(),
+                    local: match &endpoint {
+                        libp2p::core::ConnectedPoint::Listener { local_addr, .. } => Some(local_addr.clone()),
+                        libp2p::core::ConnectedPoint::Dialer { .. } => None,
+                    },
                 }, time);
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => core.handle_connection_closed(peer_id, connection_id),
@@ -65,6 +71,16 @@ impl Driver {
                 }
                 request_response::Message::Response { response, .. } => core.handle_response(peer, response, time),
             },
+            // Unanswered for the request timeout: the connection is taken for dead (a NAT that
+            // forgot it, a peer that roamed away) rather than left to TCP's quarter of an hour;
+            // its close makes the core redial.
+            SwarmEvent::Behaviour(BehaviourEvent::Control(request_response::Event::OutboundFailure {
+                connection_id,
+                error: request_response::OutboundFailure::Timeout,
+                ..
+            })) => {
+                swarm.close_connection(connection_id);
+            }
             _ => {}
         }
     }
@@ -92,6 +108,9 @@ impl Driver {
             },
             Action::AddExternalAddress(address) => swarm.add_external_address(address),
             Action::MemberPeers(members) => self.gate.set(members),
+            Action::CloseConnection(id) => {
+                swarm.close_connection(id);
+            }
             Action::Disconnect(peer) => {
                 let _ = swarm.disconnect_peer_id(peer);
                 swarm.behaviour_mut().kad.remove_peer(&peer);

@@ -1,4 +1,4 @@
-//! The libp2p side of the shell: the one swarm builder (TCP + QUIC, Noise, Yamux, relay client
+//! The libp2p side of the shell: the one swarm builder (TCP, Noise, Yamux, relay client
 //! transport, under the device's libp2p identity), the node's behaviour, the control protocol's
 //! codec, and the [`driver`] that maps `SwarmEvent`s to the control core's inputs and its
 //! actions to the swarm.
@@ -31,7 +31,14 @@ pub fn kad_protocol(network: &NetworkId) -> libp2p::StreamProtocol {
 }
 /// Tail latency under churn is set by the per-query timeout, not hop count.
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Control connections are never closed for being idle: one TCP connection per pair stays up
+/// for free (a NAT keeps a TCP mapping for hours, RFC 5382; a UDP one, as QUIC would need,
+/// for tens of seconds), so an idle network sends nothing to keep it (issue #15). A dead one
+/// is noticed when a request on it goes unanswered ([`REQUEST_TIMEOUT`]) and redialled.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// libp2p's ping only measures the round trip (`status` shows it); at its default of 15 s it
+/// would be most of an idle node's traffic.
+const PING_INTERVAL: Duration = Duration::from_secs(30 * 60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control streams one connection may have open at once (libp2p's default is 100, each able
 /// to hold a message of up to a megabyte).
@@ -99,7 +106,6 @@ pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, make: i
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(seed, epoch)?)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-        .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| make(key, relay_client))?
         .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT).with_max_negotiating_inbound_streams(MAX_CONTROL_STREAMS))
@@ -114,6 +120,12 @@ pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Beha
     // Nothing is stored unseen: a record put to us is checked first (DHT-01), and provider
     // records, which nobody signs, are never stored at all.
     config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    // Quiet when idle: the routing table is fed by the members' Hellos, not by a bootstrap
+    // walk every five minutes, and presence records are republished by their owners (the
+    // core's presence timer), not replicated hourly by every node that holds one.
+    config.set_periodic_bootstrap_interval(None);
+    config.set_replication_interval(None);
+    config.set_publication_interval(None);
     let store_config = kad::store::MemoryStoreConfig {
         max_value_bytes: crate::control::presence::MAX_RECORD_LEN,
         max_records: 4096,
@@ -143,7 +155,7 @@ pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Beha
     Behaviour {
         limits: libp2p::connection_limits::Behaviour::new(limits),
         control: control_behaviour(),
-        ping: ping::Behaviour::new(ping::Config::new()),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         kad,
         relay: relay.into(),
         relay_client,

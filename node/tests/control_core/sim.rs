@@ -71,7 +71,7 @@ pub struct Sim {
     pub start: Instant,
     pub nodes: Vec<Node>,
     /// Open connections between node indices (smaller first), with their ids.
-    connections: HashMap<(usize, usize), ConnectionId>,
+    pub connections: HashMap<(usize, usize), ConnectionId>,
     next_connection: usize,
     /// Pairs that cannot reach each other.
     cut: HashSet<(usize, usize)>,
@@ -198,8 +198,8 @@ impl Sim {
         let (peer_a, peer_b) = (self.nodes[a].peer, self.nodes[b].peer);
         let (address_a, address_b) = (self.nodes[a].address(), self.nodes[b].address());
         let time = self.time;
-        self.nodes[a].core.handle_connection_established(Connection { peer: peer_b, id, remote: address_b, dialer: true, relayed: false }, time);
-        self.nodes[b].core.handle_connection_established(Connection { peer: peer_a, id, remote: address_a, dialer: false, relayed: false }, time);
+        self.nodes[a].core.handle_connection_established(Connection { peer: peer_b, id, remote: address_b.clone(), dialer: true, relayed: false, local: None }, time);
+        self.nodes[b].core.handle_connection_established(Connection { peer: peer_a, id, remote: address_a, dialer: false, relayed: false, local: Some(address_b.clone()) }, time);
     }
 
     pub fn disconnect(&mut self, a: usize, b: usize) {
@@ -343,6 +343,12 @@ impl Sim {
                     self.disconnect(index, other);
                 }
             }
+            // (One connection per pair here, so a core never sees a duplicate to close.)
+            Action::CloseConnection(id) => {
+                if let Some((a, b)) = self.connections.iter().find(|(_, c)| **c == id).map(|(pair, _)| *pair) {
+                    self.disconnect(a, b);
+                }
+            }
             Action::Data(command) => self.nodes[index].data.push(command),
             Action::CachePeers(addresses) => self.nodes[index].cached.push(addresses),
             Action::Finished { reply, result } => self.nodes[index].finished.push((reply, result)),
@@ -376,7 +382,8 @@ impl Sim {
         self.next_connection += 1;
         let remote = node::control::addr::socket_multiaddr(SocketAddr::from((ip, DATA_PORT)), false);
         let time = self.time;
-        self.nodes[to].core.handle_connection_established(Connection { peer, id, remote, dialer: false, relayed: false }, time);
+        let local = Some(self.nodes[to].address());
+        self.nodes[to].core.handle_connection_established(Connection { peer, id, remote, dialer: false, relayed: false, local }, time);
         let response = self.nodes[to].core.handle_request(peer, request, time);
         self.settle();
         response
