@@ -184,6 +184,10 @@ enum PolicyCommand {
         /// tls://ADDR[:PORT][#NAME] (DNS over TLS) or udp://ADDR[:PORT].
         #[arg(long, value_name = "URL")]
         dns_upstream: Vec<String>,
+        /// CloudPal's relay rate in all, shared fairly among the members using it: Mbit/s,
+        /// `unlimited`, or `default` (1000).
+        #[arg(long, value_name = "MBIT|unlimited|default")]
+        relay_rate: Option<String>,
     },
 }
 
@@ -256,7 +260,7 @@ fn main() -> ExitCode {
         },
         Command::Policy { command } => match command {
             PolicyCommand::Show { json } => commands::policy::show(&state, json),
-            PolicyCommand::Set { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices, block_list, clear_block_lists, dns_upstream } => {
+            PolicyCommand::Set { mesh_only, allow, deny, clear_allow, clear_deny, logging, rotate_egress, exit_devices, block_list, clear_block_lists, dns_upstream, relay_rate } => {
                 let change = node::control_api::PolicyChange {
                     mesh_only,
                     allow,
@@ -269,6 +273,7 @@ fn main() -> ExitCode {
                     block_lists: block_list,
                     clear_block_lists,
                     dns_upstreams: dns_upstream,
+                    relay_rate,
                 };
                 commands::policy::set(&state, change)
             }

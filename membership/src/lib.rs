@@ -29,7 +29,7 @@ mod rows;
 pub use cbor::CborError;
 pub use entry::{DeviceRecord, Entry, EntryContents, EntryError, EntryHash, NetworkId, Operation, Role};
 pub use log::{Log, LogError};
-pub use policy::{ExitDevices, IpNet, Policy, Rule, RuleParseError};
+pub use policy::{ExitDevices, IpNet, Policy, RelayPolicy, RelayRate, Rule, RuleParseError};
 pub use state::{DeviceState, DeviceStatus, InviteState, InviteUnusable, RuleError, State};
 pub use store::{Store, StoreError};
 pub use sync::{Summary, SyncMessage, missing_for};

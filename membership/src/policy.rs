@@ -18,6 +18,25 @@ pub struct Policy {
     pub exit: ExitPolicy,
     pub firewall: FirewallPolicy,
     pub dns: DnsPolicy,
+    pub relay: RelayPolicy,
+}
+
+/// CloudPal's relay for members with no direct path to each other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayPolicy {
+    /// The relay's whole rate, shared fairly among the members using it.
+    pub rate: RelayRate,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RelayRate {
+    /// The node's built-in default.
+    #[default]
+    Default,
+    /// At most this many Mbit/s in all (never 0).
+    Mbit(u32),
+    /// No cap: CloudPal's link and CPU are the limit.
+    Unlimited,
 }
 
 /// Personal VPN exit through CloudPal.
@@ -193,7 +212,7 @@ impl Rule {
 
 impl Policy {
     pub(crate) fn encode(&self, w: &mut Writer) {
-        w.array(3);
+        w.array(if self.relay.rate == RelayRate::Default { 3 } else { 4 });
         w.array(3);
         w.bool(self.exit.logging);
         w.bool(self.exit.rotate_egress);
@@ -208,10 +227,20 @@ impl Policy {
         w.array(2);
         encode_list(w, &self.dns.blocklists);
         encode_list(w, &self.dns.upstreams);
+        // Added later: present only when set, so every policy written before it keeps its one
+        // encoding (and its signature).
+        match self.relay.rate {
+            RelayRate::Default => {}
+            RelayRate::Mbit(mbit) => w.u64(u64::from(mbit.max(1))),
+            RelayRate::Unlimited => w.u64(0),
+        }
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, CborError> {
-        r.array(3)?;
+        let fields = r.array_up_to(4)?;
+        if fields < 3 {
+            return Err(CborError::UnexpectedLength);
+        }
         r.array(3)?;
         let logging = r.bool()?;
         let rotate_egress = r.bool()?;
@@ -221,7 +250,15 @@ impl Policy {
         let firewall = FirewallPolicy { mesh_only: r.bool()?, allow: decode_rules(r)?, deny: decode_rules(r)? };
         r.array(2)?;
         let dns = DnsPolicy { blocklists: decode_list(r)?, upstreams: decode_list(r)? };
-        Ok(Self { exit, firewall, dns })
+        let rate = if fields == 4 {
+            match r.u64()? {
+                0 => RelayRate::Unlimited,
+                mbit => RelayRate::Mbit(u32::try_from(mbit).map_err(|_| CborError::Malformed("relay rate out of range".into()))?),
+            }
+        } else {
+            RelayRate::Default
+        };
+        Ok(Self { exit, firewall, dns, relay: RelayPolicy { rate } })
     }
 
     /// Whether every list fits its bounds (checked when an admin sets it).
@@ -322,11 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_rate_is_encoded_only_when_set_and_round_trips() {
+        let encode = |policy: &Policy| {
+            let mut w = Writer::new();
+            policy.encode(&mut w);
+            w.finish()
+        };
+        let plain = Policy::default();
+        // A policy that never set the rate keeps the three-field encoding it always had.
+        assert_eq!(encode(&plain)[0], 0x83);
+        for rate in [RelayRate::Mbit(2_500), RelayRate::Unlimited] {
+            let policy = Policy { relay: RelayPolicy { rate }, ..Policy::default() };
+            let bytes = encode(&policy);
+            assert_eq!(bytes[0], 0x84);
+            assert_eq!(Policy::decode(&mut Reader::new(&bytes)).expect("decodes"), policy);
+        }
+        assert_eq!(Policy::decode(&mut Reader::new(&encode(&plain))).expect("decodes"), plain);
+    }
+
+    #[test]
     fn a_policy_round_trips_and_a_non_canonical_rule_does_not_decode() {
         let policy = Policy {
             exit: ExitPolicy { logging: true, rotate_egress: true, devices: ExitDevices::Only(vec!["laptop".into()]) },
             firewall: FirewallPolicy { mesh_only: false, allow: vec![rule("192.0.2.0/24"), rule("example.com")], deny: vec![rule("2001:db8::1")] },
             dns: DnsPolicy::default(),
+            relay: RelayPolicy::default(),
         };
         let mut w = Writer::new();
         policy.encode(&mut w);

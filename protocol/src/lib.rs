@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod replay;
 pub mod session;
+pub mod share;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

@@ -336,6 +336,25 @@ fn rl02_frames_altered_or_replayed_by_the_relay_are_dropped() {
     assert!(net.errors[B].iter().any(|e| matches!(e, Error::Replay(_))), "{:?}", net.errors[B]);
 }
 
+/// The hop tag covers a transport message's header, length and Poly1305 tag, not every byte
+/// between (relay.rs); a body altered on the wire by someone without any key passes the hop
+/// and is dropped by the destination's end-to-end check, like any corrupted packet.
+#[test]
+fn rl02_a_body_altered_on_the_wire_is_dropped_end_to_end() {
+    let mut net = Net::new();
+    net.register();
+    assert!(net.a_to_b(b"establish"));
+    net.tamper = Some(Box::new(|bytes: &mut Vec<u8>| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x80;
+    }));
+    let payload = vec![0x5a; 1200];
+    assert!(!net.a_to_b(&payload), "an altered body was delivered");
+    assert!(net.errors[B].contains(&Error::DecryptionFailed), "caught end to end: {:?}", net.errors[B]);
+    net.tamper = None;
+    assert!(net.a_to_b(&payload), "the session survives");
+}
+
 #[test]
 fn rl03_a_non_member_cannot_use_the_relay() {
     let mut net = Net::new();
@@ -367,7 +386,7 @@ fn members_over_their_relay_quota_are_dropped() {
     assert!(net.a_to_b(b"warm up"));
     let payload = vec![7u8; 1300];
     // Far more than the burst, all at one instant.
-    for _ in 0..(protocol::device::RELAY_BURST_BYTES / 1300 + 100) {
+    for _ in 0..(protocol::share::burst_bytes(protocol::share::DEFAULT_RATE_BYTES_PER_SECOND) / 1300 + 100) {
         net.send_ip(A, B, &payload);
     }
     net.run_for(Duration::from_millis(10));

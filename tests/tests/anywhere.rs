@@ -122,6 +122,24 @@ fn rl01_cloudpal_sees_no_plaintext_and_no_inner_header_of_what_it_relays() {
         assert!(ip.len() <= 1500, "a {}-byte IP packet on CloudPal's link", ip.len());
         assert_eq!(flags_offset & 0x3fff, 0, "an IP fragment on CloudPal's link");
     }
+
+    // The relay's rate is the policy's: an admin's cap reaches CloudPal's data plane at once.
+    let relayed_mbit = |net: &NatNetwork| {
+        let log = std::env::temp_dir().join(tests::unique("iperf-"));
+        let mut server = net.node("laptop").netns.spawn("iperf3", &["-s", "-1", "-B", &laptop_v4], &log);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = net.node("car").netns.exec("iperf3", &["-c", &laptop_v4, "-t", "4", "-J"]);
+        let _ = server.wait();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+        report["end"]["sum_received"]["bits_per_second"].as_f64().expect("a rate") / 1e6
+    };
+    let uncapped = relayed_mbit(&net);
+    let shown = net.node("laptop").pal_ok(&["policy", "set", "--relay-rate", "8"]);
+    assert!(shown.contains("relay rate: 8 Mbit/s"), "{shown}");
+    std::thread::sleep(Duration::from_millis(500));
+    let capped = relayed_mbit(&net);
+    // 8 Mbit/s for 4 s, plus the bucket's 4 MiB of burst spread over them: at most 16.4.
+    assert!(capped < 16.5 && uncapped > 3.0 * capped, "relayed at {uncapped:.1} Mbit/s, then {capped:.1} under an 8 Mbit/s cap");
 }
 
 /// Paths change under a live TCP connection: the direct path between two EIM NATs breaks

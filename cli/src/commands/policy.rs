@@ -36,5 +36,11 @@ fn print_policy(policy: &PolicyReply) {
     println!("block lists: {}", list(&policy.block_lists));
     // Plain UDP is named as such: it is not encrypted between CloudPal and the upstream.
     let upstreams: Vec<String> = policy.dns_upstreams.iter().map(|u| if u.starts_with("udp://") { format!("{u} (plain UDP, unencrypted)") } else { u.clone() }).collect();
+    let relay = match policy.relay_mbit {
+        Some(mbit) if policy.relay_default => format!("{mbit} Mbit/s in all (the default), shared fairly"),
+        Some(mbit) => format!("{mbit} Mbit/s in all, shared fairly"),
+        None => "unlimited".to_owned(),
+    };
+    println!("relay rate: {relay}");
     println!("DNS upstreams: {}", if upstreams.is_empty() { "CloudPal's own system resolvers".to_owned() } else { upstreams.join(", ") });
 }

@@ -246,6 +246,9 @@ impl Core {
             }
             policy.dns.upstreams = change.dns_upstreams.clone();
         }
+        if let Some(rate) = &change.relay_rate {
+            policy.relay.rate = parse_relay_rate(rate)?;
+        }
         if !policy.is_within_limits() {
             return Err(format!("a policy holds at most {} rules per list; remove some with --clear-allow or --clear-deny", membership::policy::MAX_POLICY_ITEMS));
         }
@@ -355,4 +358,16 @@ pub fn device_list(state: &membership::State) -> Vec<DeviceInfo> {
             overlay_ipv6: device.record.overlay_ipv6.to_string(),
         })
         .collect()
+}
+
+/// `--relay-rate`: Mbit/s (1 to 1,000,000), `unlimited` or `default`.
+fn parse_relay_rate(text: &str) -> Result<membership::RelayRate, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "default" => Ok(membership::RelayRate::Default),
+        "unlimited" | "none" => Ok(membership::RelayRate::Unlimited),
+        number => match number.parse::<u32>() {
+            Ok(mbit @ 1..=1_000_000) => Ok(membership::RelayRate::Mbit(mbit)),
+            _ => Err(format!("the relay rate {text:?} is not a number of Mbit/s (1 to 1000000), \"unlimited\" or \"default\"")),
+        },
+    }
 }

@@ -51,6 +51,13 @@ impl Core {
         }
         // Whose handshakes the data plane answers: current members only.
         self.command(DataCommand::SetMembers(active));
+        if self.cloudpal {
+            let rate = relay_rate_bytes(state.policy.relay.rate);
+            if self.relay_rate != Some(rate) {
+                self.relay_rate = Some(rate);
+                self.command(DataCommand::SetRelayRate(rate));
+            }
+        }
         self.apply_exit();
     }
 
@@ -167,5 +174,14 @@ impl Core {
             .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
             .map(ToString::to_string)
             .collect()
+    }
+}
+
+/// The policy's relay rate in bytes a second (`None`: no cap).
+pub fn relay_rate_bytes(rate: membership::RelayRate) -> Option<u64> {
+    match rate {
+        membership::RelayRate::Default => Some(protocol::share::DEFAULT_RATE_BYTES_PER_SECOND),
+        membership::RelayRate::Mbit(mbit) => Some(u64::from(mbit) * 125_000),
+        membership::RelayRate::Unlimited => None,
     }
 }

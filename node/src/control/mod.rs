@@ -260,6 +260,8 @@ pub struct Core {
     view: DataView,
     /// The hop keepalive interval the data plane was told (behind a NAT only).
     relay_keepalive: Option<Duration>,
+    /// CloudPal: the relay rate last given to the data plane (`Some(None)`: no cap).
+    relay_rate: Option<Option<u64>>,
 
     // Admin.
     deliveries: HashMap<PeerId, admin::Delivery>,
@@ -329,6 +331,7 @@ impl Core {
             reported: BTreeMap::new(),
             view: DataView::default(),
             relay_keepalive: None,
+            relay_rate: None,
             deliveries: HashMap::new(),
             cut_off: BTreeMap::new(),
             unproven: BTreeMap::new(),

@@ -74,6 +74,9 @@ pub struct PolicyChange {
     /// Upstreams replacing the current ones (`udp://ADDR[:PORT]`).
     #[serde(default)]
     pub dns_upstreams: Vec<String>,
+    /// CloudPal's relay rate as typed: Mbit/s, `unlimited` or `default`.
+    #[serde(default)]
+    pub relay_rate: Option<String>,
 }
 
 /// `pal policy show`.
@@ -88,6 +91,12 @@ pub struct PolicyReply {
     pub exit_devices: Option<Vec<String>>,
     pub block_lists: Vec<String>,
     pub dns_upstreams: Vec<String>,
+    /// Mbit/s in all, shared fairly; `None`: no cap.
+    #[serde(default)]
+    pub relay_mbit: Option<u64>,
+    /// Whether that is the built-in default.
+    #[serde(default)]
+    pub relay_default: bool,
 }
 
 impl From<&membership::Policy> for PolicyReply {
@@ -105,6 +114,8 @@ impl From<&membership::Policy> for PolicyReply {
             },
             block_lists: policy.dns.blocklists.clone(),
             dns_upstreams: policy.dns.upstreams.clone(),
+            relay_mbit: crate::control::members::relay_rate_bytes(policy.relay.rate).map(|bytes| bytes / 125_000),
+            relay_default: policy.relay.rate == membership::RelayRate::Default,
         }
     }
 }

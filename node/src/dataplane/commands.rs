@@ -26,6 +26,8 @@ pub enum DataCommand {
     /// Hold the NAT mapping toward the relay open with a hop keepalive after this much
     /// silence toward it (`None` where no NAT needs it).
     SetRelayKeepalive(Option<std::time::Duration>),
+    /// Relay duty: the relay's whole rate in bytes a second, shared fairly (`None`: no cap).
+    SetRelayRate(Option<u64>),
     /// Start a handshake with this peer now (the relay: it must know where we are).
     Connect(StaticPublic),
     /// Answer with [`DataEvent::View`].

@@ -326,6 +326,7 @@ impl DataPlane {
                 }
             }
             self.write_tun();
+            self.send_batch(now);
             if drained {
                 // A short batch emptied the queue: another call would only say EAGAIN, and
                 // the level-triggered epoll reports anything that arrived since.
@@ -369,15 +370,18 @@ impl DataPlane {
                 true
             }
             Ok(Received::Forward(transmit)) => {
-                // Relay duty: the re-tagged envelope goes straight on.
-                let datagram = quinn_udp::Transmit {
-                    destination: transmit.destination,
-                    ecn: None,
-                    contents: &out[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + transmit.len],
-                    segment_size: None,
-                    src_ip: None,
-                };
-                self.out.send(&self.poller, &datagram, now);
+                // Relay duty: the re-tagged envelope joins the send batch, where the envelopes
+                // of one flow to one member leave in one GSO `sendmsg` once this receive batch
+                // is done — the forwarding path batched like the direct one.
+                if self.io.send.slot().is_none() {
+                    self.send_batch(now);
+                }
+                let io = &mut self.io;
+                let forwarded = &io.tun_write[io.tun_pending][VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + transmit.len];
+                if let Some(slot) = io.send.slot().and_then(|slot| slot.get_mut(..transmit.len)) {
+                    slot.copy_from_slice(forwarded);
+                    io.send.commit(transmit.len, transmit.destination);
+                }
                 true
             }
             Ok(Received::Nothing) => false,
@@ -519,6 +523,7 @@ impl DataPlane {
             DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, now),
             DataCommand::SetRelay(relay) => self.device.set_relay(relay, now),
             DataCommand::SetRelayKeepalive(every) => self.device.set_relay_keepalive(every),
+            DataCommand::SetRelayRate(rate) => self.device.set_relay_rate(rate),
             DataCommand::Connect(key) => self.device.connect(&key, now),
             DataCommand::QueryView(token) => {
                 let view = self.view(now);

@@ -339,6 +339,35 @@ fn a_device_that_loses_its_address_drops_the_dead_connections_and_reconnects_fro
 }
 
 #[test]
+fn cloudpal_shares_the_relay_at_the_policy_rate_and_members_never_relay() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal), ("phone", Role::Member)]);
+    let rates = |commands: &[DataCommand]| commands.iter().filter_map(|c| if let DataCommand::SetRelayRate(rate) = c { Some(*rate) } else { None }).collect::<Vec<_>>();
+    // From the start, CloudPal's data plane has the default: 1 Gbit/s in all.
+    assert_eq!(rates(&sim.nodes[1].take_data()), [Some(125_000_000)]);
+    assert!(rates(&sim.nodes[0].take_data()).is_empty() && rates(&sim.nodes[2].take_data()).is_empty(), "a member was given a relay rate");
+    let time = sim.time;
+    let set = |rate: &str| node::control_api::PolicyChange { relay_rate: Some(rate.into()), ..Default::default() };
+    for bad in ["0", "fast", "1000001"] {
+        let refused = sim.nodes[0].core.set_policy(&set(bad), time).expect_err(bad);
+        assert!(refused.contains("Mbit/s") && !refused.contains('\n'), "{refused}");
+    }
+    let shown = sim.nodes[0].core.set_policy(&set("2500"), time).expect("an admin sets the rate");
+    assert_eq!((shown.relay_mbit, shown.relay_default), (Some(2_500), false));
+    sim.settle();
+    assert_eq!(sim.elapsed(), Duration::ZERO, "no timer stood between the entry and the relay");
+    assert_eq!(rates(&sim.nodes[1].take_data()), [Some(2_500 * 125_000)]);
+    sim.nodes[0].core.set_policy(&set("unlimited"), time).expect("no cap");
+    sim.settle();
+    assert_eq!(rates(&sim.nodes[1].take_data()), [None]);
+    // Another change to the policy leaves the rate alone: nothing resent.
+    let other = node::control_api::PolicyChange { logging: Some(true), ..Default::default() };
+    sim.nodes[0].core.set_policy(&other, time).expect("logging");
+    sim.settle();
+    assert!(rates(&sim.nodes[1].take_data()).is_empty());
+    assert!(rates(&sim.nodes[2].take_data()).is_empty());
+}
+
+#[test]
 fn a_lost_member_is_redialled_every_second_at_first_then_with_doubling_waits() {
     let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
     sim.auto_dial = false;

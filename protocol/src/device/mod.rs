@@ -16,7 +16,8 @@ use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
 use crate::paths::{PathKind, Paths, Route};
 use crate::relay::{self, HopKey, RELAY_HEADER_LEN, ShortId};
 use crate::replay::ReplayWindow;
-use crate::ratelimit::{RateLimiter, TokenBucket};
+use crate::ratelimit::RateLimiter;
+use crate::share::{FairShare, Usage};
 use crate::time::WallClock;
 use crate::tunnel::{Decapsulated, Encapsulated, IndexChange, Tunnel, TunnelConfig, TunnelStats};
 use crate::wire::{self, COOKIE_REPLY_LEN, Message};
@@ -131,6 +132,7 @@ pub struct Device {
     relay_sent_at: Option<Instant>,
     /// Relay duty (CloudPal): forward envelopes between members.
     relay_server: bool,
+    relay_share: FairShare,
     /// Probes and pongs waiting for `poll_transmit`, bounded.
     control: VecDeque<(StaticPublic, Route, Control)>,
     next_probe_id: u64,
@@ -147,7 +149,8 @@ struct Peer {
     hop: HopKey,
     /// Relay duty: envelopes from this peer seen (replays refused).
     relay_seen: ReplayWindow,
-    relay_quota: TokenBucket,
+    /// Relay duty: this peer's use of the relay's shared rate.
+    relay_use: Usage,
     /// A handshake message was dropped for want of any route: it is sent again the moment
     /// one appears instead of after the 5 s retry timer.
     stalled: bool,
@@ -177,10 +180,6 @@ enum Via {
 
 /// Probes and pongs queued at most (a probe round for every peer fits).
 const MAX_QUEUED_CONTROL: usize = 1024;
-
-/// What one member may push through the relay: 100 Mbit/s sustained, 4 MiB of burst.
-pub const RELAY_RATE_BYTES_PER_SECOND: u64 = 12_500_000;
-pub const RELAY_BURST_BYTES: u64 = 4 << 20;
 
 /// Handshake messages counted per one-second window; "under load" lasts into the next window.
 #[derive(Debug, Default)]
@@ -218,6 +217,7 @@ impl Device {
             relay_keepalive: None,
             relay_sent_at: None,
             relay_server: false,
+            relay_share: FairShare::default(),
             control: VecDeque::new(),
             next_probe_id: 0,
             observed: BTreeMap::new(),
@@ -265,8 +265,7 @@ impl Device {
                 self.relay_ids.entry(hop.id(epoch)).or_insert(key);
             }
         }
-        let relay_quota = TokenBucket::per_second(RELAY_RATE_BYTES_PER_SECOND, RELAY_BURST_BYTES);
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_seen: ReplayWindow::default(), relay_quota, stalled: false });
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_seen: ReplayWindow::default(), relay_use: Usage::default(), stalled: false });
         // Two keys sharing a short id could not be told apart on the relay: the second one
         // is simply not reachable through it (2^-64 per pair).
         self.short_ids.entry(ShortId::of(&key)).or_insert(key);
@@ -383,6 +382,14 @@ impl Device {
     }
 
     /// Switches relay duty on: envelopes between members are forwarded (CloudPal).
+    /// Relay duty: the relay's whole rate in bytes a second, shared fairly among the members
+    /// that use it (`None`: no cap). [`crate::share::DEFAULT_RATE_BYTES_PER_SECOND`] until set.
+    pub fn set_relay_rate(&mut self, rate: Option<u64>) {
+        if self.relay_share.rate() != rate {
+            self.relay_share = FairShare::new(rate);
+        }
+    }
+
     pub fn set_relay_server(&mut self, enabled: bool) {
         self.relay_server = enabled;
     }

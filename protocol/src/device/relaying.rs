@@ -1,5 +1,5 @@
 //! The relay side of [`Device`]: sealing envelopes for our relay, opening the relay's, and
-//! relay duty — finding a sender by its hourly id, refusing replays, charging the quota,
+//! relay duty — finding a sender by its hourly id, refusing replays, charging the fair share,
 //! moving an endpoint only for a member's newest envelope, and resealing for the next hop.
 
 use super::{Device, DeviceStats, Received, Route, Via};
@@ -113,7 +113,7 @@ impl Device {
         }
         // Charged before anything moves: an over-quota member's envelopes change nothing.
         let Some(from) = self.peers.get_mut(&sender) else { return Err(Error::UnknownPeer) };
-        if !from.relay_quota.take(datagram.len() as u64, now) {
+        if !self.relay_share.admit(&mut from.relay_use, datagram.len() as u64, now) {
             self.stats.relay_over_quota += 1;
             return Err(Error::RelayQuota);
         }

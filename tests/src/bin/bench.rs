@@ -1,8 +1,9 @@
 //! The namespace benchmark: the same two-host LAN for every contestant — the raw link, `pal`,
 //! boringtun (`boringtun-cli`) and wireguard-go — measured in one run: iperf3 TCP with 1 and 4
 //! streams, ping RTT, daemon CPU seconds per GiB moved, and peak RSS. Prints a table with
-//! ratios to boringtun. `BENCH_EXIT=1`: the exit benchmark instead (issue #13). Not part of the
-//! test suite; run `bash tests/bench.sh` as root.
+//! ratios to boringtun. `BENCH_EXIT=1`: the exit benchmark instead (issue #13); `BENCH_RELAY=1`:
+//! relayed against direct through CloudPal (issue #15). Not part of the test suite; run
+//! `bash tests/bench.sh` as root.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -76,6 +77,9 @@ fn main() {
     if std::env::var_os("BENCH_EXIT").is_some() {
         return exit_benchmark();
     }
+    if std::env::var_os("BENCH_RELAY").is_some() {
+        return relay_benchmark();
+    }
     let mut contestants = Vec::new();
     if selected("raw") {
         contestants.push(raw_link());
@@ -121,6 +125,45 @@ fn exit_benchmark() {
         }
     }
     print_table(&contestants, "pal direct tunnel", "boringtun exit");
+}
+
+/// Issue #15's relay benchmark (`BENCH_RELAY=1`): two members and CloudPal on one LAN, the
+/// members' direct path open (direct) or their UDP to each other dropped (relayed through
+/// CloudPal), in one run; relayed once at the policy's default rate and once with no cap.
+fn relay_benchmark() {
+    let contestants = vec![pal_relay("pal direct", None), pal_relay("pal relayed, no cap", Some("unlimited")), pal_relay("pal relayed, default cap", Some("default"))];
+    print_table(&contestants, "pal direct", "pal direct");
+}
+
+/// Two members (benchA, benchB) and a CloudPal on one LAN; with `relay_rate`, the members'
+/// UDP to each other is dropped so their traffic goes through CloudPal at that policy rate.
+fn pal_relay(name: &'static str, relay_rate: Option<&str>) -> Contestant {
+    let mut net = LanNetwork::form(&["benchA", "benchB"]);
+    let (netns, address) = net.lan.host("bcp");
+    let mut cloudpal = tests::PalNode::new("cloudpal", netns, address);
+    let code = cloudpal.request(&net.nodes[0].network_fingerprint());
+    net.nodes[0].pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
+    cloudpal.finish_request();
+    cloudpal.up_with(&["--cloudpal"]);
+    net.nodes.push(cloudpal);
+    assert!(net.wait_for_membership(Duration::from_secs(20)), "the relay network did not form");
+    if let Some(rate) = relay_rate {
+        net.nodes[0].pal_ok(&["policy", "set", "--relay-rate", rate]);
+        for (from, to) in [(0, 1), (1, 0)] {
+            let peer = net.nodes[to].address.clone();
+            net.nodes[from].netns.exec_ok("nft", &["add table ip benchrelay; add chain ip benchrelay out { type filter hook output priority 0; }"]);
+            net.nodes[from].netns.exec_ok("nft", &["add", "rule", "ip", "benchrelay", "out", "ip", "daddr", &peer, "udp", "dport", "41641", "drop"]);
+        }
+    }
+    let wanted = if relay_rate.is_some() { "relay" } else { "direct" };
+    let on_path = wait_until(Duration::from_secs(20), || {
+        let output = net.nodes[0].pal(&["ping", "benchB", "-c", "1"]);
+        String::from_utf8_lossy(&output.stdout).contains(&format!("path={wanted}"))
+    });
+    assert!(on_path, "{name}: benchA never reached benchB on the {wanted} path");
+    let (server, _) = net.node("benchB").overlay();
+    let pids: Vec<u32> = net.nodes.iter().filter_map(|n| n.pid()).collect();
+    Contestant { name, topology: Topology::Pal(net), server: server.to_string(), pids }
 }
 
 /// Measures every contestant, then prints the table with RTTs added over `base` and ratios
