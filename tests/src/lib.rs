@@ -580,6 +580,34 @@ pub fn terminate(pid: u32) {
     }
 }
 
+/// `from` gets an answer from `to` within 20 s (`pal ping`).
+pub fn pings(from: &PalNode, to: &str) -> bool {
+    wait_until(Duration::from_secs(20), || from.pal(&["ping", to, "-c", "1"]).status.success())
+}
+
+/// A laptop behind `router` that founds a network: `pal init`, then `pal up`.
+pub fn founding_laptop(router: &mut NatRouter) -> PalNode {
+    let (netns, address) = router.host("lapt");
+    let mut laptop = PalNode::new("laptop", netns, address);
+    laptop.pal_ok(&["init", "--name", "laptop"]);
+    laptop.up();
+    laptop
+}
+
+/// A fresh CloudPal on `internet` that asks `admin`'s network to be added (`pal request`), is
+/// added (`pal device add … --role cloudpal`) and comes up with `--cloudpal`, reachable from
+/// `admin`.
+pub fn cloudpal_added_by(admin: &PalNode, internet: &mut Lan) -> PalNode {
+    let (netns, address) = internet.host("cpal");
+    let mut cloudpal = PalNode::new("cloudpal", netns, address);
+    let code = cloudpal.request(&admin.network_fingerprint());
+    admin.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
+    cloudpal.finish_request();
+    cloudpal.up_with(&["--cloudpal"]);
+    assert!(pings(admin, "cloudpal"), "{} ↔ CloudPal: {}", admin.name, admin.log());
+    cloudpal
+}
+
 /// A network of devices on one LAN: the first is the founder, the others joined by invite.
 #[derive(Debug)]
 pub struct LanNetwork {

@@ -12,10 +12,7 @@ fn a_fresh_cloudpal_is_added_by_an_admin_behind_a_nat_and_admits_others() {
     let mut internet = Lan::new("203.0.113");
     let mut home = NatRouter::new(&mut internet, "10.1.0", Mapping::EndpointIndependent);
     let mut office = NatRouter::new(&mut internet, "10.2.0", Mapping::EndpointIndependent);
-    let (netns, address) = home.host("lapt");
-    let mut laptop = PalNode::new("laptop", netns, address);
-    laptop.pal_ok(&["init", "--name", "laptop"]);
-    laptop.up();
+    let laptop = tests::founding_laptop(&mut home);
 
     // CloudPal: a fresh machine on a public address asks to be added.
     let (netns, address) = internet.host("cpal");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
-use tests::{Lan, Mapping, NatRouter, PalNode, wait_until};
+use tests::{Lan, Mapping, NatRouter, PalNode, pings, wait_until};
 
 /// What one device sent in a capture, by protocol and destination port.
 #[derive(Debug, Default)]
@@ -67,10 +67,6 @@ fn invite(inviter: &PalNode, name: &str) -> String {
     output.lines().last().expect("code on the last line").trim().to_owned()
 }
 
-fn pings(from: &PalNode, to: &str) -> bool {
-    wait_until(Duration::from_secs(20), || from.pal(&["ping", to, "-c", "1"]).status.success())
-}
-
 /// How long the network is left alone before counting starts: joins, first syncs and path
 /// setup settle, and the control core's busy spell after the last of them ends.
 const SETTLE: Duration = Duration::from_secs(45);
@@ -119,17 +115,8 @@ fn first_and_warm_rtt(from: &PalNode, to: &str) -> (f64, f64, String) {
 fn idle_devices_behind_a_nat_and_on_an_open_lan_stay_quiet_and_wake_at_once() {
     let mut internet = Lan::new("203.0.113");
     let mut home = NatRouter::new(&mut internet, "10.1.0", Mapping::EndpointIndependent);
-    let (laptop_ns, laptop_address) = home.host("lapt");
-    let mut laptop = PalNode::new("laptop", laptop_ns, laptop_address);
-    laptop.pal_ok(&["init", "--name", "laptop"]);
-    laptop.up();
-    let (cloudpal_ns, cloudpal_address) = internet.host("cpal");
-    let mut cloudpal = PalNode::new("cloudpal", cloudpal_ns, cloudpal_address);
-    let code = cloudpal.request(&laptop.network_fingerprint());
-    laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
-    cloudpal.finish_request();
-    cloudpal.up_with(&["--cloudpal"]);
-    assert!(pings(&laptop, "cloudpal"), "laptop ↔ CloudPal: {}", laptop.log());
+    let laptop = tests::founding_laptop(&mut home);
+    let cloudpal = tests::cloudpal_added_by(&laptop, &mut internet);
     // Two more members on the internet itself (no NAT): a server and a desktop.
     let mut open = Vec::new();
     for name in ["server", "desktop"] {

@@ -4,7 +4,7 @@
 //! its NAT to forget every mapping, is back at once when it wakes.
 
 use std::time::{Duration, Instant};
-use tests::{Lan, Mapping, NatRouter, PalNode, wait_until};
+use tests::{Lan, Mapping, NatRouter, PalNode, pings, wait_until};
 
 /// CloudPal on the internet, the laptop at home, the desktop at the office; a cellular
 /// carrier's NAT the laptop can move behind.
@@ -25,17 +25,8 @@ impl Roaming {
         let mut home = NatRouter::new(&mut internet, "10.1.0", Mapping::EndpointIndependent);
         let mut office = NatRouter::new(&mut internet, "10.2.0", Mapping::EndpointIndependent);
         let cell = NatRouter::new(&mut internet, "10.3.0", Mapping::Symmetric);
-        let (netns, address) = home.host("lapt");
-        let mut laptop = PalNode::new("laptop", netns, address);
-        laptop.pal_ok(&["init", "--name", "laptop"]);
-        laptop.up();
-        let (netns, address) = internet.host("cpal");
-        let mut cloudpal = PalNode::new("cloudpal", netns, address);
-        let code = cloudpal.request(&laptop.network_fingerprint());
-        laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
-        cloudpal.finish_request();
-        cloudpal.up_with(&["--cloudpal"]);
-        assert!(pings(&laptop, "cloudpal"), "laptop ↔ CloudPal: {}", laptop.log());
+        let laptop = tests::founding_laptop(&mut home);
+        let cloudpal = tests::cloudpal_added_by(&laptop, &mut internet);
         let (netns, address) = office.host("desk");
         let mut desktop = PalNode::new("desktop", netns, address);
         let invite = laptop.pal_ok(&["device", "invite", "--name", "desktop"]);
@@ -48,10 +39,6 @@ impl Roaming {
         assert!(pings(&desktop, "laptop"), "desktop → laptop: {}", desktop.log());
         Roaming { laptop, desktop, cloudpal, cell, home, _office: office, _internet: internet }
     }
-}
-
-fn pings(from: &PalNode, to: &str) -> bool {
-    wait_until(Duration::from_secs(20), || from.pal(&["ping", to, "-c", "1"]).status.success())
 }
 
 /// The longest run of lost echoes in a `ping -i 0.05` log, as time.
