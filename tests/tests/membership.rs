@@ -100,10 +100,9 @@ fn dp08_inv04_revocation_reaches_every_member_within_a_second_and_cuts_the_devic
     let tablet = &net.node("tablet").netns;
     tablet.exec_ok("nft", &["add", "table", "inet", "deaf"]);
     tablet.exec_ok("nft", &["add", "chain", "inet", "deaf", "out", "{ type filter hook output priority 0 ; }"]);
-    for (protocol, port) in [("tcp", "41641"), ("udp", "41642")] {
-        for direction in ["sport", "dport"] {
-            tablet.exec_ok("nft", &["add", "rule", "inet", "deaf", "out", protocol, direction, port, "drop"]);
-        }
+    // The control plane is TCP on the data port, whichever side dialled.
+    for direction in ["sport", "dport"] {
+        tablet.exec_ok("nft", &["add", "rule", "inet", "deaf", "out", "tcp", direction, "41641", "drop"]);
     }
     let (phone_v4, _) = net.node("phone").overlay();
     let ping_log = std::env::temp_dir().join(tests::unique("ping-"));

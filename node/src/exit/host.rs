@@ -155,7 +155,7 @@ impl Host {
         for route in routes {
             self.netlink.route().add(route).execute().await.context("cannot add the exit's routes")?;
         }
-        let ports = RulePortRange { start: tunnel.data_port, end: tunnel.data_port.saturating_add(1) };
+        let ports = RulePortRange { start: tunnel.data_port, end: tunnel.data_port };
         let from_ours = |m: &mut RuleMessage| m.attributes.push(RuleAttribute::SourcePortRange(ports));
         // Control connections to members' listeners (at the same port by default), whatever
         // port they left from.

@@ -42,8 +42,7 @@ pub struct ClientTunnel {
     pub tun: String,
     pub overlay_ipv4: Ipv4Addr,
     pub overlay_ipv6: Ipv6Addr,
-    /// pal's underlay ports: the data plane's (UDP, shared with TCP for the control plane) and
-    /// QUIC's (the next one).
+    /// pal's underlay port: the data plane's (UDP, shared with TCP for the control plane).
     pub data_port: u16,
     pub allow_lan: bool,
 }

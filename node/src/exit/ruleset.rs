@@ -28,12 +28,11 @@ pub fn client(tunnel: &ClientTunnel) -> Nftables<'static> {
     batch.add(t.base_chain("output", NfChainType::Filter, NfHook::Output, 0));
     let tun = || s(tunnel.tun.clone());
     let data = u32::from(tunnel.data_port);
-    let quic = data + 1;
     let mut output = vec![
         vec![is(meta(MetaKey::Oifname), s("lo")), accept()],
         vec![is(meta(MetaKey::Oifname), tun()), accept()],
         vec![is(meta(MetaKey::Mark), Expression::Number(FWMARK)), accept()],
-        vec![is(field("udp", "sport"), set([Expression::Number(data), Expression::Number(quic)])), accept()],
+        vec![is(field("udp", "sport"), Expression::Number(data)), accept()],
         vec![is(field("tcp", "sport"), Expression::Number(data)), accept()],
         // pal's control connections to members' listeners (the same port by default) from
         // whatever port libp2p dialled from.
