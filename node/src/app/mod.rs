@@ -40,16 +40,15 @@ pub fn default_listen() -> SocketAddr {
 }
 /// Control requests waiting for the event loop; the CLI sends one at a time.
 const CONTROL_QUEUE: usize = 16;
-/// How often the core gets a fresh copy of the data plane's view (paths, reflexive addresses).
-const VIEW_INTERVAL: Duration = Duration::from_secs(1);
-/// The token of those periodic views; local queries count up from 1.
-const REFRESH: Token = 0;
+/// The token of the views the packet thread pushes when they change; local queries count up
+/// from 1.
+const REFRESH: Token = dataplane::commands::PUSHED_VIEW;
 /// How long a stopping node waits for its connections to close.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
-    /// The data-plane UDP address; libp2p uses TCP on the same port and QUIC on port + 1.
+    /// The data-plane UDP address; libp2p uses TCP on the same port.
     pub listen: SocketAddr,
     pub bootstrap: Vec<Multiaddr>,
     pub cloudpal: bool,
@@ -181,7 +180,6 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     app.apply_host().await;
     tracing::info!(cloudpal = options.cloudpal, "node up");
 
-    let mut refresh = tokio::time::interval(VIEW_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let rotate_in = Duration::from_secs(p2p::identity_epoch_end(epoch).saturating_sub(clock::unix_secs()));
@@ -199,7 +197,6 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
             Some(event) = events.recv() => app.on_data_event(&mut swarm, event),
             Some(found) = resolved.recv() => app.host_work.push(HostWork::Resolved(found)),
             _ = timer => app.core.handle_timeout(clock::now()),
-            _ = refresh.tick() => app.command(DataCommand::QueryView(REFRESH)),
             _ = rotation => {
                 // A new identity epoch: a new libp2p identity, so a new swarm.
                 epoch = p2p::identity_epoch(clock::unix_secs()).max(epoch + 1);

@@ -10,6 +10,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 /// Names a query so that its answer finds its asker.
 pub type Token = u64;
+/// The token of the views the packet thread pushes by itself when its view changed; local
+/// queries count up from 1.
+pub const PUSHED_VIEW: Token = 0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataCommand {

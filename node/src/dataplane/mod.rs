@@ -49,6 +49,9 @@ pub const COMMAND_QUEUE: usize = 2 * membership::state::MAX_DEVICES + 64;
 pub const EVENT_QUEUE: usize = 64;
 /// One datagram or packet, or one GRO/GSO aggregate of them.
 const BUFFER_LEN: usize = 65_536;
+/// How often at most the packet thread tells the control plane its view (paths, endpoints,
+/// how peers see us), and only when it changed.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
 /// Packets one TUN read can split into (64 KiB / MSS, with room), and so the send batch.
 const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 /// Buffers per `recvmmsg`; each takes up to 64 datagrams when the kernel does GRO.
@@ -209,11 +212,15 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
     let mut writable: Vec<usize> = Vec::with_capacity(16);
     // The last turn read TUN and did not run dry.
     let mut tun_busy = false;
+    // The view the control plane last got, and when to compare again: a second after a turn
+    // that did anything, and never while nothing happens (an idle node does not wake for it).
+    let mut view_pushed: Option<DataView> = None;
+    let mut view_due = Some(now);
     loop {
         // `now` is from after the last batch: reading the clock once per wakeup is enough
         // for timers kept in milliseconds.
         let ping_due = plane.ping.as_ref().map(|_| now + Duration::from_millis(100));
-        let wake_at = [deadline, ping_due, plane.out.connections.deadline()].into_iter().flatten().min();
+        let wake_at = [deadline, ping_due, plane.out.connections.deadline(), view_due].into_iter().flatten().min();
         let (mut udp, mut udp_room, mut tun, mut poked) = (false, false, false, false);
         readable.clear();
         writable.clear();
@@ -266,8 +273,20 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
                 }
             }
         }
-        if deadline.is_some_and(|at| at <= now) {
+        let timed_out = deadline.is_some_and(|at| at <= now);
+        if timed_out {
             plane.device.handle_timeout(now);
+        }
+        if udp || tun || poked || timed_out || !readable.is_empty() {
+            view_due.get_or_insert(now + VIEW_EVERY);
+        }
+        if view_due.is_some_and(|at| at <= now) {
+            view_due = None;
+            let view = plane.view(now);
+            if view_pushed.as_ref() != Some(&view) {
+                let _ = plane.events.try_send(DataEvent::View { token: commands::PUSHED_VIEW, view: view.clone() });
+                view_pushed = Some(view);
+            }
         }
         if plane.ping.is_some() {
             plane.advance_ping(now);
