@@ -381,7 +381,18 @@ fn exit_03_04_no_open_router_no_exit_without_rights_or_after_revocation_and_no_s
     assert_eq!(syns_from_cloudpal, 0, "CloudPal forwarded a spoofed member source to the internet");
     assert!(connects_from(&net.laptop.netns, &laptop_v4, web), "control: the laptop's own source is forwarded");
 
-    // A revoked member: nothing forwarded any more.
+    // A revoked member: nothing forwarded any more. The phone's control plane is cut first, as
+    // a thief's modified node would ignore its revocation: it keeps its full tunnel and kill
+    // switch (told of it, it would take them out itself rather than strand its host), so the
+    // web sees nothing from it once CloudPal drops it.
+    let phone = &net.phone.netns;
+    phone.exec_ok("nft", &["add table inet deaf; add chain inet deaf out { type filter hook output priority 0; }; add chain inet deaf in { type filter hook input priority 0; }"]);
+    for (chain, direction) in [("out", "sport"), ("out", "dport"), ("in", "sport"), ("in", "dport")] {
+        phone.exec_ok("nft", &["add", "rule", "inet", "deaf", chain, "tcp", direction, "41641", "drop"]);
+    }
     net.laptop.pal_ok(&["device", "revoke", "phone"]);
     assert!(wait_until(Duration::from_secs(3), || phone_seen().is_none()), "a revoked member was still forwarded");
+    // Still on the exit (connected, or blocking once it finds CloudPal gone): the kill switch,
+    // not the phone's own teardown, kept it off the web.
+    assert_ne!(exit_state(&net.phone)["state"], "off", "the phone heard of its revocation: the test proves nothing");
 }
