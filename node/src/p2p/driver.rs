@@ -8,18 +8,31 @@ use libp2p::core::transport::ListenerId;
 use libp2p::kad::store::RecordStore as _;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Swarm, dcutr, kad, ping, request_response};
+use crate::control::messages::Request;
+use libp2p::request_response::OutboundRequestId;
+use libp2p::{PeerId, Swarm, dcutr, kad, ping, request_response};
+use std::collections::HashMap;
 
 #[derive(Debug, Default)]
 pub struct Driver {
     /// The circuit listener at CloudPal's relay, once asked for.
     relay_listener: Option<ListenerId>,
     gate: Gate,
+    /// Requests that may be sent again, until answered: whether they were already.
+    resendable: HashMap<OutboundRequestId, (PeerId, Request, bool)>,
 }
 
 impl Driver {
     pub fn new(gate: Gate) -> Self {
-        Driver { relay_listener: None, gate }
+        Driver { relay_listener: None, gate, resendable: HashMap::new() }
+    }
+
+    fn send(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, request: Request, resent: bool) {
+        let resendable = matches!(request, Request::Hello { .. } | Request::Sync { .. } | Request::Announce { .. } | Request::Paths { .. }).then(|| request.clone());
+        let id = swarm.behaviour_mut().control.send_request(&peer, request);
+        if let Some(request) = resendable {
+            self.resendable.insert(id, (peer, request, resent));
+        }
     }
 
     /// Feeds one swarm event to the core.
@@ -69,17 +82,35 @@ impl Driver {
                     let response = core.handle_request(peer, request, time);
                     let _ = swarm.behaviour_mut().control.send_response(channel, response);
                 }
-                request_response::Message::Response { response, .. } => core.handle_response(peer, response, time),
+                request_response::Message::Response { request_id, response } => {
+                    self.resendable.remove(&request_id);
+                    core.handle_response(peer, response, time)
+                }
             },
             // Unanswered for the request timeout: the connection is taken for dead (a NAT that
             // forgot it, a peer that roamed away) rather than left to TCP's quarter of an hour;
             // its close makes the core redial.
             SwarmEvent::Behaviour(BehaviourEvent::Control(request_response::Event::OutboundFailure {
                 connection_id,
+                request_id,
                 error: request_response::OutboundFailure::Timeout,
                 ..
             })) => {
+                self.resendable.remove(&request_id);
                 swarm.close_connection(connection_id);
+            }
+            // The connection it went out on closed first (one of two to a peer, closed as the
+            // duplicate; libp2p spreads requests over a peer's connections): a request that is
+            // safe to repeat (a hello, a sync, an announcement, paths) goes again, once, on the
+            // connection that stays — a pushed revocation must not wait for anti-entropy.
+            SwarmEvent::Behaviour(BehaviourEvent::Control(request_response::Event::OutboundFailure { request_id, error, .. })) => {
+                if let Some((peer, request, resent)) = self.resendable.remove(&request_id)
+                    && !resent
+                    && matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                    && swarm.is_connected(&peer)
+                {
+                    self.send(swarm, peer, request, true);
+                }
             }
             _ => {}
         }
@@ -88,9 +119,7 @@ impl Driver {
     /// Carries out an action that is the swarm's; any other comes back for the app.
     pub fn execute(&mut self, core: &mut Core, swarm: &mut Swarm<Behaviour>, action: Action, time: Time) -> Option<Action> {
         match action {
-            Action::Send { peer, request } => {
-                swarm.behaviour_mut().control.send_request(&peer, request);
-            }
+            Action::Send { peer, request } => self.send(swarm, peer, request, false),
             Action::Dial(dial) => dial_now(swarm, dial),
             Action::KadAddAddress { peer, address } => {
                 swarm.behaviour_mut().kad.add_address(&peer, address);
