@@ -33,7 +33,6 @@ pub const DEFAULT_RATE_BYTES_PER_SECOND: u64 = 125_000_000;
 pub struct FairShare {
     /// `None`: no cap (the host's link and CPU are the only limit).
     bucket: Option<Bucket>,
-    rate: u64,
     anchor: Option<Instant>,
     window: u64,
     /// Members that sent in the current window, and in the one before.
@@ -45,7 +44,7 @@ pub struct FairShare {
 /// second to far beyond any link (a per-unit bucket rounds 1e9 / rate).
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    rate: u128,
+    rate: u64,
     burst: u64,
     level: u128,
     last: Option<Instant>,
@@ -56,12 +55,12 @@ const NANOS: u128 = 1_000_000_000;
 impl Bucket {
     fn new(rate: u64) -> Self {
         let burst = burst_bytes(rate);
-        Bucket { rate: u128::from(rate), burst, level: u128::from(burst) * NANOS, last: None }
+        Bucket { rate, burst, level: u128::from(burst) * NANOS, last: None }
     }
 
     fn available(&mut self, now: Instant) -> u64 {
         if let Some(last) = self.last {
-            let refill = now.saturating_duration_since(last).as_nanos().saturating_mul(self.rate);
+            let refill = now.saturating_duration_since(last).as_nanos().saturating_mul(u128::from(self.rate));
             self.level = self.level.saturating_add(refill).min(u128::from(self.burst) * NANOS);
         }
         self.last = Some(now);
@@ -94,13 +93,12 @@ impl Default for FairShare {
 impl FairShare {
     /// A relay passing `rate` bytes a second at most in all (`None`: no cap).
     pub fn new(rate: Option<u64>) -> Self {
-        let rate = rate.map(|r| r.max(1));
-        FairShare { bucket: rate.map(Bucket::new), rate: rate.unwrap_or(0), anchor: None, window: 0, active: 0, active_before: 0 }
+        FairShare { bucket: rate.map(|r| Bucket::new(r.max(1))), anchor: None, window: 0, active: 0, active_before: 0 }
     }
 
     /// The cap in bytes a second, `None` for none.
     pub fn rate(&self) -> Option<u64> {
-        self.bucket.as_ref().map(|_| self.rate)
+        self.bucket.as_ref().map(|bucket| bucket.rate)
     }
 
     /// Whether `member` may pass `len` more bytes at `now`; charged to the relay and the member
@@ -120,7 +118,7 @@ impl FairShare {
         // Shares matter only where someone else is there to be protected: alone, a member has
         // the bucket (a share check would cut it off at the end of every window at the rate).
         if members > 1 && bucket.available(now) < bucket.burst / 2 {
-            let share = (u128::from(self.rate) * WINDOW.as_nanos() / Duration::from_secs(1).as_nanos()) as u64 / members;
+            let share = (u128::from(bucket.rate) * WINDOW.as_nanos() / Duration::from_secs(1).as_nanos()) as u64 / members;
             if member.bytes.saturating_add(len) > share {
                 return false;
             }

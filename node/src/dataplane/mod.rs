@@ -368,6 +368,9 @@ impl DataPlane {
     /// batch to TUN when the slots run out. True when the datagram authenticated its sender
     /// (a data packet, or an envelope to relay).
     fn on_datagram(&mut self, source: SocketAddr, buffer: usize, range: std::ops::Range<usize>, now: Instant) -> bool {
+        if self.device.is_relay_server() && protocol::relay::is_envelope(&self.io.udp_read[buffer][range.clone()]) {
+            return self.on_envelope_to_relay(source, buffer, range, now);
+        }
         let io = &mut self.io;
         let datagram = &io.udp_read[buffer][range];
         let out = &mut io.tun_write[io.tun_pending];
@@ -388,22 +391,31 @@ impl DataPlane {
                 }
                 true
             }
+            // Forwards come from relay duty only (`on_envelope_to_relay`).
+            Ok(Received::Nothing | Received::Forward(_)) => false,
+            Err(error) => {
+                tracing::trace!(%error, "datagram dropped");
+                false
+            }
+        }
+    }
+
+    /// Relay duty: an envelope is resealed straight into the send batch (relay duty never turns
+    /// one into a packet for us), where the envelopes of one flow to one member leave in one
+    /// GSO `sendmsg` once this receive batch is done — the forwarding path batched like the
+    /// direct one, with no copy between. True when it authenticated its sender.
+    fn on_envelope_to_relay(&mut self, source: SocketAddr, buffer: usize, range: std::ops::Range<usize>, now: Instant) -> bool {
+        if self.io.send.slot().is_none() {
+            self.send_batch(now);
+        }
+        let io = &mut self.io;
+        let Some(slot) = io.send.slot() else { return false };
+        match self.device.decapsulate(source, &io.udp_read[buffer][range], slot, now) {
             Ok(Received::Forward(transmit)) => {
-                // Relay duty: the re-tagged envelope joins the send batch, where the envelopes
-                // of one flow to one member leave in one GSO `sendmsg` once this receive batch
-                // is done — the forwarding path batched like the direct one.
-                if self.io.send.slot().is_none() {
-                    self.send_batch(now);
-                }
-                let io = &mut self.io;
-                let forwarded = &io.tun_write[io.tun_pending][VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + transmit.len];
-                if let Some(slot) = io.send.slot().and_then(|slot| slot.get_mut(..transmit.len)) {
-                    slot.copy_from_slice(forwarded);
-                    io.send.commit(transmit.len, transmit.destination);
-                }
+                io.send.commit(transmit.len, transmit.destination);
                 true
             }
-            Ok(Received::Nothing) => false,
+            Ok(_) => false,
             Err(error) => {
                 tracing::trace!(%error, "datagram dropped");
                 false

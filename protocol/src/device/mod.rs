@@ -366,33 +366,6 @@ impl Device {
         self.sync_peer(key, now);
     }
 
-    /// Holds the NAT mapping toward the relay open: a hop keepalive after `every` of silence
-    /// toward it (`None`: never, as on a network without NAT). Relayed traffic for us can then
-    /// reach us however long we were idle, with no session kept alive for it.
-    pub fn set_relay_keepalive(&mut self, every: Option<Duration>) {
-        self.relay_keepalive = every;
-    }
-
-    /// When the next hop keepalive is due, if one is wanted.
-    fn relay_keepalive_due(&self) -> Option<Instant> {
-        let every = self.relay_keepalive?;
-        self.relay.as_ref()?;
-        // Never sent: due at once (the caller's `now`).
-        Some(self.relay_sent_at.map_or(self.clock.anchor, |at| at + every))
-    }
-
-    /// Switches relay duty on: envelopes between members are forwarded (CloudPal).
-    /// Relay duty: the relay's whole rate in bytes a second, shared fairly among the members
-    /// that use it (`None`: no cap). [`crate::share::DEFAULT_RATE_BYTES_PER_SECOND`] until set.
-    pub fn set_relay_rate(&mut self, rate: Option<u64>) {
-        if self.relay_share.rate() != rate {
-            self.relay_share = FairShare::new(rate);
-        }
-    }
-
-    pub fn set_relay_server(&mut self, enabled: bool) {
-        self.relay_server = enabled;
-    }
 
     /// How peers see this device's source address (from their pongs): its reflexive
     /// addresses, worth telling others as candidates.
@@ -628,17 +601,7 @@ impl Device {
                 }
             }
         }
-        if self.relay_keepalive_due().is_some_and(|due| due <= now) {
-            let counter = self.next_envelope();
-            let epoch = self.id_epoch(now);
-            let relay = self.relay.as_ref()?;
-            let buffer = out.get_mut(..relay::HOP_KEEPALIVE_LEN)?;
-            relay::seal(buffer, Some(ShortId::of(&relay.key)), counter, epoch, &relay.hop);
-            let destination = relay.address;
-            self.relay_sent_at = Some(now);
-            return Some(Transmit { destination, len: relay::HOP_KEEPALIVE_LEN });
-        }
-        None
+        self.hop_keepalive(out, now)
     }
 
     // ---- handshakes ------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 //! relay duty — finding a sender by its hourly id, refusing replays, charging the fair share,
 //! moving an endpoint only for a member's newest envelope, and resealing for the next hop.
 
-use super::{Device, DeviceStats, Received, Route, Via};
+use super::{Device, DeviceStats, Peer, Received, Route, Via};
 use crate::relay::{self, RELAY_HEADER_LEN, ShortId};
 use crate::{Error, StaticPublic, Transmit};
 use std::net::SocketAddr;
-use std::time::Instant;
+use crate::share::FairShare;
+use std::time::{Duration, Instant};
 
 impl Device {
     /// Turns `len` bytes of WireGuard message, written where [`inner_buffer`] said, into a
@@ -20,14 +21,59 @@ impl Device {
                 }
                 Some(Transmit { destination, len })
             }
-            Route::Relay => {
-                self.relay_sent_at = Some(now);
-                let counter = self.next_envelope();
-                let epoch = self.id_epoch(now);
-                let relay = self.relay.as_ref()?;
-                relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, Some(ShortId::of(key)), counter, epoch, &relay.hop);
-                Some(Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len })
-            }
+            Route::Relay => self.seal_to_relay(ShortId::of(key), out, len, now),
+        }
+    }
+
+    /// Seals the `len` bytes of inner message after the header in `out` into an envelope for
+    /// `destination` through our relay.
+    fn seal_to_relay(&mut self, destination: ShortId, out: &mut [u8], len: usize, now: Instant) -> Option<Transmit> {
+        let counter = self.next_envelope();
+        let epoch = self.id_epoch(now);
+        let relay = self.relay.as_ref()?;
+        relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, Some(destination), counter, epoch, &relay.hop);
+        self.relay_sent_at = Some(now);
+        Some(Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len })
+    }
+
+    /// Holds the NAT mapping toward the relay open: a hop keepalive after `every` of silence
+    /// toward it (`None`: never, as on a network without NAT). Relayed traffic for us can then
+    /// reach us however long we were idle, with no session kept alive for it.
+    pub fn set_relay_keepalive(&mut self, every: Option<Duration>) {
+        self.relay_keepalive = every;
+    }
+
+    /// When the next hop keepalive is due, if one is wanted.
+    pub(super) fn relay_keepalive_due(&self) -> Option<Instant> {
+        let every = self.relay_keepalive?;
+        self.relay.as_ref()?;
+        // Never sent: due at once (the caller's `now`).
+        Some(self.relay_sent_at.map_or(self.clock.anchor, |at| at + every))
+    }
+
+    /// The hop keepalive, if one is due: a bare envelope addressed to the relay itself.
+    pub(super) fn hop_keepalive(&mut self, out: &mut [u8], now: Instant) -> Option<Transmit> {
+        if self.relay_keepalive_due().is_none_or(|due| due > now) {
+            return None;
+        }
+        let relay = ShortId::of(&self.relay.as_ref()?.key);
+        self.seal_to_relay(relay, out, 0, now)
+    }
+
+    /// Switches relay duty on: envelopes between members are forwarded (CloudPal).
+    pub fn set_relay_server(&mut self, enabled: bool) {
+        self.relay_server = enabled;
+    }
+
+    pub fn is_relay_server(&self) -> bool {
+        self.relay_server
+    }
+
+    /// Relay duty: the relay's whole rate in bytes a second, shared fairly among the members
+    /// that use it (`None`: no cap). [`crate::share::DEFAULT_RATE_BYTES_PER_SECOND`] until set.
+    pub fn set_relay_rate(&mut self, rate: Option<u64>) {
+        if self.relay_share.rate() != rate {
+            self.relay_share = FairShare::new(rate);
         }
     }
 
@@ -61,8 +107,9 @@ impl Device {
     pub(super) fn receive_envelope(&mut self, source: SocketAddr, datagram: &[u8], out: &mut [u8], now: Instant) -> Result<Received, Error> {
         let refused = |stats: &mut DeviceStats| stats.relay_refused += 1;
         let header = relay::parse(datagram).inspect_err(|_| refused(&mut self.stats))?;
+        let too_short = datagram.len() < relay::MIN_ENVELOPE_LEN;
         if !self.relay_server {
-            if datagram.len() < relay::MIN_ENVELOPE_LEN {
+            if too_short {
                 refused(&mut self.stats);
                 return Err(Error::Relay(relay::EnvelopeError::Malformed));
             }
@@ -90,15 +137,11 @@ impl Device {
         let addressed = header.destination(&from.hop);
         if addressed == ShortId::of(&self.static_public) && datagram.len() == relay::HOP_KEEPALIVE_LEN && (self.authorize)(&sender) {
             // A hop keepalive: nothing to forward, but it says where the member is now.
-            let newest = from.relay_seen.is_newest(header.counter);
-            from.relay_seen.accept(header.counter)?;
-            if newest {
-                from.paths.heard_direct(source, now);
-            }
+            accept_envelope(from, header.counter, source, now)?;
             self.stats.relay_keepalives += 1;
             return Ok(Received::Nothing);
         }
-        if datagram.len() < relay::MIN_ENVELOPE_LEN {
+        if too_short {
             refused(&mut self.stats);
             return Err(Error::Relay(relay::EnvelopeError::Malformed));
         }
@@ -117,13 +160,7 @@ impl Device {
             self.stats.relay_over_quota += 1;
             return Err(Error::RelayQuota);
         }
-        // Authenticated and fresh: this is where the sender is now — but only an envelope newer
-        // than all before may move it (a delayed one arriving late from an old address may not).
-        let newest = from.relay_seen.is_newest(header.counter);
-        from.relay_seen.accept(header.counter)?;
-        if newest {
-            from.paths.heard_direct(source, now);
-        }
+        accept_envelope(from, header.counter, source, now)?;
         let counter = self.next_envelope();
         let epoch = self.id_epoch(now);
         let to = self.peers.get(&destination).ok_or(Error::UnknownPeer)?;
@@ -135,4 +172,16 @@ impl Device {
         Ok(Received::Forward(Transmit { destination: target, len: datagram.len() }))
     }
 
+}
+
+/// Relay duty: an authenticated, fresh envelope from `from` is accepted on its hop, and says
+/// where the member is now — but only one newer than all before may move it (a delayed one
+/// arriving late from an old address may not).
+fn accept_envelope(from: &mut Peer, counter: u64, source: SocketAddr, now: Instant) -> Result<(), Error> {
+    let newest = from.relay_seen.is_newest(counter);
+    from.relay_seen.accept(counter)?;
+    if newest {
+        from.paths.heard_direct(source, now);
+    }
+    Ok(())
 }
