@@ -171,8 +171,6 @@ struct Link {
     relayed: bool,
     /// We dialled it.
     ours: bool,
-    /// The side with the lower peer id dialled it.
-    dialed_by_lower: bool,
     order: u64,
     /// Our address on it, where the shell knows it (the accepting side's).
     local_ip: Option<IpAddr>,
@@ -461,9 +459,8 @@ impl Core {
         self.last_now = self.last_now.max(time.now);
         *self.connections.entry(peer).or_default() += 1;
         self.links_made += 1;
-        let dialed_by_lower = if connection.dialer { self.peer_id < peer } else { peer < self.peer_id };
         let local_ip = connection.local.as_ref().and_then(crate::control::addr::multiaddr_ip);
-        self.control_links.insert(connection.id, Link { peer, relayed: connection.relayed, ours: connection.dialer, dialed_by_lower, order: self.links_made, local_ip });
+        self.control_links.insert(connection.id, Link { peer, relayed: connection.relayed, ours: connection.dialer, order: self.links_made, local_ip });
         self.mark_duplicates(peer, time.now);
         self.timers.news(self.last_now, "a connection");
         if self.deliveries.contains_key(&peer) {
@@ -570,7 +567,9 @@ impl Core {
         if links.len() < 2 {
             return;
         }
-        links.sort_by_key(|(_, link)| (link.relayed, !link.dialed_by_lower, link.order));
+        // Whether the side with the lower peer id dialled it.
+        let dialed_by_lower = |link: &Link| if link.ours { self.peer_id < peer } else { peer < self.peer_id };
+        links.sort_by_key(|(_, link)| (link.relayed, !dialed_by_lower(link), link.order));
         let best = links[0].1;
         for (id, link) in links.into_iter().skip(1) {
             let theirs_to_choose = !link.ours && !best.ours && link.relayed == best.relayed;

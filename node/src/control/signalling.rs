@@ -100,8 +100,8 @@ impl Core {
     /// Whether something between us and the others translates our address: a peer saw us at
     /// an address that is none of ours (or nobody told us yet, which is taken as yes).
     pub fn behind_nat(&self) -> bool {
-        let own: Vec<SocketAddr> = self.listen_addrs.iter().filter_map(multiaddr_ip).map(|ip| SocketAddr::new(ip, self.data_port)).collect();
-        self.view.observed.is_empty() || self.view.observed.iter().any(|seen| !own.contains(seen))
+        let own = |seen: &SocketAddr| seen.port() == self.data_port && self.listen_addrs.iter().filter_map(multiaddr_ip).any(|ip| ip == seen.ip());
+        self.view.observed.is_empty() || self.view.observed.iter().any(|seen| !own(seen))
     }
 
     /// Hop keepalives toward the relay where a NAT mapping needs holding open, every
