@@ -32,7 +32,8 @@ enum Command {
         #[arg(long)]
         cloudpal: bool,
         /// Data-plane UDP address (default [::]:41641: IPv6 and IPv4 on one socket); the control
-        /// plane uses TCP on the same port, QUIC on the next.
+        /// plane uses TCP on the same port, and a CloudPal answers NAT checks on the next UDP
+        /// port.
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<String>,
         #[arg(long, value_name = "MULTIADDR")]
@@ -51,6 +52,11 @@ enum Command {
         /// Do not ask the kernel for segmentation offloads on the overlay interface.
         #[arg(long, env = "PAL_NO_OFFLOAD")]
         no_offload: bool,
+        /// Take no part in birthday punching (up to 256 sockets or 1,024 probes to random ports
+        /// a minute per peer behind a symmetric NAT): for networks whose intrusion detection
+        /// would take it for a port scan. Such peers then stay relayed.
+        #[arg(long, env = "PAL_NO_PORT_SPRAY")]
+        no_port_spray: bool,
     },
     /// Manage the network's devices.
     Device {
@@ -232,8 +238,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload } => {
-            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload })
+        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray } => {
+            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload, port_spray: !no_port_spray })
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),

@@ -9,6 +9,7 @@
 //! [`session`] (transport keys, counters, [`replay`] window), [`tunnel`] (one peer: timers,
 //! rekeying, queues), [`device`] (all peers: dispatch, cookies, cryptokey routing).
 
+pub mod birthday;
 pub mod cookie;
 pub mod device;
 #[cfg(any(test, feature = "testing"))]

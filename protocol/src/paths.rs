@@ -87,7 +87,8 @@ impl Paths {
         &self.candidates
     }
 
-    fn direct_trusted(&self, now: Instant) -> bool {
+    /// Whether the direct path is trusted now (heard from within [`DIRECT_TRUST`]).
+    pub fn direct_trusted(&self, now: Instant) -> bool {
         self.direct.is_some() && self.direct_heard.is_some_and(|at| now.saturating_duration_since(at) < DIRECT_TRUST)
     }
 
@@ -120,6 +121,11 @@ impl Paths {
     /// An authenticated datagram arrived through the relay.
     pub fn heard_relay(&mut self, now: Instant) {
         self.relay_heard = Some(now);
+    }
+
+    /// Whether the peer had traffic (or new candidates) within [`ACTIVE_WINDOW`].
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.active_until.is_some_and(|until| until > now)
     }
 
     /// Traffic in either direction: keep probing for a while.

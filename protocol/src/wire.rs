@@ -41,6 +41,10 @@ pub const PATH_PROBE_LEN: usize = 9;
 /// (its reflexive address, as STUN would).
 pub const PATH_PONG: u8 = 0x11;
 pub const PATH_PONG_LEN: usize = 28;
+/// `0x12 ‖ id (8)`: "my NAT maps per destination and I have just opened many mappings toward
+/// your reflexive address: spray my public address" (the birthday punch, [`crate::birthday`]).
+pub const PATH_PUNCH: u8 = 0x12;
+pub const PATH_PUNCH_LEN: usize = 9;
 
 pub const HEADER_LEN: usize = 4;
 pub const MAC_LEN: usize = 16;
@@ -262,6 +266,8 @@ pub enum PathControl {
     /// The probe's id and the probe's source address as the answering peer saw it (none when
     /// the probe came through the relay).
     Pong(u64, Option<std::net::SocketAddr>),
+    /// The birthday punch's go signal, from the side behind the symmetric NAT.
+    Punch(u64),
 }
 
 /// Reads a path control message (as [`inner_packet_len`] delimited it).
@@ -269,6 +275,7 @@ pub fn parse_path_control(message: &[u8]) -> Option<PathControl> {
     let id = u64::from_be_bytes(*message.get(1..9)?.first_chunk::<8>()?);
     match *message.first()? {
         PATH_PROBE => Some(PathControl::Probe(id)),
+        PATH_PUNCH => Some(PathControl::Punch(id)),
         PATH_PONG => {
             let body = message.get(9..PATH_PONG_LEN)?;
             let port = u16::from_be_bytes([body[17], body[18]]);
@@ -293,6 +300,11 @@ pub fn emit_path_control(out: &mut [u8; PATH_PONG_LEN], message: PathControl) ->
             out[0] = PATH_PROBE;
             out[1..9].copy_from_slice(&id.to_be_bytes());
             PATH_PROBE_LEN
+        }
+        PathControl::Punch(id) => {
+            out[0] = PATH_PUNCH;
+            out[1..9].copy_from_slice(&id.to_be_bytes());
+            PATH_PUNCH_LEN
         }
         PathControl::Pong(id, observed) => {
             out[0] = PATH_PONG;
@@ -322,6 +334,7 @@ pub fn inner_packet_len(plaintext: &[u8]) -> Option<usize> {
         let len = match plaintext[0] {
             PATH_PROBE => PATH_PROBE_LEN,
             PATH_PONG => PATH_PONG_LEN,
+            PATH_PUNCH => PATH_PUNCH_LEN,
             _ => return None,
         };
         return (len <= plaintext.len()).then_some(len);
@@ -422,7 +435,8 @@ mod tests {
         assert_eq!(inner_packet_len(&[PATH_PROBE; 16]), Some(PATH_PROBE_LEN));
         assert_eq!(inner_packet_len(&[PATH_PONG; 32]), Some(PATH_PONG_LEN));
         assert_eq!(inner_packet_len(&[PATH_PONG; 20]), None, "truncated pong");
-        assert_eq!(inner_packet_len(&[0x12; 32]), None, "unknown control type");
+        assert_eq!(inner_packet_len(&[PATH_PUNCH; 16]), Some(PATH_PUNCH_LEN));
+        assert_eq!(inner_packet_len(&[0x13; 32]), None, "unknown control type");
         assert_eq!(inner_packet_len(&[]), None);
     }
 
@@ -430,6 +444,7 @@ mod tests {
     fn path_control_messages_round_trip() {
         let messages = [
             PathControl::Probe(7),
+            PathControl::Punch(11),
             PathControl::Pong(8, None),
             PathControl::Pong(9, Some("203.0.113.7:41641".parse().expect("v4"))),
             PathControl::Pong(10, Some("[2001:db8::1]:5".parse().expect("v6"))),

@@ -532,7 +532,8 @@ fn an_idle_member_holds_its_relay_mapping_with_hop_keepalives_alone() {
     assert!(net.a_to_b(b"before"), "errors {:?}", net.errors);
     let every = Duration::from_secs(25);
     net.devices[A].set_relay_keepalive(Some(every));
-    net.run_for(Duration::from_secs(1));
+    // (The NAT check's three rounds, unanswered here, are over by then.)
+    net.run_for(Duration::from_secs(5));
     let (sent_before, to_relay_before) = (net.sent.len(), net.to_relay.len());
     let handshakes_before = (net.handshakes(A, R), net.handshakes(A, B));
     net.run_for(Duration::from_secs(600));

@@ -1,6 +1,7 @@
 //! Devices anywhere (#5): CloudPal on a public address, two devices behind one home router
 //! (endpoint-independent NAT), one behind an office router (endpoint-independent) and one
-//! behind a carrier's symmetric NAT. Real `pal` binaries in namespaces.
+//! behind a carrier's symmetric NAT (with `--no-port-spray`, so that it stays relayed). Real
+//! `pal` binaries in namespaces.
 //!
 //! Times to the first reply and to the first direct reply are printed for each pair type
 //! (the numbers in the README come from here); they are not asserted tighter than "it
@@ -37,7 +38,8 @@ fn devices_behind_nats_go_direct_where_the_nats_allow_and_through_cloudpal_where
     let phone_lan = net.node("phone").address.clone();
     assert!(phone["endpoint"].as_str().is_some_and(|e| e.starts_with(&format!("{phone_lan}:"))), "not the LAN path: {phone}");
 
-    // Behind the symmetric NAT: through CloudPal, and never direct (no port prediction).
+    // Behind the symmetric NAT, with birthday punching off (`--no-port-spray`): through
+    // CloudPal, and never direct. (`birthday.rs` punches through the same NAT.)
     let relayed = time_to(&net, "car", "laptop", "relay", Duration::from_secs(30));
     eprintln!("symmetric <-> EIM: relayed {relayed:?}");
     assert!(relayed.is_some(), "car never reached laptop through the relay: {}", net.node("car").log());

@@ -21,6 +21,10 @@ pub fn run(state: &StateDir, json: bool) -> anyhow::Result<()> {
         device.overlay_ipv6.as_deref().unwrap_or(""),
         device.network
     );
+    if let Some(nat) = &status.nat {
+        let punches = status.punches;
+        println!("  NAT {nat}; birthday punches: {} opened, {} sprays ({} probes)", punches.opened, punches.sprays, punches.probes);
+    }
     for peer in &status.peers {
         let rtt = peer.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
         println!("  {:<16} {:<16} {:<7} rtt {:<9} rx {} tx {}", peer.name, peer.overlay_ipv4, peer.path.to_string(), rtt, peer.rx_bytes, peer.tx_bytes);

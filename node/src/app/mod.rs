@@ -55,6 +55,8 @@ pub struct UpOptions {
     pub tun_name: String,
     /// Segmentation offloads on the TUN interface, where the kernel has them.
     pub offload: bool,
+    /// Birthday punching toward peers behind symmetric NATs (`--no-port-spray` turns it off).
+    pub port_spray: bool,
     /// CloudPal: the addresses egress rotation draws from.
     pub egress_pool: Vec<membership::IpNet>,
     /// CloudPal: a private CA (PEM) trusted for DNS-over-TLS upstreams beside the webpki roots.
@@ -136,13 +138,23 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
         seed,
     );
     device.set_relay_server(options.cloudpal);
+    device.set_birthday_punch(options.port_spray);
+    // CloudPal answers the NAT check on the next port; without it, members cannot tell a
+    // symmetric NAT and only punch the simple way.
+    let reflector = if options.cloudpal {
+        dataplane::connected::bind_reflector(&udp)
+            .inspect_err(|error| tracing::warn!("no NAT check for members (UDP port {} is taken: {error}); symmetric NATs stay relayed", data_port.wrapping_add(1)))
+            .ok()
+    } else {
+        None
+    };
     let gate = Gate::default();
     let mut epoch = p2p::identity_epoch(clock::unix_secs());
     let mut swarm = node_swarm(&identity.libp2p, epoch, &options, &gate, &network)?;
 
     let tun_config = dataplane::TunConfig { name: options.tun_name.clone(), ipv4: my_record.overlay_ipv4, ipv6: my_record.overlay_ipv6, offload: options.offload };
     let (events_tx, mut events) = mpsc::channel(dataplane::EVENT_QUEUE);
-    let data = dataplane::spawn(device, udp, tun_config, events_tx).await?;
+    let data = dataplane::spawn(device, udp, reflector, tun_config, events_tx).await?;
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
@@ -468,7 +480,7 @@ impl App {
             DataEvent::View { token, view } => {
                 if let Some(Pending::Status(reply)) = self.pending.remove(&token) {
                     let dht_peers = swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>();
-                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.status(&view.peers, dht_peers))));
+                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.status(&view, dht_peers))));
                 }
                 self.core.handle_data_view(view);
             }

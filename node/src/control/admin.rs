@@ -3,12 +3,12 @@
 
 use super::messages::{Request, Response};
 use super::{Action, Core, Dial, DialWhen, REVOKED, Time};
-use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, PolicyChange, PolicyReply, RevokeReply, StatusReply};
-use crate::dataplane::commands::PeerView;
+use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, PolicyChange, PolicyReply, PunchCounts, RevokeReply, StatusReply};
+use crate::dataplane::commands::DataView;
 use libp2p::{Multiaddr, PeerId};
 use membership::{DeviceStatus, EntryHash, ExitDevices, Operation, Role, Rule};
 use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, StaticPublic};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -279,7 +279,8 @@ impl Core {
     }
 
     /// `pal status`: the membership state with the data plane's `views` of each peer.
-    pub fn status(&self, views: &BTreeMap<StaticPublic, PeerView>, dht_peers: usize) -> StatusReply {
+    pub fn status(&self, data: &DataView, dht_peers: usize) -> StatusReply {
+        let views = &data.peers;
         let state = self.store.log().state();
         let mine = state.devices.get(&self.me);
         let peers = state
@@ -314,6 +315,8 @@ impl Core {
             },
             peers,
             dht_peers,
+            nat: data.nat.map(|(kind, _)| kind.as_str().to_owned()),
+            punches: PunchCounts { opened: data.punches.opened, sprays: data.punches.sprays, probes: data.punches.probes },
         }
     }
 

@@ -69,6 +69,7 @@ pub(super) struct Hello<'a> {
     pub candidates: &'a [String],
     pub relay: bool,
     pub listen: &'a [String],
+    pub nat: Option<&'a super::messages::NatInfo>,
 }
 
 /// A network's fingerprint: 80 bits of a hash of its id, as four groups of four base32
@@ -106,12 +107,13 @@ impl Core {
             candidates: self.own_candidates(),
             relay: self.cloudpal,
             listen: self.own_listen_addresses(),
+            nat: self.own_nat(),
         }
     }
 
     /// A peer greets us: if it proves to be a member, learn where it is and answer in kind.
     pub(super) fn on_hello(&mut self, peer: PeerId, hello: Hello<'_>) -> Response {
-        let Hello { binding, data_port, summary, candidates, relay, listen } = hello;
+        let Hello { binding, data_port, summary, candidates, relay, listen, nat } = hello;
         let device = match self.verify_signed_binding(&peer, binding) {
             Some((device, DeviceStatus::Active)) => device,
             Some((_, DeviceStatus::Revoked)) => return Response::Revoked,
@@ -119,6 +121,7 @@ impl Core {
         };
         self.learn_peer(peer, device, data_port, listen);
         self.learn_candidates(device, candidates, relay);
+        self.learn_nat(device, nat);
         if relay && self.relay.is_some_and(|(relay, _)| relay == device) {
             self.listen_via_relay(peer, data_port);
         }
@@ -131,6 +134,7 @@ impl Core {
             candidates: self.own_candidates(),
             relay: self.cloudpal,
             listen: self.own_listen_addresses(),
+            nat: self.own_nat(),
         }
     }
 

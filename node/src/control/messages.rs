@@ -51,6 +51,17 @@ pub struct PeerAddresses {
     pub candidates: Vec<String>,
 }
 
+/// What a member's NAT does, for birthday punching ([`protocol::birthday`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct NatInfo {
+    /// A fresh outside port per destination (symmetric); else endpoint-independent.
+    #[n(0)]
+    pub symmetric: bool,
+    /// Its public data-plane address, as CloudPal sees it.
+    #[n(1)]
+    pub reflexive: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Request {
     /// First message on a connection between members: who I am, my data-plane port, my log.
@@ -72,6 +83,9 @@ pub enum Request {
         /// only members (there is no identify protocol for outsiders to ask).
         #[cbor(n(5), default)]
         listen: Vec<String>,
+        /// The sender's NAT, once it checked (older nodes say nothing).
+        #[cbor(n(6), default)]
+        nat: Option<NatInfo>,
     },
     /// Send me what my summary lacks (one batch per request). Members show a binding; a
     /// joining device shows an invite proof instead.
@@ -106,6 +120,8 @@ pub enum Request {
         /// Hello): what identify's pushes were, members only.
         #[cbor(n(1), default)]
         listen: Vec<String>,
+        #[cbor(n(2), default)]
+        nat: Option<NatInfo>,
     },
     /// An admin delivers the log to a device it just added from a request code (`pal device
     /// add`): one batch per request, in fold order, the first starting at genesis.
@@ -156,6 +172,8 @@ pub enum Response {
         relay: bool,
         #[cbor(n(6), default)]
         listen: Vec<String>,
+        #[cbor(n(7), default)]
+        nat: Option<NatInfo>,
     },
     /// A batch of entries, and whether more follow for the same summary.
     #[n(1)]

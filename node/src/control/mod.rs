@@ -595,8 +595,9 @@ impl Core {
 
     /// The data plane's current view (paths, endpoints, how peers see us).
     pub fn handle_data_view(&mut self, view: DataView) {
-        if view.observed != self.view.observed {
-            // How others see us changed (a new network, a NAT rebinding): tell them.
+        if view.observed != self.view.observed || view.nat != self.view.nat {
+            // How others see us changed (a new network, a NAT rebinding, a NAT checked): tell
+            // them.
             self.timers.news(self.last_now, "how peers see us changed");
         }
         self.view = view;
@@ -607,15 +608,17 @@ impl Core {
     pub fn handle_request(&mut self, peer: PeerId, request: Request, time: Time) -> Response {
         self.last_now = self.last_now.max(time.now);
         match request {
-            Request::Hello { binding, data_port, summary, candidates, relay, listen } => {
-                self.on_hello(peer, admission::Hello { binding: &binding, data_port, summary: &summary, candidates: &candidates, relay, listen: &listen })
-            }
+            Request::Hello { binding, data_port, summary, candidates, relay, listen, nat } => self.on_hello(
+                peer,
+                admission::Hello { binding: &binding, data_port, summary: &summary, candidates: &candidates, relay, listen: &listen, nat: nat.as_ref() },
+            ),
             Request::Deliver { .. } => messages::refused("this device already belongs to a network"),
-            Request::Paths { candidates, listen } => {
+            Request::Paths { candidates, listen, nat } => {
                 let Some(device) = self.by_peer.get(&peer).copied() else {
                     return messages::refused(admission::NOT_A_MEMBER);
                 };
                 self.learn_candidates(device, &candidates, false);
+                self.learn_nat(device, nat.as_ref());
                 self.admit_to_dht(peer, device, &listen, false);
                 Response::Paths { peers: self.known_peers() }
             }
@@ -636,10 +639,11 @@ impl Core {
     pub fn handle_response(&mut self, peer: PeerId, response: Response, time: Time) {
         self.last_now = self.last_now.max(time.now);
         match response {
-            Response::Hello { binding, data_port, summary, peers, candidates, relay, listen } => {
+            Response::Hello { binding, data_port, summary, peers, candidates, relay, listen, nat } => {
                 let Some(device) = self.verify_binding(&peer, &binding) else { return };
                 self.learn_peer(peer, device, data_port, &listen);
                 self.learn_candidates(device, &candidates, relay);
+                self.learn_nat(device, nat.as_ref());
                 if relay && self.relay.is_some_and(|(relay, _)| relay == device) {
                     self.listen_via_relay(peer, data_port);
                 }

@@ -3,7 +3,8 @@
 //! a peer saw), relay what they know of the others, and pick the member doing relay duty
 //! (CloudPal) as the path of last resort, with a circuit reservation there for control traffic.
 
-use super::messages::{PeerAddresses, Request};
+use super::messages::{NatInfo, PeerAddresses, Request};
+use protocol::birthday::{NatKind, PeerNat};
 use super::{Action, Core};
 use crate::control_api::ControlLink;
 use crate::dataplane::commands::DataCommand;
@@ -49,8 +50,27 @@ impl Core {
         let mut peers: Vec<PeerId> = self.by_peer.keys().copied().filter(|peer| self.is_connected(peer)).collect();
         peers.sort();
         for peer in peers {
-            self.push(Action::Send { peer, request: Request::Paths { candidates: candidates.clone(), listen: listen.clone() } });
+            self.push(Action::Send { peer, request: Request::Paths { candidates: candidates.clone(), listen: listen.clone(), nat: self.own_nat() } });
         }
+    }
+
+    /// What our NAT does, for members to punch with (once the data plane checked it).
+    pub(super) fn own_nat(&self) -> Option<NatInfo> {
+        let (kind, reflexive) = self.view.nat?;
+        Some(NatInfo { symmetric: kind == NatKind::EndpointDependent, reflexive: reflexive.to_string() })
+    }
+
+    /// What a member said of its NAT; the data plane punches with it.
+    pub(super) fn learn_nat(&mut self, device: DeviceId, nat: Option<&NatInfo>) {
+        let Some(record) = self.store.log().state().devices.get(&device) else { return };
+        let key = record.record.static_key;
+        let nat = nat.and_then(|info| {
+            let reflexive = info.reflexive.parse().ok()?;
+            let kind = if info.symmetric { NatKind::EndpointDependent } else { NatKind::EndpointIndependent };
+            Some(PeerNat { kind, reflexive })
+        });
+        tracing::debug!(symmetric = nat.map(|n| n.kind == NatKind::EndpointDependent), "a member's NAT");
+        self.command(DataCommand::SetPeerNat(key, nat));
     }
 
     /// What a member said of itself in a Hello or a path exchange.

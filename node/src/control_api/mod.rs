@@ -178,6 +178,21 @@ pub struct StatusReply {
     pub peers: Vec<PeerStatus>,
     /// Entries in this node's Kademlia routing table.
     pub dht_peers: usize,
+    /// What our NAT does ("endpoint-independent" or "endpoint-dependent"), once CloudPal
+    /// answered the NAT check.
+    #[serde(default)]
+    pub nat: Option<String>,
+    /// Birthday punches: attempts behind our symmetric NAT, sprays toward peers behind one,
+    /// and the probes those sent.
+    #[serde(default)]
+    pub punches: PunchCounts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchCounts {
+    pub opened: u64,
+    pub sprays: u64,
+    pub probes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,6 +31,8 @@ pub enum DataCommand {
     SetRelayKeepalive(Option<std::time::Duration>),
     /// Relay duty: the relay's whole rate in bytes a second, shared fairly (`None`: no cap).
     SetRelayRate(Option<u64>),
+    /// What a peer told us of its NAT (for birthday punching).
+    SetPeerNat(StaticPublic, Option<protocol::birthday::PeerNat>),
     /// Start a handshake with this peer now (the relay: it must know where we are).
     Connect(StaticPublic),
     /// Answer with [`DataEvent::View`].
@@ -59,4 +61,16 @@ pub struct DataView {
     pub peers: BTreeMap<StaticPublic, PeerView>,
     /// Our source address as each peer saw it (reflexive candidates).
     pub observed: Vec<SocketAddr>,
+    /// What our NAT does and our public address as the relay sees it, once checked.
+    pub nat: Option<(protocol::birthday::NatKind, SocketAddr)>,
+    /// Birthday punches so far: attempts on the hard side, sprays and their probes on the
+    /// easy side.
+    pub punches: Punches,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Punches {
+    pub opened: u64,
+    pub sprays: u64,
+    pub probes: u64,
 }

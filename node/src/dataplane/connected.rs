@@ -102,6 +102,26 @@ impl Connections {
                 return None;
             }
         };
+        Some(self.insert(connected, now))
+    }
+
+    /// Takes in a socket bound to a port of its own (a birthday punch's winner, whose NAT
+    /// mapping is the path to `remote`), `connect`ing it to `remote`; it replaces any socket
+    /// for `remote`. Swept like the others: idle for a minute, the mapping is gone anyway.
+    pub fn adopt(&mut self, socket: UdpSocket, remote: SocketAddr, now: Instant) -> Option<(usize, RawFd)> {
+        let remote = canonical(remote);
+        let local = socket.local_addr().ok()?;
+        socket.connect(reachable_from(local, remote)).ok()?;
+        let state = super::udp::open_udp(&socket).ok()?;
+        let source = socket.local_addr().ok()?;
+        if let Some(slot) = self.lookup(remote) {
+            self.close(slot);
+        }
+        Some(self.insert(Connected { socket, state, remote, source, last_used: now, sent: false }, now))
+    }
+
+    fn insert(&mut self, connected: Connected, now: Instant) -> (usize, RawFd) {
+        let remote = connected.remote;
         let fd = connected.socket.as_raw_fd();
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,
@@ -113,7 +133,7 @@ impl Connections {
         self.slots[slot] = Some(connected);
         self.by_remote.insert(remote, slot);
         self.next_sweep = Some(self.next_sweep.map_or(now + RECHECK, |at| at.min(now + RECHECK)));
-        Some((slot, fd))
+        (slot, fd)
     }
 
     /// Closes one socket (closing the descriptor also takes it out of the poller).
@@ -171,7 +191,8 @@ impl Connections {
             if std::mem::take(&mut connected.sent) {
                 any_sent = true;
                 let current = route_source(&mut probe, self.local, self.only_v6, connected.remote);
-                if current.is_some_and(|source| source.ip() != connected.source.ip()) {
+                // Canonical: a punch's socket is IPv4, the probe dual-stack (IPv4-mapped).
+                if current.is_some_and(|source| source.ip().to_canonical() != connected.source.ip().to_canonical()) {
                     stale.push(slot);
                     continue;
                 }
@@ -223,9 +244,21 @@ pub fn bind_shared(listen: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// Relay duty's reflector socket: the shared socket's address at the next port, dual-stack
+/// like it ([`protocol::birthday`]).
+pub fn bind_reflector(shared: &UdpSocket) -> io::Result<UdpSocket> {
+    let local = shared.local_addr()?;
+    let port = local.port().checked_add(1).ok_or(io::ErrorKind::AddrNotAvailable)?;
+    let local = SocketAddr::new(local.ip(), port);
+    let only_v6 = socket2::SockRef::from(shared).only_v6().unwrap_or(false);
+    let socket = new_socket(local, Some(only_v6), false)?;
+    socket.bind(&SockAddr::from(local))?;
+    Ok(socket.into())
+}
+
 /// Creates a non-blocking UDP socket for `local`'s family, with the IPv6-only setting given
 /// (else the system's) and, when asked, `SO_REUSEPORT` (which every socket on the port needs).
-fn new_socket(local: SocketAddr, only_v6: Option<bool>, reuse_port: bool) -> io::Result<Socket> {
+pub(super) fn new_socket(local: SocketAddr, only_v6: Option<bool>, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     if let (true, Some(only_v6)) = (local.is_ipv6(), only_v6) {
         socket.set_only_v6(only_v6)?;

@@ -21,6 +21,7 @@ pub mod connected;
 pub mod icmp;
 mod ping;
 mod poller;
+pub mod punch;
 pub mod sendq;
 pub mod tun;
 pub mod udp;
@@ -31,6 +32,7 @@ use connected::Connections;
 use ping::{PingJob, Step};
 use poller::{Interest, Poller};
 use protocol::{Device, Received, StaticPublic};
+use punch::PunchSockets;
 use sendq::SendQueue;
 use std::collections::BTreeSet;
 use std::io::IoSliceMut;
@@ -68,8 +70,12 @@ const RESUME_TUN_BELOW: usize = 128 << 10;
 const UDP: u64 = 1;
 const TUN: u64 = 2;
 const WAKE: u64 = 3;
+/// Relay duty's reflector socket (the data port + 1: [`protocol::birthday`]).
+const REFLECTOR: u64 = 4;
 /// Connected socket `slot` has token `CONNECTED + slot`.
 const CONNECTED: u64 = 16;
+/// A birthday punch's socket `index` has token `PUNCH + index` (above every connected slot).
+const PUNCH: u64 = 1 << 20;
 
 struct DataPlane {
     device: Device,
@@ -84,6 +90,10 @@ struct DataPlane {
     ping: Option<PingJob>,
     sequence: u16,
     events: mpsc::Sender<DataEvent>,
+    /// Relay duty: the reflector port, answering the NAT check.
+    reflector: Option<std::net::UdpSocket>,
+    /// The hard side's sockets of a birthday punch under way.
+    punch: PunchSockets,
 }
 
 /// The control side's end of the command queue: every command also pokes the data-plane
@@ -124,7 +134,7 @@ fn poke(eventfd: &OwnedFd) {
 /// Starts the data plane on its own OS thread; it answers queries on `events`. The TUN
 /// device is created there; start-up errors come back here. The thread ends when the
 /// [`DataSender`] is dropped.
-pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, tun: TunConfig, events: mpsc::Sender<DataEvent>) -> anyhow::Result<DataSender> {
+pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, reflector: Option<std::net::UdpSocket>, tun: TunConfig, events: mpsc::Sender<DataEvent>) -> anyhow::Result<DataSender> {
     let (queue, commands) = mpsc::channel(COMMAND_QUEUE);
     // SAFETY: plain eventfd creation; the result is checked before being owned.
     let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -141,7 +151,9 @@ pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, tun: TunConfig,
     std::thread::Builder::new().name("pal-dataplane".into()).spawn(move || {
         let opened = tun::open_tun(&tun).and_then(|tun| Ok((tun, udp::open_udp(&udp)?))).and_then(|(tun, udp_state)| {
             tracing::debug!(gso_segments = udp_state.max_gso_segments(), gro_segments = udp_state.gro_segments(), "data socket ready");
-            let poller = Poller::new(&[(udp.as_raw_fd(), UDP), (tun.as_raw_fd(), TUN), (thread_wake.as_raw_fd(), WAKE)])?;
+            let mut watched = vec![(udp.as_raw_fd(), UDP), (tun.as_raw_fd(), TUN), (thread_wake.as_raw_fd(), WAKE)];
+            watched.extend(reflector.as_ref().map(|socket| (socket.as_raw_fd(), REFLECTOR)));
+            let poller = Poller::new(&watched)?;
             Ok((tun, udp_state, poller))
         });
         match opened {
@@ -151,7 +163,7 @@ pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, tun: TunConfig,
                 let connections = Connections::new(&udp);
                 let local = udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                 let out = Outbound { udp, local, udp_state, connections, shared_queue: SendQueue::default(), queues: Vec::new() };
-                let plane = DataPlane { device, members, out, poller, tun, tun_paused: false, io, ping: None, sequence: 0, events };
+                let plane = DataPlane { device, members, out, poller, tun, tun_paused: false, io, ping: None, sequence: 0, events, reflector, punch: PunchSockets::default() };
                 run(plane, &thread_wake, commands);
             }
             Err(error) => {
@@ -210,6 +222,7 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
     // Connected sockets with input, and with room for their queued datagrams.
     let mut readable: Vec<usize> = Vec::with_capacity(16);
     let mut writable: Vec<usize> = Vec::with_capacity(16);
+    let mut punched: Vec<usize> = Vec::new();
     // The last turn read TUN and did not run dry.
     let mut tun_busy = false;
     // The view the control plane last got, and when to compare again: a second after a turn
@@ -220,10 +233,11 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
         // `now` is from after the last batch: reading the clock once per wakeup is enough
         // for timers kept in milliseconds.
         let ping_due = plane.ping.as_ref().map(|_| now + Duration::from_millis(100));
-        let wake_at = [deadline, ping_due, plane.out.connections.deadline(), view_due].into_iter().flatten().min();
-        let (mut udp, mut udp_room, mut tun, mut poked) = (false, false, false, false);
+        let wake_at = [deadline, ping_due, plane.out.connections.deadline(), view_due, plane.punch.deadline()].into_iter().flatten().min();
+        let (mut udp, mut udp_room, mut tun, mut poked, mut reflect) = (false, false, false, false, false);
         readable.clear();
         writable.clear();
+        punched.clear();
         for ready in plane.poller.wait(wake_at.map(|at| at.saturating_duration_since(now))) {
             match ready.token {
                 UDP => {
@@ -232,6 +246,8 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
                 }
                 TUN => tun = true,
                 WAKE => poked = true,
+                REFLECTOR => reflect = true,
+                token if token >= PUNCH => punched.push((token - PUNCH) as usize),
                 token => {
                     let slot = (token - CONNECTED) as usize;
                     if ready.readable {
@@ -256,6 +272,12 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
         if udp {
             plane.read_udp(None, now);
         }
+        for &index in &punched {
+            plane.read_punch(index, now);
+        }
+        if reflect {
+            plane.reflect(now);
+        }
         if tun && !plane.tun_paused {
             tun_busy = plane.read_tun(now, tun_busy);
         } else {
@@ -277,7 +299,8 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
         if timed_out {
             plane.device.handle_timeout(now);
         }
-        if udp || tun || poked || timed_out || !readable.is_empty() {
+        plane.punch.expire(now);
+        if udp || tun || poked || timed_out || !readable.is_empty() || !punched.is_empty() {
             view_due.get_or_insert(now + VIEW_EVERY);
         }
         if view_due.is_some_and(|at| at <= now) {
@@ -350,6 +373,41 @@ impl DataPlane {
                 // A short batch emptied the queue: another call would only say EAGAIN, and
                 // the level-triggered epoll reports anything that arrived since.
                 break;
+            }
+        }
+    }
+
+    /// A datagram on a birthday punch's socket: the easy side's probe, through the one NAT
+    /// mapping it found. Once it authenticates, that socket is the peer's path (a connected
+    /// socket from now on) and the set's others close.
+    fn read_punch(&mut self, index: usize, now: Instant) {
+        let Some(socket) = self.punch.get(index) else { return };
+        let Ok((len, source)) = socket.recv_from(&mut self.io.udp_read[0]) else { return };
+        let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+        self.on_datagram(source, 0, 0..len, now);
+        self.write_tun();
+        if !self.device.is_direct_endpoint(source, now) {
+            return;
+        }
+        let adopted = self.punch.take(index).and_then(|socket| self.out.connections.adopt(socket, source, now));
+        tracing::debug!(index, adopted = adopted.is_some(), "birthday punch: a socket heard the peer");
+        if let Some((slot, fd)) = adopted {
+            self.out.queue(slot).clear();
+            // Watched already, under its punch token.
+            if self.poller.modify(fd, CONNECTED + slot as u64, Interest::Read).is_err() {
+                self.out.connections.close(slot);
+            }
+        }
+    }
+
+    /// Relay duty's reflector: answers the NAT check's probes, a few per wakeup.
+    fn reflect(&mut self, now: Instant) {
+        let Some(socket) = self.reflector.as_ref() else { return };
+        for _ in 0..UDP_BATCH {
+            let Ok((len, source)) = socket.recv_from(&mut self.io.udp_read[0]) else { return };
+            let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+            if let Some(answer) = self.device.reflect(source, &self.io.udp_read[0][..len], &mut self.io.scratch, now) {
+                let _ = socket.send_to(&self.io.scratch[..answer], connected::reachable_from(socket.local_addr().unwrap_or(source), source));
             }
         }
     }
@@ -519,6 +577,15 @@ impl DataPlane {
     /// Sends what the device queued: handshake messages, cookie replies, keepalives and the
     /// packets that waited for a session.
     fn flush(&mut self, now: Instant) {
+        // A birthday punch's probes leave before its go signal, which `poll_transmit` holds.
+        if let Some(open) = self.device.poll_punch(&mut self.io.scratch, now) {
+            let until = now + protocol::birthday::HOLD_SOCKETS;
+            let watch = self.punch.open(open.destination, &self.io.scratch[..open.len], open.sockets, until);
+            tracing::debug!(sockets = watch.len(), "birthday punch: mappings opened");
+            for (index, fd) in watch {
+                let _ = self.poller.add(fd, PUNCH + index as u64);
+            }
+        }
         while let Some(transmit) = self.device.poll_transmit(&mut self.io.scratch, now) {
             let datagram = quinn_udp::Transmit {
                 destination: transmit.destination,
@@ -555,6 +622,7 @@ impl DataPlane {
             DataCommand::SetRelay(relay) => self.device.set_relay(relay, now),
             DataCommand::SetRelayKeepalive(every) => self.device.set_relay_keepalive(every),
             DataCommand::SetRelayRate(rate) => self.device.set_relay_rate(rate),
+            DataCommand::SetPeerNat(key, nat) => self.device.set_peer_nat(&key, nat, now),
             DataCommand::Connect(key) => self.device.connect(&key, now),
             DataCommand::QueryView(token) => {
                 let view = self.view(now);
@@ -586,7 +654,10 @@ impl DataPlane {
         let mut observed: Vec<SocketAddr> = self.device.observed_addresses().map(|(_, address)| *address).collect();
         observed.sort();
         observed.dedup();
-        DataView { peers, observed }
+        let nat = self.device.nat_kind().zip(self.device.reflexive_address());
+        let stats = self.device.stats();
+        let punches = commands::Punches { opened: stats.punch_opened, sprays: stats.punch_sprays, probes: stats.punch_probes };
+        DataView { peers, observed, nat, punches }
     }
 
     /// Sends the next echo request if due; reports when all replies are in or late.

@@ -138,10 +138,17 @@ pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Beha
     kad.set_mode(Some(kad::Mode::Server));
     let relay = cloudpal.then(|| {
         // Control traffic only: limits well above libp2p's defaults (2 min, 128 KiB per
-        // circuit), which suit strangers, not one owner's devices syncing their log.
+        // circuit; 4 circuits per peer, 16 in all), which suit strangers, not one owner's
+        // devices syncing their log — with the defaults, a sixth device behind a NAT found
+        // the laptop's circuits full. Only members pass the limiters below.
+        let devices = membership::state::MAX_DEVICES;
         let config = relay::Config {
             max_circuit_duration: Duration::from_secs(3600),
             max_circuit_bytes: 64 << 20,
+            max_reservations: devices,
+            max_reservations_per_peer: 4,
+            max_circuits: 2 * devices,
+            max_circuits_per_peer: devices,
             reservation_rate_limiters: vec![Box::new(MembersOnly(gate.clone()))],
             circuit_src_rate_limiters: vec![Box::new(MembersOnly(gate.clone()))],
             ..Default::default()

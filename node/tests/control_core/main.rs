@@ -113,7 +113,7 @@ fn an_outsider_is_refused_and_never_reaches_the_dht() {
     let (other, other_members) = network(99, &[("stranger", Role::Admin)]);
     let outsider = peer_of(200);
     let binding = node::control::admission::sign_binding(&other_members[0].key, &other.log.network(), &outsider);
-    let hello = Request::Hello { binding, data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec!["/ip4/203.0.113.5/tcp/41641".into()] };
+    let hello = Request::Hello { binding, data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec!["/ip4/203.0.113.5/tcp/41641".into()], nat: None };
     let response = sim.ask_as(outsider, Ipv4Addr::new(203, 0, 113, 5), 0, hello);
     assert_eq!(refusal(&response), "not a member of this network");
     assert!(!sim.nodes[0].core.member_peers().contains_key(&outsider));
@@ -306,9 +306,9 @@ fn a_revoked_device_gets_revoked_for_a_hello_and_nothing_else() {
     let car_key = &sim.nodes[1].key.clone();
     let imposter = peer_of(230);
     let binding = node::control::admission::sign_binding(car_key, &network.log.network(), &imposter);
-    let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec![] };
+    let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec![], nat: None };
     assert_eq!(sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, hello), Response::Revoked);
-    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()], listen: vec![] };
+    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()], listen: vec![], nat: None };
     assert_eq!(refusal(&sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, paths)), "not a member of this network");
 }
 
@@ -528,6 +528,32 @@ fn candidates_reach_the_data_plane_and_paths_are_exchanged_every_two_seconds() {
     assert_eq!(paths, 4, "one path exchange at once, then every 2 s");
 }
 
+/// Birthday punching rests on each member knowing the others' NATs: what the data plane found
+/// of ours goes out with the path exchange (at once: it is news), and what a member says of
+/// its own reaches our data plane for that member's key.
+#[test]
+fn a_checked_nat_reaches_the_other_members_data_planes() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member)]);
+    let phone_key = key_of(&sim, 1);
+    let reflexive: std::net::SocketAddr = "198.51.100.9:4000".parse().expect("address");
+    let kind = protocol::birthday::NatKind::EndpointDependent;
+    let before = sim.nodes[1].sent.len();
+    let time = sim.time;
+    sim.nodes[1].core.note_time(time.now);
+    sim.nodes[1].core.handle_data_view(node::dataplane::DataView { nat: Some((kind, reflexive)), ..Default::default() });
+    sim.run_for(Duration::from_millis(2_500));
+    let told = sim.nodes[1].sent[before..].iter().find_map(|(_, _, r)| match r {
+        Request::Paths { nat, .. } => nat.clone(),
+        _ => None,
+    });
+    assert_eq!(told, Some(node::control::messages::NatInfo { symmetric: true, reflexive: reflexive.to_string() }));
+    let learned = DataCommand::SetPeerNat(phone_key, Some(protocol::birthday::PeerNat { kind, reflexive }));
+    assert!(sim.nodes[0].data.contains(&learned), "{:?}", sim.nodes[0].data);
+    // A member that says nothing (an older node) leaves nothing to punch with.
+    let laptop_key = key_of(&sim, 0);
+    assert!(!sim.nodes[1].data.iter().any(|c| matches!(c, DataCommand::SetPeerNat(key, Some(_)) if *key == laptop_key)));
+}
+
 #[test]
 fn cloudpal_becomes_the_relay_and_a_circuit_is_reserved_once_and_again_when_lost() {
     let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
@@ -685,7 +711,11 @@ fn status_shows_each_peer_its_path_and_control_link() {
     let mut views = std::collections::BTreeMap::new();
     let stats = protocol::TunnelStats { rx_bytes: 5, tx_bytes: 6, ..Default::default() };
     views.insert(phone_key, node::dataplane::PeerView { stats, endpoint: None, path: protocol::paths::PathKind::Direct });
-    let status = sim.nodes[0].core.status(&views, 2);
+    let nat = Some((protocol::birthday::NatKind::EndpointDependent, "198.51.100.9:4000".parse().expect("address")));
+    let punches = node::dataplane::commands::Punches { opened: 3, sprays: 0, probes: 0 };
+    let status = sim.nodes[0].core.status(&node::dataplane::DataView { peers: views, nat, punches, ..Default::default() }, 2);
+    assert_eq!(status.nat.as_deref(), Some("endpoint-dependent"));
+    assert_eq!(status.punches.opened, 3);
     assert_eq!(status.device.name.as_deref(), Some(sim.nodes[0].name.as_str()));
     assert_eq!(status.peers.len(), 2);
     let phone = status.peers.iter().find(|p| p.name == "phone").expect("phone");

@@ -9,7 +9,10 @@
 //! reply, no state (DP-07, DP-12). On CloudPal it also does relay duty: forwarding envelopes
 //! between members ([`crate::relay`]).
 
+mod punching;
 mod relaying;
+pub use punching::PunchOpen;
+use crate::birthday::{Birthday, PeerNat};
 use crate::cookie::MacChecker;
 use crate::handshake::ReceivedInitiation;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
@@ -93,6 +96,11 @@ pub struct DeviceStats {
     pub relay_forwarded: u64,
     /// Relay duty: hop keepalives accepted from members.
     pub relay_keepalives: u64,
+    /// Birthday punches: attempts started on the hard side (each opens up to 256 sockets),
+    /// sprays started on the easy side, and the probes the sprays sent.
+    pub punch_opened: u64,
+    pub punch_sprays: u64,
+    pub punch_probes: u64,
 }
 
 /// Decides whether a static key may complete a handshake now (membership plugs in here).
@@ -139,6 +147,11 @@ pub struct Device {
     /// How each peer last saw our source address (from its pongs): reflexive candidates.
     observed: BTreeMap<StaticPublic, SocketAddr>,
     probe_targets: Vec<SocketAddr>,
+    /// Birthday punching ([`crate::birthday`]): whether we take part, what our NAT does, and
+    /// the hard side's attempt waiting for `poll_punch` (peer, its reflexive address).
+    birthday_punch: bool,
+    nat: punching::NatCheck,
+    punch_open: Option<(StaticPublic, SocketAddr)>,
 }
 
 struct Peer {
@@ -154,6 +167,11 @@ struct Peer {
     /// A handshake message was dropped for want of any route: it is sent again the moment
     /// one appears instead of after the 5 s retry timer.
     stalled: bool,
+    /// What the peer told us of its NAT, and the pair's birthday punch.
+    nat: Option<PeerNat>,
+    birthday: Birthday,
+    /// A go signal from the peer before it told us its NAT: when it came.
+    punch_signal: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +187,7 @@ struct RelayConfig {
 enum Control {
     Probe(u64),
     Pong(u64, Option<SocketAddr>),
+    Punch(u64),
 }
 
 /// Whence a datagram came.
@@ -222,6 +241,9 @@ impl Device {
             next_probe_id: 0,
             observed: BTreeMap::new(),
             probe_targets: Vec::new(),
+            birthday_punch: true,
+            nat: punching::NatCheck::default(),
+            punch_open: None,
         }
     }
 
@@ -265,7 +287,7 @@ impl Device {
                 self.relay_ids.entry(hop.id(epoch)).or_insert(key);
             }
         }
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_seen: ReplayWindow::default(), relay_use: Usage::default(), stalled: false });
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_seen: ReplayWindow::default(), relay_use: Usage::default(), stalled: false, nat: None, birthday: Birthday::default(), punch_signal: None });
         // Two keys sharing a short id could not be told apart on the relay: the second one
         // is simply not reachable through it (2^-64 per pair).
         self.short_ids.entry(ShortId::of(&key)).or_insert(key);
@@ -294,6 +316,9 @@ impl Device {
         self.relay_ids.retain(|_, peer| peer != key);
         self.control.retain(|(peer, _, _)| peer != key);
         self.observed.remove(key);
+        if self.punch_open.is_some_and(|(peer, _)| peer == *key) {
+            self.punch_open = None;
+        }
         true
     }
 
@@ -341,6 +366,7 @@ impl Device {
             let seen = self.relay.as_ref().filter(|old| old.key == key).map(|old| old.seen.clone()).unwrap_or_default();
             RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key), seen }
         });
+        self.recheck_nat(now);
         let stalled: Vec<StaticPublic> = self.peers.iter().filter(|(_, p)| p.stalled).map(|(k, _)| *k).collect();
         for key in stalled {
             self.unstall(&key, now);
@@ -470,8 +496,10 @@ impl Device {
         let Some(peer) = self.peers.get(&key) else {
             return Err(Error::UnknownReceiverIndex);
         };
+        // The relay's reflector answers the NAT check and is never a path.
+        let reflected = via == Via::Direct && self.is_reflector(&key, source);
         // Checked only when the source is new (roaming), not per packet.
-        let roaming = via == Via::Direct && peer.paths.direct() != Some(source);
+        let roaming = via == Via::Direct && !reflected && peer.paths.direct() != Some(source);
         let nested = roaming && self.route(source.ip()).is_some();
         let Some(peer) = self.peers.get_mut(&key) else {
             return Err(Error::UnknownReceiverIndex);
@@ -482,11 +510,16 @@ impl Device {
         {
             match via {
                 // A datagram from an overlay address came through a tunnel: not a path.
-                Via::Direct if nested => {}
-                Via::Direct => peer.paths.heard_direct(source, now),
+                Via::Direct if nested || reflected => {}
+                Via::Direct => {
+                    peer.paths.heard_direct(source, now);
+                    peer.birthday.answered();
+                }
                 Via::Relay => peer.paths.heard_relay(now),
             }
         }
+        let mut relay_saw = None;
+        let mut punch_signal = false;
         let result = match result {
             Ok(Decapsulated::Packet(len)) => match source_of(&out[..len]) {
                 Some(inner) if peer.allowed_ips.iter().any(|p| p.contains(inner)) => {
@@ -508,16 +541,27 @@ impl Device {
                         let observed = (via == Via::Direct).then_some(source);
                         self.control.push_back((key, route, Control::Pong(id, observed)));
                     }
+                    Some(wire::PathControl::Probe(_)) => {}
+                    Some(wire::PathControl::Pong(_, Some(observed))) if self.relay.as_ref().is_some_and(|r| r.key == key) => {
+                        relay_saw = Some(observed);
+                    }
                     Some(wire::PathControl::Pong(_, Some(observed))) => {
                         self.observed.insert(key, observed);
                     }
-                    _ => {}
+                    Some(wire::PathControl::Punch(_)) => punch_signal = true,
+                    Some(wire::PathControl::Pong(_, None)) | None => {}
                 }
                 Ok(Received::Nothing)
             }
             Ok(_) => Ok(Received::Nothing),
             Err(error) => Err(error),
         };
+        if let Some(observed) = relay_saw {
+            self.relay_saw(key, observed, reflected, now);
+        }
+        if punch_signal {
+            self.on_punch_signal(&key, now);
+        }
         self.sync_peer(&key, now);
         result
     }
@@ -542,16 +586,20 @@ impl Device {
                 }
                 self.probe_targets = targets;
             }
+            self.spray(&key, now);
+            self.consider_punch(&key, now);
             self.sync_peer(&key, now);
         }
+        self.check_nat(now);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peers
             .iter()
-            .flat_map(|(key, p)| [p.tunnel.poll_timeout(), p.paths.poll_timeout(self.relays_to(key))])
+            .flat_map(|(key, p)| [p.tunnel.poll_timeout(), p.paths.poll_timeout(self.relays_to(key)), p.birthday.poll_timeout()])
             .flatten()
             .chain(self.relay_keepalive_due())
+            .chain(self.nat_check_due())
             .min()
     }
 
@@ -735,6 +783,7 @@ impl From<Control> for wire::PathControl {
         match control {
             Control::Probe(id) => wire::PathControl::Probe(id),
             Control::Pong(id, observed) => wire::PathControl::Pong(id, observed),
+            Control::Punch(id) => wire::PathControl::Punch(id),
         }
     }
 }
