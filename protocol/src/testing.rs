@@ -69,6 +69,39 @@ pub struct InFlight {
     pub bytes: Vec<u8>,
 }
 
+/// A virtual network of several devices for tests: what it holds in flight and how it
+/// delivers are its own; [`VirtualNet::run_for`] is the one event loop (flush what the
+/// devices queued, jump to the next delivery or timer, deliver what is due, run timers).
+pub trait VirtualNet {
+    fn now(&self) -> Instant;
+    fn set_now(&mut self, now: Instant);
+    /// Sends everything the devices have queued.
+    fn flush(&mut self);
+    /// When the next datagram in flight arrives.
+    fn next_delivery(&self) -> Option<Instant>;
+    /// Delivers every datagram due by now.
+    fn deliver_due(&mut self);
+    fn devices(&mut self) -> &mut [Device];
+
+    fn run_for(&mut self, duration: Duration) {
+        let deadline = self.now() + duration;
+        loop {
+            self.flush();
+            let next_timer = self.devices().iter().filter_map(Device::poll_timeout).min();
+            let Some(next) = [self.next_delivery(), next_timer].into_iter().flatten().min().filter(|n| *n <= deadline) else {
+                self.set_now(deadline);
+                return;
+            };
+            let now = self.now().max(next);
+            self.set_now(now);
+            self.deliver_due();
+            for device in self.devices() {
+                device.handle_timeout(now);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Pair {
     pub now: Instant,

@@ -13,7 +13,7 @@
 
 use protocol::birthday::{ATTEMPT_EVERY, NatKind, PeerNat, SPRAY_PROBES, reflector_of};
 use protocol::paths::PathKind;
-use protocol::testing::ipv4_udp_packet;
+use protocol::testing::{VirtualNet, ipv4_udp_packet};
 use protocol::{Device, DeviceConfig, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, StaticSecret, WallClock};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -75,6 +75,12 @@ struct Net {
 
 impl Net {
     fn new(seed: u64) -> Self {
+        Self::with_third(seed, false)
+    }
+
+    /// As [`Net::new`], with the third device (H2) behind an endpoint-independent NAT of its
+    /// own when `easy`.
+    fn with_third(seed: u64, easy: bool) -> Self {
         let now = Instant::now();
         let secrets: Vec<StaticSecret> = (1..=4u8).map(|i| StaticSecret::from_bytes([i; 32])).collect();
         let keys: Vec<StaticPublic> = secrets.iter().map(StaticSecret::public_key).collect();
@@ -102,7 +108,8 @@ impl Net {
             devices[member].set_relay(Some((relay, keys[R])), now);
         }
         let symmetric = |ip: &str| Nat::Symmetric { ip: ip.parse().expect("ip"), by_port: BTreeMap::new(), by_flow: BTreeMap::new() };
-        let nats = vec![Nat::Independent { public: addr("192.0.2.1:41641"), sent_to: BTreeMap::new() }, symmetric("198.51.100.1"), symmetric("198.51.100.2"), Nat::None];
+        let third = if easy { Nat::Independent { public: addr("192.0.2.2:41641"), sent_to: BTreeMap::new() } } else { symmetric("198.51.100.2") };
+        let nats = vec![Nat::Independent { public: addr("192.0.2.1:41641"), sent_to: BTreeMap::new() }, symmetric("198.51.100.1"), third, Nat::None];
         let mut seed_bytes = [0u8; 32];
         seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
         Net {
@@ -225,26 +232,6 @@ impl Net {
         }
     }
 
-    fn run_for(&mut self, duration: Duration) {
-        let deadline = self.now + duration;
-        loop {
-            self.flush();
-            let next_delivery = self.in_flight.iter().map(|d| d.at).min();
-            let next_timer = self.devices.iter().filter_map(Device::poll_timeout).min();
-            let Some(next) = [next_delivery, next_timer].into_iter().flatten().min().filter(|n| *n <= deadline) else {
-                self.now = deadline;
-                return;
-            };
-            self.now = self.now.max(next);
-            while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
-                let datagram = self.in_flight.remove(index).expect("present");
-                self.deliver(datagram);
-            }
-            for device in &mut self.devices {
-                device.handle_timeout(self.now);
-            }
-        }
-    }
 
     /// The control plane's part: each member tells the others what its NAT does.
     fn tell_nats(&mut self) {
@@ -289,6 +276,31 @@ impl Net {
     }
 }
 
+
+impl VirtualNet for Net {
+    fn now(&self) -> Instant {
+        self.now
+    }
+    fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+    fn flush(&mut self) {
+        Net::flush(self);
+    }
+    fn next_delivery(&self) -> Option<Instant> {
+        self.in_flight.iter().map(|d| d.at).min()
+    }
+    fn deliver_due(&mut self) {
+        while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
+            let datagram = self.in_flight.remove(index).expect("present");
+            self.deliver(datagram);
+        }
+    }
+    fn devices(&mut self) -> &mut [Device] {
+        &mut self.devices
+    }
+}
+
 #[test]
 fn the_nat_check_tells_an_endpoint_independent_nat_from_a_symmetric_one() {
     let mut net = Net::new(1);
@@ -326,7 +338,33 @@ fn a_symmetric_and_an_endpoint_independent_side_go_direct_in_nearly_every_run() 
             assert!(net.delivered[H] > 0 && net.delivered[E] > 0);
         }
     }
+    eprintln!("direct in {direct} of {runs} runs");
     assert!(direct >= 18, "direct in {direct} of {runs} runs");
+}
+
+/// A symmetric side with two endpoint-independent peers punches to one, then the other: the
+/// shell has one set of sockets open at a time, and a second attempt must not close the first
+/// one's sockets before its answer came.
+#[test]
+fn one_symmetric_side_punches_to_two_peers_one_after_the_other() {
+    let mut net = Net::with_third(21, true);
+    net.settle();
+    assert_eq!(net.devices[H2].nat_kind(), Some(NatKind::EndpointIndependent));
+    // E learns late what H's NAT is (as after H restarts): its answer to H's first attempt
+    // comes a second after the go signal, while H has traffic with H2 too.
+    let (h, now) = (net.keys[H], net.now);
+    net.devices[E].set_peer_nat(&h, None, now);
+    net.traffic(E, H, Duration::from_millis(300));
+    net.traffic(H2, H, Duration::from_millis(700));
+    net.tell_nats();
+    let end = net.now + Duration::from_secs(12);
+    while net.now < end {
+        net.traffic(E, H, Duration::from_millis(200));
+        net.traffic(H2, H, Duration::from_millis(200));
+    }
+    assert_eq!(net.path(H, E), PathKind::Direct);
+    assert_eq!(net.path(H, H2), PathKind::Direct);
+    assert_eq!(net.devices[H].stats().punch_opened, 2);
 }
 
 /// The hard side punches the moment its own NAT check is done, before the control plane has
@@ -379,4 +417,27 @@ fn a_failed_attempt_is_tried_again_only_after_a_minute() {
     // A spray without the go signal is never started: a member cannot make us probe at will.
     let (e, h) = (net.devices[E].stats(), net.devices[H].stats());
     assert!(e.punch_sprays <= h.punch_opened);
+}
+
+/// The reflector is no open reflector and no path: anything but a member's path probe in its
+/// session — junk, handshake-shaped bytes, a member's data packet — gets silence, and nothing
+/// it receives moves the member's endpoint at CloudPal.
+#[test]
+fn the_reflector_answers_a_members_probe_and_nothing_else() {
+    let mut net = Net::new(5);
+    net.settle();
+    let mut out = vec![0u8; 2048];
+    let now = net.now;
+    let stranger = addr("192.0.2.200:5");
+    for junk in [vec![], vec![4u8; 40], vec![1u8; 148], vec![0xffu8; 200], vec![4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9]] {
+        assert_eq!(net.devices[R].reflect(stranger, &junk, &mut out, now), None);
+    }
+    let packet = ipv4_udp_packet(net.overlays[E], net.overlays[R], b"data through the reflector");
+    let mut sealed = vec![0u8; 2048];
+    let transmit = net.devices[E].encapsulate(&packet, &mut sealed, now).expect("sealed").expect("a datagram");
+    let endpoint = net.devices[R].peer_endpoint(&net.keys[E]);
+    assert_eq!(net.devices[R].reflect(stranger, &sealed[..transmit.len], &mut out, now), None, "a data packet answered");
+    assert_eq!(net.devices[R].peer_endpoint(&net.keys[E]), endpoint, "the reflector moved a path");
+    // Only relay duty reflects.
+    assert_eq!(net.devices[E].reflect(stranger, &sealed[..transmit.len], &mut out, now), None);
 }

@@ -5,7 +5,7 @@
 
 use protocol::paths::{DIRECT_TRUST, PROBE_INTERVAL, PathKind};
 use protocol::relay::{self, HopKey};
-use protocol::testing::ipv4_udp_packet;
+use protocol::testing::{VirtualNet, ipv4_udp_packet};
 use protocol::{Device, DeviceConfig, Error, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, StaticSecret, WallClock};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -169,26 +169,6 @@ impl Net {
         }
     }
 
-    fn run_for(&mut self, duration: Duration) {
-        let deadline = self.now + duration;
-        loop {
-            self.flush();
-            let next_delivery = self.in_flight.iter().map(|d| d.at).min();
-            let next_timer = self.devices.iter().filter_map(Device::poll_timeout).min();
-            let Some(next) = [next_delivery, next_timer].into_iter().flatten().min().filter(|n| *n <= deadline) else {
-                self.now = deadline;
-                return;
-            };
-            self.now = self.now.max(next);
-            while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
-                let datagram = self.in_flight.remove(index).expect("present");
-                self.deliver(datagram);
-            }
-            for device in &mut self.devices {
-                device.handle_timeout(self.now);
-            }
-        }
-    }
 
     fn path(&self, from: usize, to: usize) -> PathKind {
         self.devices[from].peer_path(&self.keys[to], self.now)
@@ -211,6 +191,31 @@ impl Net {
 
     fn handshakes(&self, who: usize, with: usize) -> u64 {
         self.devices[who].peer_stats(&self.keys[with]).expect("peer").handshakes_completed
+    }
+}
+
+
+impl VirtualNet for Net {
+    fn now(&self) -> Instant {
+        self.now
+    }
+    fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+    fn flush(&mut self) {
+        Net::flush(self);
+    }
+    fn next_delivery(&self) -> Option<Instant> {
+        self.in_flight.iter().map(|d| d.at).min()
+    }
+    fn deliver_due(&mut self) {
+        while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
+            let datagram = self.in_flight.remove(index).expect("present");
+            self.deliver(datagram);
+        }
+    }
+    fn devices(&mut self) -> &mut [Device] {
+        &mut self.devices
     }
 }
 

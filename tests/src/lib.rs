@@ -747,7 +747,8 @@ impl NatNetwork {
             narrate(&format!("{name}: behind the {place} router ({kind} NAT) at {}", node.address));
             let invite = nodes[1].pal_ok(&["device", "invite", "--name", name]);
             let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-            narrate(&format!("laptop$ pal device invite --name {name}; {name}$ pal join {}… --name {name} && pal up", &code[..code.len().min(12)]));
+            let up = std::iter::once("pal up").chain(node.up_args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
+            narrate(&format!("laptop$ pal device invite --name {name}; {name}$ pal join {}… --name {name} && {up}", &code[..code.len().min(12)]));
             // The invite entry must have reached CloudPal before a device out of the
             // laptop's reach asks it.
             let entries = nodes[1].pal_ok(&["log", "--json"]);

@@ -152,6 +152,8 @@ pub struct Device {
     birthday_punch: bool,
     nat: punching::NatCheck,
     punch_open: Option<(StaticPublic, SocketAddr)>,
+    /// The attempt whose sockets are open: with whom, until when.
+    punching: Option<(StaticPublic, Instant)>,
 }
 
 struct Peer {
@@ -244,6 +246,7 @@ impl Device {
             birthday_punch: true,
             nat: punching::NatCheck::default(),
             punch_open: None,
+            punching: None,
         }
     }
 

@@ -178,6 +178,14 @@ impl Device {
         if !self.birthday_punch || self.punch_open.is_some() || self.nat.kind != Some(NatKind::EndpointDependent) {
             return;
         }
+        // One attempt's sockets at a time (the shell closes a set when it opens the next):
+        // the next peer's turn comes when this one's path is up or its sockets have closed.
+        if let Some((peer, until)) = self.punching
+            && until > now
+            && !self.peers.get(&peer).is_some_and(|p| p.paths.direct_trusted(now))
+        {
+            return;
+        }
         let relays = self.relays_to(key);
         let Some(peer) = self.peers.get_mut(key) else { return };
         let Some(PeerNat { kind: NatKind::EndpointIndependent, reflexive }) = peer.nat else { return };
@@ -207,6 +215,7 @@ impl Device {
         self.control.push_back((key, Route::Relay, Control::Punch(id)));
         self.sync_peer(&key, now);
         self.stats.punch_opened += 1;
+        self.punching = Some((key, now + birthday::HOLD_SOCKETS));
         Some(PunchOpen { destination, len: sealed, sockets: birthday::HARD_SOCKETS })
     }
 

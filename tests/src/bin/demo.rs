@@ -1,7 +1,7 @@
 //! The README's demo: a whole CloudPal network on this machine, in network namespaces.
 //! CloudPal on a public address; a laptop and a phone behind one home router, a desktop
 //! behind an office router (both endpoint-independent NATs), a car behind a carrier's
-//! symmetric NAT. It walks through init on the laptop behind its NAT, adding the fresh
+//! symmetric NAT (relayed, then direct by a birthday punch). It walks through init on the laptop behind its NAT, adding the fresh
 //! CloudPal by request code, invite → join (through CloudPal) → up, shows which paths are
 //! direct and which go through CloudPal, the personal VPN (a web server on the internet sees
 //! the laptop's router, then CloudPal; DNS through CloudPal with a blocked ad server and the
@@ -70,6 +70,25 @@ fn main() {
     print!("{}", indent(&net.node("laptop").pal_ok(&["exit", "off"])));
     seen("(direct again; every route, rule and table pal added is gone)");
 
+    // Birthday punching: the car (started with --no-port-spray so far) takes part again.
+    println!("\ncar$ pal up    (restarted without --no-port-spray: birthday punching through its symmetric NAT)");
+    net.node_mut("car").down();
+    net.node_mut("car").up_args.clear();
+    net.node_mut("car").up();
+    let punched = wait_until(Duration::from_secs(30), || net.ping_path("car", "laptop").as_deref() == Some("direct"));
+    if !punched && std::env::var_os("DEMO_DEBUG").is_some() {
+        for name in ["car", "laptop"] {
+            for line in net.node(name).log().lines().filter(|l| l.contains("birthday") || l.contains("NAT") || l.contains("news")) {
+                eprintln!("{name}: {line}");
+            }
+            eprintln!("{name}: {}", net.node(name).pal_ok(&["status"]));
+        }
+    }
+    println!("car$ pal ping laptop    ({})", if punched { "256 mappings on the car's side, 1,024 probes at most from the laptop's" } else { "still relayed: the punch missed; it is tried again after a minute" });
+    print!("{}", indent(&net.node("car").pal(&["ping", "laptop", "-c", "3"]).stdout.iter().map(|b| *b as char).collect::<String>()));
+    println!("car$ pal status | head -2");
+    print!("{}", indent(&net.node("car").pal_ok(&["status"]).lines().take(2).map(|l| format!("{l}\n")).collect::<String>()));
+
     println!("\nlaptop$ pal device revoke car    (the car was stolen)");
     let started = std::time::Instant::now();
     print!("{}", indent(&net.node("laptop").pal_ok(&["device", "revoke", "car"])));
@@ -83,8 +102,9 @@ fn main() {
     println!("car$ pal status");
     print!("{}", indent(&String::from_utf8_lossy(&net.node("car").pal(&["status"]).stderr)));
     println!("\nlaptop and desktop punched through their routers: direct. laptop and phone share a LAN: direct.");
-    println!("The car's carrier NAT gives every destination a new port: its traffic goes through CloudPal,");
-    println!("which forwards sealed envelopes it cannot read.");
+    println!("The car's carrier NAT gives every destination a new port: with --no-port-spray its traffic");
+    println!("went through CloudPal, which forwards sealed envelopes it cannot read; without, a birthday");
+    println!("punch (CloudPal's NAT check told the car's NAT from the laptop's) made it direct.");
     let _ = std::fs::remove_file(&block_list);
     println!("Cleaning up namespaces and state.");
 }
