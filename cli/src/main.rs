@@ -9,8 +9,11 @@ use std::process::ExitCode;
 
 mod commands;
 
+/// `pal --version`: the release and the git commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PAL_GIT_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
-#[command(name = "pal", version = node::VERSION, about = "CloudPal: your devices, one private network")]
+#[command(name = "pal", version = VERSION, about = "CloudPal: your devices, one private network")]
 struct Cli {
     /// State directory (keys, membership log, control socket).
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
@@ -97,6 +100,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `pal completions bash > /etc/bash_completion.d/pal`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `pal manpage > /usr/share/man/man1/pal.1`.
+    Manpage,
     /// The personal VPN: all internet traffic through your CloudPal.
     Exit {
         #[command(subcommand)]
@@ -252,6 +262,11 @@ fn main() -> ExitCode {
         Command::Status { json } => commands::status::run(&state, json),
         Command::Ping { name, count } => commands::ping::run(&state, name, count),
         Command::Log { json } => commands::log::run(&state, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "pal", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()).map_err(anyhow::Error::from),
         Command::Exit { command } => match command {
             ExitCommand::Use { name, allow_lan } => commands::exit::use_exit(&state, name, allow_lan),
             ExitCommand::Off => commands::exit::off(&state),

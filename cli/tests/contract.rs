@@ -71,3 +71,40 @@ fn bad_usage_is_refused() {
     let output = pal(&["device", "invite"]);
     assert!(!output.status.success(), "--name is required");
 }
+
+/// `pal --version` names the release and the commit it was built from.
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let output = pal(&["--version"]);
+    assert!(output.status.success());
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let expected_commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".to_owned(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert_eq!(version, format!("pal {} ({expected_commit})", env!("CARGO_PKG_VERSION")));
+}
+
+/// Completion scripts for the three shells, and a manual page, all generated from the one
+/// command definition (so they never drift from it).
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_definition() {
+    for (shell, marker) in [("bash", "complete -F _pal"), ("zsh", "#compdef pal"), ("fish", "complete -c pal")] {
+        let output = pal(&["completions", shell]);
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        for command in ["invite", "revoke", "exit", "policy", "no-port-spray"] {
+            assert!(script.contains(command), "{shell}: no {command}");
+        }
+    }
+    let output = pal(&["manpage"]);
+    assert!(output.status.success());
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH pal"), "not roff: {}", &page[..page.len().min(200)]);
+    assert!(page.contains("CloudPal") && page.contains("completions"), "the page lacks the commands");
+    assert!(!pal(&["completions", "tcsh"]).status.success(), "an unknown shell accepted");
+}
