@@ -89,6 +89,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the node found out about this network: UDP to CloudPal, NAT mapping behaviour,
+    /// public and reflexive addresses, IPv6, round trip to CloudPal.
+    Netcheck {
+        #[arg(long)]
+        json: bool,
+    },
     /// Ping a device over the overlay and report the path used.
     Ping {
         name: String,
@@ -260,6 +266,7 @@ fn main() -> ExitCode {
         Command::Join { code, name } => commands::join::run(&state, &code, &name),
         Command::Request { name, network, listen } => commands::request::run(&state, &name, &network, listen),
         Command::Status { json } => commands::status::run(&state, json),
+        Command::Netcheck { json } => commands::netcheck::run(&state, json),
         Command::Ping { name, count } => commands::ping::run(&state, name, count),
         Command::Log { json } => commands::log::run(&state, json),
         Command::Completions { shell } => {

@@ -44,6 +44,7 @@ fn commands_without_a_running_node_fail_with_one_clear_line() {
     let state = state.to_str().expect("utf-8 path");
     assert_one_line_error(&["--state", state, "status", "--json"], "not running");
     assert_one_line_error(&["--state", state, "device", "list"], "not running");
+    assert_one_line_error(&["--state", state, "netcheck"], "not running");
 }
 
 #[test]

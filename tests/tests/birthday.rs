@@ -55,6 +55,16 @@ fn cars_behind_a_symmetric_nat_go_direct_with_a_laptop_by_birthday_punching() {
     for car in cars.iter().chain([&van]) {
         assert!(checked(car, "endpoint-dependent"), "{}: {}", car.name, car.status());
     }
+    // `pal netcheck` says the same, with the carrier's address as the car's public one.
+    let report: serde_json::Value = serde_json::from_str(&cars[0].pal_ok(&["netcheck", "--json"])).expect("netcheck is JSON");
+    assert_eq!(report["nat_mapping"], "endpoint-dependent", "{report}");
+    assert_eq!((report["udp"].as_bool(), report["behind_nat"].as_bool()), (Some(true), Some(true)), "{report}");
+    let public = report["public_address"].as_str().unwrap_or_default();
+    assert!(public.starts_with(&format!("{}:", carrier.public_address)), "{report}");
+    assert_eq!(report["cloudpal"], "cloudpal");
+    let report: serde_json::Value = serde_json::from_str(&laptop.pal_ok(&["netcheck", "--json"])).expect("netcheck is JSON");
+    assert_eq!(report["nat_mapping"], "endpoint-independent", "{report}");
+    assert!(report["public_address"].as_str().unwrap_or_default().starts_with(&format!("{}:", home.public_address)), "{report}");
 
     // Each car–laptop pair: relayed first, then direct.
     let mut direct = 0;

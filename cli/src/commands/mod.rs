@@ -6,6 +6,7 @@ pub mod exit;
 pub mod init;
 pub mod join;
 pub mod log;
+pub mod netcheck;
 pub mod ping;
 pub mod policy;
 pub mod request;

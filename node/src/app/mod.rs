@@ -69,6 +69,7 @@ pub struct UpOptions {
 #[derive(Debug)]
 enum Pending {
     Status(oneshot::Sender<ControlResponse>),
+    Netcheck(oneshot::Sender<ControlResponse>),
     Ping(oneshot::Sender<ControlResponse>),
     Add(oneshot::Sender<ControlResponse>),
     ExitStatus(oneshot::Sender<ControlResponse>),
@@ -398,6 +399,7 @@ impl App {
         let core = &mut self.core;
         let response = match request {
             ControlRequest::Status => return self.ask_data(DataCommand::QueryView, Pending::Status, reply),
+            ControlRequest::Netcheck => return self.ask_data(DataCommand::QueryView, Pending::Netcheck, reply),
             ControlRequest::Ping { name, count } => match core.ping_target(&name) {
                 Ok((source, target)) => {
                     let count = count.clamp(1, 100) as u16;
@@ -478,9 +480,18 @@ impl App {
         match event {
             DataEvent::View { token: REFRESH, view } => self.core.handle_data_view(view),
             DataEvent::View { token, view } => {
-                if let Some(Pending::Status(reply)) = self.pending.remove(&token) {
-                    let dht_peers = swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>();
-                    let _ = reply.send(ControlResponse::from_result(Ok(self.core.status(&view, dht_peers))));
+                match self.pending.remove(&token) {
+                    Some(Pending::Status(reply)) => {
+                        let dht_peers = swarm.behaviour_mut().kad.kbuckets().map(|bucket| bucket.num_entries()).sum::<usize>();
+                        let _ = reply.send(ControlResponse::from_result(Ok(self.core.status(&view, dht_peers))));
+                    }
+                    Some(Pending::Netcheck(reply)) => {
+                        let _ = reply.send(ControlResponse::from_result(Ok(self.core.netcheck(&view))));
+                    }
+                    Some(other) => {
+                        self.pending.insert(token, other);
+                    }
+                    None => {}
                 }
                 self.core.handle_data_view(view);
             }

@@ -117,6 +117,25 @@ impl Core {
         tracing::info!("relay available");
     }
 
+    /// `pal netcheck`: what the data plane's `view` and the control plane know of our network.
+    pub fn netcheck(&self, view: &crate::dataplane::DataView) -> crate::control_api::NetcheckReply {
+        let state = self.store.log().state();
+        let cloudpal = self.relay.and_then(|(device, _)| state.devices.get(&device));
+        let udp = cloudpal.and_then(|d| view.peers.get(&d.record.static_key)).is_some_and(|v| v.path == PathKind::Direct);
+        let rtt = self.relay.and_then(|(device, _)| self.reach.get(&device)).and_then(|r| r.rtt);
+        let ipv6 = self.listen_addrs.iter().filter_map(multiaddr_ip).any(|ip| ip.is_ipv6() && super::addr::is_underlay_ip(ip) && !self.is_overlay(ip));
+        crate::control_api::NetcheckReply {
+            cloudpal: cloudpal.map(|d| d.record.name.clone()),
+            udp,
+            behind_nat: self.behind_nat(),
+            nat_mapping: view.nat.map(|(kind, _)| kind.as_str().to_owned()),
+            public_address: view.nat.map(|(_, address)| address.to_string()),
+            reflexive: view.observed.iter().map(ToString::to_string).collect(),
+            ipv6,
+            cloudpal_rtt_ms: rtt.map(|r| r.as_secs_f64() * 1000.0),
+        }
+    }
+
     /// Whether something between us and the others translates our address: a peer saw us at
     /// an address that is none of ours (or nobody told us yet, which is taken as yes).
     pub fn behind_nat(&self) -> bool {

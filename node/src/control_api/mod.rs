@@ -13,6 +13,8 @@ pub use socket::{MAX_REQUEST_LEN, call, serve};
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
+    /// `pal netcheck`: what this node found out about its network.
+    Netcheck,
     DeviceList,
     Log,
     Invite {
@@ -51,6 +53,28 @@ pub enum ControlRequest {
     DnsLog,
     PolicyShow,
     PolicySet(PolicyChange),
+}
+
+/// `pal netcheck`: the node's own findings about the network it is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetcheckReply {
+    /// The CloudPal the checks ran against (none yet: nothing below is known).
+    pub cloudpal: Option<String>,
+    /// CloudPal answered over UDP (its data plane heard us and we heard it directly).
+    pub udp: bool,
+    /// Something between us and the internet translates our address.
+    pub behind_nat: bool,
+    /// How our NAT maps one socket toward two destinations: "endpoint-independent" or
+    /// "endpoint-dependent" (symmetric), once CloudPal answered the check on both its ports.
+    pub nat_mapping: Option<String>,
+    /// Our data-plane address as CloudPal sees it.
+    pub public_address: Option<String>,
+    /// Every address peers saw our datagrams come from.
+    pub reflexive: Vec<String>,
+    /// The node has a global IPv6 address to listen on.
+    pub ipv6: bool,
+    /// Round trip to CloudPal's control plane.
+    pub cloudpal_rtt_ms: Option<f64>,
 }
 
 /// `pal policy set`: each field left out (or false) leaves that part of the policy as it is.

@@ -554,6 +554,26 @@ fn a_checked_nat_reaches_the_other_members_data_planes() {
     assert!(!sim.nodes[1].data.iter().any(|c| matches!(c, DataCommand::SetPeerNat(key, Some(_)) if *key == laptop_key)));
 }
 
+/// `pal netcheck` reads the NAT check and the path to CloudPal from the data plane's view, and
+/// says nothing it does not know.
+#[test]
+fn netcheck_reports_what_the_node_found_and_nothing_else() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
+    let cloudpal_key = key_of(&sim, 1);
+    let empty = sim.nodes[0].core.netcheck(&node::dataplane::DataView::default());
+    assert_eq!((empty.udp, empty.nat_mapping.as_deref(), empty.public_address.as_deref()), (false, None, None));
+    assert_eq!(empty.cloudpal.as_deref(), Some("cloudpal"), "CloudPal is the relay once it said hello");
+    let public: std::net::SocketAddr = "198.51.100.7:41641".parse().expect("address");
+    let mut view = node::dataplane::DataView { nat: Some((protocol::birthday::NatKind::EndpointIndependent, public)), observed: vec![public], ..Default::default() };
+    view.peers.insert(cloudpal_key, node::dataplane::PeerView { stats: Default::default(), endpoint: None, path: protocol::paths::PathKind::Direct });
+    sim.nodes[0].core.handle_data_view(view.clone());
+    let report = sim.nodes[0].core.netcheck(&view);
+    assert!(report.udp && report.behind_nat, "{report:?}");
+    assert_eq!(report.nat_mapping.as_deref(), Some("endpoint-independent"));
+    assert_eq!(report.public_address, Some(public.to_string()));
+    assert_eq!(report.reflexive, vec![public.to_string()]);
+}
+
 #[test]
 fn cloudpal_becomes_the_relay_and_a_circuit_is_reserved_once_and_again_when_lost() {
     let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
