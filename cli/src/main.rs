@@ -60,6 +60,10 @@ enum Command {
         /// would take it for a port scan. Such peers then stay relayed.
         #[arg(long, env = "PAL_NO_PORT_SPRAY")]
         no_port_spray: bool,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464): counts only, never an
+        /// address or a name. Off by default.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Manage the network's devices.
     Device {
@@ -254,8 +258,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray } => {
-            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload, port_spray: !no_port_spray })
+        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics } => {
+            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload, port_spray: !no_port_spray, metrics })
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),

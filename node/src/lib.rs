@@ -18,6 +18,7 @@ pub mod dns;
 pub mod enrol;
 pub mod exit;
 pub mod p2p;
+pub mod metrics;
 pub mod statedir;
 
 /// The version every `pal` binary reports.

@@ -81,3 +81,43 @@ fn three_devices_on_a_lan_form_a_network_and_carry_traffic() {
     assert!(back, "desktop unreachable after restart: {}", net.node("desktop").log());
     assert_eq!(net.node("desktop").device_list(), lists[0], "state survived the restart");
 }
+
+/// `GET /metrics` inside a node's namespace: the body, or `None` when nothing listens.
+fn scrape(node: &tests::PalNode, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let name = node.netns.name.clone();
+    std::thread::spawn(move || {
+        tests::enter_namespace(&name);
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.starts_with("HTTP/1.1 200").then(|| response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+    })
+    .join()
+    .expect("scraper")
+}
+
+/// Prometheus metrics are off by default; with `--metrics 127.0.0.1:PORT` a scrape counts
+/// peers, paths, bytes and handshakes — and carries no address, key or device name.
+#[test]
+fn metrics_are_off_by_default_and_name_nobody_when_on() {
+    const PORT: u16 = 9464;
+    let mut net = LanNetwork::form(&["laptop", "phone"]);
+    assert!(net.wait_for_membership(Duration::from_secs(20)), "membership did not converge");
+    assert_eq!(scrape(&net.nodes[0], PORT), None, "metrics served without --metrics");
+    net.nodes[0].down();
+    net.nodes[0].up_with(&["--metrics", &format!("127.0.0.1:{PORT}")]);
+    assert!(wait_until(Duration::from_secs(20), || net.nodes[0].pal(&["ping", "phone", "-c", "1"]).status.success()), "no ping");
+    let text = scrape(&net.nodes[0], PORT).expect("a scrape");
+    for line in ["pal_peers 1", "pal_peer_paths{path=\"direct\"} 1"] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    let handshakes: u64 = text.lines().find_map(|l| l.strip_prefix("pal_handshakes_total ")).and_then(|v| v.parse().ok()).expect("handshakes");
+    assert!(handshakes >= 1, "{text}");
+    let (v4, v6) = net.nodes[1].overlay();
+    for secret in [net.nodes[1].address.as_str(), v4.as_str(), v6.as_str(), "phone", "laptop"] {
+        assert!(!text.contains(secret), "the metrics name {secret:?}");
+    }
+}

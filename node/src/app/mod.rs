@@ -57,6 +57,8 @@ pub struct UpOptions {
     pub offload: bool,
     /// Birthday punching toward peers behind symmetric NATs (`--no-port-spray` turns it off).
     pub port_spray: bool,
+    /// Where to serve Prometheus metrics (off when `None`).
+    pub metrics: Option<SocketAddr>,
     /// CloudPal: the addresses egress rotation draws from.
     pub egress_pool: Vec<membership::IpNet>,
     /// CloudPal: a private CA (PEM) trusted for DNS-over-TLS upstreams beside the webpki roots.
@@ -70,6 +72,7 @@ pub struct UpOptions {
 enum Pending {
     Status(oneshot::Sender<ControlResponse>),
     Netcheck(oneshot::Sender<ControlResponse>),
+    Metrics(oneshot::Sender<ControlResponse>),
     Ping(oneshot::Sender<ControlResponse>),
     Add(oneshot::Sender<ControlResponse>),
     ExitStatus(oneshot::Sender<ControlResponse>),
@@ -165,6 +168,9 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     // The control socket comes last: a node that failed to start leaves none behind.
     let listener = socket::bind(&state.socket_path())?;
     let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(CONTROL_QUEUE);
+    if let Some(address) = options.metrics {
+        tokio::spawn(crate::metrics::serve(crate::metrics::bind(address).await?, control_tx.clone()));
+    }
     tokio::spawn(socket::serve(listener, control_tx));
 
     let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
@@ -400,6 +406,7 @@ impl App {
         let response = match request {
             ControlRequest::Status => return self.ask_data(DataCommand::QueryView, Pending::Status, reply),
             ControlRequest::Netcheck => return self.ask_data(DataCommand::QueryView, Pending::Netcheck, reply),
+            ControlRequest::Metrics => return self.ask_data(DataCommand::QueryView, Pending::Metrics, reply),
             ControlRequest::Ping { name, count } => match core.ping_target(&name) {
                 Ok((source, target)) => {
                     let count = count.clamp(1, 100) as u16;
@@ -487,6 +494,9 @@ impl App {
                     }
                     Some(Pending::Netcheck(reply)) => {
                         let _ = reply.send(ControlResponse::from_result(Ok(self.core.netcheck(&view))));
+                    }
+                    Some(Pending::Metrics(reply)) => {
+                        let _ = reply.send(ControlResponse::Ok(serde_json::Value::String(crate::metrics::render(&view))));
                     }
                     Some(other) => {
                         self.pending.insert(token, other);

@@ -15,6 +15,8 @@ pub enum ControlRequest {
     Status,
     /// `pal netcheck`: what this node found out about its network.
     Netcheck,
+    /// The Prometheus exposition (the metrics listener asks; the reply is a string).
+    Metrics,
     DeviceList,
     Log,
     Invite {

@@ -66,6 +66,9 @@ pub struct DataView {
     /// Birthday punches so far: attempts on the hard side, sprays and their probes on the
     /// easy side.
     pub punches: Punches,
+    /// Every counter of the device, in answers to queries only (the views the packet thread
+    /// pushes leave it zero, so that counting does not make a view new).
+    pub stats: protocol::DeviceStats,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -625,7 +625,8 @@ impl DataPlane {
             DataCommand::SetPeerNat(key, nat) => self.device.set_peer_nat(&key, nat, now),
             DataCommand::Connect(key) => self.device.connect(&key, now),
             DataCommand::QueryView(token) => {
-                let view = self.view(now);
+                let mut view = self.view(now);
+                view.stats = self.device.stats();
                 let _ = self.events.try_send(DataEvent::View { token, view });
             }
             DataCommand::Ping { token, source, target, count } => {
@@ -657,7 +658,7 @@ impl DataPlane {
         let nat = self.device.nat_kind().zip(self.device.reflexive_address());
         let stats = self.device.stats();
         let punches = commands::Punches { opened: stats.punch_opened, sprays: stats.punch_sprays, probes: stats.punch_probes };
-        DataView { peers, observed, nat, punches }
+        DataView { peers, observed, nat, punches, stats: protocol::DeviceStats::default() }
     }
 
     /// Sends the next echo request if due; reports when all replies are in or late.
