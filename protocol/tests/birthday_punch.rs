@@ -11,6 +11,8 @@
 //! (`poll_punch`), keeps the one whose answer authenticates, and plays the control plane by
 //! handing each device what the other said of its NAT.
 
+mod common;
+use common::Datagram;
 use protocol::birthday::{ATTEMPT_EVERY, NatKind, PeerNat, SPRAY_PROBES, reflector_of};
 use protocol::paths::PathKind;
 use protocol::testing::{VirtualNet, ipv4_udp_packet};
@@ -35,12 +37,6 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().expect("address")
 }
 
-struct Datagram {
-    at: Instant,
-    from: SocketAddr,
-    to: SocketAddr,
-    bytes: Vec<u8>,
-}
 
 /// A NAT in front of one device.
 enum Nat {
@@ -277,29 +273,7 @@ impl Net {
 }
 
 
-impl VirtualNet for Net {
-    fn now(&self) -> Instant {
-        self.now
-    }
-    fn set_now(&mut self, now: Instant) {
-        self.now = now;
-    }
-    fn flush(&mut self) {
-        Net::flush(self);
-    }
-    fn next_delivery(&self) -> Option<Instant> {
-        self.in_flight.iter().map(|d| d.at).min()
-    }
-    fn deliver_due(&mut self) {
-        while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
-            let datagram = self.in_flight.remove(index).expect("present");
-            self.deliver(datagram);
-        }
-    }
-    fn devices(&mut self) -> &mut [Device] {
-        &mut self.devices
-    }
-}
+virtual_net!(Net);
 
 #[test]
 fn the_nat_check_tells_an_endpoint_independent_nat_from_a_symmetric_one() {

@@ -3,6 +3,8 @@
 //! cut and restored; the relay can tamper with what it forwards. One Noise session between A
 //! and B carries everything, whichever path it takes.
 
+mod common;
+use common::Datagram;
 use protocol::paths::{DIRECT_TRUST, PROBE_INTERVAL, PathKind};
 use protocol::relay::{self, HopKey};
 use protocol::testing::{VirtualNet, ipv4_udp_packet};
@@ -16,12 +18,6 @@ const B: usize = 1;
 const R: usize = 2;
 const LATENCY: Duration = Duration::from_millis(2);
 
-struct Datagram {
-    at: Instant,
-    from: SocketAddr,
-    to: SocketAddr,
-    bytes: Vec<u8>,
-}
 
 /// What the relay does to each envelope it forwards (a test's tampering).
 type Tamper = Box<dyn FnMut(&mut Vec<u8>)>;
@@ -195,29 +191,7 @@ impl Net {
 }
 
 
-impl VirtualNet for Net {
-    fn now(&self) -> Instant {
-        self.now
-    }
-    fn set_now(&mut self, now: Instant) {
-        self.now = now;
-    }
-    fn flush(&mut self) {
-        Net::flush(self);
-    }
-    fn next_delivery(&self) -> Option<Instant> {
-        self.in_flight.iter().map(|d| d.at).min()
-    }
-    fn deliver_due(&mut self) {
-        while let Some(index) = self.in_flight.iter().position(|d| d.at <= self.now) {
-            let datagram = self.in_flight.remove(index).expect("present");
-            self.deliver(datagram);
-        }
-    }
-    fn devices(&mut self) -> &mut [Device] {
-        &mut self.devices
-    }
-}
+virtual_net!(Net);
 
 #[test]
 fn relay_carries_the_first_packet_when_no_direct_path_is_known() {
