@@ -316,7 +316,7 @@ impl Core {
             peers,
             dht_peers,
             nat: data.nat.map(|(kind, _)| kind.as_str().to_owned()),
-            punches: PunchCounts { opened: data.punches.opened, sprays: data.punches.sprays, probes: data.punches.probes },
+            punches: PunchCounts { opened: data.stats.punch_opened, sprays: data.stats.punch_sprays, probes: data.stats.punch_probes },
         }
     }
 

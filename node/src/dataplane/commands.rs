@@ -63,17 +63,8 @@ pub struct DataView {
     pub observed: Vec<SocketAddr>,
     /// What our NAT does and our public address as the relay sees it, once checked.
     pub nat: Option<(protocol::birthday::NatKind, SocketAddr)>,
-    /// Birthday punches so far: attempts on the hard side, sprays and their probes on the
-    /// easy side.
-    pub punches: Punches,
     /// Every counter of the device, in answers to queries only (the views the packet thread
     /// pushes leave it zero, so that counting does not make a view new).
     pub stats: protocol::DeviceStats,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Punches {
-    pub opened: u64,
-    pub sprays: u64,
-    pub probes: u64,
-}

@@ -377,41 +377,6 @@ impl DataPlane {
         }
     }
 
-    /// A datagram on a birthday punch's socket: the easy side's probe, through the one NAT
-    /// mapping it found. Once it authenticates, that socket is the peer's path (a connected
-    /// socket from now on) and the set's others close.
-    fn read_punch(&mut self, index: usize, now: Instant) {
-        let Some(socket) = self.punch.get(index) else { return };
-        let Ok((len, source)) = socket.recv_from(&mut self.io.udp_read[0]) else { return };
-        let source = SocketAddr::new(source.ip().to_canonical(), source.port());
-        self.on_datagram(source, 0, 0..len, now);
-        self.write_tun();
-        if !self.device.is_direct_endpoint(source, now) {
-            return;
-        }
-        let adopted = self.punch.take(index).and_then(|socket| self.out.connections.adopt(socket, source, now));
-        tracing::debug!(index, adopted = adopted.is_some(), "birthday punch: a socket heard the peer");
-        if let Some((slot, fd)) = adopted {
-            self.out.queue(slot).clear();
-            // Watched already, under its punch token.
-            if self.poller.modify(fd, CONNECTED + slot as u64, Interest::Read).is_err() {
-                self.out.connections.close(slot);
-            }
-        }
-    }
-
-    /// Relay duty's reflector: answers the NAT check's probes, a few per wakeup.
-    fn reflect(&mut self, now: Instant) {
-        let Some(socket) = self.reflector.as_ref() else { return };
-        for _ in 0..UDP_BATCH {
-            let Ok((len, source)) = socket.recv_from(&mut self.io.udp_read[0]) else { return };
-            let source = SocketAddr::new(source.ip().to_canonical(), source.port());
-            if let Some(answer) = self.device.reflect(source, &self.io.udp_read[0][..len], &mut self.io.scratch, now) {
-                let _ = socket.send_to(&self.io.scratch[..answer], connected::reachable_from(socket.local_addr().unwrap_or(source), source));
-            }
-        }
-    }
-
     /// Opens a socket connected to `remote` and watches it.
     fn connect(&mut self, remote: SocketAddr, now: Instant) {
         let Some((slot, fd)) = self.out.connections.open(remote, now) else { return };
@@ -578,14 +543,7 @@ impl DataPlane {
     /// packets that waited for a session.
     fn flush(&mut self, now: Instant) {
         // A birthday punch's probes leave before its go signal, which `poll_transmit` holds.
-        if let Some(open) = self.device.poll_punch(&mut self.io.scratch, now) {
-            let until = now + protocol::birthday::HOLD_SOCKETS;
-            let watch = self.punch.open(open.destination, &self.io.scratch[..open.len], open.sockets, until);
-            tracing::debug!(sockets = watch.len(), "birthday punch: mappings opened");
-            for (index, fd) in watch {
-                let _ = self.poller.add(fd, PUNCH + index as u64);
-            }
-        }
+        self.open_punch(now);
         while let Some(transmit) = self.device.poll_transmit(&mut self.io.scratch, now) {
             let datagram = quinn_udp::Transmit {
                 destination: transmit.destination,
@@ -656,9 +614,7 @@ impl DataPlane {
         observed.sort();
         observed.dedup();
         let nat = self.device.nat_kind().zip(self.device.reflexive_address());
-        let stats = self.device.stats();
-        let punches = commands::Punches { opened: stats.punch_opened, sprays: stats.punch_sprays, probes: stats.punch_probes };
-        DataView { peers, observed, nat, punches, stats: protocol::DeviceStats::default() }
+        DataView { peers, observed, nat, stats: protocol::DeviceStats::default() }
     }
 
     /// Sends the next echo request if due; reports when all replies are in or late.

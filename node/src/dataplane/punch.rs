@@ -5,7 +5,9 @@
 //! the path) and the rest close. Unanswered, they all close after
 //! [`protocol::birthday::HOLD_SOCKETS`].
 
-use super::connected::new_socket;
+use super::connected::{self, new_socket};
+use super::poller::Interest;
+use super::{CONNECTED, DataPlane, PUNCH, UDP_BATCH};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -67,8 +69,59 @@ impl PunchSockets {
         self.until = None;
     }
 
+    #[cfg(test)]
     pub fn open_count(&self) -> usize {
         self.sockets.iter().flatten().count()
+    }
+}
+
+/// The packet thread's side: opening a set when the device asks, its answers, and relay
+/// duty's reflector (the NAT check the punch rests on).
+impl DataPlane {
+    /// Opens the hard side's sockets when the device starts an attempt.
+    pub(super) fn open_punch(&mut self, now: Instant) {
+        let Some(open) = self.device.poll_punch(&mut self.io.scratch, now) else { return };
+        let until = now + protocol::birthday::HOLD_SOCKETS;
+        let watch = self.punch.open(open.destination, &self.io.scratch[..open.len], open.sockets, until);
+        tracing::debug!(sockets = watch.len(), "birthday punch: mappings opened");
+        for (index, fd) in watch {
+            let _ = self.poller.add(fd, PUNCH + index as u64);
+        }
+    }
+
+    /// A datagram on a birthday punch's socket: the easy side's probe, through the one NAT
+    /// mapping it found. Once it authenticates, that socket is the peer's path (a connected
+    /// socket from now on) and the set's others close.
+    pub(super) fn read_punch(&mut self, index: usize, now: Instant) {
+        let Some(socket) = self.punch.get(index) else { return };
+        let Ok((len, source)) = socket.recv_from(&mut self.io.udp_read[0]) else { return };
+        let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+        self.on_datagram(source, 0, 0..len, now);
+        self.write_tun();
+        if !self.device.is_direct_endpoint(source, now) {
+            return;
+        }
+        let adopted = self.punch.take(index).and_then(|socket| self.out.connections.adopt(socket, source, now));
+        tracing::debug!(index, adopted = adopted.is_some(), "birthday punch: a socket heard the peer");
+        if let Some((slot, fd)) = adopted {
+            self.out.queue(slot).clear();
+            // Watched already, under its punch token.
+            if self.poller.modify(fd, CONNECTED + slot as u64, Interest::Read).is_err() {
+                self.out.connections.close(slot);
+            }
+        }
+    }
+
+    /// Relay duty's reflector: answers the NAT check's probes, a few per wakeup.
+    pub(super) fn reflect(&mut self, now: Instant) {
+        let Some(socket) = self.reflector.as_ref() else { return };
+        for _ in 0..UDP_BATCH {
+            let Ok((len, source)) = socket.recv_from(&mut self.io.udp_read[0]) else { return };
+            let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+            if let Some(answer) = self.device.reflect(source, &self.io.udp_read[0][..len], &mut self.io.scratch, now) {
+                let _ = socket.send_to(&self.io.scratch[..answer], connected::reachable_from(socket.local_addr().unwrap_or(source), source));
+            }
+        }
     }
 }
 

@@ -732,8 +732,8 @@ fn status_shows_each_peer_its_path_and_control_link() {
     let stats = protocol::TunnelStats { rx_bytes: 5, tx_bytes: 6, ..Default::default() };
     views.insert(phone_key, node::dataplane::PeerView { stats, endpoint: None, path: protocol::paths::PathKind::Direct });
     let nat = Some((protocol::birthday::NatKind::EndpointDependent, "198.51.100.9:4000".parse().expect("address")));
-    let punches = node::dataplane::commands::Punches { opened: 3, sprays: 0, probes: 0 };
-    let status = sim.nodes[0].core.status(&node::dataplane::DataView { peers: views, nat, punches, ..Default::default() }, 2);
+    let stats = protocol::DeviceStats { punch_opened: 3, ..Default::default() };
+    let status = sim.nodes[0].core.status(&node::dataplane::DataView { peers: views, nat, stats, ..Default::default() }, 2);
     assert_eq!(status.nat.as_deref(), Some("endpoint-dependent"));
     assert_eq!(status.punches.opened, 3);
     assert_eq!(status.device.name.as_deref(), Some(sim.nodes[0].name.as_str()));

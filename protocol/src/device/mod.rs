@@ -9,12 +9,13 @@
 //! reply, no state (DP-07, DP-12). On CloudPal it also does relay duty: forwarding envelopes
 //! between members ([`crate::relay`]).
 
+mod handshakes;
 mod punching;
 mod relaying;
+use handshakes::LoadMeter;
 pub use punching::PunchOpen;
 use crate::birthday::{Birthday, PeerNat};
 use crate::cookie::MacChecker;
-use crate::handshake::ReceivedInitiation;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
 use crate::paths::{PathKind, Paths, Route};
 use crate::relay::{self, HopKey, RELAY_HEADER_LEN, ShortId};
@@ -202,13 +203,6 @@ enum Via {
 /// Probes and pongs queued at most (a probe round for every peer fits).
 const MAX_QUEUED_CONTROL: usize = 1024;
 
-/// Handshake messages counted per one-second window; "under load" lasts into the next window.
-#[derive(Debug, Default)]
-struct LoadMeter {
-    window_start: Option<Instant>,
-    count: u32,
-    previous: u32,
-}
 
 impl Device {
     pub fn new(config: DeviceConfig, seed: [u8; 32]) -> Self {
@@ -655,76 +649,6 @@ impl Device {
         self.hop_keepalive(out, now)
     }
 
-    // ---- handshakes ------------------------------------------------------------------------
-
-    fn receive_initiation(
-        &mut self,
-        source: SocketAddr,
-        via: Via,
-        initiation: &wire::Initiation<'_>,
-        now: Instant,
-    ) -> Result<Received, Error> {
-        if !self.handshake_message_admitted(source, initiation.bytes, initiation.sender, now)? {
-            return Ok(Received::Nothing);
-        }
-        let mut seed = [0u8; 32];
-        self.rng.fill_bytes(&mut seed);
-        let received = ReceivedInitiation::read(&self.static_secret, &self.psk, initiation, seed)
-            .inspect_err(|_| self.stats.rx_handshake_failed += 1)
-            .map_err(|_| Error::HandshakeFailed)?;
-        let key = received.initiator;
-        let Some(peer) = self.peers.get_mut(&key) else {
-            self.stats.rx_unknown_peer += 1;
-            return Err(Error::UnknownPeer);
-        };
-        if !(self.authorize)(&key) {
-            self.stats.rx_unauthorized += 1;
-            return Err(Error::NotAuthorized);
-        }
-        let result = peer.tunnel.handle_initiation(received, now);
-        if result.is_ok() {
-            match via {
-                Via::Direct => peer.paths.heard_direct(source, now),
-                Via::Relay => peer.paths.heard_relay(now),
-            }
-        }
-        self.sync_peer(&key, now);
-        result.map(|()| Received::Nothing)
-    }
-
-    /// The DoS gate for handshake messages: mac1 always; under load, mac2 (else a cookie
-    /// reply) and the per-source rate limit. `Ok(false)`: answered with a cookie, stop here.
-    fn handshake_message_admitted(
-        &mut self,
-        source: SocketAddr,
-        bytes: &[u8],
-        sender: ReceiverIndex,
-        now: Instant,
-    ) -> Result<bool, Error> {
-        if !self.macs.mac1_is_valid(bytes) {
-            self.stats.rx_invalid_mac1 += 1;
-            return Err(Error::InvalidMac1);
-        }
-        if self.load.record(now) <= self.under_load_threshold {
-            return Ok(true);
-        }
-        if !self.macs.mac2_is_valid(bytes, source, now) {
-            if self.cookie_replies.len() < MAX_QUEUED_COOKIE_REPLIES {
-                let (nonce, sealed) = self.macs.make_cookie_reply(bytes, source, now, &mut self.rng);
-                let mut reply = [0u8; COOKIE_REPLY_LEN];
-                wire::emit_cookie_reply(&mut reply, sender, &nonce, &sealed);
-                self.cookie_replies.push_back((source, reply));
-                self.stats.cookie_replies_sent += 1;
-            }
-            return Ok(false);
-        }
-        if !self.limiter.allow(source.ip(), now) {
-            self.stats.rx_rate_limited += 1;
-            return Err(Error::RateLimited);
-        }
-        Ok(true)
-    }
-
     /// After any call into a peer's tunnel: apply its index changes, top up its spare index,
     /// and note whether it has something to send.
     fn sync_peer(&mut self, key: &StaticPublic, now: Instant) {
@@ -791,26 +715,6 @@ impl From<Control> for wire::PathControl {
     }
 }
 
-impl LoadMeter {
-    /// Counts one handshake message; returns the busier of this window and the last.
-    fn record(&mut self, now: Instant) -> u32 {
-        match self.window_start {
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {}
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(2) => {
-                self.previous = self.count;
-                self.count = 0;
-                self.window_start = Some(now);
-            }
-            _ => {
-                self.previous = 0;
-                self.count = 0;
-                self.window_start = Some(now);
-            }
-        }
-        self.count = self.count.saturating_add(1);
-        self.count.max(self.previous)
-    }
-}
 
 impl core::fmt::Debug for Device {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
