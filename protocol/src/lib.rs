@@ -12,6 +12,7 @@
 pub mod birthday;
 pub mod cookie;
 pub mod device;
+pub mod fallback;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod handshake;

@@ -38,6 +38,9 @@ pub enum Route {
 pub enum PathKind {
     Direct,
     Relay,
+    /// Through the relay over the TCP/443 fallback ([`crate::fallback`]); the device says so,
+    /// [`Paths`] never does.
+    RelayTcp,
     None,
 }
 

@@ -15,6 +15,7 @@ mod relaying;
 use handshakes::LoadMeter;
 pub use punching::PunchOpen;
 use crate::birthday::{Birthday, PeerNat};
+use crate::fallback::RelayHop;
 use crate::cookie::MacChecker;
 use crate::keys::{PresharedKey, StaticPublic, StaticSecret};
 use crate::paths::{PathKind, Paths, Route};
@@ -155,6 +156,13 @@ pub struct Device {
     punch_open: Option<(StaticPublic, SocketAddr)>,
     /// The attempt whose sockets are open: with whom, until when.
     punching: Option<(StaticPublic, Instant)>,
+    /// The hop to the relay: UDP, or the TCP/443 fallback's stream ([`crate::fallback`]).
+    hop: RelayHop,
+    /// The datagram being decapsulated came over the stream.
+    rx_over_stream: bool,
+    /// The time of the last timer run (whether the relay's session is live, for the hop's
+    /// next timer).
+    last_hop_now: Instant,
 }
 
 struct Peer {
@@ -191,6 +199,8 @@ enum Control {
     Probe(u64),
     Pong(u64, Option<SocketAddr>),
     Punch(u64),
+    /// A probe to the relay's UDP address that never goes over the stream.
+    UdpCheck(u64),
 }
 
 /// Whence a datagram came.
@@ -241,6 +251,9 @@ impl Device {
             nat: punching::NatCheck::default(),
             punch_open: None,
             punching: None,
+            hop: RelayHop::default(),
+            rx_over_stream: false,
+            last_hop_now: config.clock.anchor,
         }
     }
 
@@ -352,7 +365,11 @@ impl Device {
 
     /// The path the peer's traffic takes now.
     pub fn peer_path(&self, key: &StaticPublic, now: Instant) -> PathKind {
-        self.peers.get(key).map_or(PathKind::None, |p| p.paths.kind(now, self.relays_to(key)))
+        let Some(peer) = self.peers.get(key) else { return PathKind::None };
+        let kind = peer.paths.kind(now, self.relays_to(key));
+        let over_stream = self.hop.over_stream()
+            && self.relay.as_ref().is_some_and(|relay| kind == PathKind::Relay || (relay.key == *key && peer.paths.direct() == Some(relay.address)));
+        if over_stream && kind != PathKind::None { PathKind::RelayTcp } else { kind }
     }
 
     /// Sends through the relay at `address` (CloudPal, itself a peer with `key`) whenever no
@@ -363,6 +380,9 @@ impl Device {
             let seen = self.relay.as_ref().filter(|old| old.key == key).map(|old| old.seen.clone()).unwrap_or_default();
             RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key), seen }
         });
+        let stream = self.hop.stream();
+        self.hop = RelayHop::default();
+        self.hop.set_stream(stream, now);
         self.recheck_nat(now);
         let stalled: Vec<StaticPublic> = self.peers.iter().filter(|(_, p)| p.stalled).map(|(k, _)| *k).collect();
         for key in stalled {
@@ -465,6 +485,16 @@ impl Device {
         out: &mut [u8],
         now: Instant,
     ) -> Result<Received, Error> {
+        // From the TCP fallback's stream: as if from the relay's UDP address (but not proof
+        // that UDP works).
+        self.rx_over_stream = false;
+        let source = match &self.relay {
+            Some(relay) if self.hop.stream() == Some(source) => {
+                self.rx_over_stream = true;
+                relay.address
+            }
+            _ => source,
+        };
         if relay::is_envelope(datagram) {
             return self.receive_envelope(source, datagram, out, now);
         }
@@ -502,9 +532,13 @@ impl Device {
             return Err(Error::UnknownReceiverIndex);
         };
         let result = peer.tunnel.handle_message(message, out, now);
+        let over_stream = self.rx_over_stream;
         if let Ok(outcome) = &result
             && outcome.is_authenticated()
         {
+            if !over_stream && self.relay.as_ref().is_some_and(|relay| relay.address == source) {
+                self.hop.heard_udp();
+            }
             match via {
                 // A datagram from an overlay address came through a tunnel: not a path.
                 Via::Direct if nested || reflected => {}
@@ -539,6 +573,8 @@ impl Device {
                         self.control.push_back((key, route, Control::Pong(id, observed)));
                     }
                     Some(wire::PathControl::Probe(_)) => {}
+                    // Over the stream, the relay sees the stream's far end, not us.
+                    Some(wire::PathControl::Pong(_, Some(_))) if over_stream => {}
                     Some(wire::PathControl::Pong(_, Some(observed))) if self.relay.as_ref().is_some_and(|r| r.key == key) => {
                         relay_saw = Some(observed);
                     }
@@ -588,6 +624,7 @@ impl Device {
             self.sync_peer(&key, now);
         }
         self.check_nat(now);
+        self.poll_hop(now);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -597,6 +634,7 @@ impl Device {
             .flatten()
             .chain(self.relay_keepalive_due())
             .chain(self.nat_check_due())
+            .chain(self.hop_due())
             .min()
     }
 
@@ -611,10 +649,14 @@ impl Device {
             let len = wire::emit_path_control(&mut message, control.into());
             let Some(peer) = self.peers.get_mut(&key) else { continue };
             let Ok(buffer) = inner_buffer(route, out) else { continue };
-            if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now)
-                && let Some(transmit) = self.wrap(route, &key, out, sealed, now)
-            {
-                return Some(transmit);
+            if let Ok(Some(sealed)) = peer.tunnel.encapsulate_control(&message[..len], buffer, now) {
+                let transmit = match (control, route) {
+                    (Control::UdpCheck(_), Route::Direct(destination)) => Some(Transmit { destination, len: sealed }),
+                    _ => self.wrap(route, &key, out, sealed, now),
+                };
+                if let Some(transmit) = transmit {
+                    return Some(transmit);
+                }
             }
         }
         while let Some(key) = self.wants_transmit.first().copied() {
@@ -711,6 +753,7 @@ impl From<Control> for wire::PathControl {
             Control::Probe(id) => wire::PathControl::Probe(id),
             Control::Pong(id, observed) => wire::PathControl::Pong(id, observed),
             Control::Punch(id) => wire::PathControl::Punch(id),
+            Control::UdpCheck(id) => wire::PathControl::Probe(id),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! moving an endpoint only for a member's newest envelope, and resealing for the next hop.
 
 use super::{Device, DeviceStats, Peer, Received, Route, Via};
+use crate::fallback::HopAction;
 use crate::relay::{self, RELAY_HEADER_LEN, ShortId};
 use crate::{Error, StaticPublic, Transmit};
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ impl Device {
                 if self.relay.as_ref().is_some_and(|relay| relay.address == destination) {
                     self.relay_sent_at = Some(now);
                 }
-                Some(Transmit { destination, len })
+                Some(Transmit { destination: self.hop_destination(destination, true, now), len })
             }
             Route::Relay => self.seal_to_relay(ShortId::of(key), out, len, now),
         }
@@ -32,8 +33,78 @@ impl Device {
         let epoch = self.id_epoch(now);
         let relay = self.relay.as_ref()?;
         relay::seal(out.get_mut(..RELAY_HEADER_LEN + len)?, Some(destination), counter, epoch, &relay.hop);
+        let address = relay.address;
         self.relay_sent_at = Some(now);
-        Some(Transmit { destination: relay.address, len: RELAY_HEADER_LEN + len })
+        // A hop keepalive (nothing inside) is the one thing nobody answers.
+        Some(Transmit { destination: self.hop_destination(address, len > 0, now), len: RELAY_HEADER_LEN + len })
+    }
+
+    /// Where a datagram for `destination` goes: the stream, for the relay's UDP address while
+    /// the hop runs over it. One that expects an answer (`answered`) and goes to the relay over
+    /// UDP starts the hop's clock ([`crate::fallback`]).
+    fn hop_destination(&mut self, destination: SocketAddr, answered: bool, now: Instant) -> SocketAddr {
+        if self.relay.as_ref().is_none_or(|relay| relay.address != destination) {
+            return destination;
+        }
+        if self.hop.over_stream() {
+            return self.hop.destination(destination);
+        }
+        if answered {
+            self.hop.sent_udp(now);
+        }
+        destination
+    }
+
+    /// The TCP fallback's stream to the relay came up (the address its datagrams come from and
+    /// go to) or went down.
+    pub fn set_relay_stream(&mut self, stream: Option<SocketAddr>, now: Instant) {
+        self.hop.set_stream(stream, now);
+    }
+
+    /// Whether the node should bring the stream up (or keep it): UDP to the relay fails, or
+    /// the hop runs over it.
+    pub fn relay_stream_wanted(&self, now: Instant) -> bool {
+        self.relay.is_some() && self.hop.wants_stream(now, self.relay_session(now))
+    }
+
+    /// Whether the hop to the relay runs over the stream now.
+    pub fn relay_over_stream(&self) -> bool {
+        self.relay.is_some() && self.hop.over_stream()
+    }
+
+    fn relay_session(&self, now: Instant) -> bool {
+        self.relay.as_ref().is_some_and(|relay| self.peer_has_session(&relay.key, now))
+    }
+
+    pub(super) fn hop_due(&self) -> Option<Instant> {
+        self.relay.as_ref()?;
+        self.hop.poll_timeout(self.relay_session(self.last_hop_now))
+    }
+
+    /// The hop's timers: a UDP check probe, or the move to the stream (after which handshakes
+    /// under way go again at once, over it, rather than after WireGuard's 5 s retry).
+    pub(super) fn poll_hop(&mut self, now: Instant) {
+        self.last_hop_now = now;
+        let Some(relay) = self.relay.as_ref() else { return };
+        let (key, address) = (relay.key, relay.address);
+        match self.hop.poll(now, self.relay_session(now)) {
+            Some(HopAction::ProbeUdp) => {
+                if self.control.len() < super::MAX_QUEUED_CONTROL {
+                    self.next_probe_id += 1;
+                    self.control.push_back((key, Route::Direct(address), super::Control::UdpCheck(self.next_probe_id)));
+                }
+            }
+            Some(HopAction::MovedToStream) => {
+                let waiting: Vec<StaticPublic> = self.peers.iter().filter(|(_, p)| !p.tunnel.has_session(now)).map(|(k, _)| *k).collect();
+                for key in waiting {
+                    if let Some(peer) = self.peers.get_mut(&key) {
+                        peer.tunnel.retry_handshake(now);
+                    }
+                    self.sync_peer(&key, now);
+                }
+            }
+            None => {}
+        }
     }
 
     /// Holds the NAT mapping toward the relay open: a hop keepalive after `every` of silence
@@ -47,6 +118,10 @@ impl Device {
     pub(super) fn relay_keepalive_due(&self) -> Option<Instant> {
         let every = self.relay_keepalive?;
         self.relay.as_ref()?;
+        // The stream needs no NAT mapping held open for it.
+        if self.hop.over_stream() {
+            return None;
+        }
         // Never sent: due at once (the caller's `now`).
         Some(self.relay_sent_at.map_or(self.clock.anchor, |at| at + every))
     }
