@@ -64,6 +64,10 @@ enum Command {
         /// address or a name. Off by default.
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        /// CloudPal: where to serve the TCP/TLS fallback for networks that block UDP (default
+        /// [::]:443), or `off`.
+        #[arg(long, value_name = "ADDR:PORT|off")]
+        tcp_listen: Option<String>,
     },
     /// Manage the network's devices.
     Device {
@@ -258,8 +262,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics } => {
-            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload, port_spray: !no_port_spray, metrics })
+        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen } => {
+            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload, port_spray: !no_port_spray, metrics, tcp_listen })
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),

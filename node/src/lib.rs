@@ -4,6 +4,7 @@
 //!   driven by `handle_*` calls and read through `poll_action` / `poll_timeout`;
 //! - [`p2p`]: the swarm builder, behaviour, codec, and the driver between swarm and core;
 //! - [`dataplane`]: the packet thread (epoll, UDP batches, connected sockets, TUN);
+//! - [`relaylink`]: the TCP/TLS-443 fallback to CloudPal (a libp2p transport, the data link);
 //! - [`control_api`]: typed local requests and replies, and the Unix socket;
 //! - [`enrol`]: `init`, `join`, `request` and the code formats;
 //! - [`app`]: `pal up` — builds the cores, runs the loop, shuts down; [`clock`] and
@@ -19,6 +20,7 @@ pub mod enrol;
 pub mod exit;
 pub mod p2p;
 pub mod metrics;
+pub mod relaylink;
 pub mod statedir;
 
 /// The version every `pal` binary reports.

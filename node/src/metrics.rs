@@ -30,7 +30,7 @@ pub fn render(view: &DataView) -> String {
         "peer_paths",
         "gauge",
         "Peers by the path their traffic takes now.",
-        &[("{path=\"direct\"}", count(PathKind::Direct)), ("{path=\"relay\"}", count(PathKind::Relay)), ("{path=\"none\"}", count(PathKind::None))],
+        &[("{path=\"direct\"}", count(PathKind::Direct)), ("{path=\"relay\"}", count(PathKind::Relay)), ("{path=\"relay-tcp\"}", count(PathKind::RelayTcp)), ("{path=\"none\"}", count(PathKind::None))],
     );
     let sum = |field: fn(&protocol::TunnelStats) -> u64| peers.clone().map(|p| field(&p.stats)).sum::<u64>();
     metric("rx_bytes_total", "counter", "Bytes received from peers, tunnel overhead included.", &[("", sum(|s| s.rx_bytes))]);

@@ -218,7 +218,7 @@ fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<()> {
     write_private(path, bytes)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)

@@ -17,10 +17,11 @@ pub struct Flags {
     pub offload: bool,
     pub port_spray: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    pub tcp_listen: Option<String>,
 }
 
 pub fn run(state: StateDir, flags: Flags) -> anyhow::Result<()> {
-    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload, port_spray, metrics } = flags;
+    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload, port_spray, metrics, tcp_listen } = flags;
     let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("PAL_LOG").ok().as_deref()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
@@ -46,8 +47,15 @@ pub fn run(state: StateDir, flags: Flags) -> anyhow::Result<()> {
     if dns_ca.is_some() && !cloudpal {
         anyhow::bail!("--dns-ca is for a CloudPal's resolver: add --cloudpal");
     }
+    let tcp_listen = match tcp_listen.as_deref() {
+        Some(_) if !cloudpal => anyhow::bail!("--tcp-listen is for a CloudPal: add --cloudpal"),
+        Some("off") => None,
+        Some(text) => Some(text.parse::<SocketAddr>().with_context(|| format!("--tcp-listen {text:?} is not ADDR:PORT or off"))?),
+        None if cloudpal => Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, node::relaylink::DEFAULT_PORT))),
+        None => None,
+    };
     let block_list_refresh = std::time::Duration::from_secs(super::parse_duration("--block-list-refresh", &block_list_refresh)?);
-    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, port_spray, metrics, egress_pool, dns_ca, block_list_refresh };
+    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, port_spray, metrics, egress_pool, dns_ca, block_list_refresh, tcp_listen };
     // The control plane is light: one thread. The data plane starts its own (node::dataplane).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))

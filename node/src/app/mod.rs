@@ -65,6 +65,8 @@ pub struct UpOptions {
     pub dns_ca: Option<std::path::PathBuf>,
     /// CloudPal: how often block lists are read and fetched again.
     pub block_list_refresh: Duration,
+    /// CloudPal: where the TCP/TLS fallback listens (`None`: off).
+    pub tcp_listen: Option<SocketAddr>,
 }
 
 /// A local request waiting for the data plane or the network.
@@ -90,6 +92,10 @@ enum HostWork {
 /// The shell's state besides the swarm: the core, the driver, the data plane's queue, the
 /// host's exit setup, and the local requests under way.
 struct App {
+    /// The data plane's socket address (where the TCP fallback's loopback end sends).
+    data_local: SocketAddr,
+    /// The TCP fallback's data link to CloudPal, while the data plane wants it.
+    link: Option<DataLink>,
     core: Core,
     driver: Driver,
     data: DataSender,
@@ -152,9 +158,18 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     } else {
         None
     };
+    let data_local = udp.local_addr()?;
+    // CloudPal: the TCP/TLS fallback, its socket bound once for every swarm to come (a new
+    // identity epoch builds a new swarm).
+    let fallback = match options.tcp_listen {
+        Some(listen) if options.cloudpal => serve_fallback(&state, listen, data_local)
+            .inspect_err(|error| tracing::warn!("no TCP fallback on {listen} ({error:#}): devices on networks that block UDP cannot reach this CloudPal"))
+            .ok(),
+        _ => None,
+    };
     let gate = Gate::default();
     let mut epoch = p2p::identity_epoch(clock::unix_secs());
-    let mut swarm = node_swarm(&identity.libp2p, epoch, &options, &gate, &network)?;
+    let mut swarm = node_swarm(&identity.libp2p, epoch, &options, &gate, &network, fallback.as_ref())?;
 
     let tun_config = dataplane::TunConfig { name: options.tun_name.clone(), ipv4: my_record.overlay_ipv4, ipv6: my_record.overlay_ipv6, offload: options.offload };
     let (events_tx, mut events) = mpsc::channel(dataplane::EVENT_QUEUE);
@@ -162,7 +177,8 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
-    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone(), dns_on: state.dns_on() };
+    let announced = fallback.as_ref().map(|f| (f.listen, f.certhash));
+    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone(), dns_on: state.dns_on(), fallback: announced };
     let core = Core::new(config, store, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
 
     // The control socket comes last: a node that failed to start leaves none behind.
@@ -174,7 +190,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     tokio::spawn(socket::serve(listener, control_tx));
 
     let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
-    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None, data_local, link: None };
     // CloudPal: the network's resolver on the overlay addresses.
     let (resolved_tx, mut resolved) = mpsc::channel(256);
     if options.cloudpal {
@@ -214,6 +230,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
             event = swarm.select_next_some() => app.driver.handle_event(&mut app.core, &mut swarm, event, clock::now()),
             Some((request, reply)) = control_rx.recv() => app.on_control(request, reply, clock::now()),
             Some(event) = events.recv() => app.on_data_event(&mut swarm, event),
+            event = next_link_event(&mut app.link) => app.on_link_event(event),
             Some(found) = resolved.recv() => app.host_work.push(HostWork::Resolved(found)),
             _ = timer => app.core.handle_timeout(clock::now()),
             _ = rotation => {
@@ -221,7 +238,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
                 epoch = p2p::identity_epoch(clock::unix_secs()).max(epoch + 1);
                 say_goodbye(&mut swarm).await;
                 drop(swarm);
-                swarm = rebuild_swarm(&identity.libp2p, epoch, &options, &gate, &network).await?;
+                swarm = rebuild_swarm(&identity.libp2p, epoch, &options, &gate, &network, fallback.as_ref()).await?;
                 app.driver = Driver::new(gate.clone());
                 app.core.handle_identity_changed(*swarm.local_peer_id(), clock::now());
                 tracing::info!("control-plane identity rotated");
@@ -242,9 +259,34 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     Ok(())
 }
 
-/// The node's swarm for identity epoch `epoch`, listening on TCP at the data port.
-fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
-    let mut swarm = p2p::build_for_epoch(seed, epoch, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, gate, network))?;
+/// CloudPal's TCP/TLS fallback: its certificate (made once, kept in the state directory), and
+/// its socket.
+#[derive(Debug)]
+struct Fallback {
+    serving: crate::relaylink::transport::Serving,
+    listen: SocketAddr,
+    certhash: [u8; 32],
+}
+
+fn serve_fallback(state: &StateDir, listen: SocketAddr, data: SocketAddr) -> Result<Fallback> {
+    let identity = crate::relaylink::tls::load_or_create(state.root())?;
+    let config = crate::relaylink::tls::server_config(&identity)?;
+    let listener = crate::relaylink::transport::bind(listen).context("cannot listen (is the port taken, or is this not root?)")?;
+    let listen = listener.local_addr()?;
+    let serving = crate::relaylink::transport::Serving { config, data, listener: std::sync::Arc::new(listener) };
+    tracing::info!(port = listen.port(), "TCP fallback up");
+    Ok(Fallback { serving, listen, certhash: identity.certhash })
+}
+
+/// The node's swarm for identity epoch `epoch`, listening on TCP at the data port (and, on
+/// CloudPal, serving the fallback).
+fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId, fallback: Option<&Fallback>) -> Result<Swarm<Behaviour>> {
+    let serving = fallback.map(|f| f.serving.clone());
+    let mut swarm = p2p::build_for_epoch(seed, epoch, serving, |key, relay_client| p2p::node_behaviour(key, relay_client, options.cloudpal, gate, network))?;
+    if let Some(fallback) = fallback {
+        let address = crate::control::addr::socket_multiaddr(fallback.listen, false).with(libp2p::multiaddr::Protocol::Tls);
+        swarm.listen_on(address).context("cannot serve the TCP fallback")?;
+    }
     // libp2p's IPv6 sockets are IPv6-only: `[::]` (the default) takes an IPv4 listener beside
     // them (the data socket is dual-stack).
     let mut ips = vec![options.listen.ip()];
@@ -259,10 +301,10 @@ fn node_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, net
 }
 
 /// A new swarm on the same ports, once the old one has let go of them.
-async fn rebuild_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId) -> Result<Swarm<Behaviour>> {
+async fn rebuild_swarm(seed: &[u8; 32], epoch: u64, options: &UpOptions, gate: &Gate, network: &membership::NetworkId, fallback: Option<&Fallback>) -> Result<Swarm<Behaviour>> {
     let mut last = None;
     for _ in 0..50 {
-        match node_swarm(seed, epoch, options, gate, network) {
+        match node_swarm(seed, epoch, options, gate, network, fallback) {
             Ok(swarm) => return Ok(swarm),
             Err(error) => last = Some(error),
         }
@@ -285,7 +327,60 @@ async fn say_goodbye(swarm: &mut Swarm<Behaviour>) {
     .await;
 }
 
+#[derive(Debug)]
+struct DataLink {
+    task: tokio::task::JoinHandle<()>,
+    events: mpsc::Receiver<crate::relaylink::link::LinkEvent>,
+}
+
+impl Drop for DataLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The data link's next event; never, while there is none.
+async fn next_link_event(link: &mut Option<DataLink>) -> crate::relaylink::link::LinkEvent {
+    match link {
+        Some(link) => match link.events.recv().await {
+            Some(event) => event,
+            None => futures::future::pending().await,
+        },
+        None => futures::future::pending().await,
+    }
+}
+
 impl App {
+    /// The data plane wants the TCP fallback's stream to CloudPal (UDP to it goes unanswered),
+    /// or no longer does (UDP works again).
+    fn want_link(&mut self, wanted: bool) {
+        if !wanted {
+            if self.link.take().is_some() {
+                self.command(DataCommand::SetRelayStream(None));
+                tracing::info!("data back on UDP");
+            }
+            return;
+        }
+        if self.link.is_some() {
+            return;
+        }
+        let Some(target) = self.core.relay_fallback() else {
+            tracing::debug!("UDP to CloudPal fails, and it announced no TCP fallback");
+            return;
+        };
+        let (events_tx, events) = mpsc::channel(4);
+        let task = tokio::spawn(crate::relaylink::link::run_client(target, self.data_local, events_tx));
+        self.link = Some(DataLink { task, events });
+    }
+
+    fn on_link_event(&mut self, event: crate::relaylink::link::LinkEvent) {
+        use crate::relaylink::link::LinkEvent;
+        match event {
+            LinkEvent::Up(stream) => self.command(DataCommand::SetRelayStream(Some(stream))),
+            LinkEvent::Down => self.command(DataCommand::SetRelayStream(None)),
+        }
+    }
+
     /// Carries out everything the core asked for.
     fn drain(&mut self, swarm: &mut Swarm<Behaviour>, time: Time) {
         while let Some(action) = self.core.poll_action() {
@@ -505,6 +600,7 @@ impl App {
                 }
                 self.core.handle_data_view(view);
             }
+            DataEvent::RelayStream { wanted } => self.want_link(wanted),
             DataEvent::PingDone { token, report } => match self.pending.remove(&token) {
                 Some(Pending::Ping(reply)) => {
                     let _ = reply.send(ControlResponse::from_result(Ok(report)));

@@ -81,6 +81,9 @@ pub struct Config {
     pub egress_pool: Vec<membership::IpNet>,
     /// `pal dns on` was given before (persisted by the shell).
     pub dns_on: bool,
+    /// CloudPal: where the TCP/TLS fallback listens, and its certificate's SHA-256; announced
+    /// beside every plain TCP listen address ([`crate::relaylink`]).
+    pub fallback: Option<(SocketAddr, [u8; 32])>,
 }
 
 /// A dial the swarm should make.
@@ -169,6 +172,8 @@ pub const DUPLICATE_GRACE: Duration = Duration::from_secs(10);
 struct Link {
     peer: PeerId,
     relayed: bool,
+    /// Over the TCP/TLS fallback: kept only while no plain connection is there.
+    fallback: bool,
     /// We dialled it.
     ours: bool,
     order: u64,
@@ -199,6 +204,8 @@ pub struct Core {
     binding: Binding,
     data_port: u16,
     cloudpal: bool,
+    /// Where CloudPal's TCP/TLS fallback listens, and its certificate's hash.
+    fallback: Option<(SocketAddr, [u8; 32])>,
     store: Store,
     rng: ChaCha20Rng,
     timers: Timers,
@@ -302,6 +309,7 @@ impl Core {
             binding,
             data_port: config.data_port,
             cloudpal: config.cloudpal,
+            fallback: config.fallback,
             store,
             rng,
             timers: Timers::new(time.now),
@@ -402,6 +410,9 @@ impl Core {
         if self.cloudpal && self.dialable(&address) {
             self.push(Action::AddExternalAddress(address.clone()));
         }
+        if let Some(sibling) = self.fallback_sibling(&address) {
+            self.handle_new_listen_addr(sibling);
+        }
         if self.listen_addrs.insert(address) {
             for dial in std::mem::take(&mut self.held_dials) {
                 self.push(Action::Dial(dial));
@@ -420,6 +431,9 @@ impl Core {
     /// the core redials from the addresses we still have. A connection known to be on another
     /// of our addresses stays.
     pub fn handle_expired_listen_addr(&mut self, address: Multiaddr) {
+        if let Some(sibling) = self.fallback_sibling(&address) {
+            self.listen_addrs.remove(&sibling);
+        }
         if !self.listen_addrs.remove(&address) || !self.dialable(&address) {
             return;
         }
@@ -434,6 +448,33 @@ impl Core {
             self.push(Action::CloseConnection(id));
         }
         self.timers.news(self.last_now, "a listen address went");
+    }
+
+    /// CloudPal's fallback address beside a plain TCP listen address at the data port (where
+    /// the fallback listens on that address, or on every address).
+    fn fallback_sibling(&self, address: &Multiaddr) -> Option<Multiaddr> {
+        let (listen, certhash) = self.fallback?;
+        let mut parts = address.iter();
+        let ip = match parts.next()? {
+            libp2p::multiaddr::Protocol::Ip4(ip) => IpAddr::V4(ip),
+            libp2p::multiaddr::Protocol::Ip6(ip) => IpAddr::V6(ip),
+            _ => return None,
+        };
+        let plain = matches!(parts.next(), Some(libp2p::multiaddr::Protocol::Tcp(port)) if port == self.data_port) && parts.next().is_none();
+        let covered = listen.ip().is_unspecified() && (listen.is_ipv6() || ip.is_ipv4()) || listen.ip() == ip;
+        (plain && covered).then(|| crate::relaylink::multiaddr(SocketAddr::new(ip, listen.port()), &certhash))
+    }
+
+    /// Where the relay's TCP/TLS fallback is, if it announced one: for the data plane's stream
+    /// when UDP to the relay fails. The address we reach its control plane at comes first.
+    pub fn relay_fallback(&self) -> Option<crate::relaylink::Target> {
+        let (device, _) = self.relay?;
+        let reach = self.reach.get(&device)?;
+        let peer = reach.peer_id;
+        let used = peer.and_then(|peer| self.connection_ips.get(&peer)).copied();
+        let mut targets: Vec<crate::relaylink::Target> = reach.multiaddrs.iter().filter_map(crate::relaylink::target).collect();
+        targets.sort_by_key(|t| Some(t.address.ip()) != used);
+        targets.into_iter().next()
     }
 
     /// An address worth giving to members or dialling: not loopback, link-local or unspecified
@@ -460,7 +501,8 @@ impl Core {
         *self.connections.entry(peer).or_default() += 1;
         self.links_made += 1;
         let local_ip = connection.local.as_ref().and_then(crate::control::addr::multiaddr_ip);
-        self.control_links.insert(connection.id, Link { peer, relayed: connection.relayed, ours: connection.dialer, order: self.links_made, local_ip });
+        let fallback = crate::relaylink::is_fallback(&connection.remote);
+        self.control_links.insert(connection.id, Link { peer, relayed: connection.relayed, fallback, ours: connection.dialer, order: self.links_made, local_ip });
         self.mark_duplicates(peer, time.now);
         self.timers.news(self.last_now, "a connection");
         if self.deliveries.contains_key(&peer) {
@@ -537,7 +579,9 @@ impl Core {
             reach.connected = false;
             reach.peer_id = None;
             reach.last_dial = None;
-            addresses.extend(reach.multiaddrs.iter().filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))).take(2).cloned());
+            // Two plain addresses, and the TCP/TLS fallback's where there is one.
+            let direct = reach.multiaddrs.iter().filter(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)));
+            addresses.extend(direct.enumerate().filter(|(i, a)| *i < 2 || crate::relaylink::is_fallback(a)).map(|(_, a)| a.clone()));
         }
         if self.exit.dns_on {
             self.apply_exit();
@@ -569,10 +613,10 @@ impl Core {
         }
         // Whether the side with the lower peer id dialled it.
         let dialed_by_lower = |link: &Link| if link.ours { self.peer_id < peer } else { peer < self.peer_id };
-        links.sort_by_key(|(_, link)| (link.relayed, !dialed_by_lower(link), link.order));
+        links.sort_by_key(|(_, link)| (link.relayed, link.fallback, !dialed_by_lower(link), link.order));
         let best = links[0].1;
         for (id, link) in links.into_iter().skip(1) {
-            let theirs_to_choose = !link.ours && !best.ours && link.relayed == best.relayed;
+            let theirs_to_choose = !link.ours && !best.ours && link.relayed == best.relayed && link.fallback == best.fallback;
             if !theirs_to_choose {
                 self.duplicates.entry(id).or_insert(now + DUPLICATE_GRACE);
             }

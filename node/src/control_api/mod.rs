@@ -268,6 +268,9 @@ pub struct PeerStatus {
 pub enum PathName {
     Direct,
     Relay,
+    /// Through CloudPal over the TCP/443 fallback.
+    #[serde(rename = "relay-tcp")]
+    RelayTcp,
     None,
 }
 
@@ -276,6 +279,7 @@ impl From<protocol::paths::PathKind> for PathName {
         match path {
             protocol::paths::PathKind::Direct => PathName::Direct,
             protocol::paths::PathKind::Relay => PathName::Relay,
+            protocol::paths::PathKind::RelayTcp => PathName::RelayTcp,
             protocol::paths::PathKind::None => PathName::None,
         }
     }
@@ -286,6 +290,7 @@ impl std::fmt::Display for PathName {
         f.write_str(match self {
             PathName::Direct => "direct",
             PathName::Relay => "relay",
+            PathName::RelayTcp => "relay-tcp",
             PathName::None => "none",
         })
     }

@@ -26,6 +26,8 @@ pub enum DataCommand {
     SetCandidates(StaticPublic, Vec<SocketAddr>),
     /// Send through this relay (CloudPal's data address and key) when no direct path works.
     SetRelay(Option<(SocketAddr, StaticPublic)>),
+    /// The TCP fallback's stream to the relay is up at this local address, or down.
+    SetRelayStream(Option<SocketAddr>),
     /// Hold the NAT mapping toward the relay open with a hop keepalive after this much
     /// silence toward it (`None` where no NAT needs it).
     SetRelayKeepalive(Option<std::time::Duration>),
@@ -45,6 +47,9 @@ pub enum DataCommand {
 pub enum DataEvent {
     View { token: Token, view: DataView },
     PingDone { token: Token, report: PingReport },
+    /// UDP to the relay fails (bring the TCP fallback's stream up) or works again (take it
+    /// down): sent when it changes.
+    RelayStream { wanted: bool },
 }
 
 /// What `status` shows of one peer.

@@ -229,6 +229,8 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
     // that did anything, and never while nothing happens (an idle node does not wake for it).
     let mut view_pushed: Option<DataView> = None;
     let mut view_due = Some(now);
+    // What the control side was last told of the TCP fallback's stream.
+    let mut stream_wanted = false;
     loop {
         // `now` is from after the last batch: reading the clock once per wakeup is enough
         // for timers kept in milliseconds.
@@ -300,6 +302,10 @@ fn run(mut plane: DataPlane, wake: &OwnedFd, mut commands: mpsc::Receiver<DataCo
             plane.device.handle_timeout(now);
         }
         plane.punch.expire(now);
+        let wanted = plane.device.relay_stream_wanted(now);
+        if wanted != stream_wanted && plane.events.try_send(DataEvent::RelayStream { wanted }).is_ok() {
+            stream_wanted = wanted;
+        }
         if udp || tun || poked || timed_out || !readable.is_empty() || !punched.is_empty() {
             view_due.get_or_insert(now + VIEW_EVERY);
         }
@@ -578,6 +584,7 @@ impl DataPlane {
             DataCommand::SetEndpoint(key, endpoint) => self.device.set_peer_endpoint(&key, endpoint, now),
             DataCommand::SetCandidates(key, candidates) => self.device.set_peer_candidates(&key, &candidates, now),
             DataCommand::SetRelay(relay) => self.device.set_relay(relay, now),
+            DataCommand::SetRelayStream(stream) => self.device.set_relay_stream(stream, now),
             DataCommand::SetRelayKeepalive(every) => self.device.set_relay_keepalive(every),
             DataCommand::SetRelayRate(rate) => self.device.set_relay_rate(rate),
             DataCommand::SetPeerNat(key, nat) => self.device.set_peer_nat(&key, nat, now),

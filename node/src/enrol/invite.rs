@@ -92,8 +92,15 @@ fn group_by_peer(addresses: &[Multiaddr]) -> Vec<(PeerId, Vec<Multiaddr>)> {
             continue;
         }
         if let Some((_, list)) = peers.iter_mut().find(|(p, _)| *p == peer) {
-            if list.len() < MAX_ADDRESSES_PER_PEER && !list.contains(&base) {
+            if list.contains(&base) {
+                continue;
+            }
+            if list.len() < MAX_ADDRESSES_PER_PEER {
                 list.push(base);
+            } else if crate::relaylink::is_fallback(&base) && !list.iter().any(crate::relaylink::is_fallback) {
+                // A full list still makes room for CloudPal's TCP/TLS fallback: without it, a
+                // device whose network lets only TCP 443 out could not join.
+                list[MAX_ADDRESSES_PER_PEER - 1] = base;
             }
         } else if peers.len() < MAX_PEERS {
             peers.push((peer, vec![base]));
@@ -166,6 +173,22 @@ mod tests {
         let decoded = InviteCode::decode(&InviteCode { bootstrap, ..code() }.encode()).expect("decodes");
         assert_eq!(decoded.bootstrap.len(), MAX_PEERS * MAX_ADDRESSES_PER_PEER);
         assert!(decoded.bootstrap[0].to_string().starts_with("/ip4/192.0.2.10/tcp/1/p2p/"));
+    }
+
+    #[test]
+    fn a_full_list_keeps_room_for_the_tcp_fallback_and_the_code_stays_short() {
+        let cloudpal = peer(2);
+        let fallback = crate::relaylink::multiaddr("203.0.113.10:443".parse().expect("address"), &[9; 32]);
+        let mut bootstrap: Vec<Multiaddr> = (1..=4).map(|i| format!("/ip4/203.0.113.{i}/tcp/41641/p2p/{cloudpal}").parse().expect("addr")).collect();
+        bootstrap.push(fallback.clone().with(Protocol::P2p(cloudpal)));
+        let decoded = InviteCode::decode(&InviteCode { bootstrap, ..code() }.encode()).expect("decodes");
+        assert_eq!(decoded.bootstrap.len(), MAX_ADDRESSES_PER_PEER);
+        assert_eq!(decoded.bootstrap.last(), Some(&fallback.with(Protocol::P2p(cloudpal))));
+        // The inviter, and CloudPal with two plain addresses and the fallback.
+        let mut mixed = code().bootstrap;
+        mixed.push(crate::relaylink::multiaddr("203.0.113.10:443".parse().expect("address"), &[9; 32]).with(Protocol::P2p(cloudpal)));
+        let encoded = InviteCode { bootstrap: mixed, ..code() }.encode();
+        assert!(encoded.len() < 500, "{} characters", encoded.len());
     }
 
     #[test]

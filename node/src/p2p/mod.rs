@@ -98,14 +98,22 @@ impl relay::RateLimiter for MembersOnly {
 /// ([`identity_epoch`]), with whatever behaviour `make` builds (it also gets the relay
 /// client, which only a member's node uses).
 pub fn build<B: NetworkBehaviour>(seed: &[u8; 32], make: impl FnOnce(&identity::Keypair, relay::client::Behaviour) -> B) -> Result<Swarm<B>> {
-    build_for_epoch(seed, identity_epoch(crate::clock::unix_secs()), make)
+    build_for_epoch(seed, identity_epoch(crate::clock::unix_secs()), None, make)
 }
 
-/// As [`build`], for identity epoch `epoch`.
-pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, make: impl FnOnce(&identity::Keypair, relay::client::Behaviour) -> B) -> Result<Swarm<B>> {
+/// As [`build`], for identity epoch `epoch`; `fallback` (CloudPal) also serves the TCP/TLS
+/// fallback. Every swarm dials fallback addresses ([`crate::relaylink`]).
+pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, fallback: Option<crate::relaylink::transport::Serving>, make: impl FnOnce(&identity::Keypair, relay::client::Behaviour) -> B) -> Result<Swarm<B>> {
+    use libp2p::Transport as _;
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(seed, epoch)?)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(crate::relaylink::transport::FallbackTransport::new(fallback)
+                .upgrade(libp2p::core::upgrade::Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default()))
+        })?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| make(key, relay_client))?
         .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT).with_max_negotiating_inbound_streams(MAX_CONTROL_STREAMS))

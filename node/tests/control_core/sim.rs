@@ -142,7 +142,7 @@ impl Sim {
     pub fn add_with_bootstrap(&mut self, member: &Member, log: &Log, cloudpal: bool, bootstrap: Vec<Multiaddr>) -> usize {
         let index = self.nodes.len();
         let peer = peer_of(index as u8 + 1);
-        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new(), dns_on: false };
+        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new(), dns_on: false, fallback: None };
         let core = Core::new(config, store_of(log), ChaCha20Rng::seed_from_u64(index as u64), self.time).expect("a member's core");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, index as u8 + 1));
         self.nodes.push(Node {
