@@ -70,10 +70,25 @@ fn a_device_that_can_only_reach_tcp_443_joins_syncs_and_relays_over_it_then_move
     let (laptop_v4, _) = laptop.overlay();
     let ping = tablet.netns.exec("ping", &["-c", "5", "-i", "0.2", "-W", "2", &laptop_v4]);
     assert!(ping.status.success(), "ICMP through the tunnel: {}", String::from_utf8_lossy(&ping.stdout));
-    // The control plane rides the fallback too: a device added later reaches the tablet's log.
+    // The control plane rides the fallback too, on a connection of its own: while a TCP
+    // stream fills the data channel, an invite made on the laptop reaches the tablet's log.
+    let server_log = std::env::temp_dir().join(tests::unique("iperf-"));
+    let mut server = laptop.netns.spawn("iperf3", &["-s", "-1", "-B", &laptop_v4], &server_log);
+    std::thread::sleep(Duration::from_millis(300));
+    let client_log = std::env::temp_dir().join(tests::unique("iperf-"));
+    let client = tablet.netns.spawn("iperf3", &["-c", &laptop_v4, "-t", "6", "-J"], &client_log);
+    std::thread::sleep(Duration::from_secs(2));
     laptop.pal_ok(&["device", "invite", "--name", "later"]);
     let entries = laptop.pal_ok(&["log", "--json"]);
-    assert!(wait_until(Duration::from_secs(15), || tablet.pal_ok(&["log", "--json"]) == entries), "the log did not sync over the fallback");
+    let invited = Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || tablet.pal_ok(&["log", "--json"]) == entries), "the log did not sync over the fallback under load");
+    println!("an invite reached the tablet {:.0} ms after it was made, under a full data channel", invited.elapsed().as_secs_f64() * 1000.0);
+    let output = client.wait_with_output().expect("iperf3 client");
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&client_log).unwrap_or_default()).unwrap_or_default();
+    let mbit = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6;
+    println!("iperf3 over relay-tcp: {mbit:.0} Mbit/s");
+    assert!(output.status.success() && mbit > 1.0, "TCP through the fallback: {mbit} Mbit/s {}", std::fs::read_to_string(&client_log).unwrap_or_default());
     let devices = tablet.device_list();
     assert_eq!(devices.as_array().map(Vec::len), Some(3), "{devices}");
 
