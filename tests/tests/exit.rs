@@ -387,8 +387,11 @@ fn exit_03_04_no_open_router_no_exit_without_rights_or_after_revocation_and_no_s
     // web sees nothing from it once CloudPal drops it.
     let phone = &net.phone.netns;
     phone.exec_ok("nft", &["add table inet deaf; add chain inet deaf out { type filter hook output priority 0; }; add chain inet deaf in { type filter hook input priority 0; }"]);
+    // (Both ways to the control plane: its port, and CloudPal's TCP/TLS fallback on 443.)
     for (chain, direction) in [("out", "sport"), ("out", "dport"), ("in", "sport"), ("in", "dport")] {
-        phone.exec_ok("nft", &["add", "rule", "inet", "deaf", chain, "tcp", direction, "41641", "drop"]);
+        for port in ["41641", "443"] {
+            phone.exec_ok("nft", &["add", "rule", "inet", "deaf", chain, "tcp", direction, port, "drop"]);
+        }
     }
     net.laptop.pal_ok(&["device", "revoke", "phone"]);
     assert!(wait_until(Duration::from_secs(3), || phone_seen().is_none()), "a revoked member was still forwarded");

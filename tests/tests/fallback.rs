@@ -66,6 +66,11 @@ fn a_device_that_can_only_reach_tcp_443_joins_syncs_and_relays_over_it_then_move
     println!("relay-tcp to the laptop {:.2} s after pal up", took.as_secs_f64());
     assert!(pings(&tablet, "laptop"), "no echo over the fallback: {}", tablet.log());
     assert_eq!(path(&tablet, "cloudpal").as_deref(), Some("relay-tcp"));
+    // `pal netcheck` says so: no UDP to CloudPal, its TCP 443 answers.
+    let report: serde_json::Value = serde_json::from_str(&tablet.pal_ok(&["netcheck", "--json"])).expect("netcheck is JSON");
+    assert_eq!((report["udp"].as_bool(), report["tcp_443"].as_bool()), (Some(false), Some(true)), "{report}");
+    let text = tablet.pal_ok(&["netcheck"]);
+    assert!(text.contains("TCP 443         yes"), "{text}");
     // Real traffic, both ways, through the tunnel over TCP.
     let (laptop_v4, _) = laptop.overlay();
     let ping = tablet.netns.exec("ping", &["-c", "5", "-i", "0.2", "-W", "2", &laptop_v4]);

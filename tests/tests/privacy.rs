@@ -99,7 +99,8 @@ fn priv01_priv05_default_logs_say_nothing_and_state_holds_only_what_it_must() {
     }
 
     // PRIV-05: only the allow-listed files; only the peer cache holds addresses.
-    const ALLOWED: [&str; 6] = ["device.key", "static.key", "libp2p.key", "membership.redb", "peers.txt", "pal.lock"];
+    // (CloudPal also keeps its TCP fallback's self-signed certificate and key.)
+    const ALLOWED: [&str; 8] = ["device.key", "static.key", "libp2p.key", "membership.redb", "peers.txt", "pal.lock", "tls.crt", "tls.key"];
     let addresses: Vec<&(String, String)> = secrets.iter().filter(|(what, _)| what.contains("address")).collect();
     for node in &net.nodes {
         for entry in std::fs::read_dir(&node.state).expect("state dir") {

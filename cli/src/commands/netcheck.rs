@@ -1,6 +1,6 @@
 //! `pal netcheck [--json]`: what the running node found out about the network it is on —
 //! UDP to CloudPal, NAT mapping behaviour (CloudPal's two-port check), public and reflexive
-//! addresses, IPv6, and the round trip to CloudPal.
+//! addresses, IPv6, the round trip to CloudPal, and whether its TCP 443 fallback answers.
 
 use super::{ask, print_json};
 use node::control_api::{ControlRequest, NetcheckReply};
@@ -30,5 +30,12 @@ pub fn run(state: &StateDir, json: bool) -> anyhow::Result<()> {
     println!("reflexive       {}", if report.reflexive.is_empty() { "-".to_owned() } else { report.reflexive.join(", ") });
     println!("IPv6            {}", yes_no(report.ipv6));
     println!("CloudPal RTT    {}", report.cloudpal_rtt_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms")));
+    let tcp = match (report.tcp_443, report.tcp_443_ms) {
+        (Some(true), Some(ms)) => format!("yes ({ms:.1} ms; the fallback if UDP is blocked)"),
+        (Some(true), None) => "yes".to_owned(),
+        (Some(false), _) => "no answer from CloudPal's fallback".to_owned(),
+        (None, _) => "- (CloudPal serves no fallback)".to_owned(),
+    };
+    println!("TCP 443         {tcp}");
     Ok(())
 }

@@ -588,7 +588,21 @@ impl App {
                         let _ = reply.send(ControlResponse::from_result(Ok(self.core.status(&view, dht_peers))));
                     }
                     Some(Pending::Netcheck(reply)) => {
-                        let _ = reply.send(ControlResponse::from_result(Ok(self.core.netcheck(&view))));
+                        let mut report = self.core.netcheck(&view);
+                        match self.core.relay_fallback() {
+                            // TCP 443 to CloudPal, tried now, off this loop.
+                            Some(target) => {
+                                tokio::spawn(async move {
+                                    let probed = crate::relaylink::link::probe(target).await;
+                                    report.tcp_443 = Some(probed.is_ok());
+                                    report.tcp_443_ms = probed.ok().map(|took| took.as_secs_f64() * 1000.0);
+                                    let _ = reply.send(ControlResponse::from_result(Ok(report)));
+                                });
+                            }
+                            None => {
+                                let _ = reply.send(ControlResponse::from_result(Ok(report)));
+                            }
+                        }
                     }
                     Some(Pending::Metrics(reply)) => {
                         let _ = reply.send(ControlResponse::Ok(serde_json::Value::String(crate::metrics::render(&view))));

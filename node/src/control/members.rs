@@ -167,6 +167,11 @@ impl Core {
     }
 
     /// Our own control-plane addresses worth handing to members.
+    /// What our Hello says of where we listen (for tests: the core's own view).
+    pub fn hello_listen(&self) -> Vec<String> {
+        self.own_listen_addresses()
+    }
+
     pub(super) fn own_listen_addresses(&self) -> Vec<String> {
         self.listen_addrs
             .iter()

@@ -133,6 +133,9 @@ impl Core {
             reflexive: view.observed.iter().map(ToString::to_string).collect(),
             ipv6,
             cloudpal_rtt_ms: rtt.map(|r| r.as_secs_f64() * 1000.0),
+            // Probed by the shell, which owns sockets.
+            tcp_443: None,
+            tcp_443_ms: None,
         }
     }
 

@@ -77,6 +77,13 @@ pub struct NetcheckReply {
     pub ipv6: bool,
     /// Round trip to CloudPal's control plane.
     pub cloudpal_rtt_ms: Option<f64>,
+    /// CloudPal's TCP/TLS-443 fallback answered (its pinned certificate, a web server's 404)
+    /// just now; `None` where CloudPal announced none.
+    #[serde(default)]
+    pub tcp_443: Option<bool>,
+    /// How long that took (TCP, TLS and one request).
+    #[serde(default)]
+    pub tcp_443_ms: Option<f64>,
 }
 
 /// `pal policy set`: each field left out (or false) leaves that part of the policy as it is.

@@ -58,6 +58,26 @@ pub async fn connect(target: Target, channel: Channel) -> io::Result<Stream> {
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the fallback did not answer"))?
 }
 
+/// `pal netcheck`: whether CloudPal's fallback at `target` answers — TCP, TLS with the pinned
+/// certificate, and a plain request that a web server with nothing to show answers with 404;
+/// how long that took.
+pub async fn probe(target: Target) -> io::Result<Duration> {
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let tcp = tcp_socket(target.address)?.connect(target.address).await?;
+        let config = super::tls::client_config(target.certhash).map_err(io::Error::other)?;
+        let name = rustls::pki_types::ServerName::IpAddress(target.address.ip().into());
+        let mut stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: cloudpal\r\n\r\n").await?;
+        stream.flush().await?;
+        let head = read_head(&mut stream).await?;
+        if head.starts_with(b"HTTP/1.1 ") { Ok(()) } else { Err(io::Error::new(io::ErrorKind::InvalidData, "not a CloudPal at this address")) }
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the fallback did not answer"))??;
+    Ok(started.elapsed())
+}
+
 /// Reads an HTTP head a byte at a time up to its blank line, so that nothing after it is read
 /// (the channel's own bytes may follow at once).
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> {
@@ -167,7 +187,8 @@ pub enum LinkEvent {
 
 /// A member's data link to CloudPal's fallback at `target`, for the data plane bound at
 /// `data_plane`: dials, reports the stream address, pumps, and dials again (1 s, 2 s, … up to
-/// 30 s apart) until the task is dropped.
+/// 5 min apart: a CloudPal that is down is not called every few seconds by an idle device)
+/// until the task is dropped.
 pub async fn run_client(target: Target, data_plane: SocketAddr, events: mpsc::Sender<LinkEvent>) {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -192,7 +213,7 @@ pub async fn run_client(target: Target, data_plane: SocketAddr, events: mpsc::Se
             Err(error) => tracing::debug!(%error, "cannot reach CloudPal over TCP"),
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(Duration::from_secs(300));
     }
 }
 

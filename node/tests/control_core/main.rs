@@ -574,6 +574,49 @@ fn netcheck_reports_what_the_node_found_and_nothing_else() {
     assert_eq!(report.reflexive, vec![public.to_string()]);
 }
 
+/// #15: CloudPal's TCP/TLS fallback is announced beside each plain listen address — in its
+/// Hello, its presence record and the invites members make — and a member that must use it
+/// knows where it is.
+#[test]
+fn cloudpal_announces_its_tcp_fallback_and_members_find_it_for_the_data_link() {
+    let (network, members) = network(7, &[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);
+    let mut sim = Sim::new();
+    let listen: std::net::SocketAddr = "[::]:443".parse().expect("address");
+    sim.fallback = Some((listen, [5; 32]));
+    for member in &members {
+        sim.add(member, &network.log, member.record.role == Role::CloudPal);
+    }
+    sim.connect(1, 0);
+    sim.settle();
+    let expected = node::relaylink::Target { address: std::net::SocketAddr::new(sim.nodes[1].ip, 443), certhash: [5; 32] };
+    assert_eq!(sim.nodes[0].core.relay_fallback(), Some(expected), "the laptop knows CloudPal's fallback from its Hello");
+    assert_eq!(sim.nodes[1].core.relay_fallback(), None, "CloudPal has no relay of its own");
+    // In the invite, beside CloudPal's plain address.
+    let code = invite(&mut sim, 0, Duration::from_secs(60));
+    let fallbacks: Vec<_> = code.bootstrap.iter().filter_map(node::relaylink::target).collect();
+    assert_eq!(fallbacks, vec![expected], "{:?}", code.bootstrap);
+    // In the presence record CloudPal publishes (sealed; opened as any member opens it).
+    sim.run_for(Duration::from_secs(5));
+    let state = sim.nodes[0].log().state().clone();
+    let unix = sim.time.unix_secs();
+    let records: Vec<node::control::presence::Presence> =
+        sim.nodes[1].kad_store.iter().filter_map(|(key, value)| node::control::presence::verify(&state, key, value, unix, None).ok()).collect();
+    let cloudpal_id = sim.nodes[1].key.public_key().device_id();
+    let own = records.iter().find(|r| r.device == cloudpal_id).expect("CloudPal's presence record");
+    let announced: Vec<_> = own.addresses.iter().filter_map(node::relaylink::target).collect();
+    assert_eq!(announced, vec![expected], "{:?}", own.addresses);
+    // A plain address at another port gets no sibling; one at the data port does.
+    sim.nodes[1].core.handle_new_listen_addr("/ip4/192.0.2.99/tcp/4000".parse().expect("addr"));
+    sim.nodes[1].core.handle_new_listen_addr(format!("/ip4/192.0.2.98/tcp/{}", sim::DATA_PORT).parse().expect("addr"));
+    let time = sim.time;
+    let made = sim.nodes[1].core.invite("x", Role::Member, Duration::from_secs(60), time);
+    // (CloudPal is no admin: it cannot invite; its own Hello shows what it announces.)
+    assert!(made.is_err());
+    let hello = sim.nodes[1].core.hello_listen();
+    assert!(hello.iter().any(|a| a == &node::relaylink::multiaddr("192.0.2.98:443".parse().expect("address"), &[5; 32]).to_string()), "{hello:?}");
+    assert!(!hello.iter().any(|a| a.contains("192.0.2.99/tcp/443")), "{hello:?}");
+}
+
 #[test]
 fn cloudpal_becomes_the_relay_and_a_circuit_is_reserved_once_and_again_when_lost() {
     let (mut sim, _) = star(&[("laptop", Role::Admin), ("cloudpal", Role::CloudPal)]);

@@ -82,6 +82,8 @@ pub struct Sim {
     pub auto_dial: bool,
     /// DHT-03: Sybils own the DHT: puts vanish and every lookup finds garbage.
     pub eclipse: bool,
+    /// CloudPals added from now on serve the TCP/TLS fallback here (its port; `[::]`).
+    pub fallback: Option<(SocketAddr, [u8; 32])>,
 }
 
 /// Requests from `.0` to `.1` that `.2` picks are lost.
@@ -131,6 +133,7 @@ impl Sim {
             drops: Vec::new(),
             auto_dial: true,
             eclipse: false,
+            fallback: None,
         }
     }
 
@@ -142,7 +145,7 @@ impl Sim {
     pub fn add_with_bootstrap(&mut self, member: &Member, log: &Log, cloudpal: bool, bootstrap: Vec<Multiaddr>) -> usize {
         let index = self.nodes.len();
         let peer = peer_of(index as u8 + 1);
-        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new(), dns_on: false, fallback: None };
+        let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new(), dns_on: false, fallback: self.fallback.filter(|_| cloudpal) };
         let core = Core::new(config, store_of(log), ChaCha20Rng::seed_from_u64(index as u64), self.time).expect("a member's core");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, index as u8 + 1));
         self.nodes.push(Node {
