@@ -8,10 +8,10 @@ use common::Datagram;
 use protocol::paths::{DIRECT_TRUST, PROBE_INTERVAL, PathKind};
 use protocol::relay::{self, HopKey};
 use protocol::testing::{VirtualNet, ipv4_udp_packet};
-use protocol::{Device, DeviceConfig, Error, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, StaticSecret, WallClock};
+use protocol::{Device, Error, Received, StaticPublic, StaticSecret};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const A: usize = 0;
 const B: usize = 1;
@@ -48,42 +48,7 @@ struct Net {
 impl Net {
     fn new() -> Self {
         let now = Instant::now();
-        let secrets: Vec<StaticSecret> = (1..=3u8).map(|i| StaticSecret::from_bytes([i; 32])).collect();
-        let keys: Vec<StaticPublic> = secrets.iter().map(StaticSecret::public_key).collect();
-        let addresses: Vec<SocketAddr> =
-            ["192.0.2.10:41641", "198.51.100.20:41641", "203.0.113.1:41641"].iter().map(|a| a.parse().expect("address")).collect();
-        let overlays: Vec<IpAddr> = ["100.64.0.1", "100.64.0.2", "100.64.0.3"].iter().map(|a| a.parse().expect("overlay")).collect();
-        let clock = WallClock { anchor: now, unix_time_at_anchor: SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default() };
-        let mut devices: Vec<Device> = secrets
-            .iter()
-            .enumerate()
-            .map(|(i, secret)| {
-                let config = DeviceConfig {
-                    static_secret: secret.clone(),
-                    psk: PresharedKey::from_bytes([9; 32]),
-                    under_load_threshold: 64,
-                    mtu: 1420,
-                    clock,
-                };
-                Device::new(config, [i as u8 + 40; 32])
-            })
-            .collect();
-        for (i, device) in devices.iter_mut().enumerate() {
-            for j in (0..3).filter(|j| *j != i) {
-                // Members know CloudPal's address; CloudPal learns theirs when they speak.
-                let endpoint = (j == R).then_some(addresses[R]);
-                device.upsert_peer(PeerConfig {
-                    static_public: keys[j],
-                    allowed_ips: vec![IpPrefix::host(overlays[j])],
-                    endpoint,
-                    persistent_keepalive: None,
-                });
-            }
-        }
-        devices[R].set_relay_server(true);
-        for member in [A, B] {
-            devices[member].set_relay(Some((addresses[R], keys[R])), now);
-        }
+        let common::Trio { devices, keys, addresses, overlays } = common::members_and_relay(now, 0);
         Net {
             now,
             devices,
@@ -121,27 +86,22 @@ impl Net {
     }
 
     fn flush(&mut self) {
-        let mut out = vec![0u8; 65_536];
         loop {
-            let mut any = false;
-            for i in 0..3 {
-                while let Some(transmit) = self.devices[i].poll_transmit(&mut out, self.now) {
-                    self.send(i, transmit.destination, out[..transmit.len].to_vec());
-                    any = true;
-                }
-            }
-            if !any {
+            let sent = common::poll_all(&mut self.devices, self.now);
+            if sent.is_empty() {
                 return;
+            }
+            for (from, to, bytes) in sent {
+                self.send(from, to, bytes);
             }
         }
     }
 
     /// A packet from `from`'s overlay address to `to`'s, through the tunnel.
     fn send_ip(&mut self, from: usize, to: usize, payload: &[u8]) {
-        let packet = ipv4_udp_packet(self.overlays[from], self.overlays[to], payload);
-        let mut out = vec![0u8; 65_536];
-        if let Ok(Some(transmit)) = self.devices[from].encapsulate(&packet, &mut out, self.now) {
-            self.send(from, transmit.destination, out[..transmit.len].to_vec());
+        let (source, target) = (self.overlays[from], self.overlays[to]);
+        if let Some((destination, bytes)) = common::encapsulate_ip(&mut self.devices[from], source, target, payload, self.now) {
+            self.send(from, destination, bytes);
         }
         self.flush();
     }

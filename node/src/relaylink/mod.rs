@@ -49,6 +49,20 @@ pub fn multiaddr(address: SocketAddr, certhash: &[u8; 32]) -> Multiaddr {
 /// The fallback target an address names (a trailing `/p2p/…` is allowed).
 pub fn target(address: &Multiaddr) -> Option<Target> {
     let mut parts = address.iter();
+    let socket = tls_socket(&mut parts)?;
+    let Protocol::Certhash(hash) = parts.next()? else { return None };
+    if hash.code() != SHA2_256 {
+        return None;
+    }
+    let certhash: [u8; 32] = hash.digest().try_into().ok()?;
+    match parts.next() {
+        None | Some(Protocol::P2p(_)) => Some(Target { address: socket, certhash }),
+        _ => None,
+    }
+}
+
+/// The `/ip…/tcp/PORT/tls` at the start of a multiaddr, as a socket address.
+pub(crate) fn tls_socket<'a>(parts: &mut impl Iterator<Item = Protocol<'a>>) -> Option<SocketAddr> {
     let ip = match parts.next()? {
         Protocol::Ip4(ip) => IpAddr::V4(ip),
         Protocol::Ip6(ip) => IpAddr::V6(ip),
@@ -56,15 +70,7 @@ pub fn target(address: &Multiaddr) -> Option<Target> {
     };
     let Protocol::Tcp(port) = parts.next()? else { return None };
     let Protocol::Tls = parts.next()? else { return None };
-    let Protocol::Certhash(hash) = parts.next()? else { return None };
-    if hash.code() != SHA2_256 {
-        return None;
-    }
-    let certhash: [u8; 32] = hash.digest().try_into().ok()?;
-    match parts.next() {
-        None | Some(Protocol::P2p(_)) => Some(Target { address: SocketAddr::new(ip, port), certhash }),
-        _ => None,
-    }
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Whether a connection's address is the fallback's (its remote address on either side).

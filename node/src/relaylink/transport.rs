@@ -11,7 +11,7 @@ use libp2p::core::transport::{DialOpts, ListenerId, Transport, TransportError, T
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -69,14 +69,8 @@ impl Drop for FallbackTransport {
 /// `/ip…/tcp/PORT/tls`: an address to listen on.
 fn listen_address(address: &Multiaddr) -> Option<SocketAddr> {
     let mut parts = address.iter();
-    let ip = match parts.next()? {
-        Protocol::Ip4(ip) => IpAddr::V4(ip),
-        Protocol::Ip6(ip) => IpAddr::V6(ip),
-        _ => return None,
-    };
-    let Protocol::Tcp(port) = parts.next()? else { return None };
-    let Protocol::Tls = parts.next()? else { return None };
-    parts.next().is_none().then_some(SocketAddr::new(ip, port))
+    let socket = super::tls_socket(&mut parts)?;
+    parts.next().is_none().then_some(socket)
 }
 
 fn fallback_multiaddr(address: SocketAddr) -> Multiaddr {
