@@ -384,6 +384,23 @@ table ip filter {{
         Self { home, router, public_address, gateway }
     }
 
+    /// Makes this a hotel's router: out of its LAN, TCP to port 443 only (replies come back as
+    /// usual) — no UDP, no other port.
+    pub fn only_https_out(&self) {
+        for rule in ["meta l4proto != tcp drop", "tcp dport != 443 drop"] {
+            let mut words = vec!["insert", "rule", "ip", "filter", "forward", "iifname", "lan0", "oifname", "wan0"];
+            words.extend(rule.split(' '));
+            self.router.exec_ok("nft", &words);
+        }
+    }
+
+    /// Undoes [`Self::only_https_out`]: the forward chain of an ordinary NAT router.
+    pub fn open_up(&self) {
+        self.router.exec_ok("nft", &["flush", "chain", "ip", "filter", "forward"]);
+        self.router.exec_ok("nft", &["add", "rule", "ip", "filter", "forward", "ct", "state", "established,related", "accept"]);
+        self.router.exec_ok("nft", &["add", "rule", "ip", "filter", "forward", "iifname", "lan0", "oifname", "wan0", "accept"]);
+    }
+
     /// A new host on the home LAN, routing everything through the router.
     pub fn host(&mut self, tag: &str) -> (Netns, String) {
         let (host, address) = self.home.host(tag);

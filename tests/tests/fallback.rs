@@ -6,27 +6,10 @@
 use std::time::{Duration, Instant};
 use tests::{Lan, Mapping, NatRouter, PalNode, cloudpal_added_by, founding_laptop, pings, poll_until, wait_until};
 
-/// What the hotel's router adds to an ordinary NAT router: out of the guest LAN, TCP to port
-/// 443 only (replies come back as usual).
-const HOTEL_RULES: [&str; 2] = [
-    "insert rule ip filter forward iifname lan0 oifname wan0 meta l4proto != tcp drop",
-    "insert rule ip filter forward iifname lan0 oifname wan0 tcp dport != 443 drop",
-];
-
 fn hotel(internet: &mut Lan) -> NatRouter {
     let router = NatRouter::new(internet, "10.4.0", Mapping::EndpointIndependent);
-    for rule in HOTEL_RULES {
-        let words: Vec<&str> = rule.split(' ').collect();
-        router.router.exec_ok("nft", &words);
-    }
+    router.only_https_out();
     router
-}
-
-/// The hotel opens up: the forward chain as an ordinary NAT router has it.
-fn open_hotel(router: &NatRouter) {
-    router.router.exec_ok("nft", &["flush", "chain", "ip", "filter", "forward"]);
-    router.router.exec_ok("nft", &["add", "rule", "ip", "filter", "forward", "ct", "state", "established,related", "accept"]);
-    router.router.exec_ok("nft", &["add", "rule", "ip", "filter", "forward", "iifname", "lan0", "oifname", "wan0", "accept"]);
 }
 
 /// The path `status --json` shows from `node` to `peer`.
@@ -98,7 +81,7 @@ fn a_device_that_can_only_reach_tcp_443_joins_syncs_and_relays_over_it_then_move
     assert_eq!(devices.as_array().map(Vec::len), Some(3), "{devices}");
 
     // The hotel opens UDP: the tablet is back on it within 30 s, and its data link goes.
-    open_hotel(&hotel);
+    hotel.open_up();
     let opened = Instant::now();
     let back = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
         let _ = tablet.pal(&["ping", "laptop", "-c", "1"]);

@@ -5,7 +5,8 @@
 //! CloudPal by request code, invite → join (through CloudPal) → up, shows which paths are
 //! direct and which go through CloudPal, the personal VPN (a web server on the internet sees
 //! the laptop's router, then CloudPal; DNS through CloudPal with a blocked ad server and the
-//! device names; the policy's firewall at CloudPal), a revocation, and cleans everything up.
+//! device names; the policy's firewall at CloudPal), a tablet in a hotel that lets only TCP 443
+//! out (joined and relayed over CloudPal's TLS fallback), a revocation, and cleans everything up.
 //! Run it with `bash tests/demo.sh` (as root).
 
 use std::time::Duration;
@@ -89,11 +90,33 @@ fn main() {
     println!("car$ pal status | head -2");
     print!("{}", indent(&net.node("car").pal_ok(&["status"]).lines().take(2).map(|l| format!("{l}\n")).collect::<String>()));
 
+    // A hotel that lets nothing out but TCP to port 443: the tablet joins and works over
+    // CloudPal's TCP/TLS fallback.
+    let hotel = tests::NatRouter::new(&mut net.internet, "10.4.0", tests::Mapping::EndpointIndependent);
+    hotel.only_https_out();
+    net.routers.push(hotel);
+    let (netns, address) = net.routers.last_mut().expect("the hotel").host("tabl");
+    let mut tablet = tests::PalNode::new("tablet", netns, address);
+    println!("\ntablet: in a hotel whose router lets only TCP 443 out (no UDP), at {}", tablet.address);
+    let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "tablet"]);
+    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
+    let entries = net.node("laptop").pal_ok(&["log", "--json"]);
+    wait_until(Duration::from_secs(10), || net.node("cloudpal").pal_ok(&["log", "--json"]) == entries);
+    println!("laptop$ pal device invite --name tablet; tablet$ pal join {}… --name tablet && pal up    (over TCP 443 to CloudPal)", &code[..12]);
+    tablet.pal_ok(&["join", &code, "--name", "tablet"]);
+    tablet.up();
+    net.nodes.push(tablet);
+    wait_until(Duration::from_secs(10), || net.ping_path("tablet", "laptop").as_deref() == Some("relay-tcp"));
+    println!("tablet$ pal ping laptop");
+    print!("{}", indent(&net.node("tablet").pal(&["ping", "laptop", "-c", "3"]).stdout.iter().map(|b| *b as char).collect::<String>()));
+    println!("tablet$ pal netcheck | grep -E 'UDP|TCP 443'");
+    print!("{}", indent(&net.node("tablet").pal_ok(&["netcheck"]).lines().filter(|l| l.starts_with("UDP") || l.starts_with("TCP 443")).map(|l| format!("{l}\n")).collect::<String>()));
+
     println!("\nlaptop$ pal device revoke car    (the car was stolen)");
     let started = std::time::Instant::now();
     print!("{}", indent(&net.node("laptop").pal_ok(&["device", "revoke", "car"])));
     let everywhere = wait_until(Duration::from_secs(5), || {
-        ["cloudpal", "phone", "desktop"].iter().all(|n| net.node(n).pal_ok(&["device", "list"]).lines().any(|l| l.starts_with("car") && l.contains("revoked")))
+        ["cloudpal", "phone", "desktop", "tablet"].iter().all(|n| net.node(n).pal_ok(&["device", "list"]).lines().any(|l| l.starts_with("car") && l.contains("revoked")))
     });
     if everywhere {
         println!("    (every online device lists the car as revoked after {} ms)", started.elapsed().as_millis());
@@ -104,7 +127,8 @@ fn main() {
     println!("\nlaptop and desktop punched through their routers: direct. laptop and phone share a LAN: direct.");
     println!("The car's carrier NAT gives every destination a new port: with --no-port-spray its traffic");
     println!("went through CloudPal, which forwards sealed envelopes it cannot read; without, a birthday");
-    println!("punch (CloudPal's NAT check told the car's NAT from the laptop's) made it direct.");
+    println!("punch (CloudPal's NAT check told the car's NAT from the laptop's) made it direct. The hotel");
+    println!("let only TCP 443 out: the tablet joined, synced and sent its traffic over CloudPal's TLS fallback.");
     let _ = std::fs::remove_file(&block_list);
     println!("Cleaning up namespaces and state.");
 }
