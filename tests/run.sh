@@ -8,8 +8,9 @@ source tests/scripts/packages.sh
 require_root "the end-to-end tests"
 # gcc and make build ring's assembly; iproute2, ping and iperf3 drive the namespace tests.
 # dnsmasq is the test internet's resolver; D-Bus and resolved's library run a real
-# systemd-resolved (unpacked, never installed) in one test's private mount namespace.
-ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3 nftables util-linux procps dnsmasq-base \
+# systemd-resolved (unpacked, never installed) in one test's private mount namespace. curl
+# and openssl play the stranger at CloudPal's TCP 443 (tests/fallback.rs).
+ensure_packages build-essential pkg-config ca-certificates iproute2 iputils-ping iperf3 nftables util-linux procps dnsmasq-base curl openssl \
     dbus-daemon dbus-system-bus-common libsystemd-shared libssl3
 unpack_package systemd-resolved libsystemd-shared target/test-packages/systemd-resolved
 ensure_rust
