@@ -48,6 +48,16 @@ fn commands_without_a_running_node_fail_with_one_clear_line() {
 }
 
 #[test]
+fn the_tcp_fallback_flag_is_a_cloudpals_and_takes_an_address_or_off() {
+    let state = std::env::temp_dir().join(format!("pal-contract-up-{}", std::process::id()));
+    let state = state.to_str().expect("utf-8 path");
+    assert_one_line_error(&["--state", state, "up", "--tcp-listen", "0.0.0.0:443"], "--tcp-listen is for a CloudPal: add --cloudpal");
+    assert_one_line_error(&["--state", state, "up", "--cloudpal", "--tcp-listen", "everywhere"], "is not ADDR:PORT or off");
+    // `off` is understood; what fails then is the missing device, not the flag.
+    assert_one_line_error(&["--state", state, "up", "--cloudpal", "--tcp-listen", "off"], "run `pal init` or `pal join` first");
+}
+
+#[test]
 fn garbled_invite_codes_fail_with_one_clear_line() {
     let state = std::env::temp_dir().join(format!("pal-contract-join-{}", std::process::id()));
     let state = state.to_str().expect("utf-8 path");

@@ -116,6 +116,9 @@ struct App {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
+    if !state.root().exists() {
+        bail!("no device in {}: run `pal init` or `pal join` first", state.root().display());
+    }
     let _lock = state.lock()?;
     let identity = state.load_identity()?;
     let store = state.open_store()?;
