@@ -30,28 +30,36 @@ enum Command {
         name: String,
     },
     /// Run the node.
+    ///
+    /// Every option can also come from the environment (PAL_LISTEN, PAL_CLOUDPAL, …; lists
+    /// comma-separated) or from a TOML file (`--config`, else pal.toml in the state directory,
+    /// keys as the flags without dashes: `listen = "[::]:41641"`, `bootstrap = [...]`,
+    /// `offload = false`); a flag beats the environment, which beats the file.
     Up {
+        /// A TOML file of `pal up` options.
+        #[arg(long, env = "PAL_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Switch on CloudPal duties: relay, DHT anchor, VPN exit, DNS.
-        #[arg(long)]
+        #[arg(long, env = "PAL_CLOUDPAL")]
         cloudpal: bool,
         /// Data-plane UDP address (default [::]:41641: IPv6 and IPv4 on one socket); the control
         /// plane uses TCP on the same port, and a CloudPal answers NAT checks on the next UDP
         /// port.
-        #[arg(long, value_name = "ADDR:PORT")]
+        #[arg(long, env = "PAL_LISTEN", value_name = "ADDR:PORT")]
         listen: Option<String>,
-        #[arg(long, value_name = "MULTIADDR")]
+        #[arg(long, env = "PAL_BOOTSTRAP", value_delimiter = ',', value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
         /// CloudPal: addresses routed to it (IPv4 CIDRs and/or an IPv6 prefix) that egress
         /// rotation draws from.
-        #[arg(long, value_name = "CIDR")]
+        #[arg(long, env = "PAL_EGRESS_POOL", value_delimiter = ',', value_name = "CIDR")]
         egress_pool: Vec<String>,
         /// CloudPal: a private CA (PEM) to trust for DNS-over-TLS and DNS-over-HTTPS upstreams
         /// and block-list URLs.
-        #[arg(long, value_name = "PEM")]
+        #[arg(long, env = "PAL_DNS_CA", value_name = "PEM")]
         dns_ca: Option<PathBuf>,
-        /// CloudPal: how often block lists are read and fetched again.
-        #[arg(long, value_name = "DURATION", default_value = "1d")]
-        block_list_refresh: String,
+        /// CloudPal: how often block lists are read and fetched again (default 1d).
+        #[arg(long, env = "PAL_BLOCK_LIST_REFRESH", value_name = "DURATION")]
+        block_list_refresh: Option<String>,
         /// Do not ask the kernel for segmentation offloads on the overlay interface.
         #[arg(long, env = "PAL_NO_OFFLOAD")]
         no_offload: bool,
@@ -62,11 +70,11 @@ enum Command {
         no_port_spray: bool,
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464): counts only, never an
         /// address or a name. Off by default.
-        #[arg(long, value_name = "ADDR:PORT")]
-        metrics: Option<std::net::SocketAddr>,
+        #[arg(long, env = "PAL_METRICS", value_name = "ADDR:PORT")]
+        metrics: Option<String>,
         /// CloudPal: where to serve the TCP/TLS fallback for networks that block UDP (default
         /// [::]:443), or `off`.
-        #[arg(long, value_name = "ADDR:PORT|off")]
+        #[arg(long, env = "PAL_TCP_LISTEN", value_name = "ADDR:PORT|off")]
         tcp_listen: Option<String>,
     },
     /// Manage the network's devices.
@@ -262,8 +270,9 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen } => {
-            commands::up::run(state, commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload: !no_offload, port_spray: !no_port_spray, metrics, tcp_listen })
+        Command::Up { config, cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen } => {
+            let flags = commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen };
+            commands::up::run(state, config, flags)
         }
         Command::Device { command } => match command {
             DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),

@@ -58,6 +58,23 @@ fn the_tcp_fallback_flag_is_a_cloudpals_and_takes_an_address_or_off() {
 }
 
 #[test]
+fn a_bad_options_file_or_environment_fails_with_one_clear_line() {
+    let state = std::env::temp_dir().join(format!("pal-contract-config-{}", std::process::id()));
+    std::fs::create_dir_all(&state).expect("dir");
+    let path = state.to_str().expect("utf-8 path");
+    assert_one_line_error(&["--state", path, "up", "--config", "/nonexistent/pal.toml"], "cannot read the config file /nonexistent/pal.toml");
+    std::fs::write(state.join("pal.toml"), "listen = \"[::]:41641\"\nport_spray = false\n").expect("file");
+    assert_one_line_error(&["--state", path, "up"], "pal.toml: line 2: unknown field `port_spray`");
+    std::fs::write(state.join("pal.toml"), "tcp-listen = \"0.0.0.0:443\"\n").expect("file");
+    assert_one_line_error(&["--state", path, "up"], "--tcp-listen is for a CloudPal: add --cloudpal");
+    std::fs::remove_file(state.join("pal.toml")).expect("rm");
+    let output = std::process::Command::new(pal_binary()).args(["--state", path, "up"]).env("PAL_TCP_LISTEN", "0.0.0.0:443").output().expect("pal");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--tcp-listen is for a CloudPal") && stderr.lines().count() == 1, "{stderr}");
+    std::fs::remove_dir_all(&state).ok();
+}
+
+#[test]
 fn garbled_invite_codes_fail_with_one_clear_line() {
     let state = std::env::temp_dir().join(format!("pal-contract-join-{}", std::process::id()));
     let state = state.to_str().expect("utf-8 path");

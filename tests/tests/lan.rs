@@ -120,4 +120,11 @@ fn metrics_are_off_by_default_and_name_nobody_when_on() {
     for secret in [net.nodes[1].address.as_str(), v4.as_str(), v6.as_str(), "phone", "laptop"] {
         assert!(!text.contains(secret), "the metrics name {secret:?}");
     }
+    // The same from the options file in the state directory, and no flag.
+    const FILE_PORT: u16 = 9465;
+    net.nodes[1].down();
+    std::fs::write(net.nodes[1].state.join("pal.toml"), format!("# pal up's options\nmetrics = \"127.0.0.1:{FILE_PORT}\"\n")).expect("pal.toml");
+    net.nodes[1].up();
+    let text = scrape(&net.nodes[1], FILE_PORT).expect("metrics from pal.toml");
+    assert!(text.lines().any(|l| l == "pal_peers 1"), "{text}");
 }

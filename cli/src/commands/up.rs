@@ -5,23 +5,87 @@ use node::app::{UpOptions, default_listen, run as run_node};
 use node::statedir::StateDir;
 use std::net::SocketAddr;
 
-/// `pal up`'s flags as given.
-#[derive(Debug)]
+/// `pal up`'s options as given on the command line or in the environment (clap reads both).
+#[derive(Debug, Default)]
 pub struct Flags {
     pub cloudpal: bool,
     pub listen: Option<String>,
     pub bootstrap: Vec<String>,
     pub egress_pool: Vec<String>,
     pub dns_ca: Option<std::path::PathBuf>,
-    pub block_list_refresh: String,
-    pub offload: bool,
-    pub port_spray: bool,
-    pub metrics: Option<std::net::SocketAddr>,
+    pub block_list_refresh: Option<String>,
+    pub no_offload: bool,
+    pub no_port_spray: bool,
+    pub metrics: Option<String>,
     pub tcp_listen: Option<String>,
 }
 
-pub fn run(state: StateDir, flags: Flags) -> anyhow::Result<()> {
-    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, offload, port_spray, metrics, tcp_listen } = flags;
+/// The same options in a TOML file: the keys are the flags' names without the dashes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct File {
+    cloudpal: Option<bool>,
+    listen: Option<String>,
+    bootstrap: Option<Vec<String>>,
+    egress_pool: Option<Vec<String>>,
+    dns_ca: Option<std::path::PathBuf>,
+    block_list_refresh: Option<String>,
+    offload: Option<bool>,
+    port_spray: Option<bool>,
+    metrics: Option<String>,
+    tcp_listen: Option<String>,
+}
+
+/// Reads the options file: `config` if given (it must exist), else `pal.toml` in the state
+/// directory if there is one.
+pub fn read_file(state: &StateDir, config: Option<&std::path::Path>) -> anyhow::Result<File> {
+    let default = state.root().join("pal.toml");
+    let path = match config {
+        Some(path) => path.to_owned(),
+        None if default.exists() => default,
+        None => return Ok(File::default()),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    parse_file(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+}
+
+/// The file's options, or one line saying what is wrong and where.
+pub fn parse_file(text: &str) -> Result<File, String> {
+    toml::from_str(text).map_err(|error| {
+        let line = error.span().map(|span| text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1);
+        let message = error.message().replace('\n', " ");
+        match line {
+            Some(line) => format!("line {line}: {message}"),
+            None => message,
+        }
+    })
+}
+
+/// A flag (or the environment) beats the file; the file beats the default.
+pub fn merge(flags: Flags, file: File) -> Flags {
+    Flags {
+        cloudpal: flags.cloudpal || file.cloudpal == Some(true),
+        listen: flags.listen.or(file.listen),
+        bootstrap: if flags.bootstrap.is_empty() { file.bootstrap.unwrap_or_default() } else { flags.bootstrap },
+        egress_pool: if flags.egress_pool.is_empty() { file.egress_pool.unwrap_or_default() } else { flags.egress_pool },
+        dns_ca: flags.dns_ca.or(file.dns_ca),
+        block_list_refresh: flags.block_list_refresh.or(file.block_list_refresh),
+        no_offload: flags.no_offload || file.offload == Some(false),
+        no_port_spray: flags.no_port_spray || file.port_spray == Some(false),
+        metrics: flags.metrics.or(file.metrics),
+        tcp_listen: flags.tcp_listen.or(file.tcp_listen),
+    }
+}
+
+pub fn run(state: StateDir, config: Option<std::path::PathBuf>, flags: Flags) -> anyhow::Result<()> {
+    let file = read_file(&state, config.as_deref())?;
+    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen } = merge(flags, file);
+    let (offload, port_spray) = (!no_offload, !no_port_spray);
+    let metrics = match metrics {
+        Some(text) => Some(text.parse::<SocketAddr>().with_context(|| format!("--metrics {text:?} is not ADDR:PORT"))?),
+        None => None,
+    };
+    let block_list_refresh = block_list_refresh.unwrap_or_else(|| "1d".to_owned());
     let filter = tracing_subscriber::EnvFilter::new(log_filter(std::env::var("PAL_LOG").ok().as_deref()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
@@ -81,7 +145,28 @@ fn log_filter(setting: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::log_filter;
+    use super::{Flags, log_filter, merge, parse_file};
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let file = parse_file("cloudpal = true\nlisten = \"[::]:5000\"\nbootstrap = [\"/ip4/192.0.2.1/tcp/41641\"]\noffload = false\ntcp-listen = \"off\"\n").expect("a valid file");
+        let merged = merge(Flags { listen: Some("0.0.0.0:6000".into()), ..Flags::default() }, file);
+        assert!(merged.cloudpal && merged.no_offload && !merged.no_port_spray);
+        assert_eq!(merged.listen.as_deref(), Some("0.0.0.0:6000"), "the flag wins");
+        assert_eq!(merged.bootstrap, vec!["/ip4/192.0.2.1/tcp/41641".to_owned()], "the file fills what no flag gave");
+        assert_eq!(merged.tcp_listen.as_deref(), Some("off"));
+        let plain = merge(Flags::default(), parse_file("").expect("an empty file"));
+        assert!(!plain.cloudpal && !plain.no_offload && plain.listen.is_none() && plain.block_list_refresh.is_none());
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_naming_the_line() {
+        for (text, expected) in [("listen = 5\n", "line 1"), ("\n\nlisen = \"x\"\n", "line 3"), ("cloudpal = \n", "line 1")] {
+            let error = parse_file(text).expect_err(text);
+            assert!(error.starts_with(expected) && !error.contains('\n'), "{text:?}: {error}");
+        }
+        assert!(parse_file("lisen = \"x\"").expect_err("unknown key").contains("lisen"));
+    }
 
     #[test]
     fn a_bare_level_raises_only_pals_own_code() {
