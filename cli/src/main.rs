@@ -104,6 +104,10 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Also draw the network as this device sees it into FILE (SVG): devices, direct,
+        /// relayed and TCP-relayed paths, round trips.
+        #[arg(long, value_name = "FILE")]
+        graph: Option<PathBuf>,
     },
     /// What the node found out about this network: UDP to CloudPal, NAT mapping behaviour,
     /// public and reflexive addresses, IPv6, round trip to CloudPal.
@@ -282,7 +286,7 @@ fn main() -> ExitCode {
         },
         Command::Join { code, name } => commands::join::run(&state, &code, &name),
         Command::Request { name, network, listen } => commands::request::run(&state, &name, &network, listen),
-        Command::Status { json } => commands::status::run(&state, json),
+        Command::Status { json, graph } => commands::status::run(&state, json, graph.as_deref()),
         Command::Netcheck { json } => commands::netcheck::run(&state, json),
         Command::Ping { name, count } => commands::ping::run(&state, name, count),
         Command::Log { json } => commands::log::run(&state, json),

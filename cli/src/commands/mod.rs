@@ -3,6 +3,7 @@
 pub mod device;
 pub mod dns;
 pub mod exit;
+pub mod graph;
 pub mod init;
 pub mod join;
 pub mod log;

@@ -1,12 +1,18 @@
-//! `pal status [--json]`.
+//! `pal status [--json] [--graph FILE]`.
 
 use super::{ask, print_json};
 use node::control::REVOKED;
 use node::control_api::{ControlRequest, DeviceStatusName, StatusReply};
 use node::statedir::StateDir;
 
-pub fn run(state: &StateDir, json: bool) -> anyhow::Result<()> {
+pub fn run(state: &StateDir, json: bool, graph: Option<&std::path::Path>) -> anyhow::Result<()> {
     let status: StatusReply = ask(state, ControlRequest::Status)?;
+    if let Some(path) = graph {
+        std::fs::write(path, super::graph::svg(&status)).map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))?;
+        if !json {
+            println!("wrote {}", path.display());
+        }
+    }
     if json {
         return print_json(&status);
     }

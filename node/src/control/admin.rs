@@ -301,6 +301,7 @@ impl Core {
                     control: self.control_link(reach.and_then(|r| r.peer_id)),
                     rx_bytes: stats.rx_bytes,
                     tx_bytes: stats.tx_bytes,
+                    role: device.record.role.as_str().to_owned(),
                 }
             })
             .collect();

@@ -267,6 +267,9 @@ pub struct PeerStatus {
     pub control: ControlLink,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// `admin`, `member` or `cloudpal`.
+    #[serde(default)]
+    pub role: String,
 }
 
 /// The data path a peer's traffic takes.
@@ -454,9 +457,12 @@ mod tests {
             control: ControlLink::Relayed,
             rx_bytes: 1,
             tx_bytes: 2,
+            role: "member".into(),
         };
         let value = serde_json::to_value(&peer).expect("encodes");
         assert_eq!(value["path"], "relay");
+        let tcp = serde_json::to_value(PathName::RelayTcp).expect("encodes");
+        assert_eq!(tcp, "relay-tcp", "the contract's name (DESIGN.md)");
         assert_eq!(value["control"], "relayed");
         assert!(value["rtt_ms"].is_null());
         assert_eq!(serde_json::from_value::<PeerStatus>(value).expect("decodes"), peer);

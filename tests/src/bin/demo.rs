@@ -112,6 +112,15 @@ fn main() {
     println!("tablet$ pal netcheck | grep -E 'UDP|TCP 443'");
     print!("{}", indent(&net.node("tablet").pal_ok(&["netcheck"]).lines().filter(|l| l.starts_with("UDP") || l.starts_with("TCP 443")).map(|l| format!("{l}\n")).collect::<String>()));
 
+    // A picture of the network as the laptop and the tablet see it.
+    let pictures = std::env::current_dir().unwrap_or_default().join("target");
+    let _ = std::fs::create_dir_all(&pictures);
+    for name in ["laptop", "tablet"] {
+        let file = pictures.join(format!("demo-network-{name}.svg"));
+        println!("\n{name}$ pal status --graph {}", file.display());
+        print!("{}", indent(&net.node(name).pal_ok(&["status", "--graph", file.to_str().expect("utf-8 path")])));
+    }
+
     println!("\nlaptop$ pal device revoke car    (the car was stolen)");
     let started = std::time::Instant::now();
     print!("{}", indent(&net.node("laptop").pal_ok(&["device", "revoke", "car"])));
