@@ -1,5 +1,5 @@
 //! The namespace benchmark: the same two-host LAN for every contestant — the raw link, `pal`,
-//! boringtun (`boringtun-cli`) and wireguard-go — measured in one run: iperf3 TCP with 1 and 4
+//! boringtun (`boringtun-cli`), wireguard-go, Nebula and tinc — measured in one run: iperf3 TCP with 1 and 4
 //! streams, ping RTT, daemon CPU seconds per GiB moved, and peak RSS. Prints a table with
 //! ratios to boringtun. `BENCH_EXIT=1`: the exit benchmark instead (issue #13); `BENCH_RELAY=1`:
 //! relayed against direct through CloudPal (issue #15). Not part of the test suite; run
@@ -24,7 +24,7 @@ struct Row {
 }
 
 /// `BENCH_ONLY=pal,boringtun` runs a subset (names as in the table: raw, pal, boringtun,
-/// wireguard-go).
+/// wireguard-go, nebula, tinc).
 fn selected(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|n| name.starts_with(n.trim())))
 }
@@ -110,7 +110,92 @@ fn main() {
             None => eprintln!("{program} not installed: skipped (tests/bench.sh installs it)"),
         }
     }
+    for (name, program, start) in [("nebula", "nebula", nebula as fn(&'static str, &str) -> Contestant), ("tinc", "tincd", tinc)] {
+        if !selected(name) {
+            continue;
+        }
+        match which(program) {
+            Some(path) => contestants.push(start(name, &path)),
+            None => eprintln!("{program} not installed: skipped (tests/bench.sh installs it)"),
+        }
+    }
     print_table(&contestants, "raw link", "boringtun");
+}
+
+/// A directory for one contestant's keys and configuration, gone with the contestant's run.
+fn config_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    dir
+}
+
+/// Nebula (Debian's `nebula`): a CA and a certificate per host from `nebula-cert`, each host
+/// told where the other is (no lighthouse), a firewall that lets everything through; its
+/// default cipher (AES-256-GCM).
+fn nebula(name: &'static str, program: &str) -> Contestant {
+    let mut lan = Lan::new("192.0.2");
+    let (a, a_address) = lan.host("na");
+    let (b, b_address) = lan.host("nb");
+    let dir = config_dir("nebula-");
+    let path = |file: &str| dir.join(file).to_str().expect("utf-8 path").to_owned();
+    let cert = which("nebula-cert").expect("nebula-cert beside nebula");
+    run(&cert, &["ca", "-name", "bench", "-out-crt", &path("ca.crt"), "-out-key", &path("ca.key")]);
+    let mut daemons = Vec::new();
+    for (i, (netns, peer_address)) in [(&a, &b_address), (&b, &a_address)].into_iter().enumerate() {
+        let host = format!("h{i}");
+        let overlay = format!("198.19.0.{}/24", i + 1);
+        run(&cert, &["sign", "-ca-crt", &path("ca.crt"), "-ca-key", &path("ca.key"), "-name", &host, "-ip", &overlay, "-out-crt", &path(&format!("{host}.crt")), "-out-key", &path(&format!("{host}.key"))]);
+        let peer_overlay = format!("198.19.0.{}", 2 - i);
+        let config = format!(
+            "pki:\n  ca: {}\n  cert: {}\n  key: {}\nstatic_host_map:\n  \"{peer_overlay}\": [\"{peer_address}:4242\"]\nlighthouse:\n  am_lighthouse: false\n  hosts: []\nlisten:\n  host: 0.0.0.0\n  port: 4242\npunchy:\n  punch: false\ntun:\n  dev: neb0\n  mtu: 1300\nlogging:\n  level: warning\nfirewall:\n  outbound:\n    - port: any\n      proto: any\n      host: any\n  inbound:\n    - port: any\n      proto: any\n      host: any\n",
+            path("ca.crt"),
+            path(&format!("{host}.crt")),
+            path(&format!("{host}.key"))
+        );
+        let file = path(&format!("{host}.yml"));
+        std::fs::write(&file, config).expect("nebula config");
+        let log = std::env::temp_dir().join(unique("nebula-log-"));
+        daemons.push(netns.spawn(program, &["-config", &file], &log));
+        assert!(wait_until(Duration::from_secs(10), || netns.exec("ip", &["link", "show", "neb0"]).status.success()), "nebula did not create its interface: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    assert!(wait_until(Duration::from_secs(10), || a.exec("ping", &["-c", "1", "-W", "1", "198.19.0.2"]).status.success()), "nebula: no ping through the tunnel");
+    let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
+    Contestant { name, topology: Topology::WireGuard { _daemons: Daemons(daemons), from: a, to: b, _switch: lan }, server: "198.19.0.2".into(), pids }
+}
+
+/// tinc 1.0 (Debian's `tinc`) in router mode: RSA keys from `tincd -K`, each host's file (its
+/// address, subnet and public key) in both configurations, the first connecting to the second;
+/// its default cipher.
+fn tinc(name: &'static str, program: &str) -> Contestant {
+    let mut lan = Lan::new("192.0.2");
+    let (a, a_address) = lan.host("ta");
+    let (b, b_address) = lan.host("tb");
+    let dirs: Vec<PathBuf> = (0..2).map(|_| config_dir("tinc-")).collect();
+    for (i, address) in [&a_address, &b_address].into_iter().enumerate() {
+        let dir = &dirs[i];
+        std::fs::create_dir_all(dir.join("hosts")).expect("hosts dir");
+        let connect = if i == 0 { "ConnectTo = h1\n" } else { "" };
+        std::fs::write(dir.join("tinc.conf"), format!("Name = h{i}\nInterface = tinc0\nMode = router\nAddressFamily = ipv4\n{connect}")).expect("tinc.conf");
+        std::fs::write(dir.join("hosts").join(format!("h{i}")), format!("Address = {address}\nSubnet = 198.20.0.{}/32\n", i + 1)).expect("host file");
+        let up = dir.join("tinc-up");
+        std::fs::write(&up, format!("#!/bin/sh\nip addr add 198.20.0.{}/24 dev $INTERFACE\nip link set $INTERFACE mtu 1400 up\n", i + 1)).expect("tinc-up");
+        run("chmod", &["755", up.to_str().expect("utf-8 path")]);
+        run(program, &["-c", dir.to_str().expect("utf-8 path"), "-K", "2048"]);
+    }
+    for i in 0..2 {
+        let host = format!("h{i}");
+        std::fs::copy(dirs[i].join("hosts").join(&host), dirs[1 - i].join("hosts").join(&host)).expect("host file across");
+    }
+    let mut daemons = Vec::new();
+    for (i, netns) in [&a, &b].into_iter().enumerate() {
+        let log = std::env::temp_dir().join(unique("tinc-log-"));
+        let dir = dirs[i].to_str().expect("utf-8 path").to_owned();
+        let pidfile = dirs[i].join("pid");
+        daemons.push(netns.spawn(program, &["-c", &dir, "-D", "--pidfile", pidfile.to_str().expect("utf-8 path")], &log));
+    }
+    assert!(wait_until(Duration::from_secs(15), || a.exec("ping", &["-c", "1", "-W", "1", "198.20.0.2"]).status.success()), "tinc: no ping through the tunnel");
+    let pids: Vec<u32> = daemons.iter().map(Child::id).collect();
+    Contestant { name, topology: Topology::WireGuard { _daemons: Daemons(daemons), from: a, to: b, _switch: lan }, server: "198.20.0.2".into(), pids }
 }
 
 /// Issue #13's benchmark (`BENCH_EXIT=1`): laptop → CloudPal → internet host, pal against the
