@@ -336,3 +336,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Cli, Command, DEFAULT_STATE_DIR};
+    use clap::Parser;
+
+    const UNIT: &str = include_str!("../debian/cloudpal.service");
+
+    fn directive<'a>(name: &str) -> Vec<&'a str> {
+        UNIT.lines().filter_map(|line| line.strip_prefix(name)?.strip_prefix('=')).collect()
+    }
+
+    /// The packaged unit runs `pal up` as this binary parses it, in the default state
+    /// directory, with the sandbox #16 asks for.
+    #[test]
+    fn the_systemd_unit_starts_pal_up_in_its_state_directory_and_sandboxes_it() {
+        let exec = directive("ExecStart");
+        assert_eq!(exec.len(), 1, "one ExecStart");
+        let args: Vec<&str> = exec[0].split_whitespace().collect();
+        assert_eq!(args[0], "/usr/bin/pal");
+        let cli = Cli::try_parse_from(args.iter().map(|a| a.trim_start_matches("/usr/bin/"))).expect("the unit's command line parses");
+        assert!(matches!(cli.command, Command::Up { .. }));
+        assert_eq!(cli.state.to_str(), Some(DEFAULT_STATE_DIR));
+        assert_eq!(directive("StateDirectory"), vec!["cloudpal"], "systemd makes {DEFAULT_STATE_DIR}");
+        assert_eq!(directive("StateDirectoryMode"), vec!["0700"]);
+        assert_eq!(directive("CapabilityBoundingSet"), vec!["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]);
+        for (name, value) in [("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"), ("DevicePolicy", "closed")] {
+            assert_eq!(directive(name), vec![value], "{name}");
+        }
+        assert_eq!(directive("DeviceAllow"), vec!["/dev/net/tun rw"]);
+        assert!(directive("KillSignal") == vec!["SIGTERM"], "a clean stop puts the host back");
+    }
+}

@@ -253,4 +253,8 @@ fn losing_the_stream_falls_back_to_udp_and_asks_for_it_again() {
     net.run_with(Duration::from_secs(2), true);
     assert!(net.stream_up, "not asked for again");
     assert_eq!(net.path(A, B), PathKind::RelayTcp);
+    // The control plane telling the data plane of the same relay again changes nothing.
+    let (now, relay) = (net.now, (net.addresses[R], net.keys[R]));
+    net.devices[A].set_relay(Some(relay), now);
+    assert!(net.devices[A].relay_over_stream(), "the same relay again took the hop off the stream");
 }

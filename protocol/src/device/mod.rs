@@ -375,14 +375,18 @@ impl Device {
     /// Sends through the relay at `address` (CloudPal, itself a peer with `key`) whenever no
     /// direct path is trusted; `None` for direct paths only.
     pub fn set_relay(&mut self, relay: Option<(SocketAddr, StaticPublic)>, now: Instant) {
+        let previous = self.relay.as_ref().map(|r| (r.address, r.key));
         self.relay = relay.map(|(address, key)| {
             // The same relay again keeps its replay window.
             let seen = self.relay.as_ref().filter(|old| old.key == key).map(|old| old.seen.clone()).unwrap_or_default();
             RelayConfig { address, key, hop: HopKey::between(&self.static_secret, &key), seen }
         });
-        let stream = self.hop.stream();
-        self.hop = RelayHop::default();
-        self.hop.set_stream(stream, now);
+        // A different relay starts its hop afresh (the stream, if any, is the node's to move).
+        if self.relay.as_ref().map(|r| (r.address, r.key)) != previous {
+            let stream = self.hop.stream();
+            self.hop = RelayHop::default();
+            self.hop.set_stream(stream, now);
+        }
         self.recheck_nat(now);
         let stalled: Vec<StaticPublic> = self.peers.iter().filter(|(_, p)| p.stalled).map(|(k, _)| *k).collect();
         for key in stalled {
