@@ -38,24 +38,31 @@ fn tcp_socket(remote: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
     Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
 }
 
-/// Dials CloudPal's fallback at `target`, checks its certificate and opens `channel`.
-pub async fn connect(target: Target, channel: Channel) -> io::Result<Stream> {
+/// Dials CloudPal's fallback at `target` (TCP, TLS with the pinned certificate), sends the
+/// request head `request` and reads the response head, all within [`CONNECT_TIMEOUT`].
+async fn exchange(target: Target, request: &[u8]) -> io::Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>)> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let tcp = tcp_socket(target.address)?.connect(target.address).await?;
         let config = super::tls::client_config(target.certhash).map_err(io::Error::other)?;
         // By address: no server name goes out in the clear.
         let name = rustls::pki_types::ServerName::IpAddress(target.address.ip().into());
         let mut stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-        stream.write_all(&frame::upgrade_request(channel)).await?;
+        stream.write_all(request).await?;
         stream.flush().await?;
         let head = read_head(&mut stream).await?;
-        match frame::parse_response(&head) {
-            Head::Done(()) => Ok(Stream::from(stream)),
-            _ => Err(io::Error::new(io::ErrorKind::ConnectionRefused, "not a CloudPal at this address")),
-        }
+        Ok((stream, head))
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the fallback did not answer"))?
+}
+
+/// Dials CloudPal's fallback at `target`, checks its certificate and opens `channel`.
+pub async fn connect(target: Target, channel: Channel) -> io::Result<Stream> {
+    let (stream, head) = exchange(target, &frame::upgrade_request(channel)).await?;
+    match frame::parse_response(&head) {
+        Head::Done(()) => Ok(Stream::from(stream)),
+        _ => Err(io::Error::new(io::ErrorKind::ConnectionRefused, "not a CloudPal at this address")),
+    }
 }
 
 /// `pal netcheck`: whether CloudPal's fallback at `target` answers — TCP, TLS with the pinned
@@ -63,18 +70,10 @@ pub async fn connect(target: Target, channel: Channel) -> io::Result<Stream> {
 /// how long that took.
 pub async fn probe(target: Target) -> io::Result<Duration> {
     let started = tokio::time::Instant::now();
-    tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let tcp = tcp_socket(target.address)?.connect(target.address).await?;
-        let config = super::tls::client_config(target.certhash).map_err(io::Error::other)?;
-        let name = rustls::pki_types::ServerName::IpAddress(target.address.ip().into());
-        let mut stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: cloudpal\r\n\r\n").await?;
-        stream.flush().await?;
-        let head = read_head(&mut stream).await?;
-        if head.starts_with(b"HTTP/1.1 ") { Ok(()) } else { Err(io::Error::new(io::ErrorKind::InvalidData, "not a CloudPal at this address")) }
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the fallback did not answer"))??;
+    let (_, head) = exchange(target, b"GET / HTTP/1.1\r\nHost: cloudpal\r\n\r\n").await?;
+    if !head.starts_with(b"HTTP/1.1 ") {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a CloudPal at this address"));
+    }
     Ok(started.elapsed())
 }
 
