@@ -251,9 +251,25 @@ enum DeviceCommand {
         role: String,
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// A guest (`--role guest`) reaches this device, on these ports only if given
+        /// (`nas:22,8000-8100`); repeat for each device. It reaches nothing else.
+        #[arg(long, value_name = "DEVICE[:PORTS]")]
+        share: Vec<String>,
         /// Draw the code as a QR code too (the default when the output is a terminal).
         #[arg(long)]
         qr: bool,
+    },
+    /// Let a guest reach more: these devices (and only these ports, if given).
+    Share {
+        guest: String,
+        #[arg(required = true, value_name = "DEVICE[:PORTS]")]
+        devices: Vec<String>,
+    },
+    /// Take devices away from what a guest reaches.
+    Unshare {
+        guest: String,
+        #[arg(required = true, value_name = "DEVICE")]
+        devices: Vec<String>,
     },
     /// Add a device from its request code and deliver the log to it.
     Add {
@@ -279,7 +295,9 @@ fn main() -> ExitCode {
             commands::up::run(state, config, flags)
         }
         Command::Device { command } => match command {
-            DeviceCommand::Invite { name, role, ttl, qr } => commands::device::invite(&state, name, &role, &ttl, qr),
+            DeviceCommand::Invite { name, role, ttl, share, qr } => commands::device::invite(&state, name, &role, &ttl, share, qr),
+            DeviceCommand::Share { guest, devices } => commands::device::share(&state, guest, devices, false),
+            DeviceCommand::Unshare { guest, devices } => commands::device::share(&state, guest, devices, true),
             DeviceCommand::Add { code, role } => commands::device::add(&state, &code, &role),
             DeviceCommand::List { json } => commands::device::list(&state, json),
             DeviceCommand::Revoke { name } => commands::device::revoke(&state, name),

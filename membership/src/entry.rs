@@ -16,6 +16,7 @@
 
 use crate::cbor::{self, Reader, Writer};
 use crate::policy::Policy;
+use crate::share::{self as share, Share};
 use blake2::{Blake2s256, Digest};
 use protocol::keys::hex;
 use protocol::{DeviceId, DevicePublicKey, DeviceSigningKey, Signature, StaticPublic};
@@ -60,6 +61,10 @@ pub enum Role {
     Member,
     /// An always-on member with super-peer duties; not an admin unless made one.
     CloudPal,
+    /// A friend's device: reaches only the devices (and ports) shared with it, is reached by
+    /// nobody else, and is given only the part of the log that proves those devices
+    /// ([`crate::guest`]).
+    Guest,
 }
 
 /// Everything the network knows about one device, fixed when it is added.
@@ -79,7 +84,8 @@ pub enum Operation {
     AddDevice { device: DeviceRecord },
     /// A one-time invite: whoever holds the secret of `invite_key` may join once, before
     /// `expires` (unix seconds), with `role`.
-    Invite { invite_key: DevicePublicKey, role: Role, expires: u64, name_hint: String },
+    /// A guest invite also says what the guest will reach (`shares`, empty otherwise).
+    Invite { invite_key: DevicePublicKey, role: Role, expires: u64, name_hint: String, shares: Vec<Share> },
     /// Signed by the joining device and by the invite key.
     Join { invite: EntryHash, invite_key: DevicePublicKey, device: DeviceRecord },
     RevokeDevice { device: DeviceId },
@@ -88,6 +94,8 @@ pub enum Operation {
     /// appends one right after each revocation, as its child: a revoked device is served the
     /// log only up to its revocation, so it never learns the secret that follows.
     RotateSecret { secret: RotationSecret },
+    /// What a guest may reach from now on (replacing what it could before).
+    Share { guest: DeviceId, shares: Vec<Share> },
 }
 
 /// The randomness of a [`Operation::RotateSecret`]; redacted in `Debug`.
@@ -283,6 +291,7 @@ const OP_JOIN: u64 = 3;
 const OP_REVOKE_DEVICE: u64 = 4;
 const OP_SET_POLICY: u64 = 5;
 const OP_ROTATE_SECRET: u64 = 6;
+const OP_SHARE: u64 = 7;
 
 pub(crate) fn encode_contents(contents: &EntryContents) -> Vec<u8> {
     let mut w = Writer::new();
@@ -310,13 +319,18 @@ pub(crate) fn encode_contents(contents: &EntryContents) -> Vec<u8> {
             w.u64(OP_ADD_DEVICE);
             encode_device(&mut w, device);
         }
-        Operation::Invite { invite_key, role, expires, name_hint } => {
-            w.array(5);
+        Operation::Invite { invite_key, role, expires, name_hint, shares } => {
+            // A guest invite carries its shares; any other has none and keeps its old shape.
+            let guest = *role == Role::Guest;
+            w.array(if guest { 6 } else { 5 });
             w.u64(OP_INVITE);
             w.bytes(invite_key.as_bytes());
             w.u64(role.code());
             w.u64(*expires);
             w.str(name_hint);
+            if guest {
+                share::encode(&mut w, shares);
+            }
         }
         Operation::Join { invite, invite_key, device } => {
             w.array(4);
@@ -340,6 +354,12 @@ pub(crate) fn encode_contents(contents: &EntryContents) -> Vec<u8> {
             w.u64(OP_ROTATE_SECRET);
             w.bytes(&secret.0);
         }
+        Operation::Share { guest, shares } => {
+            w.array(3);
+            w.u64(OP_SHARE);
+            w.bytes(guest.as_bytes());
+            share::encode(&mut w, shares);
+        }
     }
     w.finish()
 }
@@ -362,17 +382,23 @@ fn decode_contents(bytes: &[u8]) -> Result<EntryContents, EntryError> {
     }
     let author = DevicePublicKey::from_bytes(r.fixed_bytes::<32>()?);
     let time = r.u64()?;
-    let op_len = r.array_up_to(5)?;
+    let op_len = r.array_up_to(6)?;
     let kind = r.u64()?;
     let operation = match (kind, op_len) {
         (OP_GENESIS, 3) => Operation::Genesis { network_name: name(&mut r)?, founder: decode_device(&mut r)? },
         (OP_ADD_DEVICE, 2) => Operation::AddDevice { device: decode_device(&mut r)? },
-        (OP_INVITE, 5) => Operation::Invite {
-            invite_key: DevicePublicKey::from_bytes(r.fixed_bytes::<32>()?),
-            role: Role::from_code(r.u64()?)?,
-            expires: r.u64()?,
-            name_hint: name_or_empty(&mut r)?,
-        },
+        (OP_INVITE, 5 | 6) => {
+            let invite_key = DevicePublicKey::from_bytes(r.fixed_bytes::<32>()?);
+            let role = Role::from_code(r.u64()?)?;
+            let expires = r.u64()?;
+            let name_hint = name_or_empty(&mut r)?;
+            // Shares exactly when a guest is invited (re-encoding checks the shape too).
+            if (op_len == 6) != (role == Role::Guest) {
+                return Err(cbor::CborError::UnexpectedLength.into());
+            }
+            let shares = if op_len == 6 { share::decode(&mut r)? } else { Vec::new() };
+            Operation::Invite { invite_key, role, expires, name_hint, shares }
+        }
         (OP_JOIN, 4) => Operation::Join {
             invite: EntryHash(r.fixed_bytes::<32>()?),
             invite_key: DevicePublicKey::from_bytes(r.fixed_bytes::<32>()?),
@@ -381,7 +407,8 @@ fn decode_contents(bytes: &[u8]) -> Result<EntryContents, EntryError> {
         (OP_REVOKE_DEVICE, 2) => Operation::RevokeDevice { device: DeviceId::from_bytes(r.fixed_bytes::<16>()?) },
         (OP_SET_POLICY, 2) => Operation::SetPolicy { policy: Policy::decode(&mut r)? },
         (OP_ROTATE_SECRET, 2) => Operation::RotateSecret { secret: RotationSecret(r.fixed_bytes::<32>()?) },
-        (OP_GENESIS..=OP_ROTATE_SECRET, _) => return Err(cbor::CborError::UnexpectedLength.into()),
+        (OP_SHARE, 3) => Operation::Share { guest: DeviceId::from_bytes(r.fixed_bytes::<16>()?), shares: share::decode(&mut r)? },
+        (OP_GENESIS..=OP_SHARE, _) => return Err(cbor::CborError::UnexpectedLength.into()),
         (other, _) => return Err(EntryError::UnknownOperation(other)),
     };
     r.finish()?;
@@ -460,6 +487,7 @@ impl Role {
             Role::Admin => 0,
             Role::Member => 1,
             Role::CloudPal => 2,
+            Role::Guest => 3,
         }
     }
 
@@ -468,6 +496,7 @@ impl Role {
             0 => Ok(Role::Admin),
             1 => Ok(Role::Member),
             2 => Ok(Role::CloudPal),
+            3 => Ok(Role::Guest),
             other => Err(EntryError::UnknownRole(other)),
         }
     }
@@ -477,6 +506,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Member => "member",
             Role::CloudPal => "cloudpal",
+            Role::Guest => "guest",
         }
     }
 }
@@ -489,7 +519,8 @@ impl core::str::FromStr for Role {
             "admin" => Ok(Role::Admin),
             "member" => Ok(Role::Member),
             "cloudpal" => Ok(Role::CloudPal),
-            other => Err(format!("unknown role {other:?}; use member, admin or cloudpal")),
+            "guest" => Ok(Role::Guest),
+            other => Err(format!("unknown role {other:?}; use member, admin, cloudpal or guest")),
         }
     }
 }

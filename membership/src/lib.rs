@@ -12,11 +12,13 @@
 
 mod cbor;
 pub mod entry;
+pub mod guest;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 pub mod log;
 pub mod overlay;
 pub mod policy;
+pub mod share;
 pub mod state;
 pub mod store;
 pub mod sync;
@@ -30,6 +32,7 @@ pub use cbor::CborError;
 pub use entry::{DeviceRecord, Entry, EntryContents, EntryError, EntryHash, NetworkId, Operation, Role};
 pub use log::{Log, LogError};
 pub use policy::{ExitDevices, IpNet, Policy, RelayPolicy, RelayRate, Rule, RuleParseError};
-pub use state::{DeviceState, DeviceStatus, InviteState, InviteUnusable, RuleError, State};
+pub use share::{PortRange, Share};
+pub use state::{DeviceState, DeviceStatus, GuestShares, InviteState, InviteUnusable, RuleError, State};
 pub use store::{Store, StoreError};
 pub use sync::{Summary, SyncMessage, missing_for};

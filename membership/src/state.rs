@@ -6,6 +6,7 @@
 use crate::cbor::Writer;
 use crate::entry::{DeviceRecord, Entry, EntryHash, NetworkId, Operation, Role, validate_name};
 use crate::policy::Policy;
+use crate::share::{MAX_SHARES, Share};
 use protocol::{DeviceId, DevicePublicKey};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +24,9 @@ pub struct State {
     /// Signing and static keys of revoked devices: never admitted again.
     pub revoked_keys: BTreeSet<[u8; 32]>,
     pub policy: Policy,
+    /// Per guest: what it may reach, and the entry that said so (its join, or the latest
+    /// `Share`), which its view carries ([`crate::guest`]).
+    pub shares: BTreeMap<DeviceId, GuestShares>,
     /// What only current members know: the network id hashed, then each rotation (appended
     /// after a revocation) mixed in. Presence records are keyed and encrypted under it.
     pub secret: NetworkSecret,
@@ -62,6 +66,12 @@ pub struct DeviceState {
     pub admitted_by: EntryHash,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestShares {
+    pub shares: Vec<Share>,
+    pub set_by: EntryHash,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeviceStatus {
     Active,
@@ -77,6 +87,8 @@ pub struct InviteState {
     pub created_by: DeviceId,
     /// Set once, forever: a consumed invite stays consumed even if its device is revoked.
     pub consumed_by: Option<DeviceId>,
+    /// A guest invite: what the guest will reach once it joins.
+    pub shares: Vec<Share>,
 }
 
 /// Why an invite cannot admit a device; each reads as one line a user can act on.
@@ -149,6 +161,10 @@ pub enum RuleError {
     PolicyTooLarge,
     #[error("overlay address outside the overlay prefixes")]
     AddressOutOfRange,
+    #[error("only a guest has shares, and only an active guest")]
+    NotAGuest,
+    #[error("a share names a device that is not an active member (guests share nothing)")]
+    BadShare,
 }
 
 impl State {
@@ -197,7 +213,16 @@ impl State {
             return Err(RuleError::NotAdmin);
         }
         match entry.operation() {
+            Operation::AddDevice { device } if device.role == Role::Guest => Err(RuleError::NotAGuest),
             Operation::AddDevice { device } => self.check_new_device(device),
+            Operation::Invite { role, shares, .. } if (*role != Role::Guest && !shares.is_empty()) || !self.shareable(shares) => Err(RuleError::BadShare),
+            Operation::Share { guest, shares } => {
+                match self.devices.get(guest) {
+                    Some(d) if d.record.role == Role::Guest && d.status == DeviceStatus::Active => {}
+                    _ => return Err(RuleError::NotAGuest),
+                }
+                if self.shareable(shares) { Ok(()) } else { Err(RuleError::BadShare) }
+            }
             Operation::Invite { invite_key, expires, .. } => {
                 if *expires <= time {
                     return Err(RuleError::InviteAlreadyExpired);
@@ -240,7 +265,7 @@ impl State {
                 self.admit(founder, hash);
             }
             Operation::AddDevice { device } => self.admit(device, hash),
-            Operation::Invite { invite_key, role, expires, name_hint } => {
+            Operation::Invite { invite_key, role, expires, name_hint, shares } => {
                 self.invites.insert(
                     hash,
                     InviteState {
@@ -250,14 +275,22 @@ impl State {
                         name_hint: name_hint.clone(),
                         created_by: entry.author(),
                         consumed_by: None,
+                        shares: shares.clone(),
                     },
                 );
             }
             Operation::Join { invite, device, .. } => {
+                if device.role == Role::Guest {
+                    let shares = self.invites.get(invite).map(|i| i.shares.clone()).unwrap_or_default();
+                    self.shares.insert(device.signing_key.device_id(), GuestShares { shares, set_by: hash });
+                }
                 if let Some(invite) = self.invites.get_mut(invite) {
                     invite.consumed_by = Some(device.signing_key.device_id());
                 }
                 self.admit(device, hash);
+            }
+            Operation::Share { guest, shares } => {
+                self.shares.insert(*guest, GuestShares { shares: shares.clone(), set_by: hash });
             }
             Operation::RevokeDevice { device } => {
                 if let Some(target) = self.devices.get_mut(device) {
@@ -319,7 +352,7 @@ impl State {
     /// Canonical bytes of the whole state: equal bytes ⇔ equal state.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.array(6);
+        w.array(7);
         match &self.network {
             Some(network) => w.bytes(&network.0),
             None => w.null(),
@@ -338,7 +371,7 @@ impl State {
         }
         w.array(self.invites.len());
         for (hash, invite) in &self.invites {
-            w.array(6);
+            w.array(7);
             w.bytes(&hash.0);
             w.bytes(invite.key.as_bytes());
             w.u64(invite.role.code());
@@ -348,13 +381,61 @@ impl State {
                 Some(device) => w.bytes(device.as_bytes()),
                 None => w.null(),
             }
+            crate::share::encode(&mut w, &invite.shares);
         }
         w.array(self.revoked_keys.len());
         for key in &self.revoked_keys {
             w.bytes(key);
         }
         self.policy.encode(&mut w);
+        w.array(self.shares.len());
+        for (guest, shares) in &self.shares {
+            w.array(3);
+            w.bytes(guest.as_bytes());
+            crate::share::encode(&mut w, &shares.shares);
+            w.bytes(&shares.set_by.0);
+        }
         w.finish()
+    }
+
+    /// Whether every share names an active device that is not a guest, once, in order.
+    fn shareable(&self, shares: &[Share]) -> bool {
+        shares.len() <= MAX_SHARES
+            && shares.windows(2).all(|pair| pair[0].device < pair[1].device)
+            && shares.iter().all(|s| self.devices.get(&s.device).is_some_and(|d| d.status == DeviceStatus::Active && d.record.role != Role::Guest))
+    }
+
+    /// What `guest` may reach on `device` now: `None` when nothing (not a guest, revoked, or
+    /// not shared with it); else the ports (empty: all).
+    pub fn shared_ports(&self, guest: &DeviceId, device: &DeviceId) -> Option<&[crate::share::PortRange]> {
+        let active = |id: &DeviceId| self.devices.get(id).is_some_and(|d| d.status == DeviceStatus::Active);
+        if !active(guest) || !active(device) || self.devices.get(guest).is_none_or(|d| d.record.role != Role::Guest) {
+            return None;
+        }
+        self.shares.get(guest)?.shares.iter().find(|s| s.device == *device).map(|s| s.ports.as_slice())
+    }
+
+    /// Whether the policy lets `device` use an exit: a member when the exit list allows it
+    /// (everyone by default), a guest only when the list names it.
+    pub fn may_use_exit(&self, device: &DeviceId) -> bool {
+        let Some(d) = self.devices.get(device).filter(|d| d.status == DeviceStatus::Active) else { return false };
+        match (&self.policy.exit.devices, d.record.role) {
+            (crate::policy::ExitDevices::Only(names), Role::Guest) => names.contains(&d.record.name),
+            (_, Role::Guest) => false,
+            (devices, _) => devices.allows(&d.record.name),
+        }
+    }
+
+    /// Whether two devices may talk: members with members; a guest only with what is shared
+    /// with it.
+    pub fn may_talk(&self, a: &DeviceId, b: &DeviceId) -> bool {
+        let role = |id: &DeviceId| self.devices.get(id).filter(|d| d.status == DeviceStatus::Active).map(|d| d.record.role);
+        match (role(a), role(b)) {
+            (None, _) | (_, None) | (Some(Role::Guest), Some(Role::Guest)) => false,
+            (Some(Role::Guest), _) => self.shared_ports(a, b).is_some(),
+            (_, Some(Role::Guest)) => self.shared_ports(b, a).is_some(),
+            _ => true,
+        }
     }
 
     fn check_new_device(&self, device: &DeviceRecord) -> Result<(), RuleError> {

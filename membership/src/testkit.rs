@@ -91,9 +91,27 @@ impl Network {
         let secret = DeviceSigningKey::generate(&mut self.rng);
         let entry = self.append(
             admin,
-            Operation::Invite { invite_key: secret.public_key(), role, expires: self.now + 1 + ttl, name_hint: String::new() },
+            Operation::Invite { invite_key: secret.public_key(), role, expires: self.now + 1 + ttl, name_hint: String::new(), shares: Vec::new() },
         );
         (entry.hash(), secret)
+    }
+
+    /// A guest invite sharing `shares`.
+    pub fn guest_invite(&mut self, admin: &DeviceSigningKey, shares: Vec<crate::Share>) -> (EntryHash, DeviceSigningKey) {
+        let secret = DeviceSigningKey::generate(&mut self.rng);
+        let operation = Operation::Invite { invite_key: secret.public_key(), role: Role::Guest, expires: self.now + 3600, name_hint: String::new(), shares: crate::share::canonical(shares) };
+        (self.append(admin, operation).hash(), secret)
+    }
+
+    /// A guest invited with `shares` that has joined.
+    pub fn join_guest(&mut self, name: &str, shares: Vec<crate::Share>) -> Member {
+        let founder = self.founder.key.clone();
+        let invite = self.guest_invite(&founder, shares);
+        let guest = self.member(name, Role::Guest);
+        self.now += 1;
+        let join = Self::join_entry(&self.log, (invite.0, &invite.1), &guest, self.now);
+        self.log.ingest(vec![join]).expect("guest joins");
+        guest
     }
 
     /// A signed entry on top of `log`'s heads (as many as an entry takes), not ingested.

@@ -42,7 +42,7 @@ fn siblings(base: &Log, author: &DeviceSigningKey, count: usize, time: u64) -> V
             seed[8..16].copy_from_slice(&(i as u64).to_le_bytes());
             seed[16..24].copy_from_slice(author.public_key().as_bytes()[..8].try_into().expect("8 bytes"));
             let secret = DeviceSigningKey::from_bytes(&seed);
-            Network::entry_on(base, author, Operation::Invite { invite_key: secret.public_key(), role: Role::Member, expires: time + 3600 + i as u64, name_hint: format!("f{i}") }, time, None)
+            Network::entry_on(base, author, Operation::Invite { invite_key: secret.public_key(), role: Role::Member, expires: time + 3600 + i as u64, name_hint: format!("f{i}"), shares: Vec::new() }, time, None)
         })
         .collect()
 }

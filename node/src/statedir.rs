@@ -65,8 +65,34 @@ impl StateDir {
         self.root.join("peers.txt")
     }
 
+    /// A guest's view of its network (a guest holds no log).
+    pub fn guest_view_path(&self) -> PathBuf {
+        self.root.join("guest-view.cbor")
+    }
+
     pub fn is_initialised(&self) -> bool {
-        self.store_path().exists()
+        self.store_path().exists() || self.guest_view_path().exists()
+    }
+
+    /// The membership this device runs on: its log, or (a guest) its view.
+    pub fn open_book(&self, me: &protocol::DeviceId) -> Result<crate::control::book::Book> {
+        let path = self.guest_view_path();
+        if !path.exists() {
+            return Ok(self.open_store()?.into());
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (network, view) = crate::control::book::decode_view(&bytes).map_err(anyhow::Error::msg)?;
+        let book = crate::control::book::GuestBook::new(network, *me, view).map_err(|e| anyhow::anyhow!("the guest view in {} does not check: {e}", self.root.display()))?;
+        Ok(book.into())
+    }
+
+    /// Keeps a guest's view: written beside and renamed over, so a crash leaves the old one or
+    /// the new one, never half of either.
+    pub fn save_guest_view(&self, network: &membership::NetworkId, view: &[Vec<u8>]) -> Result<()> {
+        let path = self.guest_view_path();
+        let fresh = self.root.join("guest-view.cbor.new");
+        write_private(&fresh, &crate::control::book::encode_view(network, view))?;
+        std::fs::rename(&fresh, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Creates the directory (0700) and fresh keys; refuses to overwrite existing ones.
@@ -275,6 +301,7 @@ mod tests {
             peer_static: identity.static_secret.public_key(),
             psk: psk.clone(),
             persistent_keepalive: None,
+            guest: None,
             mtu: 1420,
             clock,
         };

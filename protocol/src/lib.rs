@@ -33,7 +33,7 @@ pub mod wire;
 #[cfg(test)]
 mod tunnel_tests;
 
-pub use device::{Device, DeviceConfig, DeviceStats, PeerConfig, Received, Transmit};
+pub use device::{Device, DeviceConfig, DeviceStats, GuestRules, PeerConfig, Received, Transmit};
 pub use keys::{DeviceId, DevicePublicKey, DeviceSigningKey, PresharedKey, Signature, StaticPublic, StaticSecret};
 pub use time::WallClock;
 pub use tunnel::{Decapsulated, Encapsulated, Tunnel, TunnelConfig, TunnelStats};
@@ -78,6 +78,8 @@ pub enum Error {
     InvalidInnerPacket,
     #[error("inner source address is not allowed for this peer")]
     SourceNotAllowed,
+    #[error("a guest may not send or receive this packet")]
+    GuestRefused,
     #[error("no peer routes this destination")]
     NoRoute,
     #[error("peer has no known endpoint")]

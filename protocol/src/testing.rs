@@ -155,6 +155,7 @@ impl Pair {
             allowed_ips: vec![IpPrefix::host(node.overlay)],
             endpoint: Some(node.address),
             persistent_keepalive: None,
+            guest: None,
         };
         let (config_a, config_b) = (peer_of(&a), peer_of(&b));
         a.device.upsert_peer(config_b);
@@ -330,6 +331,25 @@ pub fn ipv4_udp_packet(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
     packet[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     packet[28..].copy_from_slice(payload);
     packet
+}
+
+/// An IPv4 packet of `protocol` (TCP or UDP) between two ports, with 8 bytes of transport header.
+fn ipv4_ports_packet(protocol: u8, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut packet = ipv4_udp_packet(IpAddr::V4(src), IpAddr::V4(dst), &[0; 12]);
+    packet[9] = protocol;
+    packet[20..22].copy_from_slice(&sport.to_be_bytes());
+    packet[22..24].copy_from_slice(&dport.to_be_bytes());
+    packet
+}
+
+/// A minimal IPv4/TCP packet between two ports.
+pub fn tcp_packet_v4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    ipv4_ports_packet(6, src, dst, sport, dport)
+}
+
+/// A minimal IPv4/UDP packet between two ports.
+pub fn udp_packet_v4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    ipv4_ports_packet(17, src, dst, sport, dport)
 }
 
 /// A minimal IPv6/UDP packet.

@@ -68,12 +68,14 @@ fn ipv6_packets_flow() {
         allowed_ips: vec![IpPrefix::host(pair.b.overlay), IpPrefix::host(b6)],
         endpoint: None,
         persistent_keepalive: None,
+        guest: None,
     });
     pair.b.device.upsert_peer(PeerConfig {
         static_public: ka,
         allowed_ips: vec![IpPrefix::host(pair.a.overlay), IpPrefix::host(a6)],
         endpoint: None,
         persistent_keepalive: None,
+        guest: None,
     });
     let packet = crate::testing::ipv6_udp_packet(a6, b6, b"six");
     pair.send_ip(Side::A, &packet).expect("queued");
@@ -680,6 +682,7 @@ fn persistent_keepalive_is_sent_after_the_configured_silence() {
         allowed_ips: vec![IpPrefix::host(pair.b.overlay)],
         endpoint: None,
         persistent_keepalive: Some(keepalive_every),
+        guest: None,
     };
     // Persistent keepalive is fixed when the tunnel is made: re-create A's peer entry.
     pair.a.device.remove_peer(&kb);

@@ -96,7 +96,7 @@ impl Net {
         for (i, device) in devices.iter_mut().enumerate() {
             for j in (0..4).filter(|j| *j != i) {
                 let endpoint = (j == R).then_some(relay);
-                device.upsert_peer(PeerConfig { static_public: keys[j], allowed_ips: vec![IpPrefix::host(overlays[j])], endpoint, persistent_keepalive: None });
+                device.upsert_peer(PeerConfig { static_public: keys[j], allowed_ips: vec![IpPrefix::host(overlays[j])], endpoint, persistent_keepalive: None, guest: None });
             }
         }
         devices[R].set_relay_server(true);

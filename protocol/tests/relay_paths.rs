@@ -508,3 +508,53 @@ fn an_idle_member_holds_its_relay_mapping_with_hop_keepalives_alone() {
     net.run_for(Duration::from_millis(100));
     assert!(net.delivered[A][before..].iter().any(|p| p.ends_with(b"after ten minutes")), "errors {:?}", net.errors);
 }
+
+/// GUEST-01 in the data plane: A is a guest. CloudPal relays for it only towards a device
+/// shared with it; that device takes only its shared port, never a forged source, and sends
+/// the guest nothing from a port it did not share.
+#[test]
+fn guest01_a_guest_reaches_only_its_shared_port_through_the_relay() {
+    use protocol::{GuestRules, IpPrefix, PeerConfig};
+    use std::collections::BTreeSet;
+    let mut net = Net::new();
+    let (a_key, a_overlay, b_key) = (net.keys[A], net.overlays[A], net.keys[B]);
+    let (b_overlay, r_overlay) = (net.overlays[B], net.overlays[R]);
+    let guest = |local: IpAddr, shared: Option<Vec<(u16, u16)>>, relay_to: BTreeSet<StaticPublic>| PeerConfig {
+        static_public: a_key,
+        allowed_ips: vec![IpPrefix::host(a_overlay)],
+        endpoint: None,
+        persistent_keepalive: None,
+        guest: Some(GuestRules { local: vec![local], shared, internet: false, overlay: vec![IpPrefix::new("100.64.0.0".parse().unwrap(), 10).unwrap()], relay_to }),
+    };
+    // B shares port 4000 (where the test packets go); CloudPal relays nothing for A yet.
+    net.devices[R].upsert_peer(guest(r_overlay, None, BTreeSet::new()));
+    net.devices[B].upsert_peer(guest(b_overlay, Some(vec![(4000, 4000)]), BTreeSet::new()));
+    net.register();
+    let refused = net.devices[R].stats().relay_refused;
+    assert!(!net.a_to_b(b"not shared at the relay"));
+    assert!(net.devices[R].stats().relay_refused > refused, "the relay forwarded for a guest to an unshared device");
+    // Shared with B: the relay carries it (once the handshake is retried).
+    net.devices[R].upsert_peer(guest(r_overlay, None, [b_key].into()));
+    net.send_ip(A, B, b"shared now");
+    net.run_for(Duration::from_secs(6));
+    assert!(net.delivered[B].iter().any(|p| p.ends_with(b"shared now")), "errors {:?}", net.errors);
+    // Only the shared port: with port 22 shared instead, the same packet is dropped at B.
+    net.devices[B].upsert_peer(guest(b_overlay, Some(vec![(22, 22)]), BTreeSet::new()));
+    let refused = net.devices[B].stats().rx_guest_refused;
+    assert!(!net.a_to_b(b"wrong port"));
+    assert_eq!(net.devices[B].stats().rx_guest_refused, refused + 1);
+    // A forged source (CloudPal's overlay address) is dropped by cryptokey routing.
+    net.devices[B].upsert_peer(guest(b_overlay, Some(vec![]), BTreeSet::new()));
+    let now = net.now;
+    let (destination, bytes) = common::encapsulate_ip(&mut net.devices[A], r_overlay, b_overlay, b"forged", now).expect("sent");
+    net.send(A, destination, bytes);
+    net.run_for(Duration::from_millis(50));
+    assert!(!net.delivered[B].iter().any(|p| p.ends_with(b"forged")));
+    assert!(net.errors[B].contains(&Error::SourceNotAllowed));
+    // B never calls the guest from a port it did not share.
+    net.devices[B].upsert_peer(guest(b_overlay, Some(vec![(22, 22)]), BTreeSet::new()));
+    let packet = ipv4_udp_packet(b_overlay, a_overlay, b"unasked");
+    let mut out = vec![0u8; 65_536];
+    assert_eq!(net.devices[B].encapsulate(&packet, &mut out, now), Err(Error::GuestRefused));
+    assert_eq!(net.devices[B].stats().tx_guest_refused, 1);
+}

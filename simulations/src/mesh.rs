@@ -85,6 +85,7 @@ pub fn run_mesh(parameters: MeshParameters) -> MeshReport {
                 allowed_ips: vec![IpPrefix::host(overlay(j))],
                 endpoint: Some(underlay(j)),
                 persistent_keepalive: None,
+                guest: None,
             });
         }
     }

@@ -1,15 +1,15 @@
-//! `pal device invite|add|list|revoke`.
+//! `pal device invite|add|list|revoke|share|unshare`.
 
 use super::{ask, print_json};
-use node::control_api::{AddReply, ControlRequest, DeviceInfo, DeviceStatusName, InviteReply, RevokeReply};
+use node::control_api::{AddReply, ControlRequest, DeviceInfo, DeviceStatusName, InviteReply, RevokeReply, ShareReply};
 use node::enrol::invite::InviteCode;
 use node::statedir::StateDir;
 use std::io::IsTerminal;
 
-pub fn invite(state: &StateDir, name: String, role: &str, ttl: &str, qr: bool) -> anyhow::Result<()> {
+pub fn invite(state: &StateDir, name: String, role: &str, ttl: &str, shares: Vec<String>, qr: bool) -> anyhow::Result<()> {
     let ttl_seconds = super::parse_duration("--ttl", ttl)?;
     let role = role.parse().map_err(anyhow::Error::msg)?;
-    let answer: InviteReply = ask(state, ControlRequest::Invite { name: name.clone(), role, ttl_seconds })?;
+    let answer: InviteReply = ask(state, ControlRequest::Invite { name: name.clone(), role, ttl_seconds, shares })?;
     println!("invite for {name} ({}), valid for {ttl}; on the new device run: pal join CODE --name {name}", answer.role.as_str());
     if qr || std::io::stdout().is_terminal() {
         // Scanning yields the code in upper case; `pal join` takes either case.
@@ -37,7 +37,8 @@ pub fn list(state: &StateDir, json: bool) -> anyhow::Result<()> {
             DeviceStatusName::Active => "active",
             DeviceStatusName::Revoked => "revoked",
         };
-        println!("{:<16} {:<9} {:<8} {:<16} {}", device.name, device.role.as_str(), status, device.overlay_ipv4, device.overlay_ipv6);
+        let shares = if device.shares.is_empty() { String::new() } else { format!("  reaches {}", device.shares.join(" ")) };
+        println!("{:<16} {:<9} {:<8} {:<16} {}{shares}", device.name, device.role.as_str(), status, device.overlay_ipv4, device.overlay_ipv6);
     }
     Ok(())
 }
@@ -48,3 +49,14 @@ pub fn revoke(state: &StateDir, name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+
+/// `pal device share GUEST DEVICE[:PORTS]...` and `pal device unshare GUEST DEVICE...`.
+pub fn share(state: &StateDir, guest: String, devices: Vec<String>, unshare: bool) -> anyhow::Result<()> {
+    let answer: ShareReply = ask(state, ControlRequest::Share { guest, devices, unshare })?;
+    if answer.shares.is_empty() {
+        println!("{} reaches nothing now", answer.guest);
+    } else {
+        println!("{} reaches {}", answer.guest, answer.shares.join(" "));
+    }
+    Ok(())
+}

@@ -121,14 +121,14 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     }
     let _lock = state.lock()?;
     let identity = state.load_identity()?;
-    let store = state.open_store()?;
     let me = identity.device.public_key().device_id();
-    let my_record = match store.log().state().devices.get(&me) {
+    let book = state.open_book(&me)?;
+    let my_record = match book.state().devices.get(&me) {
         Some(device) if device.status == DeviceStatus::Revoked => bail!("this device has been revoked from its network; to come back, join with a new invite in a fresh --state directory"),
         Some(device) => device.record.clone(),
         None => bail!("this device is not a member of the network in {}", state.root().display()),
     };
-    let network = store.log().network();
+    let network = book.network();
     // Before anything else touches the host: undo what a crashed run left behind.
     let host = Host::open(state.root()).await?;
 
@@ -182,7 +182,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
     let announced = fallback.as_ref().map(|f| (f.listen, f.certhash));
     let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone(), dns_on: state.dns_on(), fallback: announced };
-    let core = Core::new(config, store, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
+    let core = Core::new(config, book, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
 
     // The control socket comes last: a node that failed to start leaves none behind.
     let listener = socket::bind(&state.socket_path())?;
@@ -390,6 +390,11 @@ impl App {
             match self.driver.execute(&mut self.core, swarm, action, time) {
                 None => {}
                 Some(Action::Data(command)) => self.command(command),
+                Some(Action::SaveView(view)) => {
+                    if let Err(error) = self.state.save_guest_view(&self.core.network(), &view) {
+                        tracing::warn!(%error, "cannot keep the guest view");
+                    }
+                }
                 Some(Action::CachePeers(addresses)) => {
                     if let Err(error) = self.state.cache_peers(&addresses) {
                         tracing::warn!(%error, "cannot write the peer cache");
@@ -514,14 +519,15 @@ impl App {
             },
             ControlRequest::DeviceList => ControlResponse::from_result(Ok(core.device_list())),
             ControlRequest::Log => ControlResponse::from_result(Ok(core.log_entries())),
-            ControlRequest::Invite { name, role, ttl_seconds } => {
-                let made = core.invite(&name, role, Duration::from_secs(ttl_seconds), time);
+            ControlRequest::Invite { name, role, ttl_seconds, shares } => {
+                let made = core.invite(&name, role, &shares, Duration::from_secs(ttl_seconds), time);
                 ControlResponse::from_result(made.map(|made| {
                     let code = InviteCode { network: core.network(), invite: made.invite, secret: made.secret, bootstrap: made.bootstrap };
                     InviteReply { code: code.encode(), expires: made.expires, role: made.role }
                 }))
             }
             ControlRequest::Revoke { name } => ControlResponse::from_result(core.revoke(&name, time)),
+            ControlRequest::Share { guest, devices, unshare } => ControlResponse::from_result(core.share(&guest, &devices, unshare, time)),
             // Answered once the host's routes and firewall are in place (or refused).
             ControlRequest::ExitUse { name, allow_lan } => match core.exit_use(name.as_deref(), allow_lan) {
                 Ok(_) => return self.exit_replies.push(reply),

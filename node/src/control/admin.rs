@@ -3,7 +3,7 @@
 
 use super::messages::{Request, Response};
 use super::{Action, Core, Dial, DialWhen, REVOKED, Time};
-use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, PolicyChange, PolicyReply, PunchCounts, RevokeReply, StatusReply};
+use crate::control_api::{AddReply, DeviceInfo, DeviceSummary, LogEntry, LogOperation, PathName, PeerStatus, PolicyChange, PolicyReply, PunchCounts, RevokeReply, ShareReply, StatusReply};
 use crate::dataplane::commands::DataView;
 use libp2p::{Multiaddr, PeerId};
 use membership::{DeviceStatus, EntryHash, ExitDevices, Operation, Role, Rule};
@@ -55,16 +55,21 @@ pub(super) struct Delivery {
 
 impl Core {
     fn require_admin(&self) -> Result<(), String> {
-        match self.store.log().state().devices.get(&self.me) {
+        match self.book.state().devices.get(&self.me) {
             Some(device) if device.record.role == Role::Admin && device.status == DeviceStatus::Active => Ok(()),
             _ => Err("only an admin device can do this".into()),
         }
     }
 
-    /// `pal device invite`: appends an `Invite` entry with a fresh one-time key.
-    pub fn invite(&mut self, name: &str, role: Role, ttl: Duration, time: Time) -> Result<InviteMade, String> {
+    /// `pal device invite`: appends an `Invite` entry with a fresh one-time key (a guest's
+    /// carries what it will reach: `DEVICE[:PORTS]` each).
+    pub fn invite(&mut self, name: &str, role: Role, shares: &[String], ttl: Duration, time: Time) -> Result<InviteMade, String> {
         self.require_admin()?;
         membership::entry::check_name(name).map_err(|e| e.to_string())?;
+        if role != Role::Guest && !shares.is_empty() {
+            return Err("--share is for guests: add --role guest".into());
+        }
+        let shares = self.resolve_shares(shares)?;
         if ttl > MAX_INVITE_TTL || ttl.is_zero() {
             return Err("an invite is valid for 30 days at most; pass a --ttl such as 1h or 7d".into());
         }
@@ -72,8 +77,9 @@ impl Core {
         let unix = time.unix_secs();
         let expires = unix + ttl.as_secs();
         let entry = self
-            .store
-            .append(Operation::Invite { invite_key: secret.public_key(), role, expires, name_hint: name.to_owned() }, &self.signing_key, None, unix)
+            .book
+            .store_mut()?
+            .append(Operation::Invite { invite_key: secret.public_key(), role, expires, name_hint: name.to_owned(), shares }, &self.signing_key, None, unix)
             .map_err(|e| format!("cannot invite: {e}"))?;
         self.membership_changed();
         let own = self.listen_addrs.iter().filter(|a| self.dialable(a)).filter_map(|a| a.clone().with_p2p(self.peer_id).ok());
@@ -92,13 +98,16 @@ impl Core {
     /// the log to it; answered through [`Action::Finished`] with `reply`.
     pub fn add_device(&mut self, device: NewDevice, role: Role, reply: ReplyId, time: Time) -> Result<(), String> {
         self.require_admin()?;
+        if role == Role::Guest {
+            return Err("a guest joins with an invite that says what it reaches: `pal device invite --name NAME --role guest --share DEVICE[:PORTS]`".into());
+        }
         membership::entry::check_name(&device.name).map_err(|e| e.to_string())?;
-        let state = self.store.log().state();
+        let state = self.book.state();
         let device_id = device.signing_key.device_id();
         if state.devices.contains_key(&device_id) {
             return Err(format!("{} is already in this network's log; see `pal device list`", device.name));
         }
-        let founder = self.store.log().founder().ok_or("empty log")?;
+        let founder = self.book.founder().ok_or("empty log")?;
         let (overlay_ipv4, overlay_ipv6) = state.allocate_overlay(&founder, &device_id).ok_or("no free overlay address")?;
         let record = membership::DeviceRecord {
             name: device.name.clone(),
@@ -108,7 +117,8 @@ impl Core {
             overlay_ipv4,
             overlay_ipv6,
         };
-        self.store
+        self.book
+            .store_mut()?
             .append(Operation::AddDevice { device: record }, &self.signing_key, None, time.unix_secs())
             .map_err(|e| format!("cannot add {}: {e}", device.name))?;
         self.membership_changed();
@@ -117,7 +127,7 @@ impl Core {
         reach.peer_id = Some(device.peer);
         reach.multiaddrs.extend(device.addresses.iter().cloned());
         let empty = membership::sync::Summary { network: self.network, heads: Vec::new(), sample: Vec::new() };
-        let batches = membership::missing_for(self.store.log(), &empty).into();
+        let batches = membership::missing_for(self.book.log().ok_or(super::book::GUEST_CANNOT)?, &empty).into();
         self.deliveries.insert(device.peer, Delivery { name: device.name, role, batches, started: time.now, reply });
         if self.is_connected(&device.peer) {
             self.deliver_next(device.peer);
@@ -178,12 +188,13 @@ impl Core {
     pub fn revoke(&mut self, name: &str, time: Time) -> Result<RevokeReply, String> {
         self.require_admin()?;
         self.last_now = self.last_now.max(time.now);
-        let state = self.store.log().state();
+        let state = self.book.state();
         let Some((id, _)) = state.active_devices().find(|(_, d)| d.record.name == name) else {
             return Err(format!("no active device named {name:?}; see `pal device list`"));
         };
         let id = *id;
-        self.store
+        self.book
+            .store_mut()?
             .append(Operation::RevokeDevice { device: id }, &self.signing_key, None, time.unix_secs())
             .map_err(|e| format!("cannot revoke {name}: {e}"))?;
         // The revoked device is served the log up to its revocation and never this child of
@@ -191,11 +202,66 @@ impl Core {
         let mut secret = [0u8; 32];
         rand_core::Rng::fill_bytes(&mut self.rng, &mut secret);
         let rotation = Operation::RotateSecret { secret: membership::entry::RotationSecret(secret) };
-        if let Err(error) = self.store.append(rotation, &self.signing_key, None, time.unix_secs()) {
+        if let Err(error) = self.book.store_mut()?.append(rotation, &self.signing_key, None, time.unix_secs()) {
             tracing::warn!(%error, "the network secret was not rotated after a revocation");
         }
         self.membership_changed();
         Ok(RevokeReply { revoked: name.to_owned() })
+    }
+
+    /// `DEVICE[:PORTS]` as typed, resolved to the active members they name.
+    fn resolve_shares(&self, specs: &[String]) -> Result<Vec<membership::Share>, String> {
+        let state = self.book.state();
+        let mut shares = Vec::new();
+        for spec in specs {
+            let (name, ports) = membership::share::parse_spec(spec)?;
+            let Some((id, device)) = state.active_devices().find(|(_, d)| d.record.name == name) else {
+                return Err(format!("no active device named {name:?} to share; see `pal device list`"));
+            };
+            if device.record.role == Role::Guest {
+                return Err(format!("{name} is a guest: only the network's own devices can be shared"));
+            }
+            shares.push(membership::Share { device: *id, ports });
+        }
+        let shares = membership::share::canonical(shares);
+        if shares.len() > membership::share::MAX_SHARES {
+            return Err(format!("a guest can be given at most {} devices", membership::share::MAX_SHARES));
+        }
+        Ok(shares)
+    }
+
+    /// `pal device share GUEST DEVICE[:PORTS]...` (added to what it has) and `pal device
+    /// unshare GUEST DEVICE...` (those devices taken away): one `Share` entry.
+    pub fn share(&mut self, guest: &str, specs: &[String], unshare: bool, time: Time) -> Result<ShareReply, String> {
+        self.require_admin()?;
+        self.last_now = self.last_now.max(time.now);
+        let state = self.book.state();
+        let Some((id, device)) = state.active_devices().find(|(_, d)| d.record.name == guest) else {
+            return Err(format!("no active device named {guest:?}; see `pal device list`"));
+        };
+        if device.record.role != Role::Guest {
+            return Err(format!("{guest} is not a guest: it reaches the whole network (invite guests with `pal device invite NAME --role guest`)"));
+        }
+        let id = *id;
+        let mut shares = state.shares.get(&id).map(|s| s.shares.clone()).unwrap_or_default();
+        let named = self.resolve_shares(specs)?;
+        if unshare {
+            shares.retain(|s| !named.iter().any(|n| n.device == s.device));
+        } else {
+            // Named again: its ports are the ones given now.
+            shares.retain(|s| !named.iter().any(|n| n.device == s.device));
+            shares.extend(named);
+        }
+        let shares = membership::share::canonical(shares);
+        if state.shares.get(&id).is_none_or(|s| s.shares != shares) {
+            self.book
+                .store_mut()?
+                .append(Operation::Share { guest: id, shares }, &self.signing_key, None, time.unix_secs())
+                .map_err(|e| format!("cannot change what {guest} reaches: {e}"))?;
+            self.membership_changed();
+        }
+        let state = self.book.state();
+        Ok(ShareReply { guest: guest.to_owned(), shares: state.shares.get(&id).map(|s| share_texts(state, &s.shares)).unwrap_or_default() })
     }
 
     /// `pal policy set`: the change applied to the current policy, checked whole (one bad
@@ -203,7 +269,7 @@ impl Core {
     pub fn set_policy(&mut self, change: &PolicyChange, time: Time) -> Result<PolicyReply, String> {
         self.require_admin()?;
         self.last_now = self.last_now.max(time.now);
-        let mut policy = self.store.log().state().policy.clone();
+        let mut policy = self.book.state().policy.clone();
         let parse = |rules: &[String]| rules.iter().map(|r| r.parse::<Rule>().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>();
         let (allow, deny) = (parse(&change.allow)?, parse(&change.deny)?);
         if change.clear_allow {
@@ -253,8 +319,8 @@ impl Core {
             return Err(format!("a policy holds at most {} rules per list; remove some with --clear-allow or --clear-deny", membership::policy::MAX_POLICY_ITEMS));
         }
         let reply = PolicyReply::from(&policy);
-        if policy != self.store.log().state().policy {
-            self.store.append(Operation::SetPolicy { policy }, &self.signing_key, None, time.unix_secs()).map_err(|e| format!("cannot set the policy: {e}"))?;
+        if policy != self.book.state().policy {
+            self.book.store_mut()?.append(Operation::SetPolicy { policy }, &self.signing_key, None, time.unix_secs()).map_err(|e| format!("cannot set the policy: {e}"))?;
             self.membership_changed();
         }
         Ok(reply)
@@ -262,7 +328,7 @@ impl Core {
 
     /// `pal policy show`.
     pub fn policy(&self) -> PolicyReply {
-        PolicyReply::from(&self.store.log().state().policy)
+        PolicyReply::from(&self.book.state().policy)
     }
 
     /// Overlay source and target addresses for `pal ping NAME`.
@@ -270,7 +336,7 @@ impl Core {
         if self.revoked() {
             return Err(REVOKED.into());
         }
-        let state = self.store.log().state();
+        let state = self.book.state();
         let Some((_, target)) = state.active_devices().find(|(id, d)| d.record.name == name && **id != self.me) else {
             return Err(format!("no other active device named {name:?}; see `pal device list`"));
         };
@@ -281,7 +347,7 @@ impl Core {
     /// `pal status`: the membership state with the data plane's `views` of each peer.
     pub fn status(&self, data: &DataView, dht_peers: usize) -> StatusReply {
         let views = &data.peers;
-        let state = self.store.log().state();
+        let state = self.book.state();
         let mine = state.devices.get(&self.me);
         let peers = state
             .active_devices()
@@ -323,12 +389,12 @@ impl Core {
 
     /// `pal device list`.
     pub fn device_list(&self) -> Vec<DeviceInfo> {
-        device_list(self.store.log().state())
+        device_list(self.book.state())
     }
 
     /// `pal log`: the verified entries in fold order.
     pub fn log_entries(&self) -> Vec<LogEntry> {
-        let log = self.store.log();
+        let Some(log) = self.book.log() else { return Vec::new() };
         let state = log.state();
         let name_of = |id: &DeviceId| state.devices.get(id).map(|d| d.record.name.clone()).unwrap_or_else(|| id.to_hex());
         log.entries()
@@ -341,6 +407,7 @@ impl Core {
                     Operation::RevokeDevice { device } => LogOperation::RevokeDevice { name: name_of(device) },
                     Operation::SetPolicy { .. } => LogOperation::SetPolicy {},
                     Operation::RotateSecret { .. } => LogOperation::RotateSecret {},
+                    Operation::Share { guest, shares } => LogOperation::Share { guest: name_of(guest), shares: share_texts(state, shares) },
                 };
                 LogEntry { hash: entry.hash().to_hex(), author: name_of(&entry.author()), time: entry.contents().time, operation }
             })
@@ -348,7 +415,7 @@ impl Core {
     }
 }
 
-/// Every device of `state`, as `pal device list` shows it.
+/// Every device of `state`, as `pal device list` shows it (a guest with what it reaches).
 pub fn device_list(state: &membership::State) -> Vec<DeviceInfo> {
     state
         .devices
@@ -360,6 +427,22 @@ pub fn device_list(state: &membership::State) -> Vec<DeviceInfo> {
             status: device.status.into(),
             overlay_ipv4: device.record.overlay_ipv4.to_string(),
             overlay_ipv6: device.record.overlay_ipv6.to_string(),
+            shares: state.shares.get(id).map(|s| share_texts(state, &s.shares)).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Shares as a user types them: `nas:22,8000-8100`, or `nas` for every port.
+pub fn share_texts(state: &membership::State, shares: &[membership::Share]) -> Vec<String> {
+    shares
+        .iter()
+        .map(|share| {
+            let name = state.devices.get(&share.device).map_or_else(|| share.device.to_hex(), |d| d.record.name.clone());
+            if share.ports.is_empty() {
+                name
+            } else {
+                format!("{name}:{}", share.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
+            }
         })
         .collect()
 }

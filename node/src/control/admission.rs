@@ -119,6 +119,10 @@ impl Core {
             Some((_, DeviceStatus::Revoked)) => return Response::Revoked,
             None => return messages::refused(NOT_A_MEMBER),
         };
+        // A guest this device shares nothing with is an outsider here (GUEST-02).
+        if !self.deals_with(&device) {
+            return messages::refused(NOT_A_MEMBER);
+        }
         self.learn_peer(peer, device, data_port, listen);
         self.learn_candidates(device, candidates, relay);
         self.learn_nat(device, nat);
@@ -126,11 +130,12 @@ impl Core {
             self.listen_via_relay(peer, data_port);
         }
         self.pull_if_behind(peer, summary);
+        self.pull_view_if_changed(peer, summary);
         Response::Hello {
             binding: self.binding.clone(),
             data_port: self.data_port,
             summary: self.summary().into(),
-            peers: self.known_peers(),
+            peers: self.known_peers(&device),
             candidates: self.own_candidates(),
             relay: self.cloudpal,
             listen: self.own_listen_addresses(),
@@ -149,7 +154,7 @@ impl Core {
         let signature = protocol::Signature::from_bytes(*binding.signature);
         key.verify(&binding_message(&self.network, peer), &signature).ok()?;
         let id = key.device_id();
-        let device = self.store.log().state().devices.get(&id)?;
+        let device = self.book.state().devices.get(&id)?;
         (device.record.signing_key == key).then_some((id, device.status))
     }
 
@@ -201,7 +206,7 @@ impl Core {
 
     /// Whether `peer` holds the secret of a usable invite; the reason if not.
     fn verify_invite_proof(&self, peer: &PeerId, proof: &InviteProof, unix: u64) -> Result<(), membership::InviteUnusable> {
-        let state = self.store.log().state();
+        let state = self.book.state();
         let hash = EntryHash(*proof.invite);
         let invite = state.invites.get(&hash).ok_or(membership::InviteUnusable::Unknown)?;
         let signature = protocol::Signature::from_bytes(*proof.signature);
@@ -217,7 +222,7 @@ impl Core {
         if let Err(error) = membership::entry::check_name(&name) {
             return messages::refused(&error.to_string());
         }
-        let log = self.store.log();
+        let Some(log) = self.book.log() else { return messages::refused(super::book::GUEST_CANNOT) };
         let state = log.state();
         let hash = EntryHash(*proof.invite);
         let Some(invite) = state.invites.get(&hash) else { return messages::refused(membership::InviteUnusable::Unknown.to_string().as_str()) };
@@ -242,7 +247,7 @@ impl Core {
     pub(super) fn admit_join(&mut self, entry: &[u8], time: Time) -> Response {
         let result = Entry::decode(entry)
             .map_err(|e| e.to_string())
-            .and_then(|entry| self.store.admit_join(entry, time.unix_secs()).map_err(|e| e.to_string()));
+            .and_then(|entry| self.book.store_mut()?.admit_join(entry, time.unix_secs()).map_err(|e| e.to_string()));
         match result {
             Ok(()) => {
                 self.membership_changed();

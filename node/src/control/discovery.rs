@@ -33,19 +33,26 @@ pub const PRESENCE_LOOKUP_INTERVAL: Duration = Duration::from_secs(5);
 impl Core {
     /// Publishes this device's signed presence record: its peer id and listen addresses.
     pub(super) fn publish_presence(&mut self, time: Time) {
+        if self.is_guest() {
+            return; // it knows no network secret, and members find it through its Hello
+        }
         let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| self.dialable(a)).cloned().collect();
         let seq = u64::try_from(time.unix.as_millis()).unwrap_or(u64::MAX);
         let mut nonce = [0u8; presence::NONCE_LEN];
         rand_core::Rng::fill_bytes(&mut self.rng, &mut nonce);
-        let secret = &self.store.log().state().secret;
+        let secret = &self.book.state().secret;
         let (key, value) = presence::publish(secret, &self.signing_key, &self.peer_id, &addresses, seq, time.unix_secs(), nonce);
         self.push(Action::KadPut { key: key.to_vec(), value, ttl: presence::RECORD_TTL });
     }
 
     pub(super) fn look_up_absent_members(&mut self, time: Time) {
-        let state = self.store.log().state();
+        if self.is_guest() {
+            return;
+        }
+        let state = self.book.state();
         let keys: Vec<Vec<u8>> = state
             .active_devices()
+            .filter(|(_, d)| d.record.role != membership::Role::Guest)
             .filter(|(id, _)| **id != self.me && !self.reach.get(*id).is_some_and(|r| r.connected))
             .map(|(id, _)| presence::key(&state.secret, time.unix_secs(), id).to_vec())
             .collect();
@@ -59,7 +66,7 @@ impl Core {
     /// (DHT-01); `None` drops it unseen.
     pub fn handle_put_record(&self, key: &[u8], value: &[u8], held: Option<u64>, time: Time) -> Option<Duration> {
         let unix = time.unix_secs();
-        match presence::verify(self.store.log().state(), key, value, unix, held) {
+        match presence::verify(self.book.state(), key, value, unix, held) {
             Ok(presence) => Some(Duration::from_secs(presence.expires.saturating_sub(unix))),
             Err(reason) => {
                 tracing::debug!(%reason, "dropped a DHT record");
@@ -70,12 +77,12 @@ impl Core {
 
     /// The sequence number of a stored record, if it opens with the network secret.
     pub fn record_seq(&self, key: &[u8], value: &[u8]) -> Option<u64> {
-        presence::seq_of(&self.store.log().state().secret, key, value)
+        presence::seq_of(&self.book.state().secret, key, value)
     }
 
     /// A record a lookup found: dialled only if it verifies and is newer than the last one.
     pub fn handle_found_record(&mut self, key: &[u8], value: &[u8], time: Time) {
-        let state = self.store.log().state();
+        let state = self.book.state();
         let Ok(presence) = presence::verify(state, key, value, time.unix_secs(), None) else { return };
         if self.presence_seq.get(&presence.device).is_some_and(|held| presence.seq <= *held) {
             return;
@@ -101,7 +108,7 @@ impl Core {
         }
         if let Some(device) = entry.device.map(|id| DeviceId::from_bytes(*id))
             && device != self.me
-            && self.store.log().state().devices.get(&device).is_some_and(|d| d.status == DeviceStatus::Active)
+            && self.book.state().devices.get(&device).is_some_and(|d| d.status == DeviceStatus::Active)
         {
             let reported = self.reported.entry(device).or_default();
             for candidate in entry.candidates.iter().filter_map(|c| c.parse::<SocketAddr>().ok()) {

@@ -61,7 +61,7 @@ impl Core {
         if self.cloudpal {
             return Err("this device is a CloudPal: it is the exit, it does not use one".into());
         }
-        let device = service::choose_exit(self.store.log().state(), &self.me, name)?;
+        let device = service::choose_exit(self.book.state(), &self.me, name)?;
         let fresh = self.exit.choice.map(|c| c.device) != Some(device);
         self.exit.choice = Some(ExitChoice { device, allow_lan });
         self.apply_membership();
@@ -127,10 +127,9 @@ impl Core {
         if !self.cloudpal {
             return super::messages::refused("this device is not an exit");
         }
-        let state = self.store.log().state();
+        let state = self.book.state();
         let policy = &state.policy;
-        let name = state.devices.get(&device).map(|d| d.record.name.clone()).unwrap_or_default();
-        if policy.firewall.mesh_only || !policy.exit.devices.allows(&name) {
+        if policy.firewall.mesh_only || !state.may_use_exit(&device) {
             return super::messages::refused("the network's policy does not let this device use the exit");
         }
         if !policy.exit.rotate_egress || self.exit.pool.is_empty() {
@@ -160,7 +159,7 @@ impl Core {
 
     /// Overlay addresses (ours, the exit's) for the echo that tells whether the exit answers.
     pub fn exit_probe(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
-        let state = self.store.log().state();
+        let state = self.book.state();
         let exit = state.devices.get(&self.exit.choice?.device).filter(|d| d.status == DeviceStatus::Active)?;
         Some((state.devices.get(&self.me)?.record.overlay_ipv4, exit.record.overlay_ipv4))
     }
@@ -168,7 +167,7 @@ impl Core {
     /// `pal exit status`; `answered`: whether the exit answered an echo over the overlay just
     /// now (the shell asks the data plane).
     pub fn exit_status(&self, answered: bool) -> ExitStatusReply {
-        let state = self.store.log().state();
+        let state = self.book.state();
         let Some(choice) = self.exit.choice else {
             return ExitStatusReply { exit: None, state: ExitState::Off, allow_lan: false, egress: Vec::new(), resolver: None };
         };
@@ -188,6 +187,9 @@ impl Core {
     pub fn set_dns(&mut self, on: bool) -> Result<DnsReply, String> {
         if self.revoked() {
             return Err(super::REVOKED.into());
+        }
+        if on && self.is_guest() {
+            return Err("CloudPal's resolver answers the owner's devices only, not guests".into());
         }
         if on && self.cloudpal {
             return Err("this device is a CloudPal: its resolver serves the network".into());
@@ -212,7 +214,7 @@ impl Core {
 
     /// The network's CloudPals other than us, and their resolvers' addresses.
     fn dns_cloudpals(&self) -> impl Iterator<Item = (DeviceId, Ipv4Addr)> + '_ {
-        let state = self.store.log().state();
+        let state = self.book.state();
         state.active_devices().filter(|(id, d)| d.record.role == membership::Role::CloudPal && **id != self.me).map(|(id, d)| (*id, d.record.overlay_ipv4))
     }
 
@@ -222,6 +224,11 @@ impl Core {
     /// system's own resolvers alone (systemd-resolved cannot fall back from a link that has
     /// `~.`, and a resolv.conf's fallback costs a timeout per query).
     fn dns_target(&self) -> Option<(Ipv4Addr, bool)> {
+        // CloudPal's resolver answers members only: a guest on the exit keeps its own
+        // resolvers, reached through the tunnel.
+        if self.is_guest() {
+            return None;
+        }
         if self.exit.choice.is_some() {
             return self.exit_probe().map(|(_, exit)| (exit, false));
         }
@@ -244,12 +251,12 @@ impl Core {
             self.push(Action::ClientDns(dns));
         }
         if self.cloudpal {
-            let rules = service::exit_rules(self.store.log().state(), &self.exit.egress);
+            let rules = service::exit_rules(self.book.state(), &self.exit.egress);
             if self.exit.served.as_ref() != Some(&rules) {
                 self.exit.served = Some(rules.clone());
                 self.push(Action::ExitServe(rules));
             }
-            let dns = service::dns_config(self.store.log().state());
+            let dns = service::dns_config(self.book.state());
             if self.exit.dns_served.as_ref() != Some(&dns) {
                 self.exit.dns_served = Some(dns.clone());
                 self.push(Action::DnsServe(dns));
@@ -259,7 +266,7 @@ impl Core {
 
     /// CloudPal: which of the exit's name sets the addresses of `domain` go to.
     pub fn domain_list(&self, domain: &str) -> Option<&'static str> {
-        service::domain_list(self.store.log().state(), domain)
+        service::domain_list(self.book.state(), domain)
     }
 }
 

@@ -20,11 +20,17 @@ pub const REVOKED_GRACE: Duration = Duration::from_secs(10);
 impl Core {
     /// Makes the data plane match the membership state.
     pub(super) fn apply_membership(&mut self) {
-        let state = self.store.log().state().clone();
+        let state = self.book.state().clone();
         let mut active = BTreeSet::new();
         for (id, device) in &state.devices {
             let key = device.record.static_key;
             if device.status == DeviceStatus::Revoked {
+                self.command(DataCommand::RemovePeer(key));
+                self.reach.remove(id);
+                continue;
+            }
+            if *id != self.me && !self.deals_with(id) {
+                // A guest nothing here is shared with: no peer, no handshake (GUEST-01).
                 self.command(DataCommand::RemovePeer(key));
                 self.reach.remove(id);
                 continue;
@@ -46,6 +52,7 @@ impl Core {
                 endpoint: self.reach.get(id).and_then(|r| r.data_endpoint),
                 // The relay's mapping is held by hop keepalives (signalling), not a session.
                 persistent_keepalive: None,
+                guest: self.guest_rules(id),
             }));
             self.reach.entry(*id).or_default();
         }
@@ -83,10 +90,13 @@ impl Core {
         // A revoked device is cut off on the control plane too: out of the relay's gate and
         // the candidates at once, never redialled, and its connections closed (with its DHT
         // entries) once it has had a moment to pull the log up to its own revocation.
-        let state = self.store.log().state();
-        let revoked: Vec<PeerId> =
-            self.by_peer.iter().filter(|(_, device)| state.devices.get(*device).is_none_or(|d| d.status != DeviceStatus::Active)).map(|(peer, _)| *peer).collect();
-        self.by_peer.retain(|_, device| state.devices.get(device).is_some_and(|d| d.status == DeviceStatus::Active));
+        let state = self.book.state();
+        // So is a guest that nothing here is shared with any more.
+        let gone = |device: &DeviceId| state.devices.get(device).is_none_or(|d| d.status != DeviceStatus::Active) || !self.deals_with(device);
+        let revoked: Vec<PeerId> = self.by_peer.iter().filter(|(_, device)| gone(device)).map(|(peer, _)| *peer).collect();
+        for peer in &revoked {
+            self.by_peer.remove(peer);
+        }
         for peer in revoked {
             self.candidates.remove(&peer);
             self.cut_off.insert(peer, self.last_now + REVOKED_GRACE);
@@ -109,7 +119,7 @@ impl Core {
 
     /// Whether the log says this device has been revoked.
     pub fn revoked(&self) -> bool {
-        self.store.log().state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked)
+        self.book.state().devices.get(&self.me).is_some_and(|d| d.status == DeviceStatus::Revoked)
     }
 
     /// Publishes who the proven members are to the relay's gate.
@@ -135,7 +145,7 @@ impl Core {
         reach.redials = 0;
         if let Some(endpoint) = endpoint {
             reach.data_endpoint = Some(endpoint);
-            if let Some(record) = self.store.log().state().devices.get(&device) {
+            if let Some(record) = self.book.state().devices.get(&device) {
                 let key = record.record.static_key;
                 self.command(DataCommand::SetEndpoint(key, endpoint));
             }

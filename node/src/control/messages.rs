@@ -152,6 +152,12 @@ pub enum Request {
         #[n(0)]
         renew: bool,
     },
+    /// A guest asks for its view: the few entries that prove what it may reach.
+    #[n(8)]
+    View {
+        #[n(0)]
+        binding: Binding,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -217,6 +223,12 @@ pub enum Response {
     Egress {
         #[n(0)]
         addresses: Vec<String>,
+    },
+    /// A guest's view ([`membership::guest`]).
+    #[n(8)]
+    View {
+        #[n(0)]
+        entries: Vec<ByteVec>,
     },
 }
 

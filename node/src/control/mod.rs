@@ -17,8 +17,10 @@
 pub mod addr;
 pub mod admin;
 pub mod admission;
+pub mod book;
 pub mod discovery;
 pub mod exit;
+pub mod guests;
 pub mod members;
 pub mod messages;
 pub mod presence;
@@ -29,7 +31,7 @@ pub mod timers;
 use crate::dataplane::commands::{DataCommand, DataView};
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
-use membership::{NetworkId, Store};
+use membership::NetworkId;
 use messages::{Binding, Request, Response};
 use protocol::{DeviceId, DeviceSigningKey};
 use rand_chacha::ChaCha20Rng;
@@ -142,6 +144,8 @@ pub enum Action {
     ClientDns(Option<(std::net::Ipv4Addr, bool)>),
     /// Addresses for the peer cache file.
     CachePeers(Vec<String>),
+    /// A guest: its view changed; keep it on disk.
+    SaveView(Vec<Vec<u8>>),
     /// A local request answered later (`pal device add`).
     Finished { reply: ReplyId, result: Result<crate::control_api::AddReply, String> },
 }
@@ -206,7 +210,8 @@ pub struct Core {
     cloudpal: bool,
     /// Where CloudPal's TCP/TLS fallback listens, and its certificate's hash.
     fallback: Option<(SocketAddr, [u8; 32])>,
-    store: Store,
+    /// The log (a member) or the view (a guest).
+    book: book::Book,
     rng: ChaCha20Rng,
     timers: Timers,
     actions: VecDeque<Action>,
@@ -227,6 +232,8 @@ pub struct Core {
     reach: BTreeMap<DeviceId, Reach>,
     by_peer: HashMap<PeerId, DeviceId>,
     said_revoked: bool,
+    /// A guest: the log summary each member last showed, when we asked it for our view.
+    view_summary: HashMap<PeerId, Vec<u8>>,
 
     // Admission.
     /// Members that told us we are revoked and were asked for the log (once each).
@@ -288,18 +295,20 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// A core for the member whose keys are in `config`, over its log in `store`; `rng` is
-    /// seeded by the caller (OS randomness in the app, a fixed seed in tests).
-    pub fn new(config: Config, store: Store, rng: ChaCha20Rng, time: Time) -> Result<Self, String> {
+    /// A core for the device whose keys are in `config`, over its log in `store` (a guest:
+    /// its view); `rng` is seeded by the caller (OS randomness in the app, a fixed seed in
+    /// tests).
+    pub fn new(config: Config, book: impl Into<book::Book>, rng: ChaCha20Rng, time: Time) -> Result<Self, String> {
+        let book = book.into();
         let me = config.signing_key.public_key().device_id();
-        match store.log().state().devices.get(&me) {
+        match book.state().devices.get(&me) {
             Some(device) if device.status == membership::DeviceStatus::Revoked => {
                 return Err("this device has been revoked from its network; to come back, join with a new invite in a fresh --state directory".into());
             }
             Some(_) => {}
             None => return Err("this device is not a member of the network in its state directory".into()),
         }
-        let network = store.log().network();
+        let network = book.network();
         let binding = admission::sign_binding(&config.signing_key, &network, &config.peer_id);
         let mut core = Core {
             signing_key: config.signing_key,
@@ -310,7 +319,7 @@ impl Core {
             data_port: config.data_port,
             cloudpal: config.cloudpal,
             fallback: config.fallback,
-            store,
+            book,
             rng,
             timers: Timers::new(time.now),
             actions: VecDeque::new(),
@@ -322,6 +331,7 @@ impl Core {
             reach: BTreeMap::new(),
             by_peer: HashMap::new(),
             said_revoked: false,
+            view_summary: HashMap::new(),
             revocation_checks: HashSet::new(),
             invite_attempts: admission::invite_limiter(),
             invite_pull_at: None,
@@ -487,7 +497,7 @@ impl Core {
     fn in_overlay(&self, address: &Multiaddr) -> bool {
         match crate::control::addr::multiaddr_ip(address) {
             Some(std::net::IpAddr::V4(ip)) => membership::overlay::is_overlay_ipv4(ip),
-            Some(std::net::IpAddr::V6(ip)) => self.store.log().founder().is_some_and(|founder| {
+            Some(std::net::IpAddr::V6(ip)) => self.book.founder().is_some_and(|founder| {
                 let prefix = membership::overlay::ula_prefix(&founder).octets();
                 ip.octets()[..6] == prefix[..6]
             }),
@@ -651,6 +661,9 @@ impl Core {
     /// A control request from `peer`; the answer to send back.
     pub fn handle_request(&mut self, peer: PeerId, request: Request, time: Time) -> Response {
         self.last_now = self.last_now.max(time.now);
+        if self.refused_to_guest(&peer, &request) {
+            return messages::refused(guests::NOT_FOR_GUESTS);
+        }
         match request {
             Request::Hello { binding, data_port, summary, candidates, relay, listen, nat } => self.on_hello(
                 peer,
@@ -664,7 +677,7 @@ impl Core {
                 self.learn_candidates(device, &candidates, false);
                 self.learn_nat(device, nat.as_ref());
                 self.admit_to_dht(peer, device, &listen, false);
-                Response::Paths { peers: self.known_peers() }
+                Response::Paths { peers: self.known_peers(&device) }
             }
             Request::Sync { binding, summary, .. } => self.serve_sync(peer, binding, &summary),
             Request::Enrol { proof, name, signing_key, static_key } => self.enrol(peer, &proof, name, *signing_key, *static_key, time),
@@ -672,10 +685,12 @@ impl Core {
             Request::Announce { summary } => {
                 if self.by_peer.contains_key(&peer) {
                     self.pull_if_behind(peer, &summary);
+                    self.pull_view_if_changed(peer, &summary);
                 }
                 Response::Accepted
             }
             Request::ExitSession { renew } => self.serve_exit_session(peer, renew),
+            Request::View { binding } => self.serve_view(&peer, &binding),
         }
     }
 
@@ -684,7 +699,7 @@ impl Core {
         self.last_now = self.last_now.max(time.now);
         match response {
             Response::Hello { binding, data_port, summary, peers, candidates, relay, listen, nat } => {
-                let Some(device) = self.verify_binding(&peer, &binding) else { return };
+                let Some(device) = self.verify_binding(&peer, &binding).filter(|d| self.deals_with(d)) else { return };
                 self.learn_peer(peer, device, data_port, &listen);
                 self.learn_candidates(device, &candidates, relay);
                 self.learn_nat(device, nat.as_ref());
@@ -695,6 +710,7 @@ impl Core {
                     self.learn_addresses(entry);
                 }
                 self.pull_if_behind(peer, &summary);
+                self.pull_view_if_changed(peer, &summary);
             }
             Response::Paths { peers } => {
                 if self.by_peer.contains_key(&peer) {
@@ -704,6 +720,7 @@ impl Core {
                 }
             }
             Response::Entries { batch, more } => self.ingest_batch(peer, batch, more),
+            Response::View { entries } => self.view_answered(peer, entries),
             Response::Accepted | Response::Refused { .. } if self.deliveries.contains_key(&peer) => {
                 self.delivery_answered(peer, response);
             }
@@ -734,8 +751,22 @@ impl Core {
         self.peer_id
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The whole log (a member's; a guest holds none).
+    pub fn log(&self) -> Option<&membership::Log> {
+        self.book.log()
+    }
+
+    /// The membership state this node enforces.
+    pub fn state(&self) -> &membership::State {
+        self.book.state()
+    }
+
+    /// A guest's view, to keep on disk.
+    pub fn guest_view(&self) -> Option<&[Vec<u8>]> {
+        match &self.book {
+            book::Book::Guest(book) => Some(book.view()),
+            book::Book::Log(_) => None,
+        }
     }
 
     pub fn reach(&self, device: &DeviceId) -> Option<&Reach> {

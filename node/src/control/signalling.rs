@@ -39,7 +39,7 @@ impl Core {
     /// Whether `ip` is a member's overlay address (libp2p lists the TUN interface among its
     /// listen addresses; as a data-plane candidate it would route the tunnel through itself).
     fn is_overlay(&self, ip: IpAddr) -> bool {
-        self.store.log().state().devices.values().any(|d| ip == IpAddr::V4(d.record.overlay_ipv4) || ip == IpAddr::V6(d.record.overlay_ipv6))
+        self.book.state().devices.values().any(|d| ip == IpAddr::V4(d.record.overlay_ipv4) || ip == IpAddr::V6(d.record.overlay_ipv6))
     }
 
     /// Every few seconds, our candidates to every connected member; the answers say what they
@@ -62,7 +62,7 @@ impl Core {
 
     /// What a member said of its NAT; the data plane punches with it.
     pub(super) fn learn_nat(&mut self, device: DeviceId, nat: Option<&NatInfo>) {
-        let Some(record) = self.store.log().state().devices.get(&device) else { return };
+        let Some(record) = self.book.state().devices.get(&device) else { return };
         let key = record.record.static_key;
         let nat = nat.and_then(|info| {
             let reflexive = info.reflexive.parse().ok()?;
@@ -80,7 +80,7 @@ impl Core {
         self.announced.insert(device, parsed);
         self.apply_candidates(device);
         // Relay duty is CloudPal's: a member that merely claims it is not believed.
-        let cloudpal = self.store.log().state().devices.get(&device).is_some_and(|d| d.record.role == membership::Role::CloudPal);
+        let cloudpal = self.book.state().devices.get(&device).is_some_and(|d| d.record.role == membership::Role::CloudPal);
         if relay && cloudpal && self.relay.is_none_or(|(current, _)| current == device) {
             self.use_relay(device);
         }
@@ -88,7 +88,7 @@ impl Core {
 
     /// Tells the data plane every candidate we know for `device`.
     pub(super) fn apply_candidates(&mut self, device: DeviceId) {
-        let Some(record) = self.store.log().state().devices.get(&device) else { return };
+        let Some(record) = self.book.state().devices.get(&device) else { return };
         let key = record.record.static_key;
         let mut all: Vec<SocketAddr> = self.reported.get(&device).into_iter().flatten().copied().collect();
         all.extend(self.announced.get(&device).into_iter().flatten().copied());
@@ -105,7 +105,7 @@ impl Core {
     /// keeps a session with it so that it always knows where we are.
     fn use_relay(&mut self, device: DeviceId) {
         let Some(endpoint) = self.reach.get(&device).and_then(|r| r.data_endpoint) else { return };
-        let Some(key) = self.store.log().state().devices.get(&device).map(|d| d.record.static_key) else { return };
+        let Some(key) = self.book.state().devices.get(&device).map(|d| d.record.static_key) else { return };
         if self.relay == Some((device, endpoint)) {
             return;
         }
@@ -119,7 +119,7 @@ impl Core {
 
     /// `pal netcheck`: what the data plane's `view` and the control plane know of our network.
     pub fn netcheck(&self, view: &crate::dataplane::DataView) -> crate::control_api::NetcheckReply {
-        let state = self.store.log().state();
+        let state = self.book.state();
         let cloudpal = self.relay.and_then(|(device, _)| state.devices.get(&device));
         let udp = cloudpal.and_then(|d| view.peers.get(&d.record.static_key)).is_some_and(|v| v.path == PathKind::Direct);
         let rtt = self.relay.and_then(|(device, _)| self.reach.get(&device)).and_then(|r| r.rtt);
@@ -169,10 +169,12 @@ impl Core {
     }
 
     /// What we know of every member's reachability, for a peer that asks.
-    pub(super) fn known_peers(&self) -> Vec<PeerAddresses> {
-        let state = self.store.log().state();
+    /// What we tell `asker` of where the others are (a guest hears only of what it may reach).
+    pub(super) fn known_peers(&self, asker: &DeviceId) -> Vec<PeerAddresses> {
+        let state = self.book.state();
         self.reach
             .iter()
+            .filter(|(device, _)| *device != asker && self.may_know(asker, device))
             .filter_map(|(device, reach)| {
                 let key = state.devices.get(device)?.record.static_key;
                 // What it announced, and where our data plane last heard it from: behind a

@@ -15,8 +15,9 @@ use std::time::Duration;
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Core {
+    /// Our log's summary (a guest has no log: nothing).
     pub(super) fn summary(&self) -> Vec<u8> {
-        SyncMessage::Summary(self.store.log().summary()).encode()
+        self.book.log().map(|log| SyncMessage::Summary(log.summary()).encode()).unwrap_or_default()
     }
 
     /// Shows this log's summary to every connected member; whoever lacks something pulls it.
@@ -41,8 +42,9 @@ impl Core {
     }
 
     pub(super) fn pull_if_behind(&mut self, peer: PeerId, summary: &[u8]) {
-        if let Some(summary) = messages::decode_summary(summary)
-            && !membership::sync::has_everything_of(self.store.log(), &summary)
+        if let Some(log) = self.book.log()
+            && let Some(summary) = messages::decode_summary(summary)
+            && !membership::sync::has_everything_of(log, &summary)
         {
             self.request_sync(peer);
         }
@@ -58,10 +60,14 @@ impl Core {
     /// once it has joined.
     pub(super) fn serve_sync(&mut self, peer: PeerId, binding: Option<Binding>, summary: &[u8]) -> Response {
         let mut horizon = None;
+        let Some(log) = self.book.log() else { return messages::refused(super::book::GUEST_CANNOT) };
         match binding.and_then(|b| self.verify_signed_binding(&peer, &b)) {
+            Some((device, _)) if log.state().devices.get(&device).is_some_and(|d| d.record.role == membership::Role::Guest) => {
+                return messages::refused(super::guests::NOT_FOR_GUESTS);
+            }
             Some((_, DeviceStatus::Active)) => {}
             Some((device, DeviceStatus::Revoked)) => {
-                horizon = self.store.log().revocation_of(&device);
+                horizon = log.revocation_of(&device);
                 if horizon.is_none() {
                     return messages::refused(admission::NOT_A_MEMBER);
                 }
@@ -70,8 +76,8 @@ impl Core {
         }
         let Some(summary) = messages::decode_summary(summary) else { return messages::refused("malformed summary") };
         let batches = match horizon {
-            Some(horizon) => membership::sync::missing_up_to(self.store.log(), &summary, horizon),
-            None => missing_for(self.store.log(), &summary),
+            Some(horizon) => membership::sync::missing_up_to(log, &summary, horizon),
+            None => missing_for(log, &summary),
         };
         let mut batches = batches.into_iter();
         let batch = batches.next().unwrap_or_default();
@@ -87,7 +93,8 @@ impl Core {
             return;
         }
         let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
-        match self.store.ingest_encoded(&batch) {
+        let Ok(store) = self.book.store_mut() else { return };
+        match store.ingest_encoded(&batch) {
             Ok(0) => {}
             Ok(_) => {
                 self.membership_changed();

@@ -24,6 +24,15 @@ pub enum ControlRequest {
         #[serde(with = "role")]
         role: Role,
         ttl_seconds: u64,
+        /// A guest's: `DEVICE[:PORTS]` each.
+        #[serde(default)]
+        shares: Vec<String>,
+    },
+    /// `pal device share` (`unshare: false`) and `pal device unshare`.
+    Share {
+        guest: String,
+        devices: Vec<String>,
+        unshare: bool,
     },
     Revoke {
         name: String,
@@ -325,6 +334,16 @@ pub struct DeviceInfo {
     pub status: DeviceStatusName,
     pub overlay_ipv4: String,
     pub overlay_ipv6: String,
+    /// A guest: what it may reach (`DEVICE[:PORTS]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<String>,
+}
+
+/// `pal device share` / `unshare`: what the guest reaches now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareReply {
+    pub guest: String,
+    pub shares: Vec<String>,
 }
 
 /// One entry of `pal log`.
@@ -365,6 +384,11 @@ pub enum LogOperation {
     SetPolicy {},
     /// The network secret moved on (after a revocation); the secret itself is never shown.
     RotateSecret {},
+    /// What a guest may reach from now on.
+    Share {
+        guest: String,
+        shares: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for LogOperation {
@@ -377,6 +401,8 @@ impl std::fmt::Display for LogOperation {
             LogOperation::RevokeDevice { name } => write!(f, "revoke {name}"),
             LogOperation::SetPolicy {} => f.write_str("set policy"),
             LogOperation::RotateSecret {} => f.write_str("rotate the network secret"),
+            LogOperation::Share { guest, shares } if shares.is_empty() => write!(f, "share nothing with {guest}"),
+            LogOperation::Share { guest, shares } => write!(f, "share {} with {guest}", shares.join(" ")),
         }
     }
 }
@@ -440,7 +466,7 @@ mod tests {
 
     #[test]
     fn requests_and_replies_keep_their_json_shape() {
-        let request = ControlRequest::Invite { name: "phone".into(), role: Role::CloudPal, ttl_seconds: 60 };
+        let request = ControlRequest::Invite { name: "phone".into(), role: Role::CloudPal, ttl_seconds: 60, shares: Vec::new() };
         let text = serde_json::to_string(&request).expect("encodes");
         assert_eq!(text, r#"{"command":"invite","name":"phone","role":"cloudpal","ttl_seconds":60}"#);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"command":"invite","name":"x","role":"boss","ttl_seconds":1}"#).is_err());

@@ -67,6 +67,8 @@ enum Step {
     Joining,
     /// Joined; pulling the log.
     Syncing,
+    /// Joined as a guest; asking for its view (a guest gets no log).
+    Viewing,
 }
 
 async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name: &str) -> Result<()> {
@@ -98,6 +100,8 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
     let mut waiting: Vec<PeerId> = Vec::new();
     let mut step = Step::Enrolling;
     let mut log: Option<Log> = None;
+    let mut guest = false;
+    let view_request = Request::View { binding: binding.clone() };
     let me = identity.device.public_key().device_id();
     // A member that does not know the invite yet (made a moment ago elsewhere) pulls the log
     // from the others; we ask it again a little later, a few times, before believing it.
@@ -137,9 +141,16 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
             })) => match (&step, response) {
                 (Step::Enrolling, Response::Template { parents, role, overlay_ipv4, overlay_ipv6 }) => {
                     let template = Template::from_response(parents, &role, *overlay_ipv4, *overlay_ipv6)?;
+                    guest = template.role == Role::Guest;
                     let entry = make_join(&template, identity, code, name, crate::clock::unix_secs())?;
                     swarm.behaviour_mut().control.send_request(&peer, Request::Join { entry: entry.encoded().to_vec().into() });
                     step = Step::Joining;
+                    None
+                }
+                (Step::Joining, Response::Accepted) if guest => {
+                    // A guest now: what it may reach is ours to read, and no more.
+                    step = Step::Viewing;
+                    swarm.behaviour_mut().control.send_request(&peer, view_request.clone());
                     None
                 }
                 (Step::Joining, Response::Accepted) => {
@@ -147,6 +158,14 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
                     step = Step::Syncing;
                     swarm.behaviour_mut().control.send_request(&peer, sync_request(&log));
                     None
+                }
+                (Step::Viewing, Response::View { entries }) => {
+                    let view: Vec<Vec<u8>> = entries.into_iter().map(|e| e.to_vec()).collect();
+                    crate::control::book::GuestBook::new(code.network, me, view.clone())
+                        .map_err(|e| anyhow::anyhow!("the member accepted the join but sent a view that does not check ({e}); ask for a new invite"))?;
+                    state.save_guest_view(&code.network, &view)?;
+                    state.cache_peers(&code.bootstrap.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+                    return Ok(());
                 }
                 (Step::Syncing, Response::Entries { batch, more }) => {
                     let batch: Vec<Vec<u8>> = batch.into_iter().map(|b| b.to_vec()).collect();
@@ -185,6 +204,7 @@ async fn exchange(state: &StateDir, identity: &Identity, code: &InviteCode, name
             member = Some(next);
             let request = match step {
                 Step::Syncing => sync_request(&log),
+                Step::Viewing => view_request.clone(),
                 _ => {
                     step = Step::Enrolling;
                     enrol.clone()

@@ -70,7 +70,7 @@ pub fn check_new_device(state: &StateDir, name: &str) -> Result<()> {
 /// Removes what a device that did not make it in left behind, so that the next try starts
 /// clean.
 pub(crate) fn discard(state: &StateDir) {
-    for file in ["device.key", "static.key", "libp2p.key", "membership.redb"] {
+    for file in ["device.key", "static.key", "libp2p.key", "membership.redb", "guest-view.cbor"] {
         let _ = std::fs::remove_file(state.root().join(file));
     }
 }

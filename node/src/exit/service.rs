@@ -2,7 +2,7 @@
 //! CloudPal forwards, and whether a device may choose an exit at all.
 
 use super::ExitRules;
-use membership::{DeviceStatus, Role, Rule, State};
+use membership::{Role, Rule, State};
 use protocol::DeviceId;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +14,7 @@ pub fn exit_rules(state: &State, egress: &BTreeMap<DeviceId, Vec<IpAddr>>) -> Ex
     let mut sources = Vec::new();
     let mut mapped = Vec::new();
     for (id, device) in state.active_devices() {
-        if !policy.exit.devices.allows(&device.record.name) {
+        if !state.may_use_exit(id) {
             continue;
         }
         let own = [IpAddr::V4(device.record.overlay_ipv4), IpAddr::V6(device.record.overlay_ipv6)];
@@ -44,7 +44,8 @@ pub fn exit_rules(state: &State, egress: &BTreeMap<DeviceId, Vec<IpAddr>>) -> Ex
 /// block lists and the firewall's domains.
 pub fn dns_config(state: &State) -> crate::dns::server::DnsConfig {
     let mut config = crate::dns::server::DnsConfig::default();
-    for (_, device) in state.active_devices() {
+    // Guests neither ask CloudPal's resolver nor learn the devices' names from it.
+    for (_, device) in state.active_devices().filter(|(_, d)| d.record.role != Role::Guest) {
         config.devices.insert(device.record.name.to_ascii_lowercase(), (device.record.overlay_ipv4, device.record.overlay_ipv6));
         config.clients.extend([IpAddr::V4(device.record.overlay_ipv4), IpAddr::V6(device.record.overlay_ipv6)]);
     }
@@ -90,8 +91,7 @@ pub fn choose_exit(state: &State, me: &DeviceId, name: Option<&str>) -> Result<D
     if policy.firewall.mesh_only {
         return Err("the network's policy is mesh-only: no internet through CloudPal (an admin can `pal policy set --mesh-only off`)".into());
     }
-    let my_name = state.devices.get(me).filter(|d| d.status == DeviceStatus::Active).map(|d| d.record.name.as_str()).unwrap_or_default();
-    if !policy.exit.devices.allows(my_name) {
+    if !state.may_use_exit(me) {
         return Err("the network's policy does not let this device use the exit".into());
     }
     Ok(*chosen)

@@ -795,7 +795,7 @@ fn log_entries_are_taken_from_proven_members_only() {
     let entry = Network::entry_on(
         sim.nodes[1].log(),
         &founder,
-        membership::Operation::Invite { invite_key: DeviceSigningKey::from_bytes(&[0x61; 32]).public_key(), role: Role::Member, expires: u64::MAX, name_hint: "x".into() },
+        membership::Operation::Invite { invite_key: DeviceSigningKey::from_bytes(&[0x61; 32]).public_key(), role: Role::Member, expires: u64::MAX, name_hint: "x".into(), shares: Vec::new() },
         sim.time.unix_secs(),
         None,
     );

@@ -9,10 +9,12 @@
 //! reply, no state (DP-07, DP-12). On CloudPal it also does relay duty: forwarding envelopes
 //! between members ([`crate::relay`]).
 
+mod guest;
 mod handshakes;
 mod punching;
 mod relaying;
 use handshakes::LoadMeter;
+pub use guest::GuestRules;
 pub use punching::PunchOpen;
 use crate::birthday::{Birthday, PeerNat};
 use crate::fallback::RelayHop;
@@ -56,6 +58,8 @@ pub struct PeerConfig {
     pub allowed_ips: Vec<IpPrefix>,
     pub endpoint: Option<SocketAddr>,
     pub persistent_keepalive: Option<Duration>,
+    /// A guest: what it may reach through us, and what of ours may reach it.
+    pub guest: Option<GuestRules>,
 }
 
 /// A datagram to send.
@@ -89,6 +93,9 @@ pub struct DeviceStats {
     pub rx_unauthorized: u64,
     pub rx_unknown_index: u64,
     pub rx_source_not_allowed: u64,
+    /// A guest's packets to what is not shared with it, and packets to a guest it may not get.
+    pub rx_guest_refused: u64,
+    pub tx_guest_refused: u64,
     /// Envelopes refused: malformed, bad tag, unknown sender or destination (RL-03).
     pub relay_refused: u64,
     /// Envelopes dropped because their sender was over its relay quota.
@@ -168,6 +175,7 @@ pub struct Device {
 struct Peer {
     tunnel: Tunnel,
     allowed_ips: Vec<IpPrefix>,
+    guest: Option<GuestRules>,
     paths: Paths,
     /// The MAC key for relay envelopes exchanged with this peer directly.
     hop: HopKey,
@@ -271,6 +279,7 @@ impl Device {
         let key = config.static_public;
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.allowed_ips = config.allowed_ips;
+            peer.guest = config.guest;
             peer.tunnel.set_persistent_keepalive(config.persistent_keepalive);
             if let Some(endpoint) = config.endpoint {
                 peer.paths.set_direct(endpoint);
@@ -297,7 +306,7 @@ impl Device {
                 self.relay_ids.entry(hop.id(epoch)).or_insert(key);
             }
         }
-        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, paths, hop, relay_seen: ReplayWindow::default(), relay_use: Usage::default(), stalled: false, nat: None, birthday: Birthday::default(), punch_signal: None });
+        self.peers.insert(key, Peer { tunnel, allowed_ips: config.allowed_ips, guest: config.guest, paths, hop, relay_seen: ReplayWindow::default(), relay_use: Usage::default(), stalled: false, nat: None, birthday: Birthday::default(), punch_signal: None });
         // Two keys sharing a short id could not be told apart on the relay: the second one
         // is simply not reachable through it (2^-64 per pair).
         self.short_ids.entry(ShortId::of(&key)).or_insert(key);
@@ -456,6 +465,10 @@ impl Device {
         let key = self.route(destination).ok_or(Error::NoRoute)?;
         let relays = self.relays_to(&key);
         let peer = self.peers.get_mut(&key).ok_or(Error::NoRoute)?;
+        if peer.guest.as_ref().is_some_and(|rules| !rules.outbound_allowed(packet)) {
+            self.stats.tx_guest_refused += 1;
+            return Err(Error::GuestRefused);
+        }
         let Some(route) = peer.paths.route(now, relays) else {
             // Nowhere to send it yet (a device just up, before signalling told it where the
             // peer is). Without a session, the packet waits behind a handshake that goes out
@@ -558,8 +571,13 @@ impl Device {
         let result = match result {
             Ok(Decapsulated::Packet(len)) => match source_of(&out[..len]) {
                 Some(inner) if peer.allowed_ips.iter().any(|p| p.contains(inner)) => {
-                    peer.paths.activity(now);
-                    Ok(Received::Packet { peer: key, len })
+                    if peer.guest.as_ref().is_some_and(|rules| !rules.inbound_allowed(&out[..len])) {
+                        self.stats.rx_guest_refused += 1;
+                        Err(Error::GuestRefused)
+                    } else {
+                        peer.paths.activity(now);
+                        Ok(Received::Packet { peer: key, len })
+                    }
                 }
                 _ => {
                     self.stats.rx_source_not_allowed += 1;

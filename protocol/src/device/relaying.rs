@@ -225,7 +225,7 @@ impl Device {
             refused(&mut self.stats);
             return Err(Error::UnknownPeer);
         };
-        if !(self.authorize)(&sender) || !(self.authorize)(&destination) {
+        if !(self.authorize)(&sender) || !(self.authorize)(&destination) || !self.may_relay(&sender, &destination) {
             refused(&mut self.stats);
             return Err(Error::NotAuthorized);
         }
@@ -247,6 +247,17 @@ impl Device {
         Ok(Received::Forward(Transmit { destination: target, len: datagram.len() }))
     }
 
+}
+
+impl Device {
+    /// Relay duty: a guest's envelopes go only to the devices shared with it, and only those
+    /// send it any (GUEST-01); members relay to members.
+    fn may_relay(&self, a: &StaticPublic, b: &StaticPublic) -> bool {
+        let allows = |from: &StaticPublic, to: &StaticPublic| {
+            self.peers.get(from).is_some_and(|p| p.guest.as_ref().is_none_or(|rules| rules.relay_to.contains(to)))
+        };
+        allows(a, b) && allows(b, a)
+    }
 }
 
 /// Relay duty: an authenticated, fresh envelope from `from` is accepted on its hop, and says

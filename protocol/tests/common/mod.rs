@@ -75,7 +75,7 @@ pub fn members_and_relay(now: Instant, key_base: u8) -> Trio {
     for (i, device) in devices.iter_mut().enumerate() {
         for j in (0..3).filter(|j| *j != i) {
             let endpoint = (j == RELAY).then_some(addresses[RELAY]);
-            device.upsert_peer(PeerConfig { static_public: keys[j], allowed_ips: vec![IpPrefix::host(overlays[j])], endpoint, persistent_keepalive: None });
+            device.upsert_peer(PeerConfig { static_public: keys[j], allowed_ips: vec![IpPrefix::host(overlays[j])], endpoint, persistent_keepalive: None, guest: None });
         }
     }
     devices[RELAY].set_relay_server(true);
