@@ -301,7 +301,6 @@ mod tests {
             peer_static: identity.static_secret.public_key(),
             psk: psk.clone(),
             persistent_keepalive: None,
-            guest: None,
             mtu: 1420,
             clock,
         };

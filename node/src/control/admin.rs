@@ -351,7 +351,7 @@ impl Core {
         let mine = state.devices.get(&self.me);
         let peers = state
             .active_devices()
-            .filter(|(id, _)| **id != self.me)
+            .filter(|(id, _)| **id != self.me && self.deals_with(id))
             .map(|(id, device)| {
                 let view = views.get(&device.record.static_key);
                 let stats = view.map(|v| v.stats).unwrap_or_default();
@@ -389,7 +389,12 @@ impl Core {
 
     /// `pal device list`.
     pub fn device_list(&self) -> Vec<DeviceInfo> {
-        device_list(self.book.state())
+        let mut devices = device_list(self.book.state());
+        if self.is_guest() {
+            let state = self.book.state();
+            devices.retain(|d| state.devices.iter().any(|(id, s)| s.record.name == d.name && (*id == self.me || self.deals_with(id))));
+        }
+        devices
     }
 
     /// `pal log`: the verified entries in fold order.

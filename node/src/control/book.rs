@@ -106,6 +106,10 @@ impl GuestBook {
         Ok(changed)
     }
 
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
     /// The entries to keep on disk.
     pub fn view(&self) -> &[Vec<u8>] {
         &self.view

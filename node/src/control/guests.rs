@@ -32,7 +32,8 @@ impl Core {
     /// a guest only where something is shared with it, or on CloudPal.
     pub(super) fn deals_with(&self, device: &DeviceId) -> bool {
         if self.is_guest() {
-            return true; // a guest's view holds only what it may reach
+            // Its view also proves the admins that added those; they are not its to reach.
+            return self.role_of(device) == Some(Role::CloudPal) || self.book.state().shared_ports(&self.me, device).is_some();
         }
         match self.role_of(device) {
             Some(Role::Guest) => self.cloudpal || self.book.state().may_talk(&self.me, device),
@@ -84,11 +85,19 @@ impl Core {
             return;
         }
         let Book::Guest(book) = &mut self.book else { return };
+        let before: Vec<(DeviceId, protocol::StaticPublic)> = book.state().devices.iter().map(|(id, d)| (*id, d.record.static_key)).collect();
         match book.update(entries.into_iter().map(|e| e.to_vec()).collect()) {
             Ok(changed) => {
                 let view = book.view().to_vec();
                 self.push(Action::SaveView(view));
                 if changed {
+                    // A device no longer shared leaves the view altogether: its peer goes too.
+                    for (id, key) in before {
+                        if !self.book.state().devices.contains_key(&id) {
+                            self.command(crate::dataplane::commands::DataCommand::RemovePeer(key));
+                            self.reach.remove(&id);
+                        }
+                    }
                     self.membership_changed();
                 }
             }

@@ -25,7 +25,7 @@ pub enum ControlRequest {
         role: Role,
         ttl_seconds: u64,
         /// A guest's: `DEVICE[:PORTS]` each.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         shares: Vec<String>,
     },
     /// `pal device share` (`unshare: false`) and `pal device unshare`.

@@ -1,6 +1,7 @@
 //! The control core on virtual time: several cores wired together in one process (no root,
 //! no namespaces), each test a behaviour the end-to-end suite also relies on.
 
+mod guests;
 mod sim;
 
 use membership::testkit::Network;
@@ -45,7 +46,7 @@ fn joiner_identity(seed: u8) -> Identity {
 /// Invites a device on node `admin`; the code a joiner would hold.
 fn invite(sim: &mut Sim, admin: usize, ttl: Duration) -> InviteCode {
     let time = sim.time;
-    let made = sim.nodes[admin].core.invite("tablet", Role::Member, ttl, time).expect("an admin invites");
+    let made = sim.nodes[admin].core.invite("tablet", Role::Member, &[], ttl, time).expect("an admin invites");
     sim.settle();
     InviteCode { network: sim.nodes[admin].core.network(), invite: made.invite, secret: made.secret, bootstrap: made.bootstrap }
 }
@@ -233,8 +234,8 @@ fn both_sides_of_a_partition_append_and_converge_when_it_heals() {
     sim.settle();
     sim.partition(&[0], &[1, 2]);
     let time = sim.time;
-    sim.nodes[0].core.invite("a", Role::Member, Duration::from_secs(600), time).expect("invite a");
-    sim.nodes[1].core.invite("b", Role::Member, Duration::from_secs(600), time).expect("invite b");
+    sim.nodes[0].core.invite("a", Role::Member, &[], Duration::from_secs(600), time).expect("invite a");
+    sim.nodes[1].core.invite("b", Role::Member, &[], Duration::from_secs(600), time).expect("invite b");
     sim.run_for(10 * SECOND);
     assert_eq!(sim.distinct_heads().len(), 2, "each side holds only its own entry");
     sim.heal();
@@ -333,7 +334,7 @@ fn a_device_that_loses_its_address_drops_the_dead_connections_and_reconnects_fro
     assert!(redials.iter().all(|at| *at < Duration::from_millis(1_500)), "{redials:?}");
     // A change made on the laptop after the move reaches both at once.
     let time = sim.time;
-    sim.nodes[0].core.invite("tablet", Role::Member, Duration::from_secs(600), time).expect("invite");
+    sim.nodes[0].core.invite("tablet", Role::Member, &[], Duration::from_secs(600), time).expect("invite");
     sim.settle();
     assert_eq!(sim.distinct_heads().len(), 1, "one view of the log after the move");
 }
@@ -520,7 +521,7 @@ fn candidates_reach_the_data_plane_and_paths_are_exchanged_every_two_seconds() {
     }
     assert_eq!(sim.nodes[1].core.own_candidates(), vec![format!("{phone_ip}:{}", sim::DATA_PORT)]);
     let time = sim.time;
-    let made = sim.nodes[0].core.invite("tablet", Role::Member, Duration::from_secs(60), time).expect("invite");
+    let made = sim.nodes[0].core.invite("tablet", Role::Member, &[], Duration::from_secs(60), time).expect("invite");
     assert!(!made.bootstrap.iter().any(|a| a.to_string().starts_with("/ip6/fd") || a.to_string().starts_with("/ip6/fe80")), "{:?}", made.bootstrap);
     let before = sim.nodes[1].sent.len();
     sim.run_for(Duration::from_millis(6_500));
@@ -609,7 +610,7 @@ fn cloudpal_announces_its_tcp_fallback_and_members_find_it_for_the_data_link() {
     sim.nodes[1].core.handle_new_listen_addr("/ip4/192.0.2.99/tcp/4000".parse().expect("addr"));
     sim.nodes[1].core.handle_new_listen_addr(format!("/ip4/192.0.2.98/tcp/{}", sim::DATA_PORT).parse().expect("addr"));
     let time = sim.time;
-    let made = sim.nodes[1].core.invite("x", Role::Member, Duration::from_secs(60), time);
+    let made = sim.nodes[1].core.invite("x", Role::Member, &[], Duration::from_secs(60), time);
     // (CloudPal is no admin: it cannot invite; its own Hello shows what it announces.)
     assert!(made.is_err());
     let hello = sim.nodes[1].core.hello_listen();
@@ -710,15 +711,15 @@ fn only_an_admin_invites_adds_and_revokes() {
     let time = sim.time;
     for index in [1, 2] {
         let core = &mut sim.nodes[index].core;
-        assert_eq!(core.invite("x", Role::Member, SECOND, time).map(drop), Err("only an admin device can do this".into()));
+        assert_eq!(core.invite("x", Role::Member, &[], SECOND, time).map(drop), Err("only an admin device can do this".into()));
         assert_eq!(core.revoke("laptop", time).map(drop), Err("only an admin device can do this".into()));
     }
     let core = &mut sim.nodes[0].core;
-    assert!(core.invite("bad name!", Role::Member, SECOND, time).is_err_and(|e| e.contains("not a valid device name")));
+    assert!(core.invite("bad name!", Role::Member, &[], SECOND, time).is_err_and(|e| e.contains("not a valid device name")));
     assert!(core.revoke("nobody", time).is_err_and(|e| e.contains("no active device named")));
     // An invite code is a secret: it cannot live forever (nor overflow the clock).
-    assert!(core.invite("forever", Role::Member, Duration::from_secs(u64::MAX), time).is_err_and(|e| e.contains("30 days at most")));
-    let made = core.invite("month", Role::Member, node::control::admin::MAX_INVITE_TTL, time).expect("30 days is fine");
+    assert!(core.invite("forever", Role::Member, &[], Duration::from_secs(u64::MAX), time).is_err_and(|e| e.contains("30 days at most")));
+    let made = core.invite("month", Role::Member, &[], node::control::admin::MAX_INVITE_TTL, time).expect("30 days is fine");
     assert_eq!(made.expires, time.unix_secs() + 30 * 24 * 3600);
 }
 

@@ -43,6 +43,8 @@ pub struct Node {
     pub exit_served: Vec<node::exit::ExitRules>,
     pub dns_served: Vec<node::dns::server::DnsConfig>,
     pub client_dns: Vec<Option<(std::net::Ipv4Addr, bool)>>,
+    /// A guest: the views it asked the shell to keep.
+    pub saved_views: Vec<Vec<Vec<u8>>>,
 }
 
 impl Node {
@@ -51,7 +53,7 @@ impl Node {
     }
 
     pub fn log(&self) -> &Log {
-        self.core.store().log()
+        self.core.log().expect("a member holds the log")
     }
 
     /// Data-plane commands recorded since the last call.
@@ -143,10 +145,22 @@ impl Sim {
     }
 
     pub fn add_with_bootstrap(&mut self, member: &Member, log: &Log, cloudpal: bool, bootstrap: Vec<Multiaddr>) -> usize {
+        self.add_core(member, store_of(log).into(), cloudpal, bootstrap)
+    }
+
+    /// Adds a guest's core over the view members serve it from `log`; returns its index.
+    pub fn add_guest(&mut self, member: &Member, log: &Log, bootstrap: Vec<Multiaddr>) -> usize {
+        let me = member.record.signing_key.device_id();
+        let view = membership::guest::view_for(log, &me).expect("a guest of the log");
+        let book = node::control::book::GuestBook::new(log.network(), me, view).expect("the view checks");
+        self.add_core(member, book.into(), false, bootstrap)
+    }
+
+    fn add_core(&mut self, member: &Member, book: node::control::book::Book, cloudpal: bool, bootstrap: Vec<Multiaddr>) -> usize {
         let index = self.nodes.len();
         let peer = peer_of(index as u8 + 1);
         let config = Config { signing_key: member.key.clone(), peer_id: peer, data_port: DATA_PORT, cloudpal, bootstrap, exit: None, egress_pool: Vec::new(), dns_on: false, fallback: self.fallback.filter(|_| cloudpal) };
-        let core = Core::new(config, store_of(log), ChaCha20Rng::seed_from_u64(index as u64), self.time).expect("a member's core");
+        let core = Core::new(config, book, ChaCha20Rng::seed_from_u64(index as u64), self.time).expect("a core");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, index as u8 + 1));
         self.nodes.push(Node {
             core,
@@ -171,6 +185,7 @@ impl Sim {
             exit_served: Vec::new(),
             dns_served: Vec::new(),
             client_dns: Vec::new(),
+            saved_views: Vec::new(),
         });
         let address = self.nodes[index].address();
         self.nodes[index].core.handle_new_listen_addr(address);
@@ -354,6 +369,7 @@ impl Sim {
             }
             Action::Data(command) => self.nodes[index].data.push(command),
             Action::CachePeers(addresses) => self.nodes[index].cached.push(addresses),
+            Action::SaveView(view) => self.nodes[index].saved_views.push(view),
             Action::Finished { reply, result } => self.nodes[index].finished.push((reply, result)),
         }
     }
