@@ -51,6 +51,7 @@ pub fn render(view: &DataView) -> String {
             ("{reason=\"unauthorized\"}", d.rx_unauthorized),
             ("{reason=\"unknown_index\"}", d.rx_unknown_index),
             ("{reason=\"source_not_allowed\"}", d.rx_source_not_allowed),
+            ("{reason=\"guest_not_shared\"}", d.rx_guest_refused + d.tx_guest_refused),
             ("{reason=\"replay\"}", sum(|s| s.rx_replay)),
             ("{reason=\"invalid_tag\"}", sum(|s| s.rx_invalid)),
             ("{reason=\"queue_full\"}", sum(|s| s.queued_dropped)),
