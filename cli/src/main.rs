@@ -76,6 +76,20 @@ enum Command {
         /// [::]:443), or `off`.
         #[arg(long, env = "PAL_TCP_LISTEN", value_name = "ADDR:PORT|off")]
         tcp_listen: Option<String>,
+        /// Run without root and without a TUN device: a userspace TCP/IP stack, reached
+        /// through the proxies below; other members reach this device as usual. No exit and
+        /// no system DNS in this mode (nothing on the host changes).
+        #[arg(long, env = "PAL_USERSPACE")]
+        userspace: bool,
+        /// With --userspace: a SOCKS5 proxy into the network here (e.g. 127.0.0.1:1080).
+        #[arg(long, env = "PAL_SOCKS5", value_name = "ADDR:PORT")]
+        socks5: Option<String>,
+        /// With --userspace: an HTTP proxy (CONNECT and http:// URLs) into the network here.
+        #[arg(long, env = "PAL_HTTP_PROXY", value_name = "ADDR:PORT")]
+        http_proxy: Option<String>,
+        /// With --userspace: let members reach this TCP port here (forwarded to 127.0.0.1).
+        #[arg(long, env = "PAL_EXPOSE", value_delimiter = ',', value_name = "PORT")]
+        expose: Vec<u16>,
     },
     /// Manage the network's devices.
     Device {
@@ -290,8 +304,8 @@ fn main() -> ExitCode {
     let state = StateDir::new(&cli.state);
     let result = match cli.command {
         Command::Init { name } => commands::init::run(&state, &name),
-        Command::Up { config, cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen } => {
-            let flags = commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen };
+        Command::Up { config, cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen, userspace, socks5, http_proxy, expose } => {
+            let flags = commands::up::Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen, userspace, socks5, http_proxy, expose };
             commands::up::run(state, config, flags)
         }
         Command::Device { command } => match command {

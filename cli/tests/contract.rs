@@ -58,6 +58,28 @@ fn the_tcp_fallback_flag_is_a_cloudpals_and_takes_an_address_or_off() {
 }
 
 #[test]
+fn the_userspace_flags_go_together_and_not_with_a_cloudpal() {
+    let state = std::env::temp_dir().join(format!("pal-contract-userspace-{}", std::process::id()));
+    let state = state.to_str().expect("utf-8 path");
+    assert_one_line_error(&["--state", state, "up", "--socks5", "127.0.0.1:1080"], "--socks5 is for the userspace mode: add --userspace");
+    assert_one_line_error(&["--state", state, "up", "--expose", "22"], "--expose is for the userspace mode: add --userspace");
+    assert_one_line_error(&["--state", state, "up", "--userspace", "--cloudpal"], "a CloudPal needs the kernel");
+    assert_one_line_error(&["--state", state, "up", "--userspace", "--http-proxy", "localhost"], "--http-proxy \"localhost\" is not ADDR:PORT");
+    assert_one_line_error(&["--state", state, "up", "--userspace", "--socks5", "127.0.0.1:1080"], "run `pal init` or `pal join` first");
+}
+
+#[test]
+fn sharing_needs_a_guest_and_devices() {
+    let state = std::env::temp_dir().join(format!("pal-contract-share-{}", std::process::id()));
+    let state = state.to_str().expect("utf-8 path");
+    // clap: the devices are required; a node must be running for the rest.
+    let output = std::process::Command::new(pal_binary()).args(["--state", state, "device", "share", "friend"]).output().expect("pal");
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("DEVICE[:PORTS]"));
+    assert_one_line_error(&["--state", state, "device", "share", "friend", "nas:22"], "pal up");
+    assert_one_line_error(&["--state", state, "device", "invite", "--name", "friend", "--role", "visitor"], "unknown role \"visitor\"; use member, admin, cloudpal or guest");
+}
+
+#[test]
 fn a_bad_options_file_or_environment_fails_with_one_clear_line() {
     let state = std::env::temp_dir().join(format!("pal-contract-config-{}", std::process::id()));
     std::fs::create_dir_all(&state).expect("dir");

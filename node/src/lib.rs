@@ -22,6 +22,7 @@ pub mod p2p;
 pub mod metrics;
 pub mod relaylink;
 pub mod statedir;
+pub mod userspace;
 
 /// The version every `pal` binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -418,6 +418,9 @@ pub struct PalNode {
     pub state: PathBuf,
     /// Arguments every `pal up` of this node gets, restarts included.
     pub up_args: Vec<String>,
+    /// Runs every `pal` of this node as this user and group id, with no capabilities
+    /// (`setpriv`), instead of root.
+    pub run_as: Option<u32>,
     process: Option<Child>,
 }
 
@@ -429,15 +432,29 @@ impl PalNode {
             netns.own_resolv_conf("# a test namespace: no resolver of its own\nnameserver 127.0.0.1\n");
         }
         let state = std::env::temp_dir().join(unique(&format!("pal-{name}-")));
-        Self { name: name.into(), netns, address, state, up_args: Vec::new(), process: None }
+        Self { name: name.into(), netns, address, state, up_args: Vec::new(), run_as: None, process: None }
+    }
+
+    /// The program and leading arguments that run `pal` for this node (as its user).
+    fn pal_command(&self) -> (String, Vec<String>) {
+        let pal = pal_binary().to_str().expect("utf-8 path").to_owned();
+        match self.run_as {
+            None => (pal, Vec::new()),
+            Some(id) => {
+                let id = id.to_string();
+                let args = ["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--", &pal];
+                ("setpriv".to_owned(), args.iter().map(|a| (*a).to_owned()).collect())
+            }
+        }
     }
 
     /// Runs `pal --state DIR ARGS…` inside the namespace; returns the output unchecked.
     pub fn pal(&self, args: &[&str]) -> Output {
-        let pal = pal_binary();
-        let mut full = vec!["--state", self.state.to_str().expect("utf-8 path")];
+        let (program, lead) = self.pal_command();
+        let mut full: Vec<&str> = lead.iter().map(String::as_str).collect();
+        full.extend(["--state", self.state.to_str().expect("utf-8 path")]);
         full.extend_from_slice(args);
-        self.netns.exec(pal.to_str().expect("utf-8 path"), &full)
+        self.netns.exec(&program, &full)
     }
 
     /// As [`Self::pal`], panicking with stderr on failure; returns stdout.
@@ -465,12 +482,13 @@ impl PalNode {
     /// As [`Self::up`], with extra arguments (`--cloudpal`).
     pub fn up_with(&mut self, extra: &[&str]) {
         assert!(self.process.is_none(), "{} is already up", self.name);
-        let pal = pal_binary();
+        let (program, lead) = self.pal_command();
         let state = self.state.to_str().expect("utf-8 path").to_owned();
-        let mut args = vec!["--state", state.as_str(), "up"];
+        let mut args: Vec<&str> = lead.iter().map(String::as_str).collect();
+        args.extend(["--state", state.as_str(), "up"]);
         args.extend_from_slice(extra);
         args.extend(self.up_args.iter().map(String::as_str));
-        let child = self.netns.spawn(pal.to_str().expect("utf-8 path"), &args, &self.log_path());
+        let child = self.netns.spawn(&program, &args, &self.log_path());
         self.process = Some(child);
         let ready = poll_until(Duration::from_secs(15), Duration::from_millis(10), || self.pal(&["status", "--json"]).status.success());
         assert!(ready, "{} did not come up: {}", self.name, self.log());

@@ -18,6 +18,10 @@ pub struct Flags {
     pub no_port_spray: bool,
     pub metrics: Option<String>,
     pub tcp_listen: Option<String>,
+    pub userspace: bool,
+    pub socks5: Option<String>,
+    pub http_proxy: Option<String>,
+    pub expose: Vec<u16>,
 }
 
 /// The same options in a TOML file: the keys are the flags' names without the dashes.
@@ -34,6 +38,10 @@ pub struct File {
     port_spray: Option<bool>,
     metrics: Option<String>,
     tcp_listen: Option<String>,
+    userspace: Option<bool>,
+    socks5: Option<String>,
+    http_proxy: Option<String>,
+    expose: Option<Vec<u16>>,
 }
 
 /// Reads the options file: `config` if given (it must exist), else `pal.toml` in the state
@@ -74,12 +82,17 @@ pub fn merge(flags: Flags, file: File) -> Flags {
         no_port_spray: flags.no_port_spray || file.port_spray == Some(false),
         metrics: flags.metrics.or(file.metrics),
         tcp_listen: flags.tcp_listen.or(file.tcp_listen),
+        userspace: flags.userspace || file.userspace == Some(true),
+        socks5: flags.socks5.or(file.socks5),
+        http_proxy: flags.http_proxy.or(file.http_proxy),
+        expose: if flags.expose.is_empty() { file.expose.unwrap_or_default() } else { flags.expose },
     }
 }
 
 pub fn run(state: StateDir, config: Option<std::path::PathBuf>, flags: Flags) -> anyhow::Result<()> {
     let file = read_file(&state, config.as_deref())?;
-    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen } = merge(flags, file);
+    let Flags { cloudpal, listen, bootstrap, egress_pool, dns_ca, block_list_refresh, no_offload, no_port_spray, metrics, tcp_listen, userspace, socks5, http_proxy, expose } = merge(flags, file);
+    let userspace = userspace_options(userspace, cloudpal, socks5, http_proxy, expose)?;
     let (offload, port_spray) = (!no_offload, !no_port_spray);
     let metrics = match metrics {
         Some(text) => Some(text.parse::<SocketAddr>().with_context(|| format!("--metrics {text:?} is not ADDR:PORT"))?),
@@ -119,10 +132,33 @@ pub fn run(state: StateDir, config: Option<std::path::PathBuf>, flags: Flags) ->
         None => None,
     };
     let block_list_refresh = std::time::Duration::from_secs(super::parse_duration("--block-list-refresh", &block_list_refresh)?);
-    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, port_spray, metrics, egress_pool, dns_ca, block_list_refresh, tcp_listen };
+    let options = UpOptions { listen, bootstrap, cloudpal, tun_name: "pal0".into(), offload, port_spray, metrics, egress_pool, dns_ca, block_list_refresh, tcp_listen, userspace };
     // The control plane is light: one thread. The data plane starts its own (node::dataplane).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run_node(state, options))
+}
+
+/// `--userspace` and its proxies, checked: the proxies and exposed ports only with it, and
+/// never on a CloudPal (its relay, exit and resolver need the kernel).
+fn userspace_options(on: bool, cloudpal: bool, socks5: Option<String>, http: Option<String>, expose: Vec<u16>) -> anyhow::Result<Option<node::userspace::UserspaceOptions>> {
+    if !on {
+        for (given, flag) in [(socks5.is_some(), "--socks5"), (http.is_some(), "--http-proxy"), (!expose.is_empty(), "--expose")] {
+            if given {
+                anyhow::bail!("{flag} is for the userspace mode: add --userspace");
+            }
+        }
+        return Ok(None);
+    }
+    if cloudpal {
+        anyhow::bail!("a CloudPal needs the kernel for its relay, exit and resolver: run it as root without --userspace");
+    }
+    let address = |text: Option<String>, flag: &str| -> anyhow::Result<Option<SocketAddr>> {
+        text.map(|t| t.parse::<SocketAddr>().with_context(|| format!("{flag} {t:?} is not ADDR:PORT (like 127.0.0.1:1080)"))).transpose()
+    };
+    if expose.contains(&0) {
+        anyhow::bail!("--expose 0 is not a port: give 1 to 65535");
+    }
+    Ok(Some(node::userspace::UserspaceOptions { socks5: address(socks5, "--socks5")?, http: address(http, "--http-proxy")?, expose }))
 }
 
 /// The log filter for `PAL_LOG`. Lifecycle lines only by default, never peers, endpoints or

@@ -67,6 +67,8 @@ pub struct UpOptions {
     pub block_list_refresh: Duration,
     /// CloudPal: where the TCP/TLS fallback listens (`None`: off).
     pub tcp_listen: Option<SocketAddr>,
+    /// `--userspace`: no TUN, no root; a userspace stack and its proxies instead.
+    pub userspace: Option<crate::userspace::UserspaceOptions>,
 }
 
 /// A local request waiting for the data plane or the network.
@@ -96,6 +98,10 @@ struct App {
     data_local: SocketAddr,
     /// The TCP fallback's data link to CloudPal, while the data plane wants it.
     link: Option<DataLink>,
+    /// The userspace mode: device names for its proxies, and whether membership changed
+    /// since they were written.
+    names: Option<crate::userspace::proxy::Names>,
+    names_stale: bool,
     core: Core,
     driver: Driver,
     data: DataSender,
@@ -176,12 +182,25 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
 
     let tun_config = dataplane::TunConfig { name: options.tun_name.clone(), ipv4: my_record.overlay_ipv4, ipv6: my_record.overlay_ipv6, offload: options.offload };
     let (events_tx, mut events) = mpsc::channel(dataplane::EVENT_QUEUE);
-    let data = dataplane::spawn(device, udp, reflector, tun_config, events_tx).await?;
+    // The userspace mode: a packet pair instead of a TUN, its far end the userspace stack.
+    let (overlay, stack_end) = match &options.userspace {
+        Some(_) => {
+            let (plane, stack) = dataplane::tun::packet_pair().context("cannot make the userspace stack's packet pair")?;
+            (dataplane::OverlayConfig::Pipe(plane), Some(stack))
+        }
+        None => (dataplane::OverlayConfig::Tun(tun_config), None),
+    };
+    let data = dataplane::spawn(device, udp, reflector, overlay, events_tx).await?;
+    let names = crate::userspace::proxy::Names::default();
+    if let (Some(userspace), Some(fd)) = (&options.userspace, stack_end) {
+        crate::userspace::start(fd, my_record.overlay_ipv4, my_record.overlay_ipv6, userspace, names.clone()).await?;
+    }
+    let userspace = options.userspace.is_some();
 
     let mut bootstrap = options.bootstrap.clone();
     bootstrap.extend(state.cached_peers().iter().filter_map(|a| a.parse().ok()));
     let announced = fallback.as_ref().map(|f| (f.listen, f.certhash));
-    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice(), egress_pool: options.egress_pool.clone(), dns_on: state.dns_on(), fallback: announced };
+    let config = Config { signing_key: identity.device.clone(), peer_id: *swarm.local_peer_id(), data_port, cloudpal: options.cloudpal, bootstrap, exit: state.exit_choice().filter(|_| !userspace), egress_pool: options.egress_pool.clone(), dns_on: state.dns_on() && !userspace, fallback: announced };
     let core = Core::new(config, book, ChaCha20Rng::from_rng(&mut rng), clock::now()).map_err(anyhow::Error::msg)?;
 
     // The control socket comes last: a node that failed to start leaves none behind.
@@ -193,7 +212,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     tokio::spawn(socket::serve(listener, control_tx));
 
     let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
-    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None, data_local, link: None };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None, data_local, link: None, names: userspace.then_some(names), names_stale: true };
     // CloudPal: the network's resolver on the overlay addresses.
     let (resolved_tx, mut resolved) = mpsc::channel(256);
     if options.cloudpal {
@@ -385,11 +404,31 @@ impl App {
     }
 
     /// Carries out everything the core asked for.
+    /// The userspace proxies' device names, after the membership changed.
+    fn refresh_names(&mut self) {
+        let Some(names) = self.names.as_ref().filter(|_| self.names_stale) else { return };
+        self.names_stale = false;
+        let state = self.core.state();
+        let current = self
+            .core
+            .device_list()
+            .into_iter()
+            .filter(|d| d.status == crate::control_api::DeviceStatusName::Active)
+            .filter_map(|d| state.device_by_name(&d.name).map(|(_, s)| (d.name.to_ascii_lowercase(), (s.record.overlay_ipv4, s.record.overlay_ipv6))))
+            .collect();
+        if let Ok(mut names) = names.write() {
+            *names = current;
+        }
+    }
+
     fn drain(&mut self, swarm: &mut Swarm<Behaviour>, time: Time) {
         while let Some(action) = self.core.poll_action() {
             match self.driver.execute(&mut self.core, swarm, action, time) {
                 None => {}
-                Some(Action::Data(command)) => self.command(command),
+                Some(Action::Data(command)) => {
+                    self.names_stale |= matches!(command, DataCommand::SetMembers(_));
+                    self.command(command);
+                }
                 Some(Action::SaveView(view)) => {
                     if let Err(error) = self.state.save_guest_view(&self.core.network(), &view) {
                         tracing::warn!(%error, "cannot keep the guest view");
@@ -417,6 +456,7 @@ impl App {
                 Some(_) => tracing::debug!("an action nobody carries out"),
             }
         }
+        self.refresh_names();
     }
 
     /// Queues a command for the data plane. The queue holds more than a whole network's worth
@@ -529,6 +569,7 @@ impl App {
             ControlRequest::Revoke { name } => ControlResponse::from_result(core.revoke(&name, time)),
             ControlRequest::Share { guest, devices, unshare } => ControlResponse::from_result(core.share(&guest, &devices, unshare, time)),
             // Answered once the host's routes and firewall are in place (or refused).
+            ControlRequest::ExitUse { .. } | ControlRequest::Dns { on: true } if self.names.is_some() => ControlResponse::Error(crate::userspace::NO_HOST_CHANGES.into()),
             ControlRequest::ExitUse { name, allow_lan } => match core.exit_use(name.as_deref(), allow_lan) {
                 Ok(_) => return self.exit_replies.push(reply),
                 Err(error) => ControlResponse::Error(error),

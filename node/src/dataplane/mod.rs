@@ -41,7 +41,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-pub use tun::TunConfig;
+pub use tun::{OverlayConfig, TunConfig};
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
 /// Commands queued for the data plane: a full membership refresh (one command per device, at
@@ -84,7 +84,7 @@ struct DataPlane {
     members: Arc<RwLock<BTreeSet<StaticPublic>>>,
     out: Outbound,
     poller: Poller,
-    tun: tun_rs::SyncDevice,
+    tun: tun::Overlay,
     tun_paused: bool,
     io: Buffers,
     ping: Option<PingJob>,
@@ -134,7 +134,7 @@ fn poke(eventfd: &OwnedFd) {
 /// Starts the data plane on its own OS thread; it answers queries on `events`. The TUN
 /// device is created there; start-up errors come back here. The thread ends when the
 /// [`DataSender`] is dropped.
-pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, reflector: Option<std::net::UdpSocket>, tun: TunConfig, events: mpsc::Sender<DataEvent>) -> anyhow::Result<DataSender> {
+pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, reflector: Option<std::net::UdpSocket>, tun: OverlayConfig, events: mpsc::Sender<DataEvent>) -> anyhow::Result<DataSender> {
     let (queue, commands) = mpsc::channel(COMMAND_QUEUE);
     // SAFETY: plain eventfd creation; the result is checked before being owned.
     let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -149,7 +149,7 @@ pub async fn spawn(mut device: Device, udp: std::net::UdpSocket, reflector: Opti
     device.set_authorizer(Box::new(move |key| authorized.read().is_ok_and(|keys| keys.contains(key))));
     let (started, start_result) = oneshot::channel::<anyhow::Result<()>>();
     std::thread::Builder::new().name("pal-dataplane".into()).spawn(move || {
-        let opened = tun::open_tun(&tun).and_then(|tun| Ok((tun, udp::open_udp(&udp)?))).and_then(|(tun, udp_state)| {
+        let opened = tun.open().and_then(|tun| Ok((tun, udp::open_udp(&udp)?))).and_then(|(tun, udp_state)| {
             tracing::debug!(gso_segments = udp_state.max_gso_segments(), gro_segments = udp_state.gro_segments(), "data socket ready");
             let mut watched = vec![(udp.as_raw_fd(), UDP), (tun.as_raw_fd(), TUN), (thread_wake.as_raw_fd(), WAKE)];
             watched.extend(reflector.as_ref().map(|socket| (socket.as_raw_fd(), REFLECTOR)));
