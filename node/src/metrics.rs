@@ -79,6 +79,53 @@ pub fn render(view: &DataView) -> String {
     out
 }
 
+/// One of the exit's counters: its name in the ruleset, packets and bytes.
+pub type ExitCounter = (String, u64, u64);
+
+/// The exit's counters (`nft -j list counters table inet pal_exit`), as read from the JSON;
+/// anything not a pal exit counter is skipped.
+pub fn parse_exit_counters(json: &str) -> Vec<ExitCounter> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    value["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let counter = item.get("counter")?;
+            let name = counter["name"].as_str()?;
+            crate::exit::ruleset::EXIT_COUNTERS.contains(&name).then(|| (name.to_owned(), counter["packets"].as_u64().unwrap_or(0), counter["bytes"].as_u64().unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// CloudPal's exit counters in the exposition: packets and bytes by verdict (what members
+/// sent out, what came back, and each reason the exit refused). Counts only, no address.
+/// They start again from zero when a policy change replaces the exit's ruleset.
+pub fn render_exit(counters: &[ExitCounter]) -> String {
+    let mut out = String::new();
+    for (metric, help, pick) in [
+        ("exit_packets_total", "CloudPal's exit: packets by verdict.", 1usize),
+        ("exit_bytes_total", "CloudPal's exit: bytes by verdict.", 2usize),
+    ] {
+        let _ = writeln!(out, "# HELP pal_{metric} {help}\n# TYPE pal_{metric} counter");
+        // Two rules share a counter where a family needs two (v4, v6): summed by name.
+        let mut sums: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for (name, packets, bytes) in counters {
+            *sums.entry(name.strip_prefix("exit_").unwrap_or(name)).or_default() += if pick == 1 { *packets } else { *bytes };
+        }
+        for (verdict, value) in sums {
+            let _ = writeln!(out, "pal_{metric}{{verdict=\"{verdict}\"}} {value}");
+        }
+    }
+    out
+}
+
+/// Reads the exit's counters from nftables (`None` when there is no exit table yet).
+pub fn read_exit_counters() -> Option<Vec<ExitCounter>> {
+    let output = std::process::Command::new("nft").args(["-j", "list", "counters", "table", "inet", crate::exit::EXIT_TABLE]).output().ok()?;
+    output.status.success().then(|| parse_exit_counters(&String::from_utf8_lossy(&output.stdout)))
+}
+
 /// Serves `GET /metrics` on `listener` until the node stops, asking the node (through
 /// `node`, the control queue) for each scrape's text.
 pub async fn serve(listener: tokio::net::TcpListener, node: mpsc::Sender<Incoming>) {
@@ -147,8 +194,20 @@ mod tests {
             assert!(name.starts_with("pal_") && !name.contains("203.0.113") && !name.contains("198.51.100"), "{line}");
             if let Some((_, labels)) = name.split_once('{') {
                 let label = labels.split('=').next().unwrap_or_default();
-                assert!(["path", "reason", "outcome", "part"].contains(&label), "{line}");
+                assert!(["path", "reason", "outcome", "part", "verdict"].contains(&label), "{line}");
             }
         }
+    }
+
+    #[test]
+    fn exit_counters_come_from_nft_json_by_verdict() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", "name": "exit_out", "table": "pal_exit", "handle": 1, "packets": 12, "bytes": 5000000000}}, {"counter": {"family": "inet", "name": "exit_denied", "table": "pal_exit", "handle": 2, "packets": 3, "bytes": 180}}, {"counter": {"family": "inet", "name": "someone_elses", "table": "pal_exit", "packets": 1, "bytes": 1}}]}"#;
+        let counters = parse_exit_counters(json);
+        assert_eq!(counters, vec![("exit_out".to_owned(), 12, 5_000_000_000), ("exit_denied".to_owned(), 3, 180)]);
+        let text = render_exit(&counters);
+        for line in ["pal_exit_packets_total{verdict=\"out\"} 12", "pal_exit_bytes_total{verdict=\"out\"} 5000000000", "pal_exit_packets_total{verdict=\"denied\"} 3"] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(parse_exit_counters("not json").is_empty());
     }
 }

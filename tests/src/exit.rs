@@ -122,7 +122,8 @@ impl ExitNetwork {
         let code = cloudpal.request(&laptop.network_fingerprint());
         laptop.pal_ok(&["device", "add", &code, "--role", "cloudpal"]);
         cloudpal.finish_request();
-        cloudpal.up_with(&["--cloudpal"]);
+        // Metrics on CloudPal's loopback: the exit's counters are read from them.
+        cloudpal.up_with(&["--cloudpal", "--metrics", "127.0.0.1:9464"]);
         let linked = wait_until(Duration::from_secs(20), || laptop.pal(&["ping", "cloudpal", "-c", "1"]).status.success());
         assert!(linked, "the laptop never reached CloudPal: {}", laptop.log());
 

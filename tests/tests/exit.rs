@@ -183,6 +183,14 @@ fn rob_03_the_exit_persists_across_restarts_and_nothing_stays_after_a_stop_or_a_
     assert_eq!(owner(&net.cloudpal.netns), owner_before, "pal touched the owner's firewall");
 }
 
+/// CloudPal's exit counter for `verdict` (packets), from its Prometheus metrics.
+fn exit_counter(net: &ExitNetwork, verdict: &str) -> u64 {
+    let output = net.cloudpal.netns.exec("curl", &["--silent", "--max-time", "3", "http://127.0.0.1:9464/metrics"]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let prefix = format!("pal_exit_packets_total{{verdict=\"{verdict}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str()).and_then(|v| v.parse().ok())).unwrap_or(0)
+}
+
 #[test]
 fn exit_06_mesh_only_allow_and_deny_reach_the_exit_within_a_second_and_the_mesh_stays() {
     let net = ExitNetwork::form();
@@ -190,6 +198,9 @@ fn exit_06_mesh_only_allow_and_deny_reach_the_exit_within_a_second_and_the_mesh_
     let via_cloudpal = Some(net.cloudpal.address.clone());
     let on_exit = wait_until(Duration::from_secs(10), || net.laptop_seen(QUICK).0 == via_cloudpal);
     assert!(on_exit, "the exit never worked");
+    // The metrics count what went out and came back (#16 item 3), and nothing refused yet.
+    assert!(exit_counter(&net, "out") > 0 && exit_counter(&net, "in") > 0, "no exit traffic in the metrics");
+    assert_eq!(exit_counter(&net, "denied"), 0);
     // A policy change reaches CloudPal's exit within a second of the entry (plus the sync).
     let within = |expect_v4: Option<String>, expect_v6: bool| {
         wait_until(Duration::from_secs(3), || {
@@ -206,12 +217,14 @@ fn exit_06_mesh_only_allow_and_deny_reach_the_exit_within_a_second_and_the_mesh_
     // (A network, not the server's own address: the privacy check below looks for that.)
     net.laptop.pal_ok(&["policy", "set", "--deny", "203.0.113.0/24"]);
     assert!(within(None, true), "a v4 deny rule did not cut v4 (and only v4)");
+    assert!(exit_counter(&net, "denied") > 0, "the deny rule's drops are not in the metrics");
     net.laptop.pal_ok(&["policy", "set", "--clear-deny", "--allow", "198.51.100.0/24"]);
     assert!(within(None, false), "an allow list without the web server still let it through");
     net.laptop.pal_ok(&["policy", "set", "--allow", &format!("{}/64", tests::exit::INTERNET_V6)]);
     assert!(within(None, true), "the v6 allow rule did not open v6");
     net.laptop.pal_ok(&["policy", "set", "--clear-allow", "--mesh-only", "on"]);
     assert!(within(None, false), "mesh-only still forwarded internet traffic");
+    assert!(exit_counter(&net, "mesh_only") > 0, "mesh-only's drops are not in the metrics");
     assert!(net.laptop.pal(&["ping", "phone", "-c", "1"]).status.success(), "mesh-only broke the mesh");
     assert!(net.laptop.pal(&["ping", "cloudpal", "-c", "1"]).status.success(), "mesh-only cut CloudPal off the mesh");
     let shown: serde_json::Value = serde_json::from_str(&net.phone.pal_ok(&["policy", "show", "--json"])).expect("json");

@@ -102,6 +102,8 @@ struct App {
     /// since they were written.
     names: Option<crate::userspace::proxy::Names>,
     names_stale: bool,
+    /// CloudPal: the metrics carry the exit's counters.
+    exit_counters: bool,
     core: Core,
     driver: Driver,
     data: DataSender,
@@ -212,7 +214,7 @@ pub async fn run(state: StateDir, options: UpOptions) -> Result<()> {
     tokio::spawn(socket::serve(listener, control_tx));
 
     let overlay = ExitHost { tun: options.tun_name.clone(), overlay_ipv4: my_record.overlay_ipv4, overlay_ipv6: my_record.overlay_ipv6 };
-    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None, data_local, link: None, names: userspace.then_some(names), names_stale: true };
+    let mut app = App { core, driver: Driver::new(gate.clone()), data, state, pending: HashMap::new(), next_token: REFRESH + 1, host, host_work: Vec::new(), overlay, data_port, exit_replies: Vec::new(), dns: None, dns_log: None, data_local, link: None, names: userspace.then_some(names), names_stale: true, exit_counters: options.cloudpal };
     // CloudPal: the network's resolver on the overlay addresses.
     let (resolved_tx, mut resolved) = mpsc::channel(256);
     if options.cloudpal {
@@ -655,7 +657,17 @@ impl App {
                         }
                     }
                     Some(Pending::Metrics(reply)) => {
-                        let _ = reply.send(ControlResponse::Ok(serde_json::Value::String(crate::metrics::render(&view))));
+                        let text = crate::metrics::render(&view);
+                        if self.exit_counters {
+                            // CloudPal: the exit's counters from nftables (a short subprocess,
+                            // off the event loop).
+                            tokio::task::spawn_blocking(move || {
+                                let exit = crate::metrics::read_exit_counters().map(|c| crate::metrics::render_exit(&c)).unwrap_or_default();
+                                let _ = reply.send(ControlResponse::Ok(serde_json::Value::String(text + &exit)));
+                            });
+                        } else {
+                            let _ = reply.send(ControlResponse::Ok(serde_json::Value::String(text)));
+                        }
                     }
                     Some(other) => {
                         self.pending.insert(token, other);

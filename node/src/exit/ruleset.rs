@@ -77,6 +77,9 @@ pub struct HostForwarding {
 pub fn exit(host: &ExitHost, rules: &ExitRules, forwarding: HostForwarding) -> Nftables<'static> {
     let t = TableRef { name: EXIT_TABLE };
     let mut batch = t.replace();
+    for name in EXIT_COUNTERS {
+        batch.add(t.counter(name));
+    }
     let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = rules.sources.iter().partition(|a| a.is_ipv4());
     batch.add(t.address_set("sources4", SetType::Ipv4Addr, &v4));
     batch.add(t.address_set("sources6", SetType::Ipv6Addr, &v6));
@@ -95,14 +98,14 @@ pub fn exit(host: &ExitHost, rules: &ExitRules, forwarding: HostForwarding) -> N
         vec![from_tun(), syn(), mss()],
         vec![to_tun(), syn(), mss()],
         vec![from_tun(), to_tun(), accept()],
-        vec![to_tun(), is(ct("state"), set(["established", "related"].map(s))), accept()],
-        vec![to_tun(), counter(), drop()],
+        vec![to_tun(), is(ct("state"), set(["established", "related"].map(s))), named_counter(IN), accept()],
+        vec![to_tun(), named_counter(UNSOLICITED), drop()],
     ];
     if rules.mesh_only {
-        forward.push(vec![from_tun(), counter(), drop()]);
+        forward.push(vec![from_tun(), named_counter(MESH_ONLY), drop()]);
     }
-    forward.push(vec![from_tun(), is(meta(MetaKey::Nfproto), s("ipv4")), not(field("ip", "saddr"), s("@sources4")), counter(), drop()]);
-    forward.push(vec![from_tun(), is(meta(MetaKey::Nfproto), s("ipv6")), not(field("ip6", "saddr"), s("@sources6")), counter(), drop()]);
+    forward.push(vec![from_tun(), is(meta(MetaKey::Nfproto), s("ipv4")), not(field("ip", "saddr"), s("@sources4")), named_counter(NOT_ALLOWED_DEVICE), drop()]);
+    forward.push(vec![from_tun(), is(meta(MetaKey::Nfproto), s("ipv6")), not(field("ip6", "saddr"), s("@sources6")), named_counter(NOT_ALLOWED_DEVICE), drop()]);
     // With egress rotation, a flow that left from another address than its device's current
     // one belongs to an old session: cut it (a renew must not leave old flows alive; the
     // conntrack entry then times out unused, and no entry is listed or logged anywhere).
@@ -120,26 +123,26 @@ pub fn exit(host: &ExitHost, rules: &ExitRules, forwarding: HostForwarding) -> N
         ]);
     }
     for (family, nets) in split(&rules.deny) {
-        forward.push(vec![from_tun(), is(field(family, "daddr"), nets), counter(), drop()]);
+        forward.push(vec![from_tun(), is(field(family, "daddr"), nets), named_counter(DENIED), drop()]);
     }
     if rules.deny_domains {
-        forward.push(vec![from_tun(), is(field("ip", "daddr"), s("@deny_names4")), counter(), drop()]);
-        forward.push(vec![from_tun(), is(field("ip6", "daddr"), s("@deny_names6")), counter(), drop()]);
+        forward.push(vec![from_tun(), is(field("ip", "daddr"), s("@deny_names4")), named_counter(DENIED), drop()]);
+        forward.push(vec![from_tun(), is(field("ip6", "daddr"), s("@deny_names6")), named_counter(DENIED), drop()]);
     }
     if rules.logging {
         forward.push(vec![from_tun(), is(ct("state"), s("new")), Statement::Log(Some(Log { prefix: Some("pal-exit: ".into()), ..Log::new(None) }))]);
     }
     if !rules.allow.is_empty() || rules.allow_domains {
         for (family, nets) in split(&rules.allow) {
-            forward.push(vec![from_tun(), is(field(family, "daddr"), nets), accept()]);
+            forward.push(vec![from_tun(), is(field(family, "daddr"), nets), named_counter(OUT), accept()]);
         }
         if rules.allow_domains {
-            forward.push(vec![from_tun(), is(field("ip", "daddr"), s("@allow_names4")), accept()]);
-            forward.push(vec![from_tun(), is(field("ip6", "daddr"), s("@allow_names6")), accept()]);
+            forward.push(vec![from_tun(), is(field("ip", "daddr"), s("@allow_names4")), named_counter(OUT), accept()]);
+            forward.push(vec![from_tun(), is(field("ip6", "daddr"), s("@allow_names6")), named_counter(OUT), accept()]);
         }
-        forward.push(vec![from_tun(), counter(), drop()]);
+        forward.push(vec![from_tun(), named_counter(NOT_ALLOWED_DESTINATION), drop()]);
     }
-    forward.push(vec![from_tun(), accept()]);
+    forward.push(vec![from_tun(), named_counter(OUT), accept()]);
     for (forwarded, family) in [(forwarding.ipv4, "ipv4"), (forwarding.ipv6, "ipv6")] {
         if !forwarded {
             forward.push(vec![is(meta(MetaKey::Nfproto), s(family)), counter(), drop()]);
@@ -249,6 +252,10 @@ impl TableRef {
         }))
     }
 
+    fn counter(&self, name: &'static str) -> NfListObject<'static> {
+        NfListObject::Counter(nftables::schema::Counter { family: NfFamily::INet, table: self.name.into(), name: name.into(), handle: None, packets: None, bytes: None })
+    }
+
     fn address_set(&self, name: &'static str, kind: SetType, addresses: &[IpAddr]) -> NfListObject<'static> {
         let elements: Vec<Expression<'static>> = addresses.iter().map(|a| s(a.to_string())).collect();
         NfListObject::Set(Box::new(Set {
@@ -329,6 +336,22 @@ fn drop() -> Statement<'static> {
 fn counter() -> Statement<'static> {
     Statement::Counter(nftables::stmt::Counter::Anonymous(None))
 }
+
+fn named_counter(name: &'static str) -> Statement<'static> {
+    Statement::Counter(nftables::stmt::Counter::Named(name.into()))
+}
+
+/// The exit's named counters (`nft list counters table inet pal_exit`), read for the metrics:
+/// what members sent to the internet and what came back, and what the exit refused and why.
+/// Counts only: nftables keeps no address with them.
+pub const OUT: &str = "exit_out";
+pub const IN: &str = "exit_in";
+pub const UNSOLICITED: &str = "exit_unsolicited";
+pub const MESH_ONLY: &str = "exit_mesh_only";
+pub const NOT_ALLOWED_DEVICE: &str = "exit_device_not_allowed";
+pub const DENIED: &str = "exit_denied";
+pub const NOT_ALLOWED_DESTINATION: &str = "exit_not_allowed";
+pub const EXIT_COUNTERS: [&str; 7] = [OUT, IN, UNSOLICITED, MESH_ONLY, NOT_ALLOWED_DEVICE, DENIED, NOT_ALLOWED_DESTINATION];
 
 #[cfg(test)]
 mod tests {
