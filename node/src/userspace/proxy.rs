@@ -337,7 +337,7 @@ mod tests {
     fn http_requests_become_tunnels_or_origin_form_requests() {
         let (connect, used) = parse_http(b"CONNECT laptop:22 HTTP/1.1\r\nHost: laptop:22\r\n\r\nSSH-2.0").unwrap().unwrap();
         assert_eq!(connect, HttpRequest { target: Target::Name("laptop".into(), 22), forward: None });
-        assert_eq!(used, 45);
+        assert_eq!(used, 47);
         let (get, _) = parse_http(b"GET http://100.64.1.2:8080/x?y HTTP/1.1\r\nHost: 100.64.1.2:8080\r\nProxy-Connection: keep-alive\r\n\r\n").unwrap().unwrap();
         assert_eq!(get.target, Target::Ip(SocketAddr::from(([100, 64, 1, 2], 8080))));
         assert_eq!(get.forward.as_deref(), Some(&b"GET /x?y HTTP/1.1\r\nHost: 100.64.1.2:8080\r\n\r\n"[..]));
@@ -367,13 +367,18 @@ mod tests {
             client.read_exact(&mut choice).await.unwrap();
             // BIND to 100.64.1.2:22
             client.write_all(&[5, 2, 0, 1, 100, 64, 1, 2, 0, 22]).await.unwrap();
+            client
         });
         assert_eq!(socks_handshake(&mut server).await.unwrap(), Err(Some(REPLY_COMMAND_NOT_SUPPORTED)));
         let (mut client, mut server) = tokio::io::duplex(1024);
-        tokio::spawn(async move {
+        let ask = tokio::spawn(async move {
             // Username/password only: refused, as we offer no authentication on loopback.
             client.write_all(&[5, 1, 2]).await.unwrap();
+            let mut choice = [0u8; 2];
+            client.read_exact(&mut choice).await.unwrap();
+            choice
         });
         assert_eq!(socks_handshake(&mut server).await.unwrap(), Err(None));
+        assert_eq!(ask.await.unwrap(), [5, 0xff], "no acceptable method");
     }
 }
