@@ -6,7 +6,8 @@
 //! direct and which go through CloudPal, the personal VPN (a web server on the internet sees
 //! the laptop's router, then CloudPal; DNS through CloudPal with a blocked ad server and the
 //! device names; the policy's firewall at CloudPal), a tablet in a hotel that lets only TCP 443
-//! out (joined and relayed over CloudPal's TLS fallback), a revocation, and cleans everything up.
+//! out (joined and relayed over CloudPal's TLS fallback), a friend's device as a guest that
+//! reaches one shared port and nothing else, a revocation, and cleans everything up.
 //! Run it with `bash tests/demo.sh` (as root).
 
 use std::time::Duration;
@@ -112,6 +113,33 @@ fn main() {
     println!("tablet$ pal netcheck | grep -E 'UDP|TCP 443'");
     print!("{}", indent(&net.node("tablet").pal_ok(&["netcheck"]).lines().filter(|l| l.starts_with("UDP") || l.starts_with("TCP 443")).map(|l| format!("{l}\n")).collect::<String>()));
 
+    // A friend's device as a guest: it reaches the one port shared with it, nothing else.
+    let friends = tests::NatRouter::new(&mut net.internet, "10.6.0", tests::Mapping::EndpointIndependent);
+    net.routers.push(friends);
+    let (netns, address) = net.routers.last_mut().expect("the friend's router").host("frnd");
+    let mut friend = tests::PalNode::new("friend", netns, address);
+    println!("\nfriend: a friend's laptop behind the friend's own router, at {}", friend.address);
+    let _photos = tests::exit::WhoAmI::start(&net.node("desktop").netns, 8080);
+    let _private = tests::exit::WhoAmI::start(&net.node("laptop").netns, 8080);
+    let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "friend", "--role", "guest", "--share", "desktop:8080"]);
+    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
+    let entries = net.node("laptop").pal_ok(&["log", "--json"]);
+    wait_until(Duration::from_secs(10), || net.node("cloudpal").pal_ok(&["log", "--json"]) == entries);
+    println!("laptop$ pal device invite --name friend --role guest --share desktop:8080; friend$ pal join {}… --name friend && pal up", &code[..12]);
+    friend.pal_ok(&["join", &code, "--name", "friend"]);
+    friend.up();
+    let ((desktop_v4, _), (laptop_v4, _)) = (net.node("desktop").overlay(), net.node("laptop").overlay());
+    let photos: std::net::SocketAddr = format!("{desktop_v4}:8080").parse().expect("address");
+    let private: std::net::SocketAddr = format!("{laptop_v4}:8080").parse().expect("address");
+    wait_until(Duration::from_secs(20), || tests::exit::whoami(&friend.netns, photos, Duration::from_secs(1)).is_some());
+    for (what, target) in [("desktop:8080, shared", photos), ("laptop:8080, not shared", private)] {
+        let answer = tests::exit::whoami(&friend.netns, target, Duration::from_secs(2)).map_or("nothing (dropped by the laptop's data plane)".to_owned(), |who| format!("an answer (the server saw {who})"));
+        println!("friend$ curl http://{target}/    ({what}) -> {answer}");
+    }
+    println!("friend$ pal device list    (what the guest sees of the network)");
+    print!("{}", indent(&friend.pal_ok(&["device", "list"])));
+    net.nodes.push(friend);
+
     // A picture of the network as the laptop and the tablet see it.
     let pictures = std::env::current_dir().unwrap_or_default().join("target");
     let _ = std::fs::create_dir_all(&pictures);
@@ -138,6 +166,7 @@ fn main() {
     println!("went through CloudPal, which forwards sealed envelopes it cannot read; without, a birthday");
     println!("punch (CloudPal's NAT check told the car's NAT from the laptop's) made it direct. The hotel");
     println!("let only TCP 443 out: the tablet joined, synced and sent its traffic over CloudPal's TLS fallback.");
+    println!("The friend's guest device reached the one shared port and nothing else, and saw only what it reaches.");
     let _ = std::fs::remove_file(&block_list);
     println!("Cleaning up namespaces and state.");
 }
