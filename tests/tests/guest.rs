@@ -93,6 +93,24 @@ fn guest01_guest02_a_guest_reaches_only_what_is_shared_and_follows_share_unshare
     assert!(!answers_handshake(&desk, &friend, psk.clone()), "the desk answered the guest's handshake");
     assert!(answers_handshake(&cloudpal, &friend, psk), "control: CloudPal did not answer the guest");
 
+    // A forged source: the guest claims the laptop's overlay address (a member's) towards
+    // the nas, which drops it before its kernel sees it; the same ping from the guest's own
+    // address arrives (control).
+    friend.netns.exec_ok("ip", &["addr", "add", &format!("{laptop_v4}/32"), "dev", "pal0"]);
+    let capture = nas.netns.capture_on(Some("pal0"));
+    let forged = friend.netns.exec("ping", &["-c", "2", "-W", "1", "-I", &laptop_v4, &nas_v4]);
+    let honest = friend.netns.exec("ping", &["-c", "2", "-W", "1", "-I", &friend_v4, &nas_v4]);
+    let frames = capture.stop();
+    friend.netns.exec_ok("ip", &["addr", "del", &format!("{laptop_v4}/32"), "dev", "pal0"]);
+    assert!(!forged.status.success() && honest.status.success(), "forged {:?}, honest {:?}", forged.status, honest.status);
+    let octets = |a: &str| a.parse::<std::net::Ipv4Addr>().expect("v4").octets();
+    let seen = |from: &str| {
+        let header = [octets(from), octets(&nas_v4)].concat();
+        frames.iter().any(|f| f.windows(8).any(|w| w == header))
+    };
+    assert!(seen(&friend_v4), "control: the guest's honest ping never reached the nas's TUN");
+    assert!(!seen(&laptop_v4), "a packet with a member's forged source reached the nas");
+
     // GUEST-02: the guest's device list is itself, what it reaches and CloudPal; the owner's
     // list shows the guest with what it reaches.
     let seen = names(&friend);
