@@ -646,6 +646,18 @@ pub fn cloudpal_added_by(admin: &PalNode, internet: &mut Lan) -> PalNode {
     cloudpal
 }
 
+/// `admin` invites `name` (`pal device invite --name NAME` and `extra`); the code, once the
+/// invite has reached `cloudpal` (which admits joiners the admin is out of reach of).
+pub fn invite_via(admin: &PalNode, cloudpal: &PalNode, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["device", "invite", "--name", name];
+    args.extend_from_slice(extra);
+    let invite = admin.pal_ok(&args);
+    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
+    let entries = admin.pal_ok(&["log", "--json"]);
+    assert!(wait_until(Duration::from_secs(10), || cloudpal.pal_ok(&["log", "--json"]) == entries), "the invite did not reach CloudPal");
+    code
+}
+
 /// A network of devices on one LAN: the first is the founder, the others joined by invite.
 #[derive(Debug)]
 pub struct LanNetwork {

@@ -33,10 +33,7 @@ fn a_device_that_can_only_reach_tcp_443_joins_syncs_and_relays_over_it_then_move
     let udp = tablet.netns.exec("ping", &["-c", "1", "-W", "1", &cloudpal.address]);
     assert!(!udp.status.success(), "the hotel lets ICMP out");
 
-    let invite = laptop.pal_ok(&["device", "invite", "--name", "tablet"]);
-    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-    let entries = laptop.pal_ok(&["log", "--json"]);
-    assert!(wait_until(Duration::from_secs(10), || cloudpal.pal_ok(&["log", "--json"]) == entries), "the invite did not reach CloudPal");
+    let code = tests::invite_via(&laptop, &cloudpal, "tablet", &[]);
     let started = Instant::now();
     tablet.pal_ok(&["join", &code, "--name", "tablet"]);
     println!("joined over TCP 443 in {:.2} s", started.elapsed().as_secs_f64());

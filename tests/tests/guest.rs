@@ -16,14 +16,8 @@ const OTHER_PORT: u16 = 8081;
 
 /// A device invited by `laptop` and joined (not up yet).
 fn invited(laptop: &PalNode, cloudpal: &PalNode, node: PalNode, extra: &[&str]) -> PalNode {
-    let name = node.name.clone();
-    let mut args = vec!["device", "invite", "--name", name.as_str()];
-    args.extend_from_slice(extra);
-    let invite = laptop.pal_ok(&args);
-    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-    let entries = laptop.pal_ok(&["log", "--json"]);
-    assert!(wait_until(Duration::from_secs(10), || cloudpal.pal_ok(&["log", "--json"]) == entries), "the invite did not reach CloudPal");
-    node.pal_ok(&["join", &code, "--name", &name]);
+    let code = tests::invite_via(laptop, cloudpal, &node.name, extra);
+    node.pal_ok(&["join", &code, "--name", &node.name]);
     node
 }
 

@@ -86,40 +86,42 @@ impl GuestRules {
 
     /// A packet the guest sent, decrypted: may it go on?
     pub fn inbound_allowed(&self, packet: &[u8]) -> bool {
-        let Some(h) = parse(packet) else { return false };
-        if self.local.contains(&h.destination) {
-            return match &self.shared {
-                None => false,
-                Some(ranges) if ranges.is_empty() => true,
-                Some(ranges) => match (h.protocol, h.ports) {
-                    (TCP | UDP, Some((_, destination))) => in_ranges(ranges, destination),
-                    // Ping a shared device, whatever its ports.
-                    (ICMP, Some((8, _))) | (ICMPV6, Some((128, _))) => true,
-                    _ => false,
-                },
-            };
-        }
-        self.internet && !self.is_overlay(h.destination)
+        self.allows(packet, Way::FromGuest)
     }
 
     /// A packet this device would send the guest: may it?
     pub fn outbound_allowed(&self, packet: &[u8]) -> bool {
+        self.allows(packet, Way::ToGuest)
+    }
+
+    fn allows(&self, packet: &[u8], way: Way) -> bool {
         let Some(h) = parse(packet) else { return false };
-        if self.local.contains(&h.source) {
+        // Our end of the packet, its port there, and whether it is ICMP the guest may get:
+        // from the guest, a ping of a shared device; to it, echo replies and the errors that
+        // tell it why.
+        let (ours, port, icmp) = match way {
+            Way::FromGuest => (h.destination, h.ports.map(|p| p.1), matches!((h.protocol, h.ports), (ICMP, Some((8, _))) | (ICMPV6, Some((128, _))))),
+            Way::ToGuest => (h.source, h.ports.map(|p| p.0), matches!((h.protocol, h.ports), (ICMP, Some((0 | 3 | 11, _))) | (ICMPV6, Some((1..=3 | 129, _))))),
+        };
+        if self.local.contains(&ours) {
             return match &self.shared {
                 None => false,
                 Some(ranges) if ranges.is_empty() => true,
-                Some(ranges) => match (h.protocol, h.ports) {
-                    (TCP | UDP, Some((source, _))) => in_ranges(ranges, source),
-                    // Echo replies and the errors that tell the guest why.
-                    (ICMP, Some((0 | 3 | 11, _))) | (ICMPV6, Some((1..=3 | 129, _))) => true,
-                    _ => false,
+                Some(ranges) => match h.protocol {
+                    TCP | UDP => port.is_some_and(|p| in_ranges(ranges, p)),
+                    _ => icmp,
                 },
             };
         }
-        // The exit's answers from the internet; never another member's packet routed on.
-        self.internet && !self.is_overlay(h.source)
+        // The exit: the internet only, never another member routed on (either way).
+        self.internet && !self.is_overlay(ours)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    FromGuest,
+    ToGuest,
 }
 
 #[cfg(test)]

@@ -99,10 +99,7 @@ fn main() {
     let (netns, address) = net.routers.last_mut().expect("the hotel").host("tabl");
     let mut tablet = tests::PalNode::new("tablet", netns, address);
     println!("\ntablet: in a hotel whose router lets only TCP 443 out (no UDP), at {}", tablet.address);
-    let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "tablet"]);
-    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-    let entries = net.node("laptop").pal_ok(&["log", "--json"]);
-    wait_until(Duration::from_secs(10), || net.node("cloudpal").pal_ok(&["log", "--json"]) == entries);
+    let code = tests::invite_via(net.node("laptop"), net.node("cloudpal"), "tablet", &[]);
     println!("laptop$ pal device invite --name tablet; tablet$ pal join {}… --name tablet && pal up    (over TCP 443 to CloudPal)", &code[..12]);
     tablet.pal_ok(&["join", &code, "--name", "tablet"]);
     tablet.up();
@@ -121,10 +118,7 @@ fn main() {
     println!("\nfriend: a friend's laptop behind the friend's own router, at {}", friend.address);
     let _photos = tests::exit::WhoAmI::start(&net.node("desktop").netns, 8080);
     let _private = tests::exit::WhoAmI::start(&net.node("laptop").netns, 8080);
-    let invite = net.node("laptop").pal_ok(&["device", "invite", "--name", "friend", "--role", "guest", "--share", "desktop:8080"]);
-    let code = invite.lines().last().expect("code on the last line").trim().to_owned();
-    let entries = net.node("laptop").pal_ok(&["log", "--json"]);
-    wait_until(Duration::from_secs(10), || net.node("cloudpal").pal_ok(&["log", "--json"]) == entries);
+    let code = tests::invite_via(net.node("laptop"), net.node("cloudpal"), "friend", &["--role", "guest", "--share", "desktop:8080"]);
     println!("laptop$ pal device invite --name friend --role guest --share desktop:8080; friend$ pal join {}… --name friend && pal up", &code[..12]);
     friend.pal_ok(&["join", &code, "--name", "friend"]);
     friend.up();
