@@ -131,6 +131,17 @@ fn guest01_guest02_a_guest_reaches_only_what_is_shared_and_follows_share_unshare
     println!("an unshare took effect in {:.2} s", started.elapsed().as_secs_f64());
     assert!(never_reaches(&friend, &nas_v4, SERVICE));
 
+    // The exit: not a guest's unless the policy names it (`all` is the owner's devices).
+    let (web, web_address) = internet.host("web");
+    let _web = WhoAmI::start(&web, 80);
+    let web_at: SocketAddr = format!("{web_address}:80").parse().expect("address");
+    friend.pal_ok(&["exit", "use"]);
+    assert!(whoami(&friend.netns, web_at, Duration::from_secs(3)).is_none(), "a guest used the exit without the policy naming it");
+    laptop.pal_ok(&["policy", "set", "--exit-devices", "laptop,friend"]);
+    let via = poll_until(Duration::from_secs(20), Duration::from_millis(200), || whoami(&friend.netns, web_at, Duration::from_secs(1)).as_deref() == Some(cloudpal.address.as_str()));
+    assert!(via, "the guest named in the policy did not get the internet through CloudPal: {}", friend.log());
+    friend.pal_ok(&["exit", "off"]);
+
     // Revoke the guest: it is told, and the desk stops answering it.
     let started = Instant::now();
     laptop.pal_ok(&["device", "revoke", "friend"]);

@@ -152,3 +152,23 @@ fn share_unshare_and_revocation_reach_the_guest_through_its_view() {
     assert!(g.sim.nodes[FRIEND].data.contains(&DataCommand::RemoveAll));
     assert!(g.sim.nodes[DESK].data.contains(&DataCommand::RemovePeer(key(&g.friend))));
 }
+
+#[test]
+fn a_guest_uses_the_exit_only_where_the_policy_names_it() {
+    let mut g = guests();
+    let friend_v4 = std::net::IpAddr::V4(g.friend.record.overlay_ipv4);
+    let exit_for_guest = |g: &Guests| rules_for(&g.sim.nodes[CLOUDPAL], key(&g.friend)).flatten().is_some_and(|r| r.internet);
+    let sources = |g: &Guests| g.sim.nodes[CLOUDPAL].exit_served.last().is_some_and(|rules| rules.sources.contains(&friend_v4));
+    // "all" means the owner's devices: no exit for the guest, not among the exit's sources.
+    assert!(!exit_for_guest(&g) && !sources(&g));
+    let change = |names: &[&str]| node::control_api::PolicyChange { exit_devices: Some(names.iter().map(|n| (*n).to_owned()).collect()), ..Default::default() };
+    let time = g.sim.time;
+    g.sim.nodes[LAPTOP].core.set_policy(&change(&["laptop", "friend"]), time).expect("an admin sets the policy");
+    g.sim.run_for(Duration::from_secs(5));
+    assert!(exit_for_guest(&g), "CloudPal's data plane still keeps the named guest off the internet");
+    assert!(sources(&g), "the exit's rules do not forward the named guest");
+    let time = g.sim.time;
+    g.sim.nodes[LAPTOP].core.set_policy(&change(&["all"]), time).expect("an admin sets the policy");
+    g.sim.run_for(Duration::from_secs(5));
+    assert!(!exit_for_guest(&g) && !sources(&g), "\"all\" let the guest use the exit");
+}

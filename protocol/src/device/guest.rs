@@ -105,7 +105,9 @@ impl GuestRules {
         };
         if self.local.contains(&ours) {
             return match &self.shared {
-                None => false,
+                // Not shared: nothing, except that a guest on this exit may ping it (how it
+                // tells the exit answers).
+                None => self.internet && icmp,
                 Some(ranges) if ranges.is_empty() => true,
                 Some(ranges) => match h.protocol {
                     TCP | UDP => port.is_some_and(|p| in_ranges(ranges, p)),
@@ -134,6 +136,14 @@ mod tests {
     const GUEST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 9);
     const OTHER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 3);
     const WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+    /// An ICMP packet of `kind` (8: echo request, 0: echo reply).
+    fn icmp_v4(src: Ipv4Addr, dst: Ipv4Addr, kind: u8) -> Vec<u8> {
+        let mut packet = udp_packet_v4(src, dst, 0, 0);
+        packet[9] = ICMP;
+        packet[20] = kind;
+        packet
+    }
 
     fn rules(shared: Option<Vec<(u16, u16)>>, internet: bool) -> GuestRules {
         GuestRules {
@@ -167,6 +177,9 @@ mod tests {
         assert!(!relay_only.outbound_allowed(&tcp_packet_v4(ME, GUEST, 22, 40000)));
         let exit = rules(None, true);
         assert!(exit.inbound_allowed(&tcp_packet_v4(GUEST, WEB, 40000, 443)));
+        assert!(exit.inbound_allowed(&icmp_v4(GUEST, ME, 8)) && exit.outbound_allowed(&icmp_v4(ME, GUEST, 0)), "the guest's exit answers its ping");
+        assert!(!exit.inbound_allowed(&tcp_packet_v4(GUEST, ME, 40000, 53)), "but nothing else of the exit itself");
+        assert!(!relay_only.inbound_allowed(&icmp_v4(GUEST, ME, 8)));
         assert!(exit.outbound_allowed(&tcp_packet_v4(WEB, GUEST, 443, 40000)));
         assert!(!exit.inbound_allowed(&tcp_packet_v4(GUEST, OTHER, 40000, 22)), "the exit is not a way into the mesh");
         assert!(!exit.outbound_allowed(&tcp_packet_v4(OTHER, GUEST, 22, 40000)));
