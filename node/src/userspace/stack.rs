@@ -253,7 +253,7 @@ impl Stack {
             }
             let blocked = self.flush(fd.get_ref());
             let delay = self.iface.poll_delay(self.now(), &self.sockets).map_or(Duration::from_secs(1), |d| Duration::from_micros(d.total_micros()));
-            // A connection waiting for room towards its user is looked at again soon.
+            // A connect under way is looked at again soon (for its deadline).
             let delay = if self.conns.values().any(|c| c.connecting.is_some()) { delay.min(Duration::from_millis(100)) } else { delay };
             tokio::select! {
                 writable = fd.writable(), if blocked => {

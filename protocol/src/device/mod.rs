@@ -11,10 +11,12 @@
 
 mod guest;
 mod handshakes;
+mod inner;
 mod punching;
 mod relaying;
 use handshakes::LoadMeter;
 pub use guest::GuestRules;
+pub use inner::{destination_of, source_of};
 pub use punching::PunchOpen;
 use crate::birthday::{Birthday, PeerNat};
 use crate::fallback::RelayHop;
@@ -787,23 +789,5 @@ impl core::fmt::Debug for Device {
             .field("peers", &self.peers.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
-    }
-}
-
-/// The destination address of an IPv4 or IPv6 packet.
-pub fn destination_of(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 => Some(IpAddr::from(*packet.get(16..20)?.first_chunk::<4>()?)),
-        6 => Some(IpAddr::from(*packet.get(24..40)?.first_chunk::<16>()?)),
-        _ => None,
-    }
-}
-
-/// The source address of an IPv4 or IPv6 packet.
-pub fn source_of(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 => Some(IpAddr::from(*packet.get(12..16)?.first_chunk::<4>()?)),
-        6 => Some(IpAddr::from(*packet.get(8..24)?.first_chunk::<16>()?)),
-        _ => None,
     }
 }
