@@ -405,7 +405,6 @@ impl App {
         }
     }
 
-    /// Carries out everything the core asked for.
     /// The userspace proxies' device names, after the membership changed.
     fn refresh_names(&mut self) {
         let Some(names) = self.names.as_ref().filter(|_| self.names_stale) else { return };
@@ -423,6 +422,7 @@ impl App {
         }
     }
 
+    /// Carries out everything the core asked for.
     fn drain(&mut self, swarm: &mut Swarm<Behaviour>, time: Time) {
         while let Some(action) = self.core.poll_action() {
             match self.driver.execute(&mut self.core, swarm, action, time) {
