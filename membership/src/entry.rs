@@ -122,8 +122,14 @@ pub struct EntryContents {
 }
 
 /// A signed entry, with the exact bytes it was received or created as.
+///
+/// Immutable once made, and shared: a clone is a reference count (a thousand logs of one
+/// network in one process — a simulation — hold each entry once).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry(std::sync::Arc<Signed>);
+
+#[derive(PartialEq, Eq)]
+struct Signed {
     contents: EntryContents,
     signed: Vec<u8>,
     signatures: Vec<Signature>,
@@ -199,7 +205,7 @@ impl Entry {
         reader.finish()?;
         let contents = decode_contents(&signed)?;
         let entry = Self::assemble(contents, signed, signatures);
-        if entry.encoded != bytes {
+        if entry.0.encoded != bytes {
             return Err(cbor::CborError::NonCanonical.into());
         }
         entry.verify_signatures()?;
@@ -207,28 +213,28 @@ impl Entry {
     }
 
     pub fn contents(&self) -> &EntryContents {
-        &self.contents
+        &self.0.contents
     }
 
     pub fn operation(&self) -> &Operation {
-        &self.contents.operation
+        &self.0.contents.operation
     }
 
     pub fn parents(&self) -> &[EntryHash] {
-        &self.contents.parents
+        &self.0.contents.parents
     }
 
     pub fn author(&self) -> DeviceId {
-        self.contents.author.device_id()
+        self.0.contents.author.device_id()
     }
 
     pub fn hash(&self) -> EntryHash {
-        self.hash
+        self.0.hash
     }
 
     /// The exact bytes to store or send.
     pub fn encoded(&self) -> &[u8] {
-        &self.encoded
+        &self.0.encoded
     }
 
     fn assemble(contents: EntryContents, signed: Vec<u8>, signatures: Vec<Signature>) -> Self {
@@ -243,30 +249,30 @@ impl Entry {
         for signature in &signatures {
             writer.bytes(signature.as_bytes());
         }
-        Self { contents, signed, signatures, hash, encoded: writer.finish() }
+        Self(std::sync::Arc::new(Signed { contents, signed, signatures, hash, encoded: writer.finish() }))
     }
 
     fn verify_signatures(&self) -> Result<(), EntryError> {
-        let author = &self.contents.author;
-        let expected = match &self.contents.operation {
+        let author = &self.0.contents.author;
+        let expected = match &self.0.contents.operation {
             Operation::Join { .. } => 2,
             _ => 1,
         };
-        match self.signatures.len() {
+        match self.0.signatures.len() {
             0 => return Err(EntryError::Unsigned),
             n if n != expected => return Err(EntryError::WrongSignatureCount),
             _ => {}
         }
         author
-            .verify(&signing_message(SIGNATURE_DOMAIN, &self.signed), &self.signatures[0])
+            .verify(&signing_message(SIGNATURE_DOMAIN, &self.0.signed), &self.0.signatures[0])
             .map_err(|_| EntryError::BadSignature)?;
-        match &self.contents.operation {
+        match &self.0.contents.operation {
             Operation::Join { invite_key, device, .. } => {
                 if device.signing_key != *author {
                     return Err(EntryError::AuthorMismatch);
                 }
                 invite_key
-                    .verify(&signing_message(INVITE_SIGNATURE_DOMAIN, &self.signed), &self.signatures[1])
+                    .verify(&signing_message(INVITE_SIGNATURE_DOMAIN, &self.0.signed), &self.0.signatures[1])
                     .map_err(|_| EntryError::BadSignature)
             }
             Operation::Genesis { founder, .. } if founder.signing_key != *author => Err(EntryError::AuthorMismatch),
@@ -540,7 +546,7 @@ impl core::fmt::Debug for NetworkId {
 
 impl core::fmt::Debug for Entry {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Entry").field("hash", &self.hash).field("contents", &self.contents).finish_non_exhaustive()
+        f.debug_struct("Entry").field("hash", &self.0.hash).field("contents", &self.0.contents).finish_non_exhaustive()
     }
 }
 

@@ -1,7 +1,12 @@
 //! Deterministic many-node simulations over the sans-IO cores (DESIGN.md "Workspace").
 //!
-//! Every node is a real [`protocol::Device`]; the network is a priority queue of datagrams on a
-//! virtual clock with per-datagram loss. Same seed, same run, bit for bit. Later issues add
-//! NATs, the relay, discovery and the membership log.
+//! Seeded, single-threaded, on virtual time: the same seed gives the same run, bit for bit.
+//! [`mesh`] runs data-plane `Device`s; [`control`] runs real control cores over the real
+//! membership log; [`scenarios`] are the runs `cargo run --release -p simulations -- all`
+//! prints (issue #17).
 
+pub mod control;
+pub mod links;
 pub mod mesh;
+pub mod scenarios;
+pub mod table;

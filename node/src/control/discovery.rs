@@ -36,6 +36,9 @@ impl Core {
         if self.is_guest() {
             return; // it knows no network secret, and members find it through its Hello
         }
+        if self.mesh.is_some() && !self.cloudpal && self.cloudpal_connected() {
+            return; // past a full mesh, the CloudPals tell whoever keeps us where we are
+        }
         let addresses: Vec<Multiaddr> = self.listen_addrs.iter().filter(|a| self.dialable(a)).cloned().collect();
         let seq = u64::try_from(time.unix.as_millis()).unwrap_or(u64::MAX);
         let mut nonce = [0u8; presence::NONCE_LEN];
@@ -49,11 +52,17 @@ impl Core {
         if self.is_guest() {
             return;
         }
+        if self.mesh.is_some() && (self.cloudpal || self.cloudpal_connected()) {
+            // Past a full mesh, a CloudPal hears from everyone that is up, and tells each
+            // member where those it keeps are: a DHT walk (tens of kilobytes) per absent
+            // member every few minutes would be most of an idle network's traffic.
+            return;
+        }
         let state = self.book.state();
         let keys: Vec<Vec<u8>> = state
             .active_devices()
             .filter(|(_, d)| d.record.role != membership::Role::Guest)
-            .filter(|(id, _)| **id != self.me && !self.reach.get(*id).is_some_and(|r| r.connected))
+            .filter(|(id, _)| **id != self.me && self.wants(id) && !self.reach.get(*id).is_some_and(|r| r.connected))
             .map(|(id, _)| presence::key(&state.secret, time.unix_secs(), id).to_vec())
             .collect();
         for key in keys {
@@ -117,6 +126,9 @@ impl Core {
                 }
             }
             self.apply_candidates(device);
+            if !self.wants(&device) {
+                return; // reached on the data plane; no control connection of ours (mesh)
+            }
         }
         let addresses: Vec<Multiaddr> =
             entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(|a| self.dialable(a)).take(MAX_CANDIDATE_ADDRESSES).collect();
@@ -130,6 +142,17 @@ impl Core {
         if kept && !self.is_connected(&peer_id) {
             self.push(Action::Dial(Dial { peer: Some(peer_id), addresses, when: DialWhen::Idle }));
         }
+    }
+
+    /// Whether a CloudPal of the network is connected to us now.
+    pub(super) fn cloudpal_connected(&self) -> bool {
+        let state = self.book.state();
+        self.by_peer.iter().any(|(peer, device)| self.is_connected(peer) && state.devices.get(device).is_some_and(|d| d.record.role == membership::Role::CloudPal))
+    }
+
+    /// Whether we keep a control connection to `device` ([`super::mesh`]).
+    pub(super) fn wants(&self, device: &DeviceId) -> bool {
+        self.wanted.as_ref().is_none_or(|wanted| wanted.contains(device))
     }
 
     /// Keeps `addresses` for the redials of `peer`, within the per-peer bound; false if `peer`
@@ -152,10 +175,13 @@ impl Core {
     }
 
     /// The wait after a member's last redial: a second for the first few, then doubling with
-    /// each redial that found nobody.
+    /// each redial that found nobody, each doubled wait shortened by a random part of up to
+    /// half, so that the members that lost one another at the same moment (a partition, an
+    /// outage) do not all redial in the same second for ever after.
     fn redial_interval(reach: &super::Reach) -> Duration {
         let doublings = reach.redials.saturating_sub(QUICK_REDIALS).min(16);
-        FIRST_DIAL_INTERVAL.saturating_mul(1 << doublings).min(MAX_REDIAL_INTERVAL)
+        let wait = FIRST_DIAL_INTERVAL.saturating_mul(1 << doublings).min(MAX_REDIAL_INTERVAL);
+        if doublings == 0 { wait } else { wait.mul_f64(1.0 - f64::from(reach.jitter) / 2000.0) }
     }
 
     /// When the next member redial is due.
@@ -163,8 +189,12 @@ impl Core {
         if self.revoked() {
             return None;
         }
-        self.reach
-            .iter()
+        // Past a full mesh, only the few we keep connections to (this runs at every input).
+        let members: Box<dyn Iterator<Item = (&DeviceId, &super::Reach)>> = match &self.wanted {
+            Some(wanted) => Box::new(wanted.iter().filter_map(|id| Some((id, self.reach.get(id)?)))),
+            None => Box::new(self.reach.iter()),
+        };
+        members
             .filter(|(id, reach)| **id != self.me && !reach.connected && reach.peer_id.is_some())
             .map(|(_, reach)| reach.last_dial.map(|at| at + Self::redial_interval(reach)))
             .min_by_key(|due| *due)
@@ -177,7 +207,13 @@ impl Core {
     pub(super) fn redial_members(&mut self, now: Instant) {
         let circuit_base = self.relay_circuit_base();
         let mut dials = Vec::new();
-        for (id, reach) in self.reach.iter_mut() {
+        // Past a full mesh, only the few we keep (this runs at every timeout).
+        let ids: Vec<DeviceId> = match &self.wanted {
+            Some(wanted) => wanted.iter().copied().collect(),
+            None => self.reach.keys().copied().collect(),
+        };
+        for id in &ids {
+            let Some(reach) = self.reach.get_mut(id) else { continue };
             let interval = Self::redial_interval(reach);
             if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
                 continue;
@@ -185,6 +221,7 @@ impl Core {
             let Some(peer) = reach.peer_id else { continue };
             if reach.last_dial.is_some() {
                 reach.redials = reach.redials.saturating_add(1);
+                reach.jitter = (rand_core::Rng::next_u32(&mut self.rng) % 1000) as u16;
             }
             reach.last_dial = Some(now);
             let mut addresses: Vec<Multiaddr> = reach.multiaddrs.iter().cloned().collect();
@@ -228,18 +265,16 @@ impl Core {
     }
 
     /// The members' addresses for the peer cache, written only when they change (an fsync per
-    /// check would wake the disk and the CPU for nothing).
+    /// check would wake the disk and the CPU for nothing). Compared before they are formatted:
+    /// this runs at every timeout, and base58 for every member each time was most of a busy
+    /// core's work in the simulations of issue #17.
     pub(super) fn update_peer_cache(&mut self) {
-        let addresses: Vec<String> = self
-            .reach
-            .values()
-            .filter_map(|r| Some((r.peer_id?, r.multiaddrs.iter().next()?.clone())))
-            .filter_map(|(peer, address)| address.with_p2p(peer).ok())
-            .map(|a| a.to_string())
-            .collect();
-        if !addresses.is_empty() && addresses != self.cached_peers {
-            self.cached_peers = addresses.clone();
-            self.push(Action::CachePeers(addresses));
+        let peers: Vec<(PeerId, Multiaddr)> = self.reach.values().filter_map(|r| Some((r.peer_id?, r.multiaddrs.iter().next()?.clone()))).collect();
+        if peers.is_empty() || peers == self.cached_peers {
+            return;
         }
+        let addresses: Vec<String> = peers.iter().filter_map(|(peer, address)| address.clone().with_p2p(*peer).ok()).map(|a| a.to_string()).collect();
+        self.cached_peers = peers;
+        self.push(Action::CachePeers(addresses));
     }
 }

@@ -21,6 +21,8 @@ impl Core {
     /// Makes the data plane match the membership state.
     pub(super) fn apply_membership(&mut self) {
         let state = self.book.state().clone();
+        self.mesh = if self.is_guest() { None } else { super::mesh::Mesh::of(&state) };
+        self.wanted = self.mesh.as_ref().filter(|_| !self.cloudpal).and_then(|mesh| mesh.wanted(&self.me));
         let mut active = BTreeSet::new();
         for (id, device) in &state.devices {
             let key = device.record.static_key;

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod exit;
 pub mod guests;
 pub mod members;
+pub mod mesh;
 pub mod messages;
 pub mod presence;
 pub mod reach;
@@ -193,6 +194,10 @@ pub struct Core {
 
     // Members.
     reach: BTreeMap<DeviceId, Reach>,
+    /// The members we keep a control connection to, past a full mesh ([`mesh`]), and the
+    /// ring that says whom every member keeps.
+    wanted: Option<BTreeSet<DeviceId>>,
+    mesh: Option<mesh::Mesh>,
     by_peer: HashMap<PeerId, DeviceId>,
     said_revoked: bool,
     /// A guest: the log summary each member last showed, when we asked it for our view.
@@ -220,7 +225,7 @@ pub struct Core {
     /// The newest presence record acted on per member (its sequence number).
     presence_seq: HashMap<DeviceId, u64>,
     /// What the peer cache holds, to write it only on change.
-    cached_peers: Vec<String>,
+    cached_peers: Vec<(PeerId, Multiaddr)>,
 
     // Signalling.
     /// The member doing relay duty for us, and its data address.
@@ -292,6 +297,8 @@ impl Core {
             duplicates: BTreeMap::new(),
             connection_ips: HashMap::new(),
             reach: BTreeMap::new(),
+            wanted: None,
+            mesh: None,
             by_peer: HashMap::new(),
             said_revoked: false,
             view_summary: HashMap::new(),
@@ -326,7 +333,13 @@ impl Core {
 
     /// The next thing for the shell to do.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if action.is_none() && self.actions.capacity() > 64 {
+            // A membership change queues a command per member; the queue's room for them is
+            // not kept once they are taken (a thousand actions of a few hundred bytes each).
+            self.actions.shrink_to(16);
+        }
+        action
     }
 
     /// When [`Core::handle_timeout`] wants to run next.

@@ -43,5 +43,8 @@ pub struct Reach {
     /// Redials since it was last connected: after the first few, each waits twice as long as
     /// the one before, up to [`discovery::MAX_REDIAL_INTERVAL`].
     pub redials: u32,
+    /// How much shorter than its doubled wait the next redial comes, in thousandths of half
+    /// of it (drawn at each redial).
+    pub jitter: u16,
 }
 

@@ -168,12 +168,18 @@ impl Core {
         self.push(Action::ListenOnCircuit(circuit_address(SocketAddr::new(ip, port), relay)));
     }
 
-    /// What we know of every member's reachability, for a peer that asks.
     /// What we tell `asker` of where the others are (a guest hears only of what it may reach).
     pub(super) fn known_peers(&self, asker: &DeviceId) -> Vec<PeerAddresses> {
         let state = self.book.state();
-        self.reach
-            .iter()
+        // Past a full mesh, only the members the asker keeps connections to: a thousand
+        // members' addresses in every answer would be most of an idle network's traffic.
+        // A CloudPal, which keeps everyone, hears of those we keep.
+        let theirs = self.mesh.as_ref().and_then(|mesh| mesh.wanted(asker)).or_else(|| self.wanted.clone());
+        let members: Box<dyn Iterator<Item = (&DeviceId, &super::Reach)>> = match &theirs {
+            Some(wanted) => Box::new(wanted.iter().filter_map(|id| Some((id, self.reach.get(id)?)))),
+            None => Box::new(self.reach.iter()),
+        };
+        members
             .filter(|(device, _)| *device != asker && self.may_know(asker, device))
             .filter_map(|(device, reach)| {
                 let key = state.devices.get(device)?.record.static_key;

@@ -47,8 +47,8 @@ impl Timer {
     /// record lives an hour ([`super::presence::RECORD_TTL`]) and is republished well inside it.
     pub fn idle_interval(self) -> Duration {
         match self {
-            Timer::Paths => Duration::from_secs(30 * 60),
-            Timer::Announce => Duration::from_secs(30 * 60),
+            Timer::Paths => Duration::from_secs(2 * 3600),
+            Timer::Announce => Duration::from_secs(2 * 3600),
             Timer::Presence => Duration::from_secs(20 * 60),
             Timer::Lookup => Duration::from_secs(5 * 60),
             Timer::CandidateDial => Duration::from_secs(5 * 60),

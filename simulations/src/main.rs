@@ -1,0 +1,75 @@
+//! `cargo run --release -p simulations -- all` (or one scenario by name): each scenario's
+//! table with its seed. Exits non-zero when a goal is missed.
+
+use simulations::scenarios::{self, Life};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: simulations [all|idle|revocation|partition] [--seed N] [--small]";
+const SCENARIOS: [&str; 3] = ["idle", "revocation", "partition"];
+
+fn main() -> ExitCode {
+    let mut which = None;
+    let mut seed = 1u64;
+    let mut small = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seed" => match args.next().and_then(|s| s.parse().ok()) {
+                Some(value) => seed = value,
+                None => {
+                    eprintln!("--seed needs a number; {USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            "--small" => small = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            name if which.is_none() && !name.starts_with('-') => which = Some(name.to_owned()),
+            other => {
+                eprintln!("unknown argument {other:?}; {USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let which = which.unwrap_or_else(|| "all".into());
+    if which != "all" && !SCENARIOS.contains(&which.as_str()) {
+        eprintln!("no scenario named {which:?}; {USAGE}");
+        return ExitCode::from(2);
+    }
+    let runs = |name: &str| which == "all" || which == name;
+    let started = Instant::now();
+    let life = if small { Life::small(seed) } else { Life::full(seed) };
+    println!("seed {seed}\n");
+    let mut sim = life.settled();
+    println!("(the network built and settled in {:.1} s)\n", started.elapsed().as_secs_f64());
+    let mut missed = false;
+    let mut timed = |name: &str, body: &mut dyn FnMut() -> (String, bool)| {
+        let began = Instant::now();
+        let (table, met) = body();
+        println!("{table}({name}: {:.1} s)\n", began.elapsed().as_secs_f64());
+        missed |= !met;
+    };
+    if runs("idle") {
+        timed("idle", &mut || {
+            let report = scenarios::idle::measure(&mut sim, Duration::from_secs(2 * 3600));
+            (report.table().render(), report.met())
+        });
+    }
+    if runs("revocation") {
+        timed("revocation", &mut || {
+            let report = scenarios::revocation::spread(&mut sim, scenarios::REVOKED);
+            (report.table().render(), report.met())
+        });
+    }
+    if runs("partition") {
+        timed("partition", &mut || {
+            let report = scenarios::partition::run(&mut sim, Duration::from_secs(3600));
+            (report.table().render(), report.met())
+        });
+    }
+    println!("all in {:.1} s", started.elapsed().as_secs_f64());
+    if missed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
