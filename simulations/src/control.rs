@@ -85,8 +85,9 @@ pub struct Node {
 
 enum Event {
     Connect { from: usize, to: usize },
-    Request { from: usize, to: usize, id: ConnectionId, request: Request },
-    Response { from: usize, to: usize, id: ConnectionId, response: Response },
+    /// `size`: the message's encoded length, counted once.
+    Request { from: usize, to: usize, id: ConnectionId, request: Request, size: u64 },
+    Response { from: usize, to: usize, id: ConnectionId, response: Response, size: u64 },
     Found { node: usize, key: Vec<u8>, value: Vec<u8> },
     Ping { from: usize, to: usize, id: ConnectionId },
     Timer { node: usize },
@@ -248,7 +249,7 @@ impl ControlSim {
             events: 0,
         };
         for index in 0..sim.nodes.len() {
-            let address = node::control::addr::socket_multiaddr(SocketAddr::new(sim.nodes[index].ip, DATA_PORT), false);
+            let address = sim.address(index);
             sim.nodes[index].core.handle_new_listen_addr(address);
             sim.drain(index);
         }
@@ -310,9 +311,8 @@ impl ControlSim {
                     self.establish(from, to);
                 }
             }
-            Event::Request { from, to, id, request } => {
+            Event::Request { from, to, id, request, size } => {
                 if self.connections.get(&pair(from, to)) == Some(&id) {
-                    let size = message_len(&request);
                     self.nodes[to].received += size + overhead::REQUEST;
                     let peer = self.nodes[from].peer;
                     let response = self.nodes[to].core.handle_request(peer, request, time);
@@ -320,13 +320,13 @@ impl ControlSim {
                     self.nodes[to].sent += size + overhead::RESPONSE;
                     *self.nodes[to].messages.entry("response").or_default() += 1;
                     let delay = self.links.delivery(to, from, &mut self.rng);
-                    self.schedule(delay, Event::Response { from: to, to: from, id, response });
+                    self.schedule(delay, Event::Response { from: to, to: from, id, response, size });
                     self.drain(to);
                 }
             }
-            Event::Response { from, to, id, response } => {
+            Event::Response { from, to, id, response, size } => {
                 if self.connections.get(&pair(from, to)) == Some(&id) {
-                    self.nodes[to].received += message_len(&response) + overhead::RESPONSE;
+                    self.nodes[to].received += size + overhead::RESPONSE;
                     let peer = self.nodes[from].peer;
                     self.nodes[to].core.handle_response(peer, response, time);
                     self.drain(to);
@@ -363,9 +363,8 @@ impl ControlSim {
             self.nodes[side].sent += overhead::CONNECT / 2;
             self.nodes[side].received += overhead::CONNECT / 2;
         }
-        let address = |n: &Node| node::control::addr::socket_multiaddr(SocketAddr::new(n.ip, DATA_PORT), false);
         let (peer_from, peer_to) = (self.nodes[from].peer, self.nodes[to].peer);
-        let (address_from, address_to) = (address(&self.nodes[from]), address(&self.nodes[to]));
+        let (address_from, address_to) = (self.address(from), self.address(to));
         let time = self.time;
         self.nodes[from].core.handle_connection_established(Connection { peer: peer_to, id, remote: address_to.clone(), dialer: true, relayed: false, local: None }, time);
         self.nodes[to].core.handle_connection_established(Connection { peer: peer_from, id, remote: address_from, dialer: false, relayed: false, local: Some(address_to) }, time);
@@ -457,10 +456,11 @@ impl ControlSim {
             Action::Send { peer, request } => {
                 let Some(to) = self.by_peer.get(&peer).copied() else { return };
                 let Some(id) = self.connections.get(&pair(index, to)).copied() else { return };
-                self.nodes[index].sent += message_len(&request) + overhead::REQUEST;
+                let size = message_len(&request);
+                self.nodes[index].sent += size + overhead::REQUEST;
                 *self.nodes[index].messages.entry(request_kind(&request)).or_default() += 1;
                 let delay = self.links.delivery(index, to, &mut self.rng);
-                self.schedule(delay, Event::Request { from: index, to, id, request });
+                self.schedule(delay, Event::Request { from: index, to, id, request, size });
             }
             Action::Dial(dial) => {
                 let target = match dial.peer {
@@ -496,7 +496,7 @@ impl ControlSim {
                 *self.nodes[index].messages.entry("kad-get").or_default() += 1;
                 if let Some(value) = found {
                     // A walk's rounds, each a round trip to a random member.
-                    let other = links::rng(self.sequence, index as u64).next_u64_below(self.nodes.len());
+                    let other = (rand_core::Rng::next_u64(&mut self.rng) % self.nodes.len() as u64) as usize;
                     let rounds = (walk / kad::ALPHA).max(1) as u32;
                     let after = self.links.latency(index, other) * 2 * rounds;
                     self.schedule(after, Event::Found { node: index, key, value });
@@ -544,11 +544,6 @@ impl ControlSim {
         )
     }
 
-    /// The node whose libp2p peer is `peer`.
-    pub fn index_of(&self, peer: &PeerId) -> Option<usize> {
-        self.by_peer.get(peer).copied()
-    }
-
     /// A node's address, as a dial would name it.
     pub fn address(&self, index: usize) -> Multiaddr {
         node::control::addr::socket_multiaddr(SocketAddr::new(self.nodes[index].ip, DATA_PORT), false)
@@ -561,16 +556,6 @@ impl ControlSim {
             node.received = 0;
             node.messages.clear();
         }
-    }
-}
-
-trait Below {
-    fn next_u64_below(&mut self, bound: usize) -> usize;
-}
-
-impl Below for ChaCha20Rng {
-    fn next_u64_below(&mut self, bound: usize) -> usize {
-        (rand_core::Rng::next_u64(self) % bound.max(1) as u64) as usize
     }
 }
 
@@ -593,10 +578,10 @@ fn request_kind(request: &Request) -> &'static str {
     }
 }
 
-/// Percentiles of a sample (nearest rank), in the sample's order after sorting.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The `p`th percentile of a sorted sample (nearest rank); the default of `T` for none.
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]

@@ -11,6 +11,7 @@ use crate::control::addr::circuit_address;
 use libp2p::{Multiaddr, PeerId};
 use membership::DeviceStatus;
 use protocol::DeviceId;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,14 @@ impl Core {
         self.by_peer.iter().any(|(peer, device)| self.is_connected(peer) && state.devices.get(device).is_some_and(|d| d.record.role == membership::Role::CloudPal))
     }
 
+    /// What we know of the members in `members` (all of them for `None`).
+    pub(super) fn reach_of<'a>(&'a self, members: Option<&'a BTreeSet<DeviceId>>) -> Box<dyn Iterator<Item = (&'a DeviceId, &'a super::Reach)> + 'a> {
+        match members {
+            Some(members) => Box::new(members.iter().filter_map(|id| Some((id, self.reach.get(id)?)))),
+            None => Box::new(self.reach.iter()),
+        }
+    }
+
     /// Whether we keep a control connection to `device` ([`super::mesh`]).
     pub(super) fn wants(&self, device: &DeviceId) -> bool {
         self.wanted.as_ref().is_none_or(|wanted| wanted.contains(device))
@@ -190,11 +199,7 @@ impl Core {
             return None;
         }
         // Past a full mesh, only the few we keep connections to (this runs at every input).
-        let members: Box<dyn Iterator<Item = (&DeviceId, &super::Reach)>> = match &self.wanted {
-            Some(wanted) => Box::new(wanted.iter().filter_map(|id| Some((id, self.reach.get(id)?)))),
-            None => Box::new(self.reach.iter()),
-        };
-        members
+        self.reach_of(self.wanted.as_ref())
             .filter(|(id, reach)| **id != self.me && !reach.connected && reach.peer_id.is_some())
             .map(|(_, reach)| reach.last_dial.map(|at| at + Self::redial_interval(reach)))
             .min_by_key(|due| *due)

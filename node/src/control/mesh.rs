@@ -75,15 +75,6 @@ impl Mesh {
     }
 }
 
-/// The members `me` keeps a control connection to: `None` for all of them (a small network,
-/// or `me` is a CloudPal, or not a member in the ring at all).
-pub fn wanted(state: &State, me: &DeviceId, cloudpal: bool) -> Option<BTreeSet<DeviceId>> {
-    if cloudpal {
-        return None;
-    }
-    Mesh::of(state)?.wanted(me)
-}
-
 /// The ring positions the member at `position` picks as chords: drawn from its id (a hash of
 /// its key, so uniform), past its ring neighbours.
 fn chords(id: &DeviceId, position: usize, count: usize) -> impl Iterator<Item = usize> {
@@ -100,6 +91,14 @@ mod tests {
     use super::*;
     use membership::testkit::Network;
     use std::collections::VecDeque;
+
+    /// What a member running with relay duty (`cloudpal`) or not keeps.
+    fn wanted(state: &State, me: &DeviceId, cloudpal: bool) -> Option<BTreeSet<DeviceId>> {
+        if cloudpal {
+            return None;
+        }
+        Mesh::of(state)?.wanted(me)
+    }
 
     fn network(devices: usize, cloudpals: usize) -> Network {
         let mut network = Network::new(7);

@@ -175,11 +175,7 @@ impl Core {
         // members' addresses in every answer would be most of an idle network's traffic.
         // A CloudPal, which keeps everyone, hears of those we keep.
         let theirs = self.mesh.as_ref().and_then(|mesh| mesh.wanted(asker)).or_else(|| self.wanted.clone());
-        let members: Box<dyn Iterator<Item = (&DeviceId, &super::Reach)>> = match &theirs {
-            Some(wanted) => Box::new(wanted.iter().filter_map(|id| Some((id, self.reach.get(id)?)))),
-            None => Box::new(self.reach.iter()),
-        };
-        members
+        self.reach_of(theirs.as_ref())
             .filter(|(device, _)| *device != asker && self.may_know(asker, device))
             .filter_map(|(device, reach)| {
                 let key = state.devices.get(device)?.record.static_key;

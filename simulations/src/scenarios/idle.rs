@@ -41,8 +41,7 @@ pub fn measure(sim: &mut ControlSim, hour: Duration) -> Report {
 
 impl Report {
     fn at(&self, percent: f64) -> u64 {
-        let as_durations: Vec<Duration> = self.devices.iter().map(|b| Duration::from_nanos(*b)).collect();
-        percentile(&as_durations, percent).as_nanos() as u64
+        percentile(&self.devices, percent)
     }
 
     pub fn met(&self) -> bool {

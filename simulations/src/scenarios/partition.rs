@@ -83,7 +83,7 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
         // Among those that hold everything, one state: compare the newest to the first.
         if complete.len() >= 2 {
             let (a, b) = (complete[0], complete[complete.len() - 1]);
-            if sim.nodes[a].core.log().map(|l| l.heads().clone()) == sim.nodes[b].core.log().map(|l| l.heads().clone())
+            if sim.nodes[a].core.log().map(|l| l.heads()) == sim.nodes[b].core.log().map(|l| l.heads())
                 && sim.nodes[a].core.state() != sim.nodes[b].core.state()
             {
                 disagreements += 1;
