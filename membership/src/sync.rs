@@ -51,6 +51,22 @@ impl Log {
         {
             sample.push(*genesis);
         }
+        Summary { sample, ..self.heads_summary_in(&order) }
+    }
+
+    /// The heads alone: enough for a peer to tell whether it lacks anything of ours
+    /// ([`has_everything_of`] reads only them), at a tenth of a full summary's size; whoever
+    /// is behind asks with its full one.
+    pub fn heads_summary(&self) -> Summary {
+        if self.heads().len() <= MAX_HEADS {
+            // Already in order (a set), and none to leave out.
+            return Summary { network: self.network(), heads: self.heads().iter().copied().collect(), sample: Vec::new() };
+        }
+        let order: Vec<EntryHash> = self.entries().map(|e| e.hash()).collect();
+        self.heads_summary_in(&order)
+    }
+
+    fn heads_summary_in(&self, order: &[EntryHash]) -> Summary {
         // At most MAX_HEADS heads, the newest first (the decoder takes no more): a log forked
         // wider than that still syncs, because a full list makes the peer pull (below).
         let position: std::collections::BTreeMap<EntryHash, usize> = order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
@@ -58,7 +74,7 @@ impl Log {
         heads.sort_by_key(|h| std::cmp::Reverse(position.get(h).copied().unwrap_or(0)));
         heads.truncate(MAX_HEADS);
         heads.sort();
-        Summary { network: self.network(), heads, sample }
+        Summary { network: self.network(), heads, sample: Vec::new() }
     }
 }
 

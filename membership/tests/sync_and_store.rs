@@ -197,3 +197,33 @@ fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
+
+/// The heads alone (the idle round's check, issue #17) tell "behind" from "not behind" exactly
+/// as a full summary does, at a fraction of its size — forked or not.
+#[test]
+fn a_heads_summary_tells_who_is_behind_like_a_full_one() {
+    let mut net = Network::new(5);
+    let admin = net.add("admin2", Role::Admin);
+    for i in 0..40 {
+        net.add(&format!("d{i}"), Role::Member);
+    }
+    let mut behind = net.log.clone();
+    net.add("newer", Role::Member);
+    // A fork: the second admin appended on the older heads.
+    let invite = Operation::Invite { invite_key: protocol::DeviceSigningKey::from_bytes(&[9; 32]).public_key(), role: Role::Member, expires: net.now + 100, name_hint: String::new(), shares: Vec::new() };
+    let side = Network::entry_on(&behind, &admin.key, invite, net.now + 1, None);
+    net.log.ingest(vec![side]).expect("a fork");
+    assert_eq!(net.log.heads().len(), 2);
+    let (full, heads_only) = (net.log.summary(), net.log.heads_summary());
+    assert!(heads_only.sample.is_empty());
+    assert_eq!(heads_only.heads, full.heads);
+    assert!(SyncMessage::Summary(heads_only.clone()).encode().len() * 4 < SyncMessage::Summary(full.clone()).encode().len());
+    assert_eq!(has_everything_of(&behind, &heads_only), has_everything_of(&behind, &full));
+    assert!(!has_everything_of(&behind, &heads_only));
+    // The one behind pulls with its full summary and then has everything.
+    for batch in missing_for(&net.log, &behind.summary()) {
+        behind.ingest_encoded(&batch).expect("ingests");
+    }
+    assert!(has_everything_of(&behind, &net.log.heads_summary()));
+    assert!(has_everything_of(&net.log, &behind.heads_summary()));
+}

@@ -66,6 +66,26 @@ pub mod kad {
     }
 }
 
+/// Messages of one kind a node sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Sent {
+    pub fn add(&mut self, other: Sent) {
+        self.count += other.count;
+        self.bytes += other.bytes;
+    }
+}
+
+impl Node {
+    fn count(&mut self, kind: &'static str, bytes: u64) {
+        self.messages.entry(kind).or_default().add(Sent { count: 1, bytes });
+    }
+}
+
 /// One simulated device.
 #[derive(Debug)]
 pub struct Node {
@@ -78,8 +98,9 @@ pub struct Node {
     /// Bytes this node sent and received on the control plane (with overhead).
     pub sent: u64,
     pub received: u64,
-    /// Control messages it sent, by kind.
-    pub messages: BTreeMap<&'static str, u64>,
+    /// Control messages it sent, by kind: how many, and their bytes (the control plane's own,
+    /// without the framing).
+    pub messages: BTreeMap<&'static str, Sent>,
     armed: Option<Instant>,
 }
 
@@ -117,8 +138,8 @@ impl Ord for Scheduled {
 }
 
 pub const DATA_PORT: u16 = 41641;
-/// How often each side of a connection pings (node/src/p2p: `PING_INTERVAL`).
-pub const PING_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// How often each side of a connection pings.
+pub use node::p2p::PING_INTERVAL;
 
 /// What the network looks like.
 #[derive(Debug, Clone, Copy)]
@@ -318,7 +339,7 @@ impl ControlSim {
                     let response = self.nodes[to].core.handle_request(peer, request, time);
                     let size = message_len(&response);
                     self.nodes[to].sent += size + overhead::RESPONSE;
-                    *self.nodes[to].messages.entry("response").or_default() += 1;
+                    self.nodes[to].count("response", size);
                     let delay = self.links.delivery(to, from, &mut self.rng);
                     self.schedule(delay, Event::Response { from: to, to: from, id, response, size });
                     self.drain(to);
@@ -458,7 +479,7 @@ impl ControlSim {
                 let Some(id) = self.connections.get(&pair(index, to)).copied() else { return };
                 let size = message_len(&request);
                 self.nodes[index].sent += size + overhead::REQUEST;
-                *self.nodes[index].messages.entry(request_kind(&request)).or_default() += 1;
+                self.nodes[index].count(request_kind(&request), size);
                 let delay = self.links.delivery(index, to, &mut self.rng);
                 self.schedule(delay, Event::Request { from: index, to, id, request, size });
             }
@@ -467,7 +488,7 @@ impl ControlSim {
                     Some(peer) => self.by_peer.get(&peer).copied(),
                     None => dial.addresses.iter().find_map(|a| node::control::addr::multiaddr_ip(a).and_then(|ip| self.by_ip.get(&ip).copied())),
                 };
-                *self.nodes[index].messages.entry("dial").or_default() += 1;
+                self.nodes[index].count("dial", 0);
                 if let Some(to) = target
                     && self.reachable(index, to)
                     && !self.is_connected(index, to)
@@ -483,7 +504,7 @@ impl ControlSim {
                 let bytes = walk * (overhead::KAD_EXCHANGE + 40 + kad::K * overhead::KAD_PEER) + kad::K * (overhead::KAD_EXCHANGE + 2 * (key.len() + value.len()) as u64);
                 self.nodes[index].sent += bytes / 2;
                 self.nodes[index].received += bytes / 2;
-                *self.nodes[index].messages.entry("kad-put").or_default() += 1;
+                self.nodes[index].count("kad-put", bytes / 2);
                 // Those who answered and stored it carry the other half (spread evenly).
                 self.dht.insert(key, value);
             }
@@ -493,7 +514,7 @@ impl ControlSim {
                 let bytes = walk * (overhead::KAD_EXCHANGE + 40 + kad::K * overhead::KAD_PEER) + found.as_ref().map_or(0, |v| v.len() as u64);
                 self.nodes[index].sent += bytes / 2;
                 self.nodes[index].received += bytes / 2;
-                *self.nodes[index].messages.entry("kad-get").or_default() += 1;
+                self.nodes[index].count("kad-get", bytes / 2);
                 if let Some(value) = found {
                     // A walk's rounds, each a round trip to a random member.
                     let other = (rand_core::Rng::next_u64(&mut self.rng) % self.nodes.len() as u64) as usize;

@@ -14,10 +14,8 @@ fn a_small_network_idles_quietly_spreads_a_revocation_and_heals_a_partition() {
 
     let idle = scenarios::idle::measure(&mut sim, Duration::from_secs(2 * 3600));
     assert!(!idle.devices.is_empty());
-    // Issue #17's goal is 20 KB/h for every device; today's median is 22.5 KB/h and the
-    // busiest 39 KB/h (it keeps the most chords). This holds what we have from growing.
-    let median = idle.devices[idle.devices.len() / 2];
-    assert!(median <= 25_000 && *idle.devices.last().expect("devices") <= 45_000, "{}", idle.table().render());
+    // Issue #17's goal: 20 KB/h for every device (the busiest here is about 7).
+    assert!(idle.met(), "{}", idle.table().render());
     assert!(idle.devices[0] > 0, "an idle device still pings and checks: {}", idle.table().render());
     assert!(!idle.messages.contains_key("kad-get"), "no DHT walks while a CloudPal is there: {:?}", idle.messages);
 

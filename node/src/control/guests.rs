@@ -72,10 +72,16 @@ impl Core {
 
     /// A guest: a member's summary differs from the one our view came with, so ask for it.
     pub(super) fn pull_view_if_changed(&mut self, peer: PeerId, summary: &[u8]) {
-        if !self.is_guest() || self.view_summary.get(&peer).is_some_and(|seen| seen.as_slice() == summary) {
+        if !self.is_guest() {
             return;
         }
-        self.view_summary.insert(peer, summary.to_vec());
+        // The heads say whether the member's log moved (a pushed summary and a path
+        // exchange's heads-only one compare alike).
+        let Some(heads) = messages::decode_summary(summary).map(|s| s.heads) else { return };
+        if self.view_summary.get(&peer).is_some_and(|seen| *seen == heads) {
+            return;
+        }
+        self.view_summary.insert(peer, heads);
         self.push(Action::Send { peer, request: Request::View { binding: self.binding.clone() } });
     }
 

@@ -122,6 +122,15 @@ pub enum Request {
         listen: Vec<String>,
         #[cbor(n(2), default)]
         nat: Option<NatInfo>,
+        /// The idle round's anti-entropy rides here (an `Announce` of its own would be a
+        /// second exchange): the sender's log summary, answered with the receiver's.
+        #[cbor(n(3), default)]
+        summary: Option<ByteVec>,
+        /// The digest ([`paths_digest`]) of the last answer the receiver gave the sender on
+        /// this connection: when its answer would be the same, it lists no peers (most idle
+        /// rounds; the list was most of an idle round's bytes).
+        #[cbor(n(4), default)]
+        known: Option<ByteArray<16>>,
     },
     /// An admin delivers the log to a device it just added from a request code (`pal device
     /// add`): one batch per request, in fold order, the first starting at genesis.
@@ -201,6 +210,9 @@ pub enum Response {
     Paths {
         #[n(0)]
         peers: Vec<PeerAddresses>,
+        /// The receiver's log summary, when the request carried the sender's.
+        #[cbor(n(1), default)]
+        summary: Option<ByteVec>,
     },
     /// The requester's device is revoked: it may sync its log up to the revocation (and
     /// nothing newer) to see that for itself. Unauthenticated, so only a hint to sync.
@@ -230,6 +242,18 @@ pub enum Response {
         #[n(0)]
         entries: Vec<ByteVec>,
     },
+}
+
+/// What a path exchange's answer said, in 16 bytes (BLAKE2s of its CBOR).
+pub fn paths_digest(peers: &[PeerAddresses]) -> ByteArray<16> {
+    use blake2::{Blake2s256, Digest};
+    let mut hasher = Blake2s256::new();
+    hasher.update(b"cloudpal/paths-digest/v1");
+    hasher.update(minicbor::to_vec(peers).unwrap_or_default());
+    let digest: [u8; 32] = hasher.finalize().into();
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&digest[..16]);
+    short.into()
 }
 
 pub fn encode<T: Encode<()>>(message: &T) -> io::Result<Vec<u8>> {

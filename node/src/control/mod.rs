@@ -34,6 +34,7 @@ use crate::dataplane::commands::{DataCommand, DataView};
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 use membership::NetworkId;
+use minicbor::bytes::ByteArray;
 use messages::{Binding, Request, Response};
 use protocol::{DeviceId, DeviceSigningKey};
 use rand_chacha::ChaCha20Rng;
@@ -201,7 +202,7 @@ pub struct Core {
     by_peer: HashMap<PeerId, DeviceId>,
     said_revoked: bool,
     /// A guest: the log summary each member last showed, when we asked it for our view.
-    view_summary: HashMap<PeerId, Vec<u8>>,
+    view_summary: HashMap<PeerId, Vec<membership::EntryHash>>,
 
     // Admission.
     /// Members that told us we are revoked and were asked for the log (once each).
@@ -235,6 +236,8 @@ pub struct Core {
     relay_listen: bool,
     /// Data-plane candidates each member announced for itself, and those others reported.
     announced: BTreeMap<DeviceId, Vec<SocketAddr>>,
+    /// The digest of each connected member's last path answer ([`messages::paths_digest`]).
+    paths_heard: BTreeMap<DeviceId, ByteArray<16>>,
     reported: BTreeMap<DeviceId, BTreeSet<SocketAddr>>,
     /// The data plane's latest view (paths, reflexive addresses).
     view: DataView,
@@ -314,6 +317,7 @@ impl Core {
             relay: None,
             relay_listen: false,
             announced: BTreeMap::new(),
+            paths_heard: BTreeMap::new(),
             reported: BTreeMap::new(),
             view: DataView::default(),
             relay_keepalive: None,
@@ -363,13 +367,14 @@ impl Core {
         self.cut_off_revoked(time.now);
         self.cut_off_unproven(time.now);
         self.close_duplicates(time.now);
+        let idle = !self.timers.is_busy(time.now);
         for timer in self.timers.take_due(time.now) {
             if self.revoked() {
                 continue; // cut off: nothing to find, nobody to greet
             }
             match timer {
-                Timer::Paths => self.exchange_paths(),
-                Timer::Announce => self.anti_entropy(),
+                Timer::Paths => self.exchange_paths(idle),
+                Timer::Announce => self.anti_entropy(idle),
                 Timer::Presence => self.publish_presence(time),
                 Timer::Lookup => self.look_up_absent_members(time),
                 Timer::CandidateDial => self.redial_candidates(),
@@ -523,6 +528,9 @@ impl Core {
             self.connection_ips.remove(&peer);
             self.revocation_checks.remove(&peer);
             self.unproven.remove(&peer);
+            if let Some(device) = self.by_peer.get(&peer) {
+                self.paths_heard.remove(device);
+            }
             if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
                 reach.connected = false;
                 if self.exit.dns_on {
@@ -646,22 +654,29 @@ impl Core {
                 admission::Hello { binding: &binding, data_port, summary: &summary, candidates: &candidates, relay, listen: &listen, nat: nat.as_ref() },
             ),
             Request::Deliver { .. } => messages::refused("this device already belongs to a network"),
-            Request::Paths { candidates, listen, nat } => {
+            Request::Paths { candidates, listen, nat, summary, known } => {
                 let Some(device) = self.by_peer.get(&peer).copied() else {
                     return messages::refused(admission::NOT_A_MEMBER);
                 };
                 self.learn_candidates(device, &candidates, false);
                 self.learn_nat(device, nat.as_ref());
                 self.admit_to_dht(peer, device, &listen, false);
-                Response::Paths { peers: self.known_peers(&device) }
+                let summary = summary.map(|theirs| {
+                    self.compare_summary(peer, &theirs);
+                    self.heads_summary().into()
+                });
+                let mut peers = self.known_peers(&device);
+                if known.is_some_and(|known| known == messages::paths_digest(&peers)) {
+                    peers.clear();
+                }
+                Response::Paths { peers, summary }
             }
             Request::Sync { binding, summary, .. } => self.serve_sync(peer, binding, &summary),
             Request::Enrol { proof, name, signing_key, static_key } => self.enrol(peer, &proof, name, *signing_key, *static_key, time),
             Request::Join { entry } => self.admit_join(&entry, time),
             Request::Announce { summary } => {
                 if self.by_peer.contains_key(&peer) {
-                    self.pull_if_behind(peer, &summary);
-                    self.pull_view_if_changed(peer, &summary);
+                    self.compare_summary(peer, &summary);
                 }
                 Response::Accepted
             }
@@ -688,10 +703,17 @@ impl Core {
                 self.pull_if_behind(peer, &summary);
                 self.pull_view_if_changed(peer, &summary);
             }
-            Response::Paths { peers } => {
-                if self.by_peer.contains_key(&peer) {
+            Response::Paths { peers, summary } => {
+                if let Some(device) = self.by_peer.get(&peer).copied() {
+                    // An empty answer is "as before" (or nothing to tell): the digest stays.
+                    if !peers.is_empty() {
+                        self.paths_heard.insert(device, messages::paths_digest(&peers));
+                    }
                     for entry in peers {
                         self.learn_addresses(entry);
+                    }
+                    if let Some(summary) = summary {
+                        self.compare_summary(peer, &summary);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! (CloudPal) as the path of last resort, with a circuit reservation there for control traffic.
 
 use super::messages::{NatInfo, PeerAddresses, Request};
+use minicbor::bytes::ByteVec;
 use protocol::birthday::{NatKind, PeerNat};
 use super::{Action, Core};
 use crate::control_api::ControlLink;
@@ -44,13 +45,21 @@ impl Core {
 
     /// Every few seconds, our candidates to every connected member; the answers say what they
     /// know of the others.
-    pub(super) fn exchange_paths(&mut self) {
+    /// While the network settles, to every connected member. In the idle round (it only
+    /// catches what a lost push missed) one side of each connection asks — the one with the
+    /// lower peer id — and the exchange carries both sides' log summaries too: one request
+    /// and its answer per connection and round, instead of four.
+    pub(super) fn exchange_paths(&mut self, idle: bool) {
         let candidates = self.own_candidates();
         let listen = self.own_listen_addresses();
-        let mut peers: Vec<PeerId> = self.by_peer.keys().copied().filter(|peer| self.is_connected(peer)).collect();
+        let summary: Option<ByteVec> = idle.then(|| self.heads_summary().into());
+        let own = self.peer_id;
+        let mut peers: Vec<PeerId> = self.by_peer.keys().copied().filter(|peer| self.is_connected(peer) && (!idle || own < *peer)).collect();
         peers.sort();
         for peer in peers {
-            self.push(Action::Send { peer, request: Request::Paths { candidates: candidates.clone(), listen: listen.clone(), nat: self.own_nat() } });
+            let known = self.by_peer.get(&peer).and_then(|device| self.paths_heard.get(device)).copied();
+            let request = Request::Paths { candidates: candidates.clone(), listen: listen.clone(), nat: self.own_nat(), summary: summary.clone(), known };
+            self.push(Action::Send { peer, request });
         }
     }
 

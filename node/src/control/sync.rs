@@ -20,6 +20,11 @@ impl Core {
         self.book.log().map(|log| SyncMessage::Summary(log.summary()).encode()).unwrap_or_default()
     }
 
+    /// Our heads alone, for a check that nobody is behind ([`membership::Log::heads_summary`]).
+    pub(super) fn heads_summary(&self) -> Vec<u8> {
+        self.book.log().map(|log| SyncMessage::Summary(log.heads_summary()).encode()).unwrap_or_default()
+    }
+
     /// Shows this log's summary to every connected member; whoever lacks something pulls it.
     pub(super) fn announce(&mut self) {
         let summary: ByteVec = self.summary().into();
@@ -30,15 +35,26 @@ impl Core {
         }
     }
 
-    /// Anti-entropy, and a circuit reservation refused or lost is asked for again.
-    pub(super) fn anti_entropy(&mut self) {
-        self.announce();
+    /// Anti-entropy, and a circuit reservation refused or lost is asked for again. While the
+    /// network settles the summary goes to everyone at once; in the idle round it rides in the
+    /// path exchange instead ([`Self::exchange_paths`]), one exchange per connection.
+    pub(super) fn anti_entropy(&mut self, idle: bool) {
+        if !idle {
+            self.announce();
+        }
         if let Some((device, endpoint)) = self.relay
             && let Some(peer) = self.reach.get(&device).and_then(|r| r.peer_id)
             && self.is_connected(&peer)
         {
             self.listen_via_relay(peer, endpoint.port());
         }
+    }
+
+    /// A member's summary (pushed, or in a path exchange): pull what we miss of its log, or,
+    /// as a guest, of its view.
+    pub(super) fn compare_summary(&mut self, peer: PeerId, summary: &[u8]) {
+        self.pull_if_behind(peer, summary);
+        self.pull_view_if_changed(peer, summary);
     }
 
     pub(super) fn pull_if_behind(&mut self, peer: PeerId, summary: &[u8]) {

@@ -37,8 +37,9 @@ const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// is noticed when a request on it goes unanswered ([`REQUEST_TIMEOUT`]) and redialled.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// libp2p's ping only measures the round trip (`status` shows it); at its default of 15 s it
-/// would be most of an idle node's traffic.
-const PING_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// would be most of an idle node's traffic, and even every 30 minutes it was half of it at
+/// 1,000 devices (issue #17): every two hours, like the idle path exchange.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2 * 3600);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control streams one connection may have open at once (libp2p's default is 100, each able
 /// to hold a message of up to a megabyte).

@@ -103,8 +103,8 @@ fn guest02_a_guest_gets_no_log_no_other_devices_and_no_hello_from_the_rest() {
     let refused = super::refusal(&g.sim.ask_as(guest_peer, ip, CLOUDPAL, sync));
     assert_eq!(refused, node::control::guests::NOT_FOR_GUESTS);
     // Where the others are: only what is shared (the nas), never the desk or the laptop.
-    let paths = g.sim.ask_as(guest_peer, ip, CLOUDPAL, Request::Paths { candidates: Vec::new(), listen: Vec::new(), nat: None });
-    let Response::Paths { peers } = paths else { panic!("{paths:?}") };
+    let paths = g.sim.ask_as(guest_peer, ip, CLOUDPAL, Request::Paths { candidates: Vec::new(), listen: Vec::new(), nat: None, summary: None, known: None });
+    let Response::Paths { peers, .. } = paths else { panic!("{paths:?}") };
     let told: Vec<protocol::DeviceId> = peers.iter().filter_map(|p| p.device.map(|d| protocol::DeviceId::from_bytes(*d))).collect();
     assert_eq!(told, vec![g.members[NAS].record.signing_key.device_id()]);
     // The desk shares nothing with it: its Hello is an outsider's.

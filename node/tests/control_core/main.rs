@@ -15,7 +15,7 @@ use node::statedir::Identity;
 use protocol::{DeviceSigningKey, StaticSecret};
 use sim::{Sim, network, peer_of};
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -309,7 +309,7 @@ fn a_revoked_device_gets_revoked_for_a_hello_and_nothing_else() {
     let binding = node::control::admission::sign_binding(car_key, &network.log.network(), &imposter);
     let hello = Request::Hello { binding: binding.clone(), data_port: 1, summary: vec![].into(), candidates: vec![], relay: false, listen: vec![], nat: None };
     assert_eq!(sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, hello), Response::Revoked);
-    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()], listen: vec![], nat: None };
+    let paths = Request::Paths { candidates: vec!["192.0.2.99:41641".into()], listen: vec![], nat: None, summary: None, known: None };
     assert_eq!(refusal(&sim.ask_as(imposter, Ipv4Addr::new(198, 51, 100, 40), 0, paths)), "not a member of this network");
 }
 
@@ -453,13 +453,68 @@ fn an_idle_network_talks_only_at_the_idle_pace_and_news_still_spreads_at_once() 
     }
     sim.run_for(Duration::from_secs(60 * 60));
     for node in &sim.nodes {
-        // Two connected peers each: Paths and Announce every 30 minutes to each.
+        // Two connected peers each: at most a path exchange and an announcement to each.
         assert!(node.sent.len() <= 2 * 2 * 2, "{} requests in an idle hour: {:?}", node.sent.len(), node.sent.iter().map(|(_, _, r)| r).collect::<Vec<_>>());
     }
     let time = sim.time;
     sim.nodes[0].core.revoke("desktop", time).expect("revoke");
     sim.settle();
     assert_eq!(sim.nodes[1].log().state().devices.get(&sim.nodes[2].key.public_key().device_id()).map(|d| d.status), Some(DeviceStatus::Revoked), "the revocation waited for a round");
+}
+
+/// Issue #17, idle at 1,000 devices: the idle round is one path exchange per connection,
+/// asked by the side with the lower peer id, carrying both sides' heads — so a change whose
+/// push was lost still arrives within a round — and an answer that would repeat the last one
+/// lists no peers.
+#[test]
+fn the_idle_round_is_one_exchange_per_connection_and_catches_a_lost_push() {
+    let (mut sim, _) = star(&[("laptop", Role::Admin), ("phone", Role::Member), ("desktop", Role::Member)]);
+    sim.run_for(Duration::from_secs(3 * 3600));
+    // The laptop's pushes to the phone are lost from now on; it revokes the desktop.
+    sim.drop_requests(0, 1, |r| matches!(r, Request::Announce { .. }));
+    let time = sim.time;
+    sim.nodes[0].core.revoke("desktop", time).expect("revoke");
+    sim.settle();
+    let desktop = sim.nodes[2].key.public_key().device_id();
+    let status = |sim: &Sim| sim.nodes[1].log().state().devices.get(&desktop).map(|d| d.status);
+    assert_eq!(status(&sim), Some(DeviceStatus::Active), "the push was not lost");
+    let from = sim.time.now;
+    for node in &mut sim.nodes {
+        node.sent.clear();
+        node.answered.clear();
+    }
+    sim.run_for(Duration::from_secs(2 * 3600 + 60));
+    assert_eq!(status(&sim), Some(DeviceStatus::Revoked), "the idle round did not catch the lost push");
+    // After the busy spell (30 s of news), the idle round: Paths with heads, one side asking.
+    // Until the phone pulls (then it has news of its own, and is busy again).
+    let (laptop, phone) = (sim.nodes[0].peer, sim.nodes[1].peer);
+    let pulled = sim.nodes[1].sent.iter().find(|(_, _, r)| matches!(r, Request::Sync { .. })).map(|(at, _, _)| *at).expect("a pull");
+    let window = |at: &Instant| *at > from + Duration::from_secs(120) && *at <= pulled;
+    let idle: Vec<(usize, libp2p::PeerId, bool)> = (0..2)
+        .flat_map(|i| sim.nodes[i].sent.iter().filter(|(at, _, _)| window(at)).map(move |(_, to, r)| (i, *to, r.clone())))
+        .filter_map(|(i, to, r)| match r {
+            Request::Paths { summary, .. } => Some((i, to, summary.is_some())),
+            // The phone pulling what it missed, and then pushing its news.
+            Request::Sync { .. } | Request::Announce { .. } => None,
+            other => panic!("an idle request other than a path exchange: {other:?}"),
+        })
+        .collect();
+    let asker = if laptop < phone { 0 } else { 1 };
+    let between: Vec<_> = idle.iter().filter(|(i, to, _)| (*i == 0 && *to == phone) || (*i == 1 && *to == laptop)).collect();
+    assert!(!between.is_empty() && between.iter().all(|(i, _, heads)| *i == asker && *heads), "{between:?}");
+    // Two more idle rounds: nothing moved, so the answers list no peers.
+    for node in &mut sim.nodes {
+        node.answered.clear();
+    }
+    sim.run_for(Duration::from_secs(4 * 3600));
+    let answers: Vec<&Response> = sim.nodes.iter().flat_map(|n| n.answered.iter().map(|(_, _, r)| r)).collect();
+    assert!(answers.iter().any(|r| matches!(r, Response::Paths { .. })));
+    for answer in answers {
+        match answer {
+            Response::Paths { peers, summary } => assert!(peers.is_empty() && summary.is_some(), "{answer:?}"),
+            other => panic!("an idle answer other than a path exchange's: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -868,7 +923,7 @@ fn what_members_report_cannot_grow_without_bound() {
         })
         .collect();
     let time = sim.time;
-    sim.nodes[0].core.handle_response(phone, Response::Paths { peers }, time);
+    sim.nodes[0].core.handle_response(phone, Response::Paths { peers, summary: None }, time);
     sim.run_for(Duration::from_secs(7));
     let dials: Vec<&Dial> = sim.nodes[0].dials.iter().map(|(_, d)| d).filter(|d| d.peer.is_some_and(|p| p != phone)).collect();
     let peers: std::collections::BTreeSet<_> = dials.iter().filter_map(|d| d.peer).collect();

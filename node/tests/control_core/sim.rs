@@ -45,6 +45,8 @@ pub struct Node {
     pub client_dns: Vec<Option<(std::net::Ipv4Addr, bool)>>,
     /// A guest: the views it asked the shell to keep.
     pub saved_views: Vec<Vec<Vec<u8>>>,
+    /// The answers it gave: when, to whom.
+    pub answered: Vec<(Instant, PeerId, Response)>,
 }
 
 impl Node {
@@ -186,6 +188,7 @@ impl Sim {
             dns_served: Vec::new(),
             client_dns: Vec::new(),
             saved_views: Vec::new(),
+            answered: Vec::new(),
         });
         let address = self.nodes[index].address();
         self.nodes[index].core.handle_new_listen_addr(address);
@@ -383,6 +386,7 @@ impl Sim {
                 }
                 let peer = self.nodes[from].peer;
                 let response = self.nodes[to].core.handle_request(peer, request, time);
+                self.nodes[to].answered.push((time.now, peer, response.clone()));
                 self.queue.push_back(Message::Response { from: to, to: from, response });
             }
             Message::Response { from, to, response } => {

@@ -3,7 +3,7 @@
 //! Yamux and multistream-select add: [`crate::control::overhead`]), sent and received, over an
 //! hour in which nothing happens.
 
-use crate::control::{ControlSim, percentile};
+use crate::control::{ControlSim, Sent, percentile};
 use crate::table::{Table, verdict};
 use membership::Role;
 use std::collections::BTreeMap;
@@ -19,8 +19,8 @@ pub struct Report {
     pub devices: Vec<u64>,
     /// Each CloudPal's.
     pub cloudpals: Vec<u64>,
-    /// Messages sent in the hour, by kind, over all nodes.
-    pub messages: BTreeMap<&'static str, u64>,
+    /// Messages sent in the two hours, by kind, over all nodes.
+    pub messages: BTreeMap<&'static str, Sent>,
 }
 
 pub fn measure(sim: &mut ControlSim, hour: Duration) -> Report {
@@ -32,8 +32,8 @@ pub fn measure(sim: &mut ControlSim, hour: Duration) -> Report {
     let cloudpals = sim.nodes.iter().filter(|n| n.role == Role::CloudPal).map(|n| scale(n.sent + n.received)).collect();
     let mut messages = BTreeMap::new();
     for node in &sim.nodes {
-        for (kind, count) in &node.messages {
-            *messages.entry(*kind).or_default() += count;
+        for (kind, sent) in &node.messages {
+            messages.entry(*kind).or_insert_with(Sent::default).add(*sent);
         }
     }
     Report { network: sim.describe(), devices, cloudpals, messages }
@@ -51,7 +51,7 @@ impl Report {
     pub fn table(&self) -> Table {
         let mut table = Table::new(
             format!("idle control traffic per device, sent and received, per hour over two idle hours — {}", self.network),
-            &["p50", "p99", "max", "each CloudPal", "messages sent in the two hours", "goal ≤ 20 KB/h"],
+            &["p50", "p99", "max", "each CloudPal", "messages sent in the two hours (mean size)", "goal ≤ 20 KB/h"],
         );
         let kb = |b: u64| format!("{:.1} KB/h", b as f64 / 1000.0);
         table.row(vec![
@@ -59,7 +59,7 @@ impl Report {
             kb(self.at(99.0)),
             kb(self.devices.last().copied().unwrap_or(0)),
             self.cloudpals.iter().map(|b| kb(*b)).collect::<Vec<_>>().join(", "),
-            self.messages.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            self.messages.iter().map(|(k, v)| format!("{k} {} ({} B)", v.count, v.bytes / v.count.max(1))).collect::<Vec<_>>().join(", "),
             verdict(self.met()),
         ]);
         table
