@@ -195,8 +195,9 @@ impl Log {
         let snapshot = (self.order.clone(), self.heads.clone(), self.state.clone());
         let mut added = Vec::new();
         let mut dirty = false;
+        let mut branch = None;
         for (index, entry) in batch.into_iter().enumerate() {
-            match self.ingest_one(entry, &mut dirty) {
+            match self.ingest_one(entry, &mut dirty, &mut branch) {
                 Ok(Some(hash)) => added.push(hash),
                 Ok(None) => {}
                 Err(error) => {
@@ -253,7 +254,10 @@ impl Log {
         ancestors(&self.entries, hashes)
     }
 
-    fn ingest_one(&mut self, entry: Entry, dirty: &mut bool) -> Result<Option<EntryHash>, LogError> {
+    /// `branch`: the last entry of this batch that was off our heads, and the fold of its
+    /// causal past with it applied — so that the next entry on top of it alone (a branch
+    /// arriving in order, as a healed partition's does) is checked without a fold.
+    fn ingest_one(&mut self, entry: Entry, dirty: &mut bool, branch: &mut Option<(EntryHash, State)>) -> Result<Option<EntryHash>, LogError> {
         let hash = entry.hash();
         if self.entries.contains_key(&hash) {
             return Ok(None);
@@ -280,9 +284,14 @@ impl Log {
             self.state.apply(&entry)?;
             self.order.push(hash);
         } else {
-            let past = self.ancestors_of(entry.parents().iter().copied());
-            let (_, past_state) = fold(&self.entries, &past);
-            past_state.check(&entry)?;
+            // Its causal past is an ancestor-closed set whose only head is its parent, so its
+            // fold is that parent's with the parent applied (as on our own heads above).
+            let mut past_state = match branch.take() {
+                Some((tip, state)) if entry.parents() == [tip] => state,
+                _ => fold(&self.entries, &self.ancestors_of(entry.parents().iter().copied())).1,
+            };
+            past_state.apply(&entry)?;
+            *branch = Some((hash, past_state));
             *dirty = true;
         }
         for parent in entry.parents() {

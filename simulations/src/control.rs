@@ -179,6 +179,8 @@ pub struct ControlSim {
     rng: ChaCha20Rng,
     /// Events handled (a measure of the run's work).
     pub events: u64,
+    /// The nodes whose cores the last event reached (what a check after it needs to look at).
+    pub touched: [Option<usize>; 2],
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -268,6 +270,7 @@ impl ControlSim {
             sequence: 0,
             rng: links::rng(shape.seed, 7),
             events: 0,
+            touched: [None; 2],
         };
         for index in 0..sim.nodes.len() {
             let address = sim.address(index);
@@ -317,6 +320,12 @@ impl ControlSim {
 
     fn handle(&mut self, event: Event) {
         let time = self.time;
+        self.touched = match &event {
+            Event::Timer { node } | Event::Found { node, .. } => [Some(*node), None],
+            Event::Connect { from, to } => [Some(*from), Some(*to)],
+            Event::Request { to, .. } | Event::Response { to, .. } => [Some(*to), None],
+            Event::Ping { .. } => [None, None],
+        };
         match event {
             Event::Timer { node } => {
                 if self.nodes[node].armed.is_some_and(|at| at <= time.now) {

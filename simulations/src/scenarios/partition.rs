@@ -63,7 +63,7 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
         })
         .collect();
     let online: Vec<usize> = (0..count).filter(|i| sim.nodes[*i].online && !revoked.contains(i)).collect();
-    let mut pending = online.clone();
+    let mut pending: BTreeSet<usize> = online.iter().copied().collect();
     let mut complete: Vec<usize> = Vec::new();
     let mut first_across = None;
     let mut disagreements = 0;
@@ -72,19 +72,19 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
         if first_across.is_none() && sim.any_connection(|a, b| right_set.contains(&a) != right_set.contains(&b)) {
             first_across = Some(sim.elapsed() - healed);
         }
-        pending.retain(|&index| {
+        // Only the cores the event reached can have changed.
+        for index in sim.touched.into_iter().flatten() {
             let log = sim.nodes[index].core.log().expect("a log");
-            let has_all = wanted.iter().all(|hash| log.contains(hash));
-            if has_all {
+            if pending.contains(&index) && wanted.iter().all(|hash| log.contains(hash)) {
+                pending.remove(&index);
                 complete.push(index);
             }
-            !has_all
-        });
-        // Among those that hold everything, one state: compare the newest to the first.
-        if complete.len() >= 2 {
-            let (a, b) = (complete[0], complete[complete.len() - 1]);
-            if sim.nodes[a].core.log().map(|l| l.heads()) == sim.nodes[b].core.log().map(|l| l.heads())
-                && sim.nodes[a].core.state() != sim.nodes[b].core.state()
+            // Among those that hold everything, one state: each that moved against the first.
+            if let Some(&first) = complete.first()
+                && first != index
+                && complete.contains(&index)
+                && sim.nodes[first].core.log().map(|l| l.heads()) == Some(log.heads())
+                && sim.nodes[first].core.state() != sim.nodes[index].core.state()
             {
                 disagreements += 1;
             }
