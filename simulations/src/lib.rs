@@ -8,5 +8,6 @@
 pub mod control;
 pub mod links;
 pub mod mesh;
+pub mod nat;
 pub mod scenarios;
 pub mod table;

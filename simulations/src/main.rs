@@ -5,8 +5,10 @@ use simulations::scenarios::{self, Life};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: simulations [all|idle|revocation|partition] [--seed N] [--small]";
-const SCENARIOS: [&str; 3] = ["idle", "revocation", "partition"];
+const USAGE: &str = "usage: simulations [all|idle|revocation|partition|nat] [--seed N] [--small]";
+const SCENARIOS: [&str; 4] = ["idle", "revocation", "partition", "nat"];
+/// The control-plane scenarios, which share one settled network.
+const CONTROL: [&str; 3] = ["idle", "revocation", "partition"];
 
 fn main() -> ExitCode {
     let mut which = None;
@@ -41,11 +43,26 @@ fn main() -> ExitCode {
     }
     let runs = |name: &str| which == "all" || which == name;
     let started = Instant::now();
-    let life = if small { Life::small(seed) } else { Life::full(seed) };
     println!("seed {seed}\n");
-    let mut sim = life.settled();
-    println!("(the network built and settled in {:.1} s)\n", started.elapsed().as_secs_f64());
     let mut missed = false;
+    if runs("nat") {
+        let began = Instant::now();
+        let devices = if small { 16 } else { 40 };
+        for mix in [simulations::nat::HOME_BROADBAND, simulations::nat::MOBILE_HEAVY] {
+            let report = simulations::nat::run(&mix, devices, seed, Duration::from_secs(120));
+            println!("{}", report.table().render());
+            missed |= !report.met();
+        }
+        println!("(nat: {:.1} s)\n", began.elapsed().as_secs_f64());
+    }
+    if !CONTROL.iter().any(|name| runs(name)) {
+        println!("all in {:.1} s", started.elapsed().as_secs_f64());
+        return if missed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+    }
+    let life = if small { Life::small(seed) } else { Life::full(seed) };
+    let settling = Instant::now();
+    let mut sim = life.settled();
+    println!("(the network built and settled in {:.1} s)\n", settling.elapsed().as_secs_f64());
     let mut timed = |name: &str, body: &mut dyn FnMut() -> (String, bool)| {
         let began = Instant::now();
         let (table, met) = body();

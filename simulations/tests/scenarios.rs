@@ -43,3 +43,30 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(run(9), run(9));
     assert_ne!(run(9).0, run(10).0);
 }
+
+/// The NAT mixes at 16 devices: whatever the share, the path code's known cases hold — an
+/// open or full-cone side goes direct with anyone who has UDP, two endpoint-independent
+/// sides always do, two symmetric ones and a side without UDP never do, and each device's own
+/// NAT check names its mapping right.
+#[test]
+fn nat_mixes_go_direct_where_the_nats_allow_it() {
+    use simulations::nat::{self, NatType};
+    for mix in [nat::HOME_BROADBAND, nat::MOBILE_HEAVY] {
+        let report = nat::run(&mix, 16, 3, Duration::from_secs(60));
+        assert_eq!(report.pairs, 16 * 15 / 2);
+        let kinds = nat::population(&mix, 16, 3);
+        let dependent = kinds.iter().filter(|k| matches!(k, NatType::Symmetric | NatType::CgnatSymmetric)).count();
+        let blocked = kinds.iter().filter(|k| **k == NatType::UdpBlocked).count();
+        assert_eq!(report.checked, (16 - dependent - blocked, dependent, blocked), "{}", report.table().render());
+        let independent = |k: NatType| matches!(k, NatType::Open | NatType::FullCone | NatType::PortRestricted | NatType::CgnatIndependent);
+        for ((a, b), (direct, pairs)) in &report.by_kinds {
+            let table = report.table().render();
+            if *a == NatType::UdpBlocked || *b == NatType::UdpBlocked || (!independent(*a) && !independent(*b)) {
+                assert_eq!(*direct, 0, "{a:?} + {b:?}: {table}");
+            } else if (independent(*a) && independent(*b)) || matches!(a, NatType::Open | NatType::FullCone) {
+                assert_eq!(direct, pairs, "{a:?} + {b:?}: {table}");
+            }
+        }
+        assert!(report.direct > 0);
+    }
+}
