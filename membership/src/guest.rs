@@ -160,7 +160,7 @@ pub fn verify(network: &NetworkId, me: &DeviceId, view: &[Vec<u8>]) -> Result<St
             state.revoked_keys.insert(*record.signing_key.as_bytes());
             state.revoked_keys.insert(*record.static_key.as_bytes());
         }
-        state.insert_proven(id, DeviceState { record, status, admitted_by });
+        state.devices.insert(id, DeviceState { record, status, admitted_by });
     }
     if let Some((_, hash, shares)) = set_by {
         state.shares.insert(*me, GuestShares { shares, set_by: hash });

@@ -31,42 +31,6 @@ pub struct State {
     /// What only current members know: the network id hashed, then each rotation (appended
     /// after a revocation) mixed in. Presence records are keyed and encrypted under it.
     pub secret: NetworkSecret,
-    /// What the active devices hold, for [`State::check_new_device`] to look up instead of
-    /// scanning them all (a fold of a thousand devices was a million comparisons).
-    pub(crate) active: ActiveIndex,
-}
-
-/// The names, overlay addresses and static keys the active devices hold. Derived from
-/// `devices` (kept by [`State::admit`] and a revocation), so it takes no part in equality.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ActiveIndex {
-    names: BTreeSet<String>,
-    ipv4: BTreeSet<std::net::Ipv4Addr>,
-    ipv6: BTreeSet<std::net::Ipv6Addr>,
-    static_keys: BTreeSet<[u8; 32]>,
-}
-
-impl PartialEq for ActiveIndex {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for ActiveIndex {}
-
-impl ActiveIndex {
-    fn insert(&mut self, record: &DeviceRecord) {
-        self.names.insert(record.name.clone());
-        self.ipv4.insert(record.overlay_ipv4);
-        self.ipv6.insert(record.overlay_ipv6);
-        self.static_keys.insert(*record.static_key.as_bytes());
-    }
-
-    fn remove(&mut self, record: &DeviceRecord) {
-        self.names.remove(&record.name);
-        self.ipv4.remove(&record.overlay_ipv4);
-        self.ipv6.remove(&record.overlay_ipv6);
-        self.static_keys.remove(record.static_key.as_bytes());
-    }
 }
 
 /// The network secret of [`State::secret`]; redacted in `Debug`.
@@ -331,9 +295,6 @@ impl State {
             }
             Operation::RevokeDevice { device } => {
                 if let Some(target) = self.devices.get_mut(device) {
-                    if target.status == DeviceStatus::Active {
-                        self.active.remove(&target.record);
-                    }
                     target.status = DeviceStatus::Revoked;
                     self.revoked_keys.insert(*target.record.signing_key.as_bytes());
                     self.revoked_keys.insert(*target.record.static_key.as_bytes());
@@ -497,33 +458,25 @@ impl State {
         if self.devices.len() >= MAX_DEVICES {
             return Err(RuleError::TooManyDevices);
         }
-        let taken = &self.active;
-        if taken.names.contains(&device.name) {
-            return Err(RuleError::NameTaken);
-        }
-        if taken.ipv4.contains(&device.overlay_ipv4) || taken.ipv6.contains(&device.overlay_ipv6) {
-            return Err(RuleError::AddressTaken);
-        }
-        if taken.static_keys.contains(device.static_key.as_bytes()) {
-            return Err(RuleError::StaticKeyTaken);
+        for (_, other) in self.active_devices() {
+            let other = &other.record;
+            if other.name == device.name {
+                return Err(RuleError::NameTaken);
+            }
+            if other.overlay_ipv4 == device.overlay_ipv4 || other.overlay_ipv6 == device.overlay_ipv6 {
+                return Err(RuleError::AddressTaken);
+            }
+            if other.static_key == device.static_key {
+                return Err(RuleError::StaticKeyTaken);
+            }
         }
         Ok(())
     }
 
     fn admit(&mut self, device: &DeviceRecord, by: EntryHash) {
-        self.active.insert(device);
         self.devices.insert(
             device.signing_key.device_id(),
             DeviceState { record: device.clone(), status: DeviceStatus::Active, admitted_by: by },
         );
-    }
-
-    /// A device the log proved by other means (a guest's view, [`crate::guest`]), in the
-    /// index as well.
-    pub(crate) fn insert_proven(&mut self, id: DeviceId, device: DeviceState) {
-        if device.status == DeviceStatus::Active {
-            self.active.insert(&device.record);
-        }
-        self.devices.insert(id, device);
     }
 }
