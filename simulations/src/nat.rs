@@ -236,7 +236,7 @@ impl Net {
                 if kind.carrier() {
                     IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10 + (rng.next_u32() % carriers.max(1)) as u8))
                 } else {
-                    IpAddr::V4(Ipv4Addr::from(0xc000_0200u32 + (i as u32 % 250) + if i >= 250 { 0x0633_6200 } else { 0 }))
+                    IpAddr::V4(Ipv4Addr::from(0xc000_0201u32 + (i as u32 % 250) + if i >= 250 { 0x0633_6200 } else { 0 }))
                 }
             })
             .chain(std::iter::once(CLOUDPAL.ip()))
@@ -336,8 +336,10 @@ impl Net {
             if let Ok(Received::Forward(transmit)) = self.devices[to].decapsulate(datagram.from, &datagram.bytes, &mut out, self.now) {
                 self.send(cloudpal, MAIN, transmit.destination, out[..transmit.len].to_vec());
             }
-            if socket != MAIN && self.devices[to].is_direct_endpoint(datagram.from, self.now) {
-                // The shell keeps the winning socket for that peer and closes the others.
+            if self.punch_sockets[to].contains(&socket) && self.devices[to].is_direct_endpoint(datagram.from, self.now) {
+                // The shell keeps the winning socket of the open set for that peer and closes
+                // the others (`node/src/dataplane/punch.rs`); an adopted socket's datagrams
+                // are that peer's, and leave the set of a later attempt alone.
                 self.adopted[to].insert(datagram.from, socket);
                 self.punch_sockets[to].clear();
             }

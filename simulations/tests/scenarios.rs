@@ -44,15 +44,16 @@ fn the_same_seed_gives_the_same_run() {
     assert_ne!(run(9).0, run(10).0);
 }
 
-/// The NAT mixes at 16 devices: whatever the share, the path code's known cases hold — an
-/// open or full-cone side goes direct with anyone who has UDP, two endpoint-independent
-/// sides always do, two symmetric ones and a side without UDP never do, and each device's own
-/// NAT check names its mapping right.
+/// The NAT mixes at 16 devices: the share of direct pairs meets issue #17's goals, and the path
+/// code's cases hold — an open or full-cone side goes direct with anyone who has UDP, two
+/// endpoint-independent sides always do, an independent and a symmetric one nearly always
+/// (birthday punching), two symmetric ones and a side without UDP never do — and each device's
+/// own NAT check names its mapping right.
 #[test]
 fn nat_mixes_go_direct_where_the_nats_allow_it() {
     use simulations::nat::{self, NatType};
     for mix in [nat::HOME_BROADBAND, nat::MOBILE_HEAVY] {
-        let report = nat::run(&mix, 16, 3, Duration::from_secs(60));
+        let report = nat::run(&mix, 16, 3, Duration::from_secs(120));
         assert_eq!(report.pairs, 16 * 15 / 2);
         let kinds = nat::population(&mix, 16, 3);
         let dependent = kinds.iter().filter(|k| matches!(k, NatType::Symmetric | NatType::CgnatSymmetric)).count();
@@ -65,8 +66,12 @@ fn nat_mixes_go_direct_where_the_nats_allow_it() {
                 assert_eq!(*direct, 0, "{a:?} + {b:?}: {table}");
             } else if (independent(*a) && independent(*b)) || matches!(a, NatType::Open | NatType::FullCone) {
                 assert_eq!(direct, pairs, "{a:?} + {b:?}: {table}");
+            } else {
+                // An endpoint-independent side and a symmetric one: birthday punching, one
+                // attempt a minute per pair (each about nine in ten), one at a time per device.
+                assert!(*direct * 10 >= *pairs * 8, "{a:?} + {b:?}: {table}");
             }
         }
-        assert!(report.direct > 0);
+        assert!(report.met(), "{}", report.table().render());
     }
 }
