@@ -9,5 +9,6 @@ pub mod control;
 pub mod links;
 pub mod mesh;
 pub mod nat;
+pub mod plot;
 pub mod scenarios;
 pub mod table;

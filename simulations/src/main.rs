@@ -5,7 +5,7 @@ use simulations::scenarios::{self, Life};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: simulations [all|idle|revocation|partition|nat] [--seed N] [--small]";
+const USAGE: &str = "usage: simulations [all|idle|revocation|partition|nat] [--seed N] [--small] [--plots DIR]";
 const SCENARIOS: [&str; 4] = ["idle", "revocation", "partition", "nat"];
 /// The control-plane scenarios, which share one settled network.
 const CONTROL: [&str; 3] = ["idle", "revocation", "partition"];
@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     let mut which = None;
     let mut seed = 1u64;
     let mut small = false;
+    let mut plots: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,6 +26,13 @@ fn main() -> ExitCode {
                 }
             },
             "--small" => small = true,
+            "--plots" => match args.next() {
+                Some(dir) => plots = Some(dir.into()),
+                None => {
+                    eprintln!("--plots needs a directory; {USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -78,6 +86,14 @@ fn main() -> ExitCode {
     if runs("revocation") {
         timed("revocation", &mut || {
             let report = scenarios::revocation::spread(&mut sim, scenarios::REVOKED);
+            if let Some(dir) = &plots {
+                let title = format!("revocation spread to {} online devices of {} (seed {seed})", report.online, sim.nodes.len());
+                let svg = simulations::plot::cdf_svg(&title, &report.arrivals, Some((scenarios::revocation::GOAL_P99, "goal: p99 ≤ 2 s")));
+                let path = dir.join("revocation-cdf.svg");
+                if let Err(error) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, svg)) {
+                    eprintln!("cannot write {}: {error}", path.display());
+                }
+            }
             (report.table().render(), report.met())
         });
     }
