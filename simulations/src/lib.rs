@@ -6,6 +6,7 @@
 //! prints (issue #17).
 
 pub mod control;
+pub mod dht;
 pub mod links;
 pub mod mesh;
 pub mod nat;

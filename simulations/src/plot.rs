@@ -11,10 +11,10 @@ const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
-/// The share of `samples` at or below each value, as a step line from 0 to 1, with a
+/// The share of `samples` (of what: `of`) at or below each value, as a step line from 0 to 1, with a
 /// vertical mark at `goal`. The x axis runs from zero to the larger of the largest sample and
 /// the goal, in milliseconds.
-pub fn cdf_svg(title: &str, samples: &[Duration], goal: Option<(Duration, &str)>) -> String {
+pub fn cdf_svg(title: &str, of: &str, samples: &[Duration], goal: Option<(Duration, &str)>) -> String {
     let mut sorted: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     sorted.sort_by(f64::total_cmp);
     let largest = sorted.last().copied().unwrap_or(1.0).max(goal.map_or(0.0, |(g, _)| g.as_secs_f64() * 1000.0));
@@ -43,7 +43,7 @@ pub fn cdf_svg(title: &str, samples: &[Duration], goal: Option<(Duration, &str)>
     }
     let _ = writeln!(svg, r#"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#);
     let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">milliseconds</text>"#, LEFT + plot_w / 2.0, HEIGHT - 15.0);
-    let _ = writeln!(svg, r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">share of devices</text>"#, TOP + plot_h / 2.0, TOP + plot_h / 2.0);
+    let _ = writeln!(svg, r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">share of {}</text>"#, TOP + plot_h / 2.0, TOP + plot_h / 2.0, escape(of));
     if let Some((goal, label)) = goal {
         let gx = x(goal.as_secs_f64() * 1000.0);
         let _ = writeln!(svg, r##"<line x1="{gx:.1}" x2="{gx:.1}" y1="{TOP}" y2="{}" stroke="#c33" stroke-dasharray="6 4"/>"##, TOP + plot_h);
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn the_line_climbs_to_every_sample_and_marks_the_goal() {
         let samples: Vec<Duration> = [100u64, 300, 200, 400].iter().map(|ms| Duration::from_millis(*ms)).collect();
-        let svg = cdf_svg("spread <1 000>", &samples, Some((Duration::from_millis(500), "goal")));
+        let svg = cdf_svg("spread <1 000>", "devices", &samples, Some((Duration::from_millis(500), "goal")));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("spread &lt;1 000&gt;"));
         // Four steps, a quarter each, and the goal's dashed line.

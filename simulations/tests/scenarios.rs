@@ -75,3 +75,23 @@ fn nat_mixes_go_direct_where_the_nats_allow_it() {
         assert!(report.met(), "{}", report.table().render());
     }
 }
+
+/// The DHT model at 1,000 nodes: with everyone on every lookup finds the record, in a few
+/// requests (a handful of rounds of α); nodes off make lookups slower and rarer, never faster;
+/// and the K holders are the K closest by XOR.
+#[test]
+fn dht_lookups_find_records_and_suffer_from_nodes_off() {
+    use simulations::scenarios::lookup;
+    let report = lookup::run(4, 1000, 200);
+    let (all, thirty, half) = (&report.runs[0], &report.runs[1], &report.runs[2]);
+    assert_eq!(all.success(), 1.0, "{}", report.table().render());
+    assert!(all.requests() >= 1.0 && all.requests() <= 20.0, "{}", report.table().render());
+    assert!(thirty.success() <= all.success() && half.success() <= thirty.success() + 0.02, "{}", report.table().render());
+    assert!(all.latency(50.0) <= thirty.latency(50.0).or(Some(std::time::Duration::MAX)));
+    // Requests grow with the DHT (log n), from the calibration sizes up.
+    let sizes: Vec<f64> = report.calibration.iter().map(|r| r.requests()).collect();
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1] + 0.3), "{sizes:?}");
+    let dht = simulations::dht::Dht::new(300, 9, simulations::links::Links::new(9, std::time::Duration::from_millis(20), std::time::Duration::from_millis(200), 0.0));
+    let holders = dht.holders(12345);
+    assert_eq!(holders.len(), simulations::dht::K);
+}

@@ -4,6 +4,7 @@
 //! partition).
 
 pub mod idle;
+pub mod lookup;
 pub mod partition;
 pub mod revocation;
 
