@@ -8,6 +8,7 @@
 //! and answers a lookup after a modelled walk. What the swarm adds around each message is
 //! counted from the wire formats (see [`overhead`]).
 
+use crate::agenda::Agenda;
 use crate::links::{self, Links};
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
@@ -16,8 +17,7 @@ use membership::{Log, Role, Store};
 use node::control::messages::{Request, Response};
 use node::control::{Action, Config, Connection, Core, Time};
 use rand_chacha::ChaCha20Rng;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -114,29 +114,6 @@ enum Event {
     Timer { node: usize },
 }
 
-struct Scheduled {
-    at: Instant,
-    sequence: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.sequence).cmp(&(other.at, other.sequence))
-    }
-}
-
 pub const DATA_PORT: u16 = 41641;
 /// How often each side of a connection pings.
 pub use node::p2p::PING_INTERVAL;
@@ -174,8 +151,7 @@ pub struct ControlSim {
     cut: HashSet<(usize, usize)>,
     /// The network's DHT: what was put under each key.
     dht: HashMap<Vec<u8>, Vec<u8>>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    sequence: u64,
+    queue: Agenda<Event>,
     rng: ChaCha20Rng,
     /// Events handled (a measure of the run's work).
     pub events: u64,
@@ -266,8 +242,7 @@ impl ControlSim {
             next_connection: 1,
             cut: HashSet::new(),
             dht: HashMap::new(),
-            queue: BinaryHeap::new(),
-            sequence: 0,
+            queue: Agenda::default(),
             rng: links::rng(shape.seed, 7),
             events: 0,
             touched: [None; 2],
@@ -285,19 +260,14 @@ impl ControlSim {
     }
 
     fn schedule(&mut self, after: Duration, event: Event) {
-        self.sequence += 1;
-        self.queue.push(Reverse(Scheduled { at: self.time.now + after, sequence: self.sequence, event }));
+        self.queue.push(self.time.now + after, event);
     }
 
     /// Runs until `end` of virtual time (since the start), or until `stop` says so after an
     /// event; whether `stop` did.
     pub fn run_until(&mut self, end: Duration, mut stop: impl FnMut(&Self) -> bool) -> bool {
         let end = self.start + end;
-        while let Some(Reverse(next)) = self.queue.peek() {
-            if next.at > end {
-                break;
-            }
-            let Reverse(Scheduled { at, event, .. }) = self.queue.pop().expect("peeked");
+        while let Some((at, event)) = self.queue.pop_due(end) {
             if at > self.time.now {
                 self.time = self.time.advanced(at - self.time.now);
             }

@@ -5,6 +5,7 @@
 //! membership log; [`scenarios`] are the runs `cargo run --release -p simulations -- all`
 //! prints (issue #17).
 
+pub mod agenda;
 pub mod control;
 pub mod dht;
 pub mod links;

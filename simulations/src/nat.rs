@@ -14,6 +14,7 @@
 //! devices reach the others over the TCP/443 relay stream, tested in the namespace suite;
 //! here they only count as not direct).
 
+use crate::agenda::Agenda;
 use crate::links;
 use protocol::birthday::{NatKind, PeerNat, reflector_of};
 use protocol::paths::PathKind;
@@ -21,8 +22,7 @@ use protocol::testing::ipv4_udp_packet;
 use protocol::{Device, DeviceConfig, IpPrefix, PeerConfig, PresharedKey, Received, StaticPublic, StaticSecret, WallClock};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -136,28 +136,9 @@ struct Mapping {
 }
 
 struct Datagram {
-    at: Instant,
-    sequence: u64,
     from: SocketAddr,
     to: SocketAddr,
     bytes: Vec<u8>,
-}
-
-impl PartialEq for Datagram {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Datagram {}
-impl PartialOrd for Datagram {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Datagram {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.sequence).cmp(&(other.at, other.sequence))
-    }
 }
 
 /// The devices (the last is CloudPal) and the internet between them.
@@ -176,8 +157,7 @@ struct Net {
     mappings: HashMap<SocketAddr, Mapping>,
     /// (device, socket, remote for dependent mappings) → public address.
     flows: HashMap<(usize, usize, Option<SocketAddr>), SocketAddr>,
-    in_flight: BinaryHeap<Reverse<Datagram>>,
-    sequence: u64,
+    in_flight: Agenda<Datagram>,
     /// The punch sockets each device has open, and the one it adopted per remote.
     punch_sockets: Vec<Vec<usize>>,
     next_socket: Vec<usize>,
@@ -255,8 +235,7 @@ impl Net {
             access,
             mappings: HashMap::new(),
             flows: HashMap::new(),
-            in_flight: BinaryHeap::new(),
-            sequence: 0,
+            in_flight: Agenda::default(),
             punch_sockets: vec![Vec::new(); count],
             next_socket: vec![1; count],
             adopted: vec![BTreeMap::new(); count],
@@ -302,8 +281,7 @@ impl Net {
         let Some(source) = self.translate(from, socket, to) else { return };
         let destination = self.mappings.get(&to).map_or(self.cloudpal(), |m| m.device);
         let delay = self.access[from] + self.access[destination] + Duration::from_millis(10);
-        self.sequence += 1;
-        self.in_flight.push(Reverse(Datagram { at: self.now + delay, sequence: self.sequence, from: source, to, bytes }));
+        self.in_flight.push(self.now + delay, Datagram { from: source, to, bytes });
     }
 
     /// Where a datagram from `from` to the public `to` ends up, if a NAT admits it.
@@ -372,14 +350,13 @@ impl Net {
         loop {
             self.flush();
             let next_timer = self.devices.iter().filter_map(Device::poll_timeout).min();
-            let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at);
+            let next_delivery = self.in_flight.next_at();
             let Some(next) = [next_delivery, next_timer].into_iter().flatten().min().filter(|n| *n <= deadline) else {
                 self.now = deadline;
                 return;
             };
             self.now = self.now.max(next);
-            while self.in_flight.peek().is_some_and(|Reverse(d)| d.at <= self.now) {
-                let Reverse(datagram) = self.in_flight.pop().expect("peeked");
+            while let Some((_, datagram)) = self.in_flight.pop_due(self.now) {
                 self.deliver(datagram);
             }
             let now = self.now;

@@ -654,23 +654,7 @@ impl Core {
                 admission::Hello { binding: &binding, data_port, summary: &summary, candidates: &candidates, relay, listen: &listen, nat: nat.as_ref() },
             ),
             Request::Deliver { .. } => messages::refused("this device already belongs to a network"),
-            Request::Paths { candidates, listen, nat, summary, known } => {
-                let Some(device) = self.by_peer.get(&peer).copied() else {
-                    return messages::refused(admission::NOT_A_MEMBER);
-                };
-                self.learn_candidates(device, &candidates, false);
-                self.learn_nat(device, nat.as_ref());
-                self.admit_to_dht(peer, device, &listen, false);
-                let summary = summary.map(|theirs| {
-                    self.compare_summary(peer, &theirs);
-                    self.heads_summary().into()
-                });
-                let mut peers = self.known_peers(&device);
-                if known.is_some_and(|known| known == messages::paths_digest(&peers)) {
-                    peers.clear();
-                }
-                Response::Paths { peers, summary }
-            }
+            Request::Paths { candidates, listen, nat, summary, known } => self.serve_paths(peer, &candidates, &listen, nat.as_ref(), summary, known),
             Request::Sync { binding, summary, .. } => self.serve_sync(peer, binding, &summary),
             Request::Enrol { proof, name, signing_key, static_key } => self.enrol(peer, &proof, name, *signing_key, *static_key, time),
             Request::Join { entry } => self.admit_join(&entry, time),
@@ -703,20 +687,7 @@ impl Core {
                 self.pull_if_behind(peer, &summary);
                 self.pull_view_if_changed(peer, &summary);
             }
-            Response::Paths { peers, summary } => {
-                if let Some(device) = self.by_peer.get(&peer).copied() {
-                    // An empty answer is "as before" (or nothing to tell): the digest stays.
-                    if !peers.is_empty() {
-                        self.paths_heard.insert(device, messages::paths_digest(&peers));
-                    }
-                    for entry in peers {
-                        self.learn_addresses(entry);
-                    }
-                    if let Some(summary) = summary {
-                        self.compare_summary(peer, &summary);
-                    }
-                }
-            }
+            Response::Paths { peers, summary } => self.paths_answered(peer, peers, summary),
             Response::Entries { batch, more } => self.ingest_batch(peer, batch, more),
             Response::View { entries } => self.view_answered(peer, entries),
             Response::Accepted | Response::Refused { .. } if self.deliveries.contains_key(&peer) => {

@@ -3,8 +3,9 @@
 //! a peer saw), relay what they know of the others, and pick the member doing relay duty
 //! (CloudPal) as the path of last resort, with a circuit reservation there for control traffic.
 
-use super::messages::{NatInfo, PeerAddresses, Request};
-use minicbor::bytes::ByteVec;
+use super::messages::{self, NatInfo, PeerAddresses, Request, Response};
+use super::admission;
+use minicbor::bytes::{ByteArray, ByteVec};
 use protocol::birthday::{NatKind, PeerNat};
 use super::{Action, Core};
 use crate::control_api::ControlLink;
@@ -60,6 +61,42 @@ impl Core {
             let known = self.by_peer.get(&peer).and_then(|device| self.paths_heard.get(device)).copied();
             let request = Request::Paths { candidates: candidates.clone(), listen: listen.clone(), nat: self.own_nat(), summary: summary.clone(), known };
             self.push(Action::Send { peer, request });
+        }
+    }
+
+    /// A member's path exchange: we learn its candidates, NAT and control addresses, and
+    /// answer with what we know of the members it keeps — nothing, when that is what its
+    /// digest says it heard last — and, in the idle round, our heads for its.
+    pub(super) fn serve_paths(&mut self, peer: PeerId, candidates: &[String], listen: &[String], nat: Option<&NatInfo>, summary: Option<ByteVec>, known: Option<ByteArray<16>>) -> Response {
+        let Some(device) = self.by_peer.get(&peer).copied() else {
+            return messages::refused(admission::NOT_A_MEMBER);
+        };
+        self.learn_candidates(device, candidates, false);
+        self.learn_nat(device, nat);
+        self.admit_to_dht(peer, device, listen, false);
+        let summary = summary.map(|theirs| {
+            self.compare_summary(peer, &theirs);
+            self.heads_summary().into()
+        });
+        let mut peers = self.known_peers(&device);
+        if known.is_some_and(|known| known == messages::paths_digest(&peers)) {
+            peers.clear();
+        }
+        Response::Paths { peers, summary }
+    }
+
+    /// A member's answer to our path exchange.
+    pub(super) fn paths_answered(&mut self, peer: PeerId, peers: Vec<PeerAddresses>, summary: Option<ByteVec>) {
+        let Some(device) = self.by_peer.get(&peer).copied() else { return };
+        // An empty answer is "as before" (or nothing to tell): the digest stays.
+        if !peers.is_empty() {
+            self.paths_heard.insert(device, messages::paths_digest(&peers));
+        }
+        for entry in peers {
+            self.learn_addresses(entry);
+        }
+        if let Some(summary) = summary {
+            self.compare_summary(peer, &summary);
         }
     }
 
