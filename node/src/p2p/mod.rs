@@ -30,7 +30,19 @@ pub fn kad_protocol(network: &NetworkId) -> libp2p::StreamProtocol {
     libp2p::StreamProtocol::try_from_owned(format!("/cloudpal/kad/{name}/1.0.0")).expect("a valid protocol name")
 }
 /// Tail latency under churn is set by the per-query timeout, not hop count.
-const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// One DHT request over an open connection: a round trip and a retransmission or two. At
+/// libp2p's 10 s, a switched-off peer held one of a query's three slots past the whole 5 s
+/// query, and with half the nodes off most lookups died (issue #17's model and swarms).
+pub const KAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A new connection, from the first SYN to Yamux: three round trips, with room for a lost
+/// SYN. Without it, a dial to a machine that is off waited for TCP's two minutes.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Requests a DHT query keeps in flight (Kademlia's α). libp2p-kad's default is 3;
+/// go-libp2p-kad-dht, which the IPFS Amino DHT runs, uses 10. At 3, one switched-off peer
+/// holds a third of the query for its whole timeout; issue #17's simulations (30 % and 50 %
+/// of 10,000 CloudPals off) set this.
+pub const KAD_PARALLELISM: usize = 10;
 /// Control connections are never closed for being idle: one TCP connection per pair stays up
 /// for free (a NAT keeps a TCP mapping for hours, RFC 5382; a UDP one, as QUIC would need,
 /// for tens of seconds), so an idle network sends nothing to keep it (issue #15). A dead one
@@ -108,7 +120,14 @@ pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, fallbac
     use libp2p::Transport as _;
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(seed, epoch)?)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            // As `with_tcp` builds it, with a bound on the dial.
+            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .outbound_timeout(DIAL_TIMEOUT))
+        })?
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             Ok(crate::relaylink::transport::FallbackTransport::new(fallback)
                 .upgrade(libp2p::core::upgrade::Version::V1)
@@ -117,15 +136,27 @@ pub fn build_for_epoch<B: NetworkBehaviour>(seed: &[u8; 32], epoch: u64, fallbac
         })?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| make(key, relay_client))?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT).with_max_negotiating_inbound_streams(MAX_CONTROL_STREAMS))
+        .with_swarm_config(swarm_config)
         .build())
 }
 
-/// A member node's behaviour; `cloudpal` adds relay duty behind the members-only `gate`.
-pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Behaviour, cloudpal: bool, gate: &Gate, network: &NetworkId) -> Behaviour {
-    let peer = key.public().to_peer_id();
-    let mut config = kad::Config::new(kad_protocol(network));
+/// The swarm's settings (the simulations' swarms use them too). A new stream sends its first
+/// message with its protocol's name instead of a round trip later (multistream-select's
+/// `V1Lazy`): each of our streams offers exactly one protocol, so there is nothing to
+/// negotiate, and every control request and DHT request is one round trip shorter.
+pub fn swarm_config(config: libp2p::swarm::Config) -> libp2p::swarm::Config {
+    config
+        .with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+        .with_max_negotiating_inbound_streams(MAX_CONTROL_STREAMS)
+        .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+}
+
+/// The node's Kademlia settings (the simulations' swarms use them too).
+pub fn kad_config(protocol: libp2p::StreamProtocol) -> kad::Config {
+    let mut config = kad::Config::new(protocol);
     config.set_query_timeout(KAD_QUERY_TIMEOUT);
+    config.set_substreams_timeout(KAD_REQUEST_TIMEOUT);
+    config.set_parallelism(std::num::NonZeroUsize::new(KAD_PARALLELISM).expect("α is not zero"));
     // Nothing is stored unseen: a record put to us is checked first (DHT-01), and provider
     // records, which nobody signs, are never stored at all.
     config.set_record_filtering(kad::StoreInserts::FilterBoth);
@@ -135,6 +166,13 @@ pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Beha
     config.set_periodic_bootstrap_interval(None);
     config.set_replication_interval(None);
     config.set_publication_interval(None);
+    config
+}
+
+/// A member node's behaviour; `cloudpal` adds relay duty behind the members-only `gate`.
+pub fn node_behaviour(key: &identity::Keypair, relay_client: relay::client::Behaviour, cloudpal: bool, gate: &Gate, network: &NetworkId) -> Behaviour {
+    let peer = key.public().to_peer_id();
+    let config = kad_config(kad_protocol(network));
     let store_config = kad::store::MemoryStoreConfig {
         max_value_bytes: crate::control::presence::MAX_RECORD_LEN,
         max_records: 4096,
