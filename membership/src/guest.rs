@@ -88,7 +88,8 @@ pub fn verify(network: &NetworkId, me: &DeviceId, view: &[Vec<u8>]) -> Result<St
     }
     let entries = view.iter().map(|bytes| Entry::decode(bytes)).collect::<Result<Vec<Entry>, _>>()?;
     let by_hash: BTreeMap<EntryHash, &Entry> = entries.iter().map(|e| (e.hash(), e)).collect();
-    let mut state = State { network: Some(*network), ..State::default() };
+    let mut state = State::default();
+    state.network = Some(*network);
     let mut proven: BTreeMap<DeviceId, (DeviceRecord, EntryHash)> = BTreeMap::new();
     for entry in &entries {
         match (entry.operation(), entry.contents().network) {

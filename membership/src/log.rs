@@ -124,6 +124,12 @@ impl Log {
         self.order.iter().filter_map(|hash| self.entries.get(hash))
     }
 
+    /// The entries' hashes in fold order (what [`Log::entries`] would hash, without looking
+    /// each entry up).
+    pub(crate) fn order(&self) -> &[EntryHash] {
+        &self.order
+    }
+
     /// Signs and appends a new entry on top of every head; refused if not allowed now.
     pub fn append(
         &mut self,

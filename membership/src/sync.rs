@@ -35,7 +35,7 @@ pub enum SyncMessage {
 impl Log {
     /// What this log holds, for a peer to compute what we lack.
     pub fn summary(&self) -> Summary {
-        let order: Vec<EntryHash> = self.entries().map(|e| e.hash()).collect();
+        let order = self.order();
         let mut sample = Vec::new();
         let mut back = 1usize;
         let mut step = 1usize;
@@ -51,7 +51,7 @@ impl Log {
         {
             sample.push(*genesis);
         }
-        Summary { sample, ..self.heads_summary_in(&order) }
+        Summary { sample, ..self.heads_summary_in(order) }
     }
 
     /// The heads alone: enough for a peer to tell whether it lacks anything of ours
@@ -62,17 +62,22 @@ impl Log {
             // Already in order (a set), and none to leave out.
             return Summary { network: self.network(), heads: self.heads().iter().copied().collect(), sample: Vec::new() };
         }
-        let order: Vec<EntryHash> = self.entries().map(|e| e.hash()).collect();
-        self.heads_summary_in(&order)
+        self.heads_summary_in(self.order())
     }
 
     fn heads_summary_in(&self, order: &[EntryHash]) -> Summary {
         // At most MAX_HEADS heads, the newest first (the decoder takes no more): a log forked
         // wider than that still syncs, because a full list makes the peer pull (below).
-        let position: std::collections::BTreeMap<EntryHash, usize> = order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-        let mut heads: Vec<EntryHash> = self.heads().iter().copied().collect();
-        heads.sort_by_key(|h| std::cmp::Reverse(position.get(h).copied().unwrap_or(0)));
-        heads.truncate(MAX_HEADS);
+        let all = self.heads();
+        let mut heads: Vec<EntryHash> = if all.len() <= MAX_HEADS {
+            all.iter().copied().collect()
+        } else {
+            // The newest are the last in fold order (no map of every entry's position: this
+            // runs for every summary sent).
+            let mut newest: Vec<EntryHash> = order.iter().rev().filter(|h| all.contains(*h)).take(MAX_HEADS).copied().collect();
+            newest.extend(all.iter().filter(|h| !order.contains(h)).take(MAX_HEADS - newest.len()));
+            newest
+        };
         heads.sort();
         Summary { network: self.network(), heads, sample: Vec::new() }
     }

@@ -126,6 +126,7 @@ impl Core {
         let reach = self.reach.entry(device_id).or_default();
         reach.peer_id = Some(device.peer);
         reach.multiaddrs.extend(device.addresses.iter().cloned());
+        self.peer_cache_stale = true;
         let empty = membership::sync::Summary { network: self.network, heads: Vec::new(), sample: Vec::new() };
         let batches = membership::missing_for(self.book.log().ok_or(super::book::GUEST_CANNOT)?, &empty).into();
         self.deliveries.insert(device.peer, Delivery { name: device.name, role, batches, started: time.now, reply });

@@ -136,7 +136,7 @@ impl Core {
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
             let known = &mut self.reach.entry(device).or_default().multiaddrs;
             for address in &addresses {
-                Self::remember_bounded(known, address);
+                self.peer_cache_stale |= Self::remember_bounded(known, address);
             }
         }
         let kept = self.remember_addresses(peer_id, &addresses);
@@ -274,6 +274,9 @@ impl Core {
     /// this runs at every timeout, and base58 for every member each time was most of a busy
     /// core's work in the simulations of issue #17.
     pub(super) fn update_peer_cache(&mut self) {
+        if !std::mem::take(&mut self.peer_cache_stale) {
+            return;
+        }
         let peers: Vec<(PeerId, Multiaddr)> = self.reach.values().filter_map(|r| Some((r.peer_id?, r.multiaddrs.iter().next()?.clone()))).collect();
         if peers.is_empty() || peers == self.cached_peers {
             return;

@@ -102,6 +102,7 @@ impl Core {
                         if !self.book.state().devices.contains_key(&id) {
                             self.command(crate::dataplane::commands::DataCommand::RemovePeer(key));
                             self.reach.remove(&id);
+                            self.peer_cache_stale = true;
                         }
                     }
                     self.membership_changed();

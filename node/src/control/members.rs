@@ -20,28 +20,33 @@ pub const REVOKED_GRACE: Duration = Duration::from_secs(10);
 impl Core {
     /// Makes the data plane match the membership state.
     pub(super) fn apply_membership(&mut self) {
-        let state = self.book.state().clone();
-        self.mesh = if self.is_guest() { None } else { super::mesh::Mesh::of(&state) };
+        let state = self.book.state();
+        self.mesh = if self.is_guest() { None } else { super::mesh::Mesh::of(state) };
         self.wanted = self.mesh.as_ref().filter(|_| !self.cloudpal).and_then(|mesh| mesh.wanted(&self.me));
+        // What the walk below needs of each device (not a clone of the whole state, names and
+        // all, at every change of a thousand-device log).
+        let devices: Vec<(DeviceId, protocol::StaticPublic, DeviceStatus, std::net::Ipv4Addr, std::net::Ipv6Addr)> =
+            state.devices.iter().map(|(id, d)| (*id, d.record.static_key, d.status, d.record.overlay_ipv4, d.record.overlay_ipv6)).collect();
+        let relay = state.policy.relay.rate;
         let mut active = BTreeSet::new();
-        for (id, device) in &state.devices {
-            let key = device.record.static_key;
-            if device.status == DeviceStatus::Revoked {
+        for (id, key, status, overlay_ipv4, overlay_ipv6) in devices {
+            let id = &id;
+            if status == DeviceStatus::Revoked {
                 self.command(DataCommand::RemovePeer(key));
-                self.reach.remove(id);
+                self.peer_cache_stale |= self.reach.remove(id).is_some();
                 continue;
             }
             if *id != self.me && !self.deals_with(id) {
                 // A guest nothing here is shared with: no peer, no handshake (GUEST-01).
                 self.command(DataCommand::RemovePeer(key));
-                self.reach.remove(id);
+                self.peer_cache_stale |= self.reach.remove(id).is_some();
                 continue;
             }
             active.insert(key);
             if *id == self.me {
                 continue;
             }
-            let mut allowed_ips = vec![IpPrefix::host(IpAddr::V4(device.record.overlay_ipv4)), IpPrefix::host(IpAddr::V6(device.record.overlay_ipv6))];
+            let mut allowed_ips = vec![IpPrefix::host(IpAddr::V4(overlay_ipv4)), IpPrefix::host(IpAddr::V6(overlay_ipv6))];
             if self.exit_device() == Some(*id) {
                 // The exit: the internet, both families, behind it (longest prefix wins, so
                 // every member's own address still routes to that member).
@@ -61,7 +66,7 @@ impl Core {
         // Whose handshakes the data plane answers: current members only.
         self.command(DataCommand::SetMembers(active));
         if self.cloudpal {
-            let rate = relay_rate_bytes(state.policy.relay.rate);
+            let rate = relay_rate_bytes(relay);
             if self.relay_rate != Some(rate) {
                 self.relay_rate = Some(rate);
                 self.command(DataCommand::SetRelayRate(rate));
@@ -140,6 +145,7 @@ impl Core {
         self.share_members();
         self.admit_to_dht(peer, device, listen, true);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
+        self.peer_cache_stale = true;
         let reach = self.reach.entry(device).or_default();
         reach.peer_id = Some(peer);
         reach.connected = true;
@@ -169,7 +175,9 @@ impl Core {
         let known = &mut self.reach.entry(device).or_default().multiaddrs;
         let mut new = Vec::new();
         for address in addresses {
-            if Self::remember_bounded(known, &address) || hello {
+            let remembered = Self::remember_bounded(known, &address);
+            self.peer_cache_stale |= remembered;
+            if remembered || hello {
                 new.push(address);
             }
         }

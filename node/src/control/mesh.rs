@@ -32,6 +32,8 @@ pub struct Mesh {
     ring: Vec<(DeviceId, Role)>,
     /// (chord target, chord source) positions, sorted: the chords picked to each member.
     incoming: Vec<(u32, u32)>,
+    /// The CloudPals, whom everyone keeps (not found by walking the ring at each question).
+    cloudpals: Vec<DeviceId>,
 }
 
 impl Mesh {
@@ -50,7 +52,8 @@ impl Mesh {
         let mut incoming: Vec<(u32, u32)> =
             ring.iter().enumerate().flat_map(|(source, (id, _))| chords(id, source, count).map(move |target| (target as u32, source as u32))).collect();
         incoming.sort_unstable();
-        Some(Mesh { ring, incoming })
+        let cloudpals = ring.iter().filter(|(_, role)| *role == Role::CloudPal).map(|(id, _)| *id).collect();
+        Some(Mesh { ring, incoming, cloudpals })
     }
 
     /// The members `device` keeps a control connection to: `None` for all of them (it is a
@@ -62,7 +65,7 @@ impl Mesh {
         }
         let ring = &self.ring;
         let count = ring.len();
-        let mut wanted: BTreeSet<DeviceId> = ring.iter().filter(|(_, role)| *role == Role::CloudPal).map(|(id, _)| *id).collect();
+        let mut wanted: BTreeSet<DeviceId> = self.cloudpals.iter().copied().collect();
         for step in 1..=RING {
             wanted.insert(ring[(position + step) % count].0);
             wanted.insert(ring[(position + count - step) % count].0);
