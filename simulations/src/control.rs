@@ -56,7 +56,7 @@ pub mod overhead {
 /// iterative query sends; see [`crate::dht`] for the model of its latency).
 pub mod kad {
     pub const K: u64 = 20;
-    pub const ALPHA: u64 = 3;
+    pub const ALPHA: u64 = node::p2p::KAD_PARALLELISM as u64;
 
     /// FIND_NODE (or GET_VALUE) requests of one walk in a DHT of `nodes`.
     pub fn walk_requests(nodes: usize) -> u64 {

@@ -1,18 +1,23 @@
 //! Rendezvous lookups in a DHT of CloudPals (issue #17): a model of libp2p-kad 0.57's
-//! iterative `GET_VALUE` query on virtual time, at sizes no swarm here reaches.
+//! iterative `GET_VALUE` query on virtual time, at sizes no swarm here reaches, calibrated
+//! against real libp2p-kad swarms ([`crate::swarms`]) at 250–1,000 nodes.
 //!
-//! What is modelled, with libp2p-kad's defaults where the node keeps them
-//! (`node/src/p2p/mod.rs`): 256-bit ids under the XOR metric (the top 128 bits, which decide
-//! every distance here); each node's k-buckets filled with up to K = 20 random nodes of each
-//! prefix range (an ideal table: libp2p fills them from the peers it meets); a record stored at
-//! the K nodes closest to its key; a query that starts from the K closest in the asker's table
-//! and keeps α = 3 requests in flight (K once it stalls: no closer peer among α answers), each
-//! answered after a new connection's two round trips (TCP, then Noise and Yamux with the
-//! request) plus the answer's, 20–200 ms one way per pair ([`crate::links`]); a node that is
-//! off never answers and its request counts as failed after libp2p-kad's 10 s peer timeout; the
-//! query ends at the first answer holding the record, when the K closest known have all
-//! answered or failed, or at the node's 5 s query timeout. Not modelled yet: the calibration
-//! against real libp2p-kad swarms the issue asks for, connections already open, and loss.
+//! What is modelled, with the node's Kademlia settings (`node::p2p::kad_config`): 256-bit ids
+//! under the XOR metric (the top 128 bits, which decide every distance here); each node's
+//! k-buckets filled with up to K = 20 random nodes of each prefix range (an ideal table:
+//! libp2p fills them from the peers it meets), and a connection kept open to each of them (the
+//! node keeps connections; the table's peers are the ones it has talked to); a record stored
+//! at the K nodes closest to its key; a query that starts from the K closest in the asker's
+//! table and keeps α requests in flight (the node's 10; K once it stalls: no closer peer among α
+//! answers). A request over an open connection is answered after one round trip (two with
+//! libp2p's default stream negotiation, which waits for the protocol's name to be echoed);
+//! one that needs a new connection after two more (TCP, then Noise with Yamux's name), and
+//! the connection then stays open. Links are 20–200 ms one way per pair ([`crate::links`]). A
+//! node that is off never answers: a request to it fails after the node's request timeout
+//! over an open connection, or its dial times out, each at most libp2p-kad's 10 s peer
+//! timeout. The query ends at the first answer holding the record, when the K closest known
+//! have all answered or failed, or at the node's query timeout. Not modelled: loss, and what
+//! a failed peer teaches the asker (libp2p drops its address; the model keeps asking it).
 
 use crate::links::{self, Links};
 use rand_chacha::ChaCha20Rng;
@@ -22,11 +27,39 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 pub const K: usize = 20;
-pub const ALPHA: usize = 3;
-/// libp2p-kad's default wait for one peer's answer.
+/// libp2p-kad's wait for one peer's answer before the query stops counting it (fixed).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The node's query timeout (`KAD_QUERY_TIMEOUT`).
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The settings a query lives by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The whole query.
+    pub query: Duration,
+    /// One request over an open connection.
+    pub request: Duration,
+    /// A new connection, up to its multiplexer.
+    pub dial: Duration,
+    /// A new stream sends its request with its protocol's name (multistream-select's
+    /// `V1Lazy`) instead of a round trip after it (`V1`, libp2p's default).
+    pub lazy: bool,
+    /// Requests a query keeps in flight (α) until it stalls.
+    pub alpha: usize,
+}
+
+impl Settings {
+    /// The node's.
+    pub const NODE: Settings = Settings { query: node::p2p::KAD_QUERY_TIMEOUT, request: node::p2p::KAD_REQUEST_TIMEOUT, dial: node::p2p::DIAL_TIMEOUT, lazy: true, alpha: node::p2p::KAD_PARALLELISM };
+    /// libp2p's defaults (10 s request timeout, no dial timeout, `V1` streams) with the
+    /// node's query timeout: what the node ran before.
+    pub const LIBP2P: Settings = Settings { query: node::p2p::KAD_QUERY_TIMEOUT, request: Duration::from_secs(10), dial: Duration::from_secs(100 * 365 * 24 * 3600), lazy: false, alpha: 3 };
+
+    /// Round trips of a request over an open connection, and over a new one (TCP; Noise,
+    /// with Yamux's name; then the stream).
+    pub fn round_trips(&self) -> (u32, u32) {
+        let stream = if self.lazy { 1 } else { 2 };
+        (stream, stream + 2)
+    }
+}
 
 #[derive(Debug)]
 pub struct Dht {
@@ -34,7 +67,11 @@ pub struct Dht {
     pub online: Vec<bool>,
     /// Each node's routing table (indices of other nodes).
     tables: Vec<Vec<u32>>,
+    /// Each node's open connections (sorted indices): its table's peers, the nodes whose
+    /// tables hold it, and those its lookups have dialled since.
+    open: Vec<Vec<u32>>,
     links: Links,
+    pub settings: Settings,
 }
 
 /// What one lookup did.
@@ -47,7 +84,7 @@ pub struct Lookup {
 
 impl Dht {
     /// `nodes` nodes with ids from `seed`, each with a full routing table.
-    pub fn new(nodes: usize, seed: u64, links: Links) -> Self {
+    pub fn new(nodes: usize, seed: u64, links: Links, settings: Settings) -> Self {
         let mut rng = links::rng(seed, 31);
         let ids: Vec<u128> = (0..nodes).map(|_| (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())).collect();
         let mut sorted: Vec<u32> = (0..nodes as u32).collect();
@@ -83,7 +120,29 @@ impl Dht {
             }
             tables.push(table);
         }
-        Dht { ids, online: vec![true; nodes], tables, links }
+        let mut open: Vec<Vec<u32>> = tables.clone();
+        for (node, table) in tables.iter().enumerate() {
+            for peer in table {
+                open[*peer as usize].push(node as u32);
+            }
+        }
+        for peers in &mut open {
+            peers.sort_unstable();
+            peers.dedup();
+        }
+        Dht { ids, online: vec![true; nodes], tables, open, links, settings }
+    }
+
+    fn is_open(&self, a: usize, b: u32) -> bool {
+        self.open[a].binary_search(&b).is_ok()
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        for (from, to) in [(a, b as u32), (b, a as u32)] {
+            if let Err(at) = self.open[from].binary_search(&to) {
+                self.open[from].insert(at, to);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -121,7 +180,7 @@ impl Dht {
     }
 
     /// `asker` looks up the record under `key`, held by `holders`.
-    pub fn lookup(&self, asker: usize, key: u128, holders: &[usize]) -> Lookup {
+    pub fn lookup(&mut self, asker: usize, key: u128, holders: &[usize]) -> Lookup {
         #[derive(Clone, Copy, PartialEq, Eq)]
         enum State {
             Waiting,
@@ -144,7 +203,7 @@ impl Dht {
         let mut answers_since_progress = 0usize;
         loop {
             // Send while there is room and someone not yet asked.
-            let parallelism = if stalled { K } else { ALPHA };
+            let parallelism = if stalled { K } else { self.settings.alpha };
             while in_flight < parallelism {
                 let next = candidates.values().copied().find(|peer| !state.contains_key(peer));
                 let Some(peer) = next else { break };
@@ -157,17 +216,23 @@ impl Dht {
                 requests += 1;
                 in_flight += 1;
                 let index = peer as usize;
+                let open = self.is_open(asker, peer);
+                let rtt = self.links.latency(asker, index) * 2;
                 if self.online[index] {
-                    let rtt = self.links.latency(asker, index) * 2;
-                    events.push(Reverse((now + rtt * 3, peer, true)));
+                    if !open {
+                        self.connect(asker, index);
+                    }
+                    let (over_open, over_new) = self.settings.round_trips();
+                    events.push(Reverse((now + rtt * if open { over_open } else { over_new }, peer, true)));
                 } else {
-                    events.push(Reverse((now + PEER_TIMEOUT, peer, false)));
+                    let waited = if open { self.settings.request } else { self.settings.dial };
+                    events.push(Reverse((now + waited.min(PEER_TIMEOUT), peer, false)));
                 }
             }
             let Some(Reverse((at, peer, answered))) = events.pop() else {
                 return Lookup { found: None, requests };
             };
-            if at > QUERY_TIMEOUT {
+            if at > self.settings.query {
                 return Lookup { found: None, requests };
             }
             now = at;
@@ -192,7 +257,7 @@ impl Dht {
                 stalled = false;
             } else {
                 answers_since_progress += 1;
-                stalled = answers_since_progress >= ALPHA;
+                stalled = answers_since_progress >= self.settings.alpha;
             }
             // Done when the K closest known have all answered or failed.
             let finished = candidates.values().take(K).all(|p| matches!(state.get(p), Some(State::Answered | State::Failed)));
@@ -204,7 +269,8 @@ impl Dht {
 }
 
 /// One run of lookups: `offline` of the nodes go off, then `count` random online askers
-/// each look up a random key whose record was stored (while all were on) at its K closest.
+/// each look up a random key whose record was stored (while all were on) at its K closest,
+/// and which they do not hold themselves.
 pub fn lookups(dht: &mut Dht, count: usize, offline: f64, seed: u64) -> Vec<Lookup> {
     let mut rng: ChaCha20Rng = links::rng(seed, 35);
     dht.take_offline(offline, seed);
@@ -212,8 +278,13 @@ pub fn lookups(dht: &mut Dht, count: usize, offline: f64, seed: u64) -> Vec<Look
     (0..count)
         .map(|_| {
             let key = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
-            let asker = online[(rng.next_u64() % online.len().max(1) as u64) as usize];
             let holders = dht.holders(key);
+            let asker = loop {
+                let asker = online[(rng.next_u64() % online.len().max(1) as u64) as usize];
+                if !holders.contains(&asker) || online.len() <= holders.len() {
+                    break asker;
+                }
+            };
             dht.lookup(asker, key, &holders)
         })
         .collect()

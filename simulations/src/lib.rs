@@ -13,4 +13,5 @@ pub mod mesh;
 pub mod nat;
 pub mod plot;
 pub mod scenarios;
+pub mod swarms;
 pub mod table;

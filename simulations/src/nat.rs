@@ -163,6 +163,11 @@ struct Net {
     next_socket: Vec<usize>,
     adopted: Vec<BTreeMap<SocketAddr, usize>>,
     buffer: Vec<u8>,
+    /// Each device's next timeout, as last asked, and whether it may have changed since: a
+    /// `Device` walks all its peers' timers to answer, and asking all 41 after every datagram
+    /// was half of the scenario's time.
+    due: Vec<Option<Instant>>,
+    dirty: Vec<bool>,
 }
 
 impl Net {
@@ -240,6 +245,8 @@ impl Net {
             next_socket: vec![1; count],
             adopted: vec![BTreeMap::new(); count],
             buffer: vec![0u8; 65_536],
+            due: vec![None; count],
+            dirty: vec![true; count],
         }
     }
 
@@ -305,6 +312,7 @@ impl Net {
     fn deliver(&mut self, datagram: Datagram) {
         let Some((to, socket)) = self.admit(datagram.from, datagram.to) else { return };
         let cloudpal = self.cloudpal();
+        self.dirty[to] = true;
         let mut out = std::mem::take(&mut self.buffer);
         if to == cloudpal && socket == 1 {
             if let Some(len) = self.devices[cloudpal].reflect(datagram.from, &datagram.bytes, &mut out, self.now) {
@@ -336,8 +344,10 @@ impl Net {
                     self.punch_sockets[i].push(socket);
                     self.send(i, socket, open.destination, out[..open.len].to_vec());
                 }
+                self.dirty[i] = true;
             }
             while let Some(transmit) = self.devices[i].poll_transmit(&mut out, self.now) {
+                self.dirty[i] = true;
                 let socket = self.adopted[i].get(&transmit.destination).copied().unwrap_or(MAIN);
                 self.send(i, socket, transmit.destination, out[..transmit.len].to_vec());
             }
@@ -345,11 +355,23 @@ impl Net {
         self.buffer = out;
     }
 
+    /// Asks the devices that may have changed for their next timeout.
+    fn refresh_due(&mut self) {
+        for (i, device) in self.devices.iter().enumerate() {
+            if std::mem::take(&mut self.dirty[i]) {
+                self.due[i] = device.poll_timeout();
+            }
+        }
+    }
+
     fn run_for(&mut self, duration: Duration) {
         let deadline = self.now + duration;
+        // Whatever happened since the last run (traffic, signalling) may have changed anyone.
+        self.dirty.fill(true);
         loop {
             self.flush();
-            let next_timer = self.devices.iter().filter_map(Device::poll_timeout).min();
+            self.refresh_due();
+            let next_timer = self.due.iter().flatten().min().copied();
             let next_delivery = self.in_flight.next_at();
             let Some(next) = [next_delivery, next_timer].into_iter().flatten().min().filter(|n| *n <= deadline) else {
                 self.now = deadline;
@@ -359,10 +381,12 @@ impl Net {
             while let Some((_, datagram)) = self.in_flight.pop_due(self.now) {
                 self.deliver(datagram);
             }
+            self.refresh_due();
             let now = self.now;
-            for device in &mut self.devices {
-                if device.poll_timeout().is_some_and(|at| at <= now) {
+            for (i, device) in self.devices.iter_mut().enumerate() {
+                if self.due[i].is_some_and(|at| at <= now) {
                     device.handle_timeout(now);
+                    self.dirty[i] = true;
                 }
             }
         }
