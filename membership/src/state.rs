@@ -95,14 +95,8 @@ impl Taken {
 
     /// Whether `record` surely clashes with no active device of `devices`.
     fn surely_free(&self, record: &DeviceRecord, devices: usize) -> bool {
-        if self.admitted != devices {
-            return false;
-        }
-        if self.bits.is_empty() {
-            return devices == 0;
-        }
-        // Free unless both bits of some value are set.
-        Self::bits(record).iter().all(|pair| pair.iter().any(|bit| self.bits[bit / 64] & (1 << (bit % 64)) == 0))
+        // Free unless both bits of some value are set (none are before the first admission).
+        self.admitted == devices && Self::bits(record).iter().all(|pair| pair.iter().any(|bit| self.bits.get(bit / 64).is_none_or(|word| word & (1 << (bit % 64)) == 0)))
     }
 }
 

@@ -279,13 +279,19 @@ pub fn lookups(dht: &mut Dht, count: usize, offline: f64, seed: u64) -> Vec<Look
         .map(|_| {
             let key = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
             let holders = dht.holders(key);
-            let asker = loop {
-                let asker = online[(rng.next_u64() % online.len().max(1) as u64) as usize];
-                if !holders.contains(&asker) || online.len() <= holders.len() {
-                    break asker;
-                }
-            };
+            let asker = asker(&mut rng, &online, &holders);
             dht.lookup(asker, key, &holders)
         })
         .collect()
+}
+
+/// A random node of `online` that holds none of the record (`holders`), unless all of them do:
+/// a lookup that starts at the record would measure nothing.
+pub fn asker(rng: &mut impl Rng, online: &[usize], holders: &[usize]) -> usize {
+    loop {
+        let asker = online[(rng.next_u64() % online.len() as u64) as usize];
+        if !holders.contains(&asker) || online.len() <= holders.len() {
+            return asker;
+        }
+    }
 }

@@ -129,10 +129,9 @@ fn main() -> ExitCode {
             let report = scenarios::revocation::spread(&mut sim, scenarios::REVOKED);
             if let Some(dir) = &plots {
                 let title = format!("revocation spread to {} online devices of {} (seed {seed})", report.online, sim.nodes.len());
-                let svg = simulations::plot::cdf_svg(&title, "devices that know", &report.arrivals, Some((scenarios::revocation::GOAL_P99, "goal: p99 ≤ 2 s")));
-                let path = dir.join("revocation-cdf.svg");
-                if let Err(error) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, svg)) {
-                    eprintln!("cannot write {}: {error}", path.display());
+                let goal = Some((scenarios::revocation::GOAL_P99, "goal: p99 ≤ 2 s"));
+                if let Err(error) = simulations::plot::write_cdf(dir, "revocation-cdf.svg", &title, "devices that know", &report.arrivals, goal) {
+                    eprintln!("{error}");
                 }
             }
             (report.table().render(), report.met())
@@ -175,10 +174,9 @@ fn side_scenarios(nat: bool, lookup: bool, small: bool, seed: u64, plots: Option
         if let Some(dir) = plots {
             let all = &report.runs[0];
             let title = format!("rendezvous lookups in {} CloudPals, all on — the model (seed {seed})", all.nodes);
-            let svg = simulations::plot::cdf_svg(&title, "lookups", &all.found(), Some((scenarios::lookup::GOAL_P95, "goal: p95 ≤ 1 s")));
-            let path = dir.join("lookup-cdf.svg");
-            if let Err(error) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, svg)) {
-                let _ = writeln!(out, "cannot write {}: {error}", path.display());
+            let goal = Some((scenarios::lookup::GOAL_P95, "goal: p95 ≤ 1 s"));
+            if let Err(error) = simulations::plot::write_cdf(dir, "lookup-cdf.svg", &title, "lookups", &all.found(), goal) {
+                let _ = writeln!(out, "{error}");
             }
         }
         missed |= !report.met();

@@ -11,6 +11,13 @@ const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
+/// [`cdf_svg`] written to `dir/file` (the directory made if need be); the error is one line
+/// naming the file.
+pub fn write_cdf(dir: &std::path::Path, file: &str, title: &str, of: &str, samples: &[Duration], goal: Option<(Duration, &str)>) -> Result<(), String> {
+    let path = dir.join(file);
+    std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, cdf_svg(title, of, samples, goal))).map_err(|error| format!("cannot write {}: {error}", path.display()))
+}
+
 /// The share of `samples` (of what: `of`) at or below each value, as a step line from 0 to 1, with a
 /// vertical mark at `goal`. The x axis runs from zero to the larger of the largest sample and
 /// the goal, in milliseconds.

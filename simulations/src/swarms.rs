@@ -1,7 +1,8 @@
 //! Real libp2p-kad swarms in one process, to calibrate [`crate::dht`]'s model (issue #17).
 //!
-//! Each node is a libp2p 0.57 swarm with the node's Kademlia settings (`node/src/p2p`: K 20,
-//! α 3, 5 s query timeout, record filtering, no periodic bootstrap, connections kept) over
+//! Each node is a libp2p 0.57 swarm with the node's Kademlia and swarm settings
+//! (`node::p2p::kad_config` and `swarm_config`: K 20, α 10, 5 s query and 2 s request
+//! timeouts, record filtering, no periodic bootstrap, connections kept, `V1Lazy` streams) over
 //! libp2p's in-memory transport with the node's Noise and Yamux upgrades. The links are the
 //! model's own ([`Links`]): a dial waits one round trip (TCP's handshake) and every byte
 //! arrives one way's latency after it was written. A node that goes off is frozen, not
@@ -209,7 +210,6 @@ async fn serve(mut swarm: Node, base: u64, mut commands: mpsc::UnboundedReceiver
                 match result {
                     kad::QueryResult::Bootstrap(_) if step.last => {
                         if let Some(done) = bootstraps.remove(&id) {
-
                             let _ = done.send(());
                         }
                     }
@@ -223,7 +223,6 @@ async fn serve(mut swarm: Node, base: u64, mut commands: mpsc::UnboundedReceiver
                     }
                     kad::QueryResult::GetRecord(_) if step.last => {
                         if let Some((_, done)) = gets.remove(&id) {
-
                             let _ = done.send(Lookup { found: None, requests: stats.num_requests() as usize });
                         }
                     }
@@ -232,6 +231,23 @@ async fn serve(mut swarm: Node, base: u64, mut commands: mpsc::UnboundedReceiver
             }
         }
     }
+}
+
+/// Each of `started`'s answers, in order; the iterator starts the next (sends its command)
+/// only while fewer than `at_once` are unanswered. `None` for one whose node went away.
+async fn at_most<T>(at_once: usize, started: impl Iterator<Item = oneshot::Receiver<T>>) -> Vec<Option<T>> {
+    let mut running = VecDeque::new();
+    let mut answers = Vec::new();
+    for answer in started {
+        running.push_back(answer);
+        if running.len() >= at_once {
+            answers.push(running.pop_front().expect("one running").await.ok());
+        }
+    }
+    for answer in running {
+        answers.push(answer.await.ok());
+    }
+    answers
 }
 
 /// A network of `nodes` real swarms over `links`, built and bootstrapped.
@@ -272,31 +288,19 @@ impl Network {
             network.tasks.push(Some(tokio::spawn(serve(swarm, base, receive, indices.clone()))));
         }
         // Join one after another, each through up to three earlier nodes.
-        let mut joins = VecDeque::new();
-        for index in 1..nodes {
-            for _ in 0..3.min(index) {
-                let other = (rng.next_u64() % index as u64) as usize;
-                let _ = network.commands[index].send(Command::AddAddress(network.peers[other], address(base, other)));
-            }
-            joins.push_back(network.bootstrap(index));
-            if joins.len() >= JOINS_AT_ONCE {
-                let _ = joins.pop_front().expect("a join").await;
-            }
-        }
-        for join in joins {
-            let _ = join.await;
-        }
+        at_most(
+            JOINS_AT_ONCE,
+            (1..nodes).map(|index| {
+                for _ in 0..3.min(index) {
+                    let other = (rng.next_u64() % index as u64) as usize;
+                    let _ = network.commands[index].send(Command::AddAddress(network.peers[other], address(base, other)));
+                }
+                network.bootstrap(index)
+            }),
+        )
+        .await;
         // Once more for everyone, now that the network is whole.
-        let mut rounds = VecDeque::new();
-        for index in 0..nodes {
-            rounds.push_back(network.bootstrap(index));
-            if rounds.len() >= JOINS_AT_ONCE {
-                let _ = rounds.pop_front().expect("a round").await;
-            }
-        }
-        for round in rounds {
-            let _ = round.await;
-        }
+        at_most(JOINS_AT_ONCE, (0..nodes).map(|index| network.bootstrap(index))).await;
         network
     }
 
@@ -352,26 +356,13 @@ impl Network {
     pub async fn lookups(&mut self, records: Vec<(kad::RecordKey, Vec<usize>)>, seed: u64) -> Vec<Lookup> {
         let mut rng = links::rng(seed, 47);
         let online: Vec<usize> = (0..self.peers.len()).filter(|i| self.online[*i]).collect();
-        let mut results = Vec::new();
-        let mut running = VecDeque::new();
-        for (key, holders) in records {
-            let asker = loop {
-                let asker = online[(rng.next_u64() % online.len() as u64) as usize];
-                if !holders.contains(&asker) || online.len() <= holders.len() {
-                    break asker;
-                }
-            };
+        let started = records.into_iter().map(|(key, holders)| {
+            let asker = crate::dht::asker(&mut rng, &online, &holders);
             let (send, receive) = oneshot::channel();
             let _ = self.commands[asker].send(Command::Get(key, send));
-            running.push_back(receive);
-            if running.len() >= AT_ONCE {
-                results.push(running.pop_front().expect("a lookup").await.unwrap_or(Lookup { found: None, requests: 0 }));
-            }
-        }
-        for lookup in running {
-            results.push(lookup.await.unwrap_or(Lookup { found: None, requests: 0 }));
-        }
-        results
+            receive
+        });
+        at_most(AT_ONCE, started).await.into_iter().map(|lookup| lookup.unwrap_or(Lookup { found: None, requests: 0 })).collect()
     }
 }
 

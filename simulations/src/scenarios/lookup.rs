@@ -63,7 +63,7 @@ pub const SHARES: [f64; 3] = [0.0, 0.3, 0.5];
 
 /// One row of a calibration: real swarms of `nodes`, `offline` of them off.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Measured {
+pub struct Row {
     pub nodes: usize,
     pub offline: f64,
     pub lookups: usize,
@@ -84,18 +84,17 @@ pub struct Calibration {
     /// `dht::Settings`' `Debug` form when it was measured.
     pub settings: String,
     pub about: Vec<(String, String)>,
-    pub rows: Vec<Measured>,
+    pub rows: Vec<Row>,
 }
 
 impl Calibration {
     pub fn parse(text: &str) -> Result<Calibration, String> {
+        fn cell<T: std::str::FromStr<Err: std::fmt::Display>>(cell: &str) -> Result<T, String> {
+            cell.parse().map_err(|e| format!("{cell:?}: {e}"))
+        }
+        // Milliseconds, or "-" for none.
+        let ms = |text: &str| -> Result<Option<Duration>, String> { (text != "-").then(|| cell::<f64>(text).map(|v| Duration::from_secs_f64(v / 1000.0))).transpose() };
         let mut calibration = Calibration::default();
-        let ms = |cell: &str| -> Result<Option<Duration>, String> {
-            if cell == "-" {
-                return Ok(None);
-            }
-            cell.parse::<f64>().map(|v| Some(Duration::from_secs_f64(v / 1000.0))).map_err(|e| format!("{cell:?}: {e}"))
-        };
         let mut in_rows = false;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim_end();
@@ -111,7 +110,7 @@ impl Calibration {
             if !in_rows {
                 let [key, value] = cells[..] else { return Err(bad("want key<TAB>value".into())) };
                 match key {
-                    "seed" => calibration.seed = value.parse().map_err(|e| bad(format!("{e}")))?,
+                    "seed" => calibration.seed = cell(value).map_err(bad)?,
                     "settings" => calibration.settings = value.to_owned(),
                     _ => calibration.about.push((key.to_owned(), value.to_owned())),
                 }
@@ -120,17 +119,16 @@ impl Calibration {
             let [nodes, offline, lookups, found, p50, p95, requests, build_s, peak_rss_mb] = cells[..] else {
                 return Err(bad(format!("want 9 cells, not {}", cells.len())));
             };
-            let number = |cell: &str| cell.parse::<f64>().map_err(|e| bad(format!("{cell:?}: {e}")));
-            calibration.rows.push(Measured {
-                nodes: nodes.parse().map_err(|e| bad(format!("{e}")))?,
-                offline: number(offline)?,
-                lookups: lookups.parse().map_err(|e| bad(format!("{e}")))?,
-                found: found.parse().map_err(|e| bad(format!("{e}")))?,
+            calibration.rows.push(Row {
+                nodes: cell(nodes).map_err(bad)?,
+                offline: cell(offline).map_err(bad)?,
+                lookups: cell(lookups).map_err(bad)?,
+                found: cell(found).map_err(bad)?,
                 p50: ms(p50).map_err(bad)?,
                 p95: ms(p95).map_err(bad)?,
-                requests: number(requests)?,
-                build_s: number(build_s)?,
-                peak_rss_mb: number(peak_rss_mb)?,
+                requests: cell(requests).map_err(bad)?,
+                build_s: cell(build_s).map_err(bad)?,
+                peak_rss_mb: cell(peak_rss_mb).map_err(bad)?,
             });
         }
         Ok(calibration)
@@ -185,7 +183,7 @@ fn peak_rss_mb() -> f64 {
 
 /// Builds real swarms of each size (ascending) with the node's settings and runs `lookups`
 /// lookups at each of [`SHARES`] off.
-pub fn calibrate(seed: u64, sizes: &[usize], lookups: usize, mut progress: impl FnMut(&Measured)) -> Calibration {
+pub fn calibrate(seed: u64, sizes: &[usize], lookups: usize, mut progress: impl FnMut(&Row)) -> Calibration {
     let settings = dht::Settings::NODE;
     let mut calibration = Calibration { seed, settings: format!("{settings:?}"), about: Vec::new(), rows: Vec::new() };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -198,7 +196,7 @@ pub fn calibrate(seed: u64, sizes: &[usize], lookups: usize, mut progress: impl 
         for (offline, results) in SHARES.iter().zip(&measured.runs) {
             let run = Run { nodes: *nodes, offline: *offline, lookups: results.clone() };
             let found = run.found();
-            let row = Measured {
+            let row = Row {
                 nodes: *nodes,
                 offline: *offline,
                 lookups: results.len(),
