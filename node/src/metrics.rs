@@ -178,8 +178,8 @@ mod tests {
         let mut view = DataView::default();
         let key = |byte: u8| protocol::StaticSecret::from_bytes([byte; 32]).public_key();
         let stats = protocol::TunnelStats { rx_bytes: 100, tx_bytes: 200, handshakes_completed: 1, rx_replay: 2, ..Default::default() };
-        view.peers.insert(key(1), PeerView { stats, endpoint: Some("203.0.113.9:41641".parse().expect("address")), path: PathKind::Direct });
-        view.peers.insert(key(2), PeerView { stats, endpoint: None, path: PathKind::Relay });
+        view.peers.insert(key(1), PeerView { stats, endpoint: Some("203.0.113.9:41641".parse().expect("address")), path: PathKind::Direct, punches: 0 });
+        view.peers.insert(key(2), PeerView { stats, endpoint: None, path: PathKind::Relay, punches: 0 });
         view.observed = vec!["198.51.100.3:41641".parse().expect("address")];
         view.stats.rx_invalid_mac1 = 7;
         view.stats.relay_forwarded = 9;

@@ -89,6 +89,8 @@ pub struct PeerNat {
 #[derive(Debug, Clone, Default)]
 pub struct Birthday {
     last_attempt: Option<Instant>,
+    /// Attempts this pair made, in either role (`pal status` shows them per peer).
+    attempts: u64,
     spray: Option<Spray>,
 }
 
@@ -112,6 +114,7 @@ impl Birthday {
             return false;
         }
         self.last_attempt = Some(now);
+        self.attempts += 1;
         true
     }
 
@@ -121,6 +124,7 @@ impl Birthday {
             return false;
         }
         self.last_attempt = Some(now);
+        self.attempts += 1;
         let span = u32::from(SPRAY_PORTS.end() - SPRAY_PORTS.start()) + 1;
         let mut picked = BTreeSet::new();
         let mut ports = Vec::with_capacity(SPRAY_PROBES);
@@ -132,6 +136,11 @@ impl Birthday {
         }
         self.spray = Some(Spray { ip, ports, next_at: now });
         true
+    }
+
+    /// Attempts this pair made, in either role.
+    pub fn attempts(&self) -> u64 {
+        self.attempts
     }
 
     pub fn spraying(&self) -> bool {
@@ -208,7 +217,10 @@ mod tests {
         // Not again within the minute, in either role; then again.
         assert!(!pair.start_spray(addr(0).ip(), &mut rng, start + ATTEMPT_EVERY - Duration::from_secs(1)));
         assert!(!pair.start_hard(start + Duration::from_secs(30)));
+        assert_eq!(pair.attempts(), 1, "refused attempts are not counted");
         assert!(pair.start_spray(addr(0).ip(), &mut rng, start + ATTEMPT_EVERY));
+        assert!(pair.start_hard(start + ATTEMPT_EVERY * 2));
+        assert_eq!(pair.attempts(), 3, "both roles count");
         sent.clear();
         pair.due_spray(start + ATTEMPT_EVERY, &mut sent);
         assert_eq!(sent.len(), SPRAY_BATCH);

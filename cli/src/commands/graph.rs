@@ -122,6 +122,7 @@ mod tests {
             rx_bytes: 0,
             tx_bytes: 0,
             role: role.into(),
+            punches: 0,
         }
     }
 

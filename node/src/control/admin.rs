@@ -369,6 +369,7 @@ impl Core {
                     rx_bytes: stats.rx_bytes,
                     tx_bytes: stats.tx_bytes,
                     role: device.record.role.as_str().to_owned(),
+                    punches: view.map_or(0, |v| v.punches),
                 }
             })
             .collect();

@@ -279,6 +279,9 @@ pub struct PeerStatus {
     /// `admin`, `member` or `cloudpal`.
     #[serde(default)]
     pub role: String,
+    /// Birthday punch attempts with this peer, in either role (at most one a minute).
+    #[serde(default)]
+    pub punches: u64,
 }
 
 /// The data path a peer's traffic takes.
@@ -484,6 +487,7 @@ mod tests {
             rx_bytes: 1,
             tx_bytes: 2,
             role: "member".into(),
+            punches: 0,
         };
         let value = serde_json::to_value(&peer).expect("encodes");
         assert_eq!(value["path"], "relay");

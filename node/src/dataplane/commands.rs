@@ -58,6 +58,8 @@ pub struct PeerView {
     pub stats: TunnelStats,
     pub endpoint: Option<SocketAddr>,
     pub path: PathKind,
+    /// Birthday punch attempts with the peer, in either role.
+    pub punches: u64,
 }
 
 /// The data plane's view for the control plane: peers, and how peers see us.

@@ -613,6 +613,7 @@ impl DataPlane {
                     stats: self.device.peer_stats(key).unwrap_or_default(),
                     endpoint: self.device.peer_endpoint(key),
                     path: self.device.peer_path(key, now),
+                    punches: self.device.peer_punches(key),
                 };
                 (*key, view)
             })

@@ -630,7 +630,7 @@ fn netcheck_reports_what_the_node_found_and_nothing_else() {
     assert_eq!(empty.cloudpal.as_deref(), Some("cloudpal"), "CloudPal is the relay once it said hello");
     let public: std::net::SocketAddr = "198.51.100.7:41641".parse().expect("address");
     let mut view = node::dataplane::DataView { nat: Some((protocol::birthday::NatKind::EndpointIndependent, public)), observed: vec![public], ..Default::default() };
-    view.peers.insert(cloudpal_key, node::dataplane::PeerView { stats: Default::default(), endpoint: None, path: protocol::paths::PathKind::Direct });
+    view.peers.insert(cloudpal_key, node::dataplane::PeerView { stats: Default::default(), endpoint: None, path: protocol::paths::PathKind::Direct, punches: 0 });
     sim.nodes[0].core.handle_data_view(view.clone());
     let report = sim.nodes[0].core.netcheck(&view);
     assert!(report.udp && report.behind_nat, "{report:?}");
@@ -838,7 +838,7 @@ fn status_shows_each_peer_its_path_and_control_link() {
     let phone_key = key_of(&sim, 1);
     let mut views = std::collections::BTreeMap::new();
     let stats = protocol::TunnelStats { rx_bytes: 5, tx_bytes: 6, ..Default::default() };
-    views.insert(phone_key, node::dataplane::PeerView { stats, endpoint: None, path: protocol::paths::PathKind::Direct });
+    views.insert(phone_key, node::dataplane::PeerView { stats, endpoint: None, path: protocol::paths::PathKind::Direct, punches: 0 });
     let nat = Some((protocol::birthday::NatKind::EndpointDependent, "198.51.100.9:4000".parse().expect("address")));
     let stats = protocol::DeviceStats { punch_opened: 3, ..Default::default() };
     let status = sim.nodes[0].core.status(&node::dataplane::DataView { peers: views, nat, stats, ..Default::default() }, 2);

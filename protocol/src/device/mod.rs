@@ -440,6 +440,11 @@ impl Device {
         self.peers.get(key).map(|p| p.tunnel.stats())
     }
 
+    /// Birthday punch attempts with `key`, in either role.
+    pub fn peer_punches(&self, key: &StaticPublic) -> u64 {
+        self.peers.get(key).map_or(0, |p| p.birthday.attempts())
+    }
+
     pub fn peer_has_session(&self, key: &StaticPublic, now: Instant) -> bool {
         self.peers.get(key).is_some_and(|p| p.tunnel.has_session(now))
     }
