@@ -20,7 +20,7 @@
 use crate::entry::{Entry, EntryError, EntryHash, MAX_PARENTS, NetworkId, Operation};
 use crate::state::{RuleError, State};
 use protocol::{DeviceId, DeviceSigningKey};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Entries per ingested batch (sync sends at most this many at once).
 pub const MAX_BATCH_ENTRIES: usize = 256;
@@ -342,6 +342,27 @@ pub fn decode_batch(batch: &[Vec<u8>]) -> Result<Vec<Entry>, LogError> {
 fn fold(entries: &BTreeMap<EntryHash, Entry>, subset: &BTreeSet<EntryHash>) -> (Vec<EntryHash>, State) {
     let order = topological_order(entries, subset);
     let revocations = revocations_by_seniority(entries, &order);
+    // Each revocation's causal past: what an accepted one leaves of its target's entries.
+    let pasts: BTreeMap<EntryHash, BTreeSet<EntryHash>> = revocations.iter().map(|r| (*r, ancestors(entries, [*r]))).collect();
+    let targets: Vec<(DeviceId, &BTreeSet<EntryHash>)> = revocations
+        .iter()
+        .filter_map(|r| match entries.get(r).map(Entry::operation) {
+            Some(Operation::RevokeDevice { device }) => Some((*device, &pasts[r])),
+            _ => None,
+        })
+        .collect();
+    // Every pass below skips only revocations and entries their targets wrote outside the
+    // revocation's past: up to the first of those, all passes apply the same entries, so
+    // that prefix (in a grown log, nearly all of it) is folded once.
+    let skippable = |hash: &EntryHash| {
+        pasts.contains_key(hash) || entries.get(hash).is_some_and(|e| targets.iter().any(|(target, past)| e.author() == *target && !past.contains(hash)))
+    };
+    let common = order.iter().position(skippable).unwrap_or(order.len());
+    let (prefix, _) = fold_pass(entries, State::default(), &order[..common], &BTreeSet::new());
+    if revocations.is_empty() {
+        return (order, prefix);
+    }
+    let rest = &order[common..];
     let mut excluded = BTreeSet::new();
     let mut void = BTreeSet::new();
     for _ in 0..MAX_FOLD_PASSES {
@@ -354,7 +375,7 @@ fn fold(entries: &BTreeMap<EntryHash, Entry>, subset: &BTreeSet<EntryHash>) -> (
             let mut undecided: BTreeSet<EntryHash> =
                 revocations[i + 1..].iter().copied().filter(|r| !void.contains(r)).collect();
             undecided.extend(void.iter().copied());
-            let (_, applied) = fold_pass(entries, &order, &undecided);
+            let (_, applied) = fold_pass(entries, prefix.clone(), rest, &undecided);
             if !applied.contains(revocation) {
                 void.insert(*revocation);
                 continue;
@@ -363,9 +384,9 @@ fn fold(entries: &BTreeMap<EntryHash, Entry>, subset: &BTreeSet<EntryHash>) -> (
             let Some(Operation::RevokeDevice { device: target }) = entries.get(revocation).map(Entry::operation) else {
                 continue;
             };
-            let before = ancestors(entries, [*revocation]);
+            let before = &pasts[revocation];
             void.extend(
-                order
+                rest
                     .iter()
                     .filter(|h| !before.contains(h))
                     .filter(|h| entries.get(h).is_some_and(|e| e.author() == *target)),
@@ -377,17 +398,18 @@ fn fold(entries: &BTreeMap<EntryHash, Entry>, subset: &BTreeSet<EntryHash>) -> (
         }
         excluded.extend(overturned);
     }
-    let (state, _) = fold_pass(entries, &order, &void);
+    let (state, _) = fold_pass(entries, prefix, rest, &void);
     (order, state)
 }
 
-/// One pass in `order`, skipping `void`: the state and the revocations that applied.
+/// One pass over `order` from `state`, skipping `void`: the state and the revocations that
+/// applied.
 fn fold_pass(
     entries: &BTreeMap<EntryHash, Entry>,
+    mut state: State,
     order: &[EntryHash],
     void: &BTreeSet<EntryHash>,
 ) -> (State, BTreeSet<EntryHash>) {
-    let mut state = State::default();
     let mut applied = BTreeSet::new();
     for hash in order.iter().filter(|h| !void.contains(h)) {
         let Some(entry) = entries.get(hash) else { continue };
@@ -428,8 +450,9 @@ fn admitted_device(entry: &Entry) -> Option<DeviceId> {
 }
 
 fn topological_order(entries: &BTreeMap<EntryHash, Entry>, subset: &BTreeSet<EntryHash>) -> Vec<EntryHash> {
-    let mut waiting: BTreeMap<EntryHash, usize> = BTreeMap::new();
-    let mut children: BTreeMap<EntryHash, Vec<EntryHash>> = BTreeMap::new();
+    // Looked up, never walked: hashed (the ready set alone decides the order).
+    let mut waiting: HashMap<EntryHash, usize> = HashMap::with_capacity(subset.len());
+    let mut children: HashMap<EntryHash, Vec<EntryHash>> = HashMap::with_capacity(subset.len());
     let mut ready = BTreeSet::new();
     for hash in subset {
         let Some(entry) = entries.get(hash) else { continue };

@@ -7,7 +7,7 @@
 //! instead of resending everything from genesis.
 
 use crate::cbor::{CborError, Reader, Writer};
-use crate::entry::{EntryHash, MAX_ENTRY_LEN, NetworkId};
+use crate::entry::{Entry, EntryHash, MAX_ENTRY_LEN, NetworkId};
 use crate::log::{Log, MAX_BATCH_ENTRIES};
 use std::collections::BTreeSet;
 
@@ -99,12 +99,12 @@ fn missing_within(log: &Log, peer: &Summary, within: Option<&BTreeSet<EntryHash>
     if peer.network != log.network() {
         return Vec::new();
     }
-    let known = log.ancestors_of(peer.heads.iter().chain(&peer.sample).copied().filter(|h| log.contains(h)));
+    let lacking = lacking(log, peer.heads.iter().chain(&peer.sample).copied().filter(|h| log.contains(h)));
     let mut batches = Vec::new();
     let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut bytes = 0;
-    let wanted = |hash: &EntryHash| !known.contains(hash) && within.is_none_or(|w| w.contains(hash));
-    for entry in log.entries().filter(|e| wanted(&e.hash())) {
+    let entries = lacking.iter().filter(|h| within.is_none_or(|w| w.contains(h))).filter_map(|h| log.get(h));
+    for entry in entries {
         if batch.len() == MAX_BATCH_ENTRIES || bytes + entry.encoded().len() > MAX_BATCH_BYTES {
             batches.push(std::mem::take(&mut batch));
             bytes = 0;
@@ -116,6 +116,47 @@ fn missing_within(log: &Log, peer: &Summary, within: Option<&BTreeSet<EntryHash>
         batches.push(batch);
     }
     batches
+}
+
+/// The entries of `log` that are not `known` nor an ancestor of one, in fold order.
+///
+/// Painted down from the end of the fold order, as git finds what a fetch lacks: every entry
+/// is ours (an ancestor of our heads), and one reached from a known entry is known. Walking
+/// the order backwards meets each entry after all its descendants, so its mark is final when
+/// met; the walk stops once no entry still to meet is marked ours alone. Only the entries back
+/// to the common past are visited — a peer that lacks the last few of a thousand costs a few,
+/// not a walk of everything it holds (issue #17).
+fn lacking(log: &Log, known: impl Iterator<Item = EntryHash>) -> Vec<EntryHash> {
+    const OURS: u8 = 1;
+    const KNOWN: u8 = 2;
+    let mut marks: std::collections::HashMap<EntryHash, u8> = std::collections::HashMap::new();
+    for head in log.heads() {
+        *marks.entry(*head).or_default() |= OURS;
+    }
+    for hash in known {
+        *marks.entry(hash).or_default() |= KNOWN;
+    }
+    // Entries marked ours alone and not met yet.
+    let mut pending = marks.values().filter(|m| **m == OURS).count();
+    let mut lacking = Vec::new();
+    for hash in log.order().iter().rev() {
+        if pending == 0 {
+            break;
+        }
+        let Some(mark) = marks.get(hash).copied() else { continue };
+        if mark == OURS {
+            pending -= 1;
+            lacking.push(*hash);
+        }
+        for parent in log.get(hash).map(Entry::parents).unwrap_or_default() {
+            let entry = marks.entry(*parent).or_default();
+            let before = *entry;
+            *entry |= mark;
+            pending = pending + usize::from(*entry == OURS && before != OURS) - usize::from(before == OURS && *entry != OURS);
+        }
+    }
+    lacking.reverse();
+    lacking
 }
 
 /// Whether every head of `peer` is already in `log` (nothing to fetch). A full list of heads

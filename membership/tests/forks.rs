@@ -10,6 +10,13 @@ use membership::{DeviceStatus, Entry, Log, Operation, Role, Store};
 use proptest::prelude::*;
 use protocol::DeviceSigningKey;
 
+/// What `peer` lacks by definition: every entry of `log`, in fold order, that is not an
+/// ancestor of a head or sample entry of the summary (the oracle for `missing_for`'s walk).
+fn lacking(log: &Log, peer: &membership::sync::Summary) -> Vec<Vec<u8>> {
+    let known = log.ancestors_of(peer.heads.iter().chain(&peer.sample).copied().filter(|h| log.contains(h)));
+    log.entries().filter(|e| !known.contains(&e.hash())).map(|e| e.encoded().to_vec()).collect()
+}
+
 /// Pulls both ways, summaries through the wire encoding, until both hold the same entries.
 fn sync(a: &mut Log, b: &mut Log) {
     for _ in 0..64 {
@@ -18,6 +25,8 @@ fn sync(a: &mut Log, b: &mut Log) {
             other => panic!("a summary must always decode: {other:?}"),
         };
         let (sa, sb) = (decoded(a), decoded(b));
+        assert_eq!(missing_for(a, &sb).concat(), lacking(a, &sb), "what b lacks, painted down, is what it lacks");
+        assert_eq!(missing_for(b, &sa).concat(), lacking(b, &sa), "what a lacks, painted down, is what it lacks");
         for batch in missing_for(a, &sb) {
             b.ingest_encoded(&batch).expect("b ingests");
         }

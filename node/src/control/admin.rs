@@ -123,7 +123,7 @@ impl Core {
             .map_err(|e| format!("cannot add {}: {e}", device.name))?;
         self.membership_changed();
         // Members reach it where its code says; it is dialled by who it is.
-        let reach = self.reach.entry(device_id).or_default();
+        let reach = self.reach_entry(device_id);
         reach.peer_id = Some(device.peer);
         reach.multiaddrs.extend(device.addresses.iter().cloned());
         self.peer_cache_stale = true;

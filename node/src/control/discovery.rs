@@ -134,6 +134,7 @@ impl Core {
         let addresses: Vec<Multiaddr> =
             entry.multiaddrs.iter().filter_map(|a| a.parse().ok()).filter(|a| self.dialable(a)).take(MAX_CANDIDATE_ADDRESSES).collect();
         if let Some(device) = self.by_peer.get(&peer_id).copied() {
+            // Addresses only: nothing a redial's time rests on.
             let known = &mut self.reach.entry(device).or_default().multiaddrs;
             for address in &addresses {
                 self.peer_cache_stale |= Self::remember_bounded(known, address);
@@ -157,6 +158,23 @@ impl Core {
             Some(members) => Box::new(members.iter().filter_map(|id| Some((id, self.reach.get(id)?)))),
             None => Box::new(self.reach.iter()),
         }
+    }
+
+    /// A member's reach, to change (forgets when the next redial is due).
+    pub(super) fn reach_mut(&mut self, id: &DeviceId) -> Option<&mut super::Reach> {
+        self.redial_due.set(None);
+        self.reach.get_mut(id)
+    }
+
+    /// A member's reach, made if need be, to change.
+    pub(super) fn reach_entry(&mut self, id: DeviceId) -> &mut super::Reach {
+        self.redial_due.set(None);
+        self.reach.entry(id).or_default()
+    }
+
+    pub(super) fn reach_remove(&mut self, id: &DeviceId) -> Option<super::Reach> {
+        self.redial_due.set(None);
+        self.reach.remove(id)
     }
 
     /// Whether we keep a control connection to `device` ([`super::mesh`]).
@@ -195,6 +213,16 @@ impl Core {
 
     /// When the next member redial is due.
     pub(super) fn next_redial(&self) -> Option<Instant> {
+        if let Some(due) = self.redial_due.get() {
+            debug_assert_eq!(due, self.work_out_next_redial(), "a change to what redials rest on did not forget `redial_due`");
+            return due;
+        }
+        let due = self.work_out_next_redial();
+        self.redial_due.set(Some(due));
+        due
+    }
+
+    fn work_out_next_redial(&self) -> Option<Instant> {
         if self.revoked() {
             return None;
         }
@@ -210,6 +238,10 @@ impl Core {
     /// a NAT is reachable through CloudPal's relay (where it holds a reservation): its circuit
     /// address is derived, not learnt, so it is always tried.
     pub(super) fn redial_members(&mut self, now: Instant) {
+        // Nobody due (the walk below is over every member on a CloudPal, at every timeout).
+        if self.next_redial().is_none_or(|due| due > now) {
+            return;
+        }
         let circuit_base = self.relay_circuit_base();
         let mut dials = Vec::new();
         // Past a full mesh, only the few we keep (this runs at every timeout).
@@ -218,11 +250,13 @@ impl Core {
             None => self.reach.keys().copied().collect(),
         };
         for id in &ids {
-            let Some(reach) = self.reach.get_mut(id) else { continue };
+            let Some(reach) = self.reach.get(id) else { continue };
             let interval = Self::redial_interval(reach);
-            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
+            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) || reach.peer_id.is_none() {
                 continue;
             }
+            self.redial_due.set(None);
+            let Some(reach) = self.reach.get_mut(id) else { continue };
             let Some(peer) = reach.peer_id else { continue };
             if reach.last_dial.is_some() {
                 reach.redials = reach.redials.saturating_add(1);

@@ -42,17 +42,6 @@ impl Core {
         }
     }
 
-    /// Whether `asker` may be told where `device` is: a guest learns of what is shared with
-    /// it and of CloudPal; a guest is shown to those it shares with and to CloudPal.
-    pub(super) fn may_know(&self, asker: &DeviceId, device: &DeviceId) -> bool {
-        let state = self.book.state();
-        match (self.role_of(asker), self.role_of(device)) {
-            (Some(Role::Guest), Some(Role::CloudPal)) | (Some(Role::CloudPal), Some(Role::Guest)) => true,
-            (Some(Role::Guest), _) | (_, Some(Role::Guest)) => state.may_talk(asker, device),
-            _ => true,
-        }
-    }
-
     /// Whether a request from `peer` is one a guest may not make.
     pub(super) fn refused_to_guest(&self, peer: &PeerId, request: &Request) -> bool {
         let guest = self.by_peer.get(peer).is_some_and(|device| self.role_of(device) == Some(Role::Guest));
@@ -101,7 +90,7 @@ impl Core {
                     for (id, key) in before {
                         if !self.book.state().devices.contains_key(&id) {
                             self.command(crate::dataplane::commands::DataCommand::RemovePeer(key));
-                            self.reach.remove(&id);
+                            self.reach_remove(&id);
                             self.peer_cache_stale = true;
                         }
                     }
@@ -132,5 +121,16 @@ impl Core {
             overlay.extend(IpPrefix::new(IpAddr::V6(membership::overlay::ula_prefix(&founder)), membership::overlay::OVERLAY_IPV6_PREFIX_LEN));
         }
         Some(GuestRules { local: vec![IpAddr::V4(mine.record.overlay_ipv4), IpAddr::V6(mine.record.overlay_ipv6)], shared, internet, overlay, relay_to })
+    }
+}
+
+/// Whether `asker` may be told where `device` is: a guest learns of what is shared with it and
+/// of CloudPal; a guest is shown to those it shares with and to CloudPal. The roles come
+/// looked up (`known_peers` asks this of every member the asker keeps).
+pub(super) fn may_know(state: &membership::State, (asker, asker_role): (&DeviceId, Option<Role>), (device, device_role): (&DeviceId, Option<Role>)) -> bool {
+    match (asker_role, device_role) {
+        (Some(Role::Guest), Some(Role::CloudPal)) | (Some(Role::CloudPal), Some(Role::Guest)) => true,
+        (Some(Role::Guest), _) | (_, Some(Role::Guest)) => state.may_talk(asker, device),
+        _ => true,
     }
 }

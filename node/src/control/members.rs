@@ -23,6 +23,7 @@ impl Core {
         let state = self.book.state();
         self.mesh = if self.is_guest() { None } else { super::mesh::Mesh::of(state) };
         self.wanted = self.mesh.as_ref().filter(|_| !self.cloudpal).and_then(|mesh| mesh.wanted(&self.me));
+        self.redial_due.set(None);
         // What the walk below needs of each device (not a clone of the whole state, names and
         // all, at every change of a thousand-device log).
         let devices: Vec<(DeviceId, protocol::StaticPublic, DeviceStatus, std::net::Ipv4Addr, std::net::Ipv6Addr)> =
@@ -33,13 +34,13 @@ impl Core {
             let id = &id;
             if status == DeviceStatus::Revoked {
                 self.command(DataCommand::RemovePeer(key));
-                self.peer_cache_stale |= self.reach.remove(id).is_some();
+                self.peer_cache_stale |= self.reach_remove(id).is_some();
                 continue;
             }
             if *id != self.me && !self.deals_with(id) {
                 // A guest nothing here is shared with: no peer, no handshake (GUEST-01).
                 self.command(DataCommand::RemovePeer(key));
-                self.peer_cache_stale |= self.reach.remove(id).is_some();
+                self.peer_cache_stale |= self.reach_remove(id).is_some();
                 continue;
             }
             active.insert(key);
@@ -61,7 +62,7 @@ impl Core {
                 persistent_keepalive: None,
                 guest: self.guest_rules(id),
             }));
-            self.reach.entry(*id).or_default();
+            self.reach_entry(*id);
         }
         // Whose handshakes the data plane answers: current members only.
         self.command(DataCommand::SetMembers(active));
@@ -146,7 +147,7 @@ impl Core {
         self.admit_to_dht(peer, device, listen, true);
         let endpoint = self.connection_ips.get(&peer).map(|ip| SocketAddr::new(*ip, data_port));
         self.peer_cache_stale = true;
-        let reach = self.reach.entry(device).or_default();
+        let reach = self.reach_entry(device);
         reach.peer_id = Some(peer);
         reach.connected = true;
         reach.met = true;
@@ -172,6 +173,7 @@ impl Core {
             .filter(|a| self.dialable(a))
             .take(super::discovery::MAX_CANDIDATE_ADDRESSES)
             .collect();
+        // Addresses only: nothing a redial's time rests on.
         let known = &mut self.reach.entry(device).or_default().multiaddrs;
         let mut new = Vec::new();
         for address in addresses {

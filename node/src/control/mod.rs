@@ -194,7 +194,15 @@ pub struct Core {
     connection_ips: HashMap<PeerId, IpAddr>,
 
     // Members.
+    /// What a redial's time rests on (who is here, peer ids, connections, dials) changes only
+    /// where `redial_due` is forgotten: [`Core::reach_mut`], [`Core::reach_entry`],
+    /// [`Core::reach_remove`] and a few loops that forget it themselves.
     reach: BTreeMap<DeviceId, Reach>,
+    /// When the next member redial is due, as last worked out; `None` once anything it rests
+    /// on (a member's reach, whom we keep, our membership) may have changed. A CloudPal keeps
+    /// every member, and walking a thousand of them at every input was a tenth of a 1,000-device
+    /// simulation's partition (issue #17).
+    redial_due: std::cell::Cell<Option<Option<Instant>>>,
     /// The members we keep a control connection to, past a full mesh ([`mesh`]), and the
     /// ring that says whom every member keeps.
     wanted: Option<BTreeSet<DeviceId>>,
@@ -303,6 +311,7 @@ impl Core {
             duplicates: BTreeMap::new(),
             connection_ips: HashMap::new(),
             reach: BTreeMap::new(),
+            redial_due: std::cell::Cell::new(None),
             wanted: None,
             mesh: None,
             by_peer: HashMap::new(),
@@ -414,6 +423,7 @@ impl Core {
             }
             // A new address may be a new network, where the absent may be reachable again.
             self.timers.news(self.last_now, "a new listen address");
+            self.redial_due.set(None);
             for reach in self.reach.values_mut() {
                 reach.redials = 0;
             }
@@ -535,7 +545,7 @@ impl Core {
             if let Some(device) = self.by_peer.get(&peer) {
                 self.paths_heard.remove(device);
             }
-            if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
+            if let Some(reach) = self.by_peer.get(&peer).copied().and_then(|id| self.reach_mut(&id)) {
                 reach.connected = false;
                 if self.exit.dns_on {
                     // `dns on` falls back to the system's resolvers while no CloudPal answers.
@@ -546,6 +556,7 @@ impl Core {
     }
 
     pub fn handle_ping(&mut self, peer: PeerId, rtt: Duration) {
+        // Not through `reach_mut`: no redial rests on the round trip.
         if let Some(reach) = self.by_peer.get(&peer).and_then(|id| self.reach.get_mut(id)) {
             reach.rtt = Some(rtt);
         }
@@ -574,6 +585,7 @@ impl Core {
         self.share_members();
         let mut addresses: Vec<Multiaddr> = Vec::new();
         self.peer_cache_stale = true;
+        self.redial_due.set(None);
         for reach in self.reach.values_mut() {
             reach.connected = false;
             reach.peer_id = None;

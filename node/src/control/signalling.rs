@@ -221,17 +221,23 @@ impl Core {
         // members' addresses in every answer would be most of an idle network's traffic.
         // A CloudPal, which keeps everyone, hears of those we keep.
         let theirs = self.mesh.as_ref().and_then(|mesh| mesh.wanted(asker)).or_else(|| self.wanted.clone());
+        let asker_role = state.devices.get(asker).map(|d| d.record.role);
         self.reach_of(theirs.as_ref())
-            .filter(|(device, _)| *device != asker && self.may_know(asker, device))
+            .filter(|(device, _)| *device != asker)
             .filter_map(|(device, reach)| {
-                let key = state.devices.get(device)?.record.static_key;
+                let record = &state.devices.get(device)?.record;
+                let peer_id = reach.peer_id?;
+                if !super::guests::may_know(state, (asker, asker_role), (device, Some(record.role))) {
+                    return None;
+                }
+                let key = record.static_key;
                 // What it announced, and where our data plane last heard it from: behind a
                 // NAT, that is its reflexive address.
                 let heard = self.view.peers.get(&key).filter(|v| v.path == PathKind::Direct).and_then(|v| v.endpoint);
                 let mut candidates: Vec<String> = heard.iter().map(ToString::to_string).collect();
                 candidates.extend(self.announced.get(device).into_iter().flatten().map(ToString::to_string));
                 Some(PeerAddresses {
-                    peer_id: reach.peer_id?.to_bytes().into(),
+                    peer_id: peer_id.to_bytes().into(),
                     multiaddrs: reach.multiaddrs.iter().map(ToString::to_string).collect(),
                     device: Some((*device.as_bytes()).into()),
                     candidates,

@@ -65,6 +65,10 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
     let online: Vec<usize> = (0..count).filter(|i| sim.nodes[*i].online && !revoked.contains(i)).collect();
     let mut pending: BTreeSet<usize> = online.iter().copied().collect();
     let mut complete: Vec<usize> = Vec::new();
+    let mut is_complete = vec![false; count];
+    // Each complete device's heads when its state was last checked: a state is its log's
+    // fold, so one whose log did not move need not be compared again.
+    let mut checked: Vec<Option<BTreeSet<EntryHash>>> = vec![None; count];
     let mut first_across = None;
     let mut disagreements = 0;
     let right_set: BTreeSet<usize> = right.iter().copied().collect();
@@ -78,15 +82,17 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
             if pending.contains(&index) && wanted.iter().all(|hash| log.contains(hash)) {
                 pending.remove(&index);
                 complete.push(index);
+                is_complete[index] = true;
             }
             // Among those that hold everything, one state: each that moved against the first.
             if let Some(&first) = complete.first()
                 && first != index
-                && complete.contains(&index)
+                && is_complete[index]
                 && sim.nodes[first].core.log().map(|l| l.heads()) == Some(log.heads())
-                && sim.nodes[first].core.state() != sim.nodes[index].core.state()
+                && checked[index].as_ref() != Some(log.heads())
             {
-                disagreements += 1;
+                checked[index] = Some(log.heads().clone());
+                disagreements += usize::from(sim.nodes[first].core.state() != sim.nodes[index].core.state());
             }
         }
         pending.is_empty()
