@@ -9,7 +9,7 @@
 use crate::cbor::{CborError, Reader, Writer};
 use crate::entry::{Entry, EntryHash, MAX_ENTRY_LEN, NetworkId};
 use crate::log::{Log, MAX_BATCH_ENTRIES};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// Hashes in a summary's sample.
 pub const MAX_SAMPLE: usize = 64;
@@ -129,7 +129,7 @@ fn missing_within(log: &Log, peer: &Summary, within: Option<&BTreeSet<EntryHash>
 fn lacking(log: &Log, known: impl Iterator<Item = EntryHash>) -> Vec<EntryHash> {
     const OURS: u8 = 1;
     const KNOWN: u8 = 2;
-    let mut marks: std::collections::HashMap<EntryHash, u8> = std::collections::HashMap::new();
+    let mut marks: HashMap<EntryHash, u8> = HashMap::new();
     for head in log.heads() {
         *marks.entry(*head).or_default() |= OURS;
     }
@@ -149,10 +149,14 @@ fn lacking(log: &Log, known: impl Iterator<Item = EntryHash>) -> Vec<EntryHash> 
             lacking.push(*hash);
         }
         for parent in log.get(hash).map(Entry::parents).unwrap_or_default() {
-            let entry = marks.entry(*parent).or_default();
-            let before = *entry;
-            *entry |= mark;
-            pending = pending + usize::from(*entry == OURS && before != OURS) - usize::from(before == OURS && *entry != OURS);
+            let parent = marks.entry(*parent).or_default();
+            let was_pending = *parent == OURS;
+            *parent |= mark;
+            match (was_pending, *parent == OURS) {
+                (false, true) => pending += 1,
+                (true, false) => pending -= 1,
+                _ => {}
+            }
         }
     }
     lacking.reverse();

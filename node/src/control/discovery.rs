@@ -242,6 +242,8 @@ impl Core {
         if self.next_redial().is_none_or(|due| due > now) {
             return;
         }
+        // Someone is due: the dials below change what the next one rests on.
+        self.redial_due.set(None);
         let circuit_base = self.relay_circuit_base();
         let mut dials = Vec::new();
         // Past a full mesh, only the few we keep (this runs at every timeout).
@@ -250,13 +252,11 @@ impl Core {
             None => self.reach.keys().copied().collect(),
         };
         for id in &ids {
-            let Some(reach) = self.reach.get(id) else { continue };
+            let Some(reach) = self.reach.get_mut(id) else { continue };
             let interval = Self::redial_interval(reach);
-            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) || reach.peer_id.is_none() {
+            if *id == self.me || reach.connected || reach.last_dial.is_some_and(|at| now - at < interval) {
                 continue;
             }
-            self.redial_due.set(None);
-            let Some(reach) = self.reach.get_mut(id) else { continue };
             let Some(peer) = reach.peer_id else { continue };
             if reach.last_dial.is_some() {
                 reach.redials = reach.redials.saturating_add(1);

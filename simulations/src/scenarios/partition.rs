@@ -64,7 +64,8 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
         .collect();
     let online: Vec<usize> = (0..count).filter(|i| sim.nodes[*i].online && !revoked.contains(i)).collect();
     let mut pending: BTreeSet<usize> = online.iter().copied().collect();
-    let mut complete: Vec<usize> = Vec::new();
+    // The first device to hold everything (the others are compared against it), and who does.
+    let mut first_complete: Option<usize> = None;
     let mut is_complete = vec![false; count];
     // Each complete device's heads when its state was last checked: a state is its log's
     // fold, so one whose log did not move need not be compared again.
@@ -81,11 +82,11 @@ pub fn run(sim: &mut ControlSim, split_for: Duration) -> Report {
             let log = sim.nodes[index].core.log().expect("a log");
             if pending.contains(&index) && wanted.iter().all(|hash| log.contains(hash)) {
                 pending.remove(&index);
-                complete.push(index);
+                first_complete.get_or_insert(index);
                 is_complete[index] = true;
             }
             // Among those that hold everything, one state: each that moved against the first.
-            if let Some(&first) = complete.first()
+            if let Some(first) = first_complete
                 && first != index
                 && is_complete[index]
                 && sim.nodes[first].core.log().map(|l| l.heads()) == Some(log.heads())
